@@ -1,0 +1,15 @@
+/** @type {import('jest').Config} */
+module.exports = {
+  rootDir: '.',
+  testEnvironment: 'node',
+  roots: ['<rootDir>/test'],
+  testMatch: ['**/*.spec.ts'],
+  transform: {
+    // tsconfig sets isolatedModules, so ts-jest only transpiles (fast); `npm run typecheck` checks types.
+    '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }],
+  },
+  moduleFileExtensions: ['ts', 'js', 'json'],
+  testTimeout: 20000,
+  // Suites that talk to real brokers share servers: run files on both cores, but bounded.
+  maxWorkers: 2,
+};

@@ -1,0 +1,29 @@
+import type { BrokerEnvConfig, BrokerType } from '../interfaces/broker-options.interface';
+import type { AdapterContext, BrokerAdapter } from './broker-adapter';
+
+type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
+
+/**
+ * How each broker type's adapter is made. Each loader requires its adapter folder only when the
+ * type is used, so a user of one broker never loads (or needs installed) another one's client.
+ */
+const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
+  memory: () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { createMemoryAdapter } = require('./memory') as typeof import('./memory');
+    return (env, context) => createMemoryAdapter(env.type === 'memory' ? env.config : undefined, context);
+  },
+};
+
+/** Broker types that have an adapter in this version. */
+export const AVAILABLE_ADAPTER_TYPES = Object.keys(ADAPTER_LOADERS) as BrokerType[];
+
+export function hasAdapter(type: string): boolean {
+  return Object.prototype.hasOwnProperty.call(ADAPTER_LOADERS, type);
+}
+
+export function createAdapter(env: BrokerEnvConfig, context: AdapterContext): BrokerAdapter {
+  const load = ADAPTER_LOADERS[env.type];
+  if (!load) throw new Error(`no adapter for broker type '${env.type}' in this version`);
+  return load()(env, context);
+}

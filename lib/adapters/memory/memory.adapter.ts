@@ -1,0 +1,109 @@
+import type {
+  AdapterCapabilities,
+  AdapterConsumer,
+  AdapterContext,
+  AdapterTopic,
+  BrokerAdapter,
+  ConsumeOptions,
+  DeliveryListener,
+  InboundMessage,
+  OutboundMessage,
+} from '../broker-adapter';
+import type { MemoryEnvConfig } from '../../interfaces/broker-options.interface';
+import { DEFAULT_MEMORY_LIMITS, MemoryBrokerServer, type MemoryBrokerLimits } from './memory-broker-server';
+import type { MemoryMessage } from './memory-queue';
+
+const MEMORY_CAPABILITIES: AdapterCapabilities = {
+  fanOut: true,
+  orderingPerKey: true,
+  nativeDelay: true,
+  nativeDeadLetters: true,
+};
+
+/** The embedded broker adapter: a MemoryBrokerServer of its own, or a shared one named in the config. */
+export class MemoryAdapter implements BrokerAdapter {
+  readonly capabilities = MEMORY_CAPABILITIES;
+  readonly server: MemoryBrokerServer;
+  private readonly consumers = new Set<AdapterConsumer>();
+  private readonly ownsServer: boolean;
+
+  constructor(config: MemoryEnvConfig['config'], context: AdapterContext) {
+    const limits: MemoryBrokerLimits = {
+      maxQueueLength: config?.maxQueueLength ?? DEFAULT_MEMORY_LIMITS.maxQueueLength,
+      maxUnroutedPerTopic: config?.maxUnroutedPerTopic ?? DEFAULT_MEMORY_LIMITS.maxUnroutedPerTopic,
+      maxDeadLettersPerGroup: config?.maxDeadLettersPerGroup ?? DEFAULT_MEMORY_LIMITS.maxDeadLettersPerGroup,
+    };
+    this.ownsServer = config?.server === undefined;
+    this.server = this.ownsServer
+      ? new MemoryBrokerServer(limits, context.logger)
+      : MemoryBrokerServer.shared(config?.server as string, limits, context.logger);
+  }
+
+  connect(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
+    this.server.publish(topic.name, toMemoryMessage(message), message.delayMs);
+    return Promise.resolve();
+  }
+
+  sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
+    this.server.sendToGroup(topic.name, group, toMemoryMessage(message), message.delayMs);
+    return Promise.resolve();
+  }
+
+  sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
+    this.server.sendToDeadLetters(topic.name, group, toMemoryMessage(message));
+    return Promise.resolve();
+  }
+
+  async drainDeadLetters(
+    topic: AdapterTopic,
+    group: string,
+    limit: number,
+    visit: (record: InboundMessage) => Promise<void>,
+  ): Promise<number> {
+    const deadLetters = this.server.queue(topic.name, group, 'dead-letters');
+    const count = Math.min(limit, deadLetters.length);
+    let removed = 0;
+    for (; removed < count; removed++) {
+      const message = deadLetters.peek(0);
+      if (!message) break;
+      await visit({ body: message.body, headers: message.headers, raw: message });
+      // Another consumer of the dead letters may have taken it meanwhile; remove only what we visited.
+      if (deadLetters.peek(0) === message) deadLetters.shift();
+    }
+    return removed;
+  }
+
+  consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
+    const consumer = this.server.queue(topic.name, options.group, options.source).addConsumer(options.concurrency, listener);
+    const handle: AdapterConsumer = {
+      stop: () => {
+        consumer.stop();
+        return Promise.resolve();
+      },
+      close: () => {
+        consumer.close();
+        this.consumers.delete(handle);
+        return Promise.resolve();
+      },
+    };
+    this.consumers.add(handle);
+    return Promise.resolve(handle);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.consumers].map((consumer) => consumer.close()));
+    if (this.ownsServer) this.server.clearTimers();
+  }
+}
+
+function toMemoryMessage(message: OutboundMessage): MemoryMessage {
+  return { body: message.body, headers: message.headers, key: message.key, messageId: message.messageId };
+}
+
+export function createMemoryAdapter(config: MemoryEnvConfig['config'], context: AdapterContext): BrokerAdapter {
+  return new MemoryAdapter(config, context);
+}

@@ -1,0 +1,236 @@
+import { hasAdapter, AVAILABLE_ADAPTER_TYPES } from './adapters/adapter-factory';
+import { NAME_PATTERN } from './constants';
+import { BrokerError } from './errors';
+import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
+
+const BROKER_TYPES = ['memory', 'rabbitmq', 'kafka', 'sqs', 'redis', 'nats'] as const;
+
+type Problems = string[];
+type Obj = Record<string, unknown>;
+
+/**
+ * Checks the whole configuration and throws one CONFIG_INVALID error that lists every problem,
+ * each naming its field (`brokers[0].envs[1].type`). Values are never echoed, except type names
+ * and tags, so a secret in a wrong place never reaches a log.
+ */
+export function validateBrokerOptions(input: unknown): BrokerModuleOptions {
+  const problems: Problems = [];
+  if (!isObject(input)) {
+    throw configError(['options: must be an object']);
+  }
+  name(input.env, 'env', problems);
+  name(input.product, 'product', problems);
+  if (input.service !== undefined) name(input.service, 'service', problems);
+  if (input.retry !== undefined) retryPolicy(input.retry, 'retry', problems);
+  nonNegative(input.shutdownTimeoutMs, 'shutdownTimeoutMs', problems);
+  positiveInteger(input.maxMessageBytes, 'maxMessageBytes', problems);
+
+  if (!Array.isArray(input.brokers) || input.brokers.length === 0) {
+    problems.push('brokers: must be a non-empty array');
+  } else {
+    const tags = new Map<string, number>();
+    input.brokers.forEach((broker, i) => {
+      const path = `brokers[${i}]`;
+      if (!isObject(broker)) return void problems.push(`${path}: must be an object`);
+      if (name(broker.tag, `${path}.tag`, problems)) {
+        const tag = broker.tag as string;
+        if (tags.has(tag)) problems.push(`${path}.tag: duplicate broker tag '${tag}' (also brokers[${tags.get(tag)}])`);
+        else tags.set(tag, i);
+      }
+      brokerEnvs(broker.envs, `${path}.envs`, input.env, problems);
+      if (broker.topics !== undefined) topics(broker.topics, `${path}.topics`, problems);
+    });
+  }
+  if (problems.length > 0) throw configError(problems);
+  return input as unknown as BrokerModuleOptions;
+}
+
+function configError(problems: Problems): BrokerError {
+  const count = problems.length === 1 ? '1 problem' : `${problems.length} problems`;
+  return new BrokerError(
+    'CONFIG_INVALID',
+    `Invalid DuctapeBrokerModule configuration (${count}):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
+    { problems },
+  );
+}
+
+function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: Problems): void {
+  if (!Array.isArray(envs) || envs.length === 0) return void problems.push(`${path}: must be a non-empty array`);
+  const slugs = new Map<string, number>();
+  envs.forEach((env, j) => {
+    const at = `${path}[${j}]`;
+    if (!isObject(env)) return void problems.push(`${at}: must be an object`);
+    if (name(env.slug, `${at}.slug`, problems)) {
+      const slug = env.slug as string;
+      if (slugs.has(slug)) problems.push(`${at}.slug: duplicate env slug '${slug}' (also ${path}[${slugs.get(slug)}])`);
+      else slugs.set(slug, j);
+    }
+    if (typeof env.type !== 'string' || !(BROKER_TYPES as readonly string[]).includes(env.type)) {
+      problems.push(`${at}.type: unknown broker type ${shown(env.type)} (expected one of ${BROKER_TYPES.join(', ')})`);
+      return;
+    }
+    connection(env.type as (typeof BROKER_TYPES)[number], env.config, `${at}.config`, problems);
+    // A type without an adapter yet is refused only where this process would need it.
+    if (env.slug === moduleEnv && !hasAdapter(env.type)) {
+      problems.push(
+        `${at}.type: '${env.type}' has no adapter in this version (available: ${AVAILABLE_ADAPTER_TYPES.join(', ')})`,
+      );
+    }
+  });
+}
+
+function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: string, problems: Problems): void {
+  if (type === 'memory') {
+    if (config === undefined) return;
+    if (!isObject(config)) return void problems.push(`${path}: must be an object`);
+    if (config.server !== undefined) name(config.server, `${path}.server`, problems);
+    positiveInteger(config.maxQueueLength, `${path}.maxQueueLength`, problems);
+    positiveInteger(config.maxUnroutedPerTopic, `${path}.maxUnroutedPerTopic`, problems);
+    positiveInteger(config.maxDeadLettersPerGroup, `${path}.maxDeadLettersPerGroup`, problems);
+    return;
+  }
+  if (!isObject(config)) return void problems.push(`${path}: is required for type '${type}' and must be an object`);
+  switch (type) {
+    case 'rabbitmq':
+      url(config.url, `${path}.url`, ['amqp:', 'amqps:'], problems);
+      break;
+    case 'redis':
+      url(config.url, `${path}.url`, ['redis:', 'rediss:'], problems);
+      break;
+    case 'kafka':
+      hostPorts(config.brokers, `${path}.brokers`, problems);
+      optionalString(config.clientId, `${path}.clientId`, problems);
+      if (config.ssl !== undefined && typeof config.ssl !== 'boolean' && !isObject(config.ssl)) {
+        problems.push(`${path}.ssl: must be a boolean or an object`);
+      }
+      if (config.sasl !== undefined && !isObject(config.sasl)) problems.push(`${path}.sasl: must be an object`);
+      break;
+    case 'sqs':
+      if (typeof config.region !== 'string' || config.region === '') problems.push(`${path}.region: must be a non-empty string`);
+      if (config.endpoint !== undefined) url(config.endpoint, `${path}.endpoint`, ['http:', 'https:'], problems);
+      optionalString(config.accessKeyId, `${path}.accessKeyId`, problems);
+      optionalString(config.secretAccessKey, `${path}.secretAccessKey`, problems);
+      optionalString(config.sessionToken, `${path}.sessionToken`, problems);
+      if ((config.accessKeyId === undefined) !== (config.secretAccessKey === undefined)) {
+        problems.push(`${path}: accessKeyId and secretAccessKey must be given together (or neither, for the default credential chain)`);
+      }
+      break;
+    case 'nats':
+      if (!Array.isArray(config.servers) || config.servers.length === 0 || !config.servers.every((s) => typeof s === 'string' && s !== '')) {
+        problems.push(`${path}.servers: must be a non-empty array of server addresses`);
+      }
+      optionalString(config.token, `${path}.token`, problems);
+      optionalString(config.user, `${path}.user`, problems);
+      optionalString(config.pass, `${path}.pass`, problems);
+      break;
+  }
+}
+
+function topics(value: unknown, path: string, problems: Problems): void {
+  if (!Array.isArray(value)) return void problems.push(`${path}: must be an array`);
+  const tags = new Map<string, number>();
+  value.forEach((topic, k) => {
+    const at = `${path}[${k}]`;
+    if (!isObject(topic)) return void problems.push(`${at}: must be an object`);
+    if (name(topic.tag, `${at}.tag`, problems)) {
+      const tag = topic.tag as string;
+      if (tags.has(tag)) problems.push(`${at}.tag: duplicate topic tag '${tag}' (also ${path}[${tags.get(tag)}])`);
+      else tags.set(tag, k);
+    }
+    if (topic.name !== undefined) {
+      if (typeof topic.name === 'string') name(topic.name, `${at}.name`, problems);
+      else if (isObject(topic.name)) {
+        for (const [slug, physical] of Object.entries(topic.name)) name(physical, `${at}.name.${slug}`, problems);
+      } else problems.push(`${at}.name: must be a string or an object of names per env slug`);
+    }
+    if (topic.queueUrls !== undefined) {
+      if (!Array.isArray(topic.queueUrls)) problems.push(`${at}.queueUrls: must be an array`);
+      else
+        topic.queueUrls.forEach((entry, q) => {
+          if (!isObject(entry)) return void problems.push(`${at}.queueUrls[${q}]: must be an object`);
+          name(entry.env_slug, `${at}.queueUrls[${q}].env_slug`, problems);
+          url(entry.url, `${at}.queueUrls[${q}].url`, ['http:', 'https:'], problems);
+        });
+    }
+    if (topic.schema !== undefined) {
+      const standard = isObject(topic.schema) ? topic.schema['~standard'] : undefined;
+      if (!isObject(standard) || typeof standard.validate !== 'function') {
+        problems.push(`${at}.schema: must implement Standard Schema v1 (a '~standard.validate' function)`);
+      }
+    }
+    if (topic.retry !== undefined) retryPolicy(topic.retry, `${at}.retry`, problems);
+  });
+}
+
+/** Checks a retry policy; also used for subscription options. */
+export function retryPolicy(value: unknown, path: string, problems: Problems): void {
+  if (!isObject(value)) return void problems.push(`${path}: must be an object`);
+  if (!Number.isInteger(value.maxAttempts) || (value.maxAttempts as number) < 1) {
+    problems.push(`${path}.maxAttempts: must be an integer of at least 1`);
+  }
+  if (typeof value.initialDelayMs !== 'number' || !Number.isFinite(value.initialDelayMs) || value.initialDelayMs < 0) {
+    problems.push(`${path}.initialDelayMs: must be a number of at least 0`);
+  }
+  if (value.multiplier !== undefined && (typeof value.multiplier !== 'number' || !(value.multiplier >= 1) || !Number.isFinite(value.multiplier))) {
+    problems.push(`${path}.multiplier: must be a number of at least 1`);
+  }
+  nonNegative(value.maxDelayMs, `${path}.maxDelayMs`, problems);
+}
+
+function name(value: unknown, path: string, problems: Problems): boolean {
+  if (typeof value !== 'string') {
+    problems.push(`${path}: must be a string`);
+    return false;
+  }
+  if (!NAME_PATTERN.test(value)) {
+    problems.push(`${path}: ${shown(value)} is not a valid name (letters, digits, '.', '_' and '-', at most 200, not starting with a symbol)`);
+    return false;
+  }
+  return true;
+}
+
+function url(value: unknown, path: string, protocols: string[], problems: Problems): void {
+  if (typeof value !== 'string' || value === '') return void problems.push(`${path}: must be a non-empty URL string`);
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    // The URL itself may hold a password: say what is wrong, never what it was.
+    return void problems.push(`${path}: is not a valid URL`);
+  }
+  if (!protocols.includes(parsed.protocol)) {
+    problems.push(`${path}: protocol must be ${protocols.map((p) => `'${p}'`).join(' or ')} (got '${parsed.protocol}')`);
+  }
+  if (parsed.hostname === '') problems.push(`${path}: has no host`);
+}
+
+function hostPorts(value: unknown, path: string, problems: Problems): void {
+  if (!Array.isArray(value) || value.length === 0) return void problems.push(`${path}: must be a non-empty array of 'host:port' strings`);
+  value.forEach((entry, i) => {
+    if (typeof entry !== 'string' || !/^[^\s:/]+:\d{1,5}$/.test(entry)) problems.push(`${path}[${i}]: must be a 'host:port' string`);
+  });
+}
+
+function optionalString(value: unknown, path: string, problems: Problems): void {
+  if (value !== undefined && typeof value !== 'string') problems.push(`${path}: must be a string`);
+}
+
+function positiveInteger(value: unknown, path: string, problems: Problems): void {
+  if (value !== undefined && (!Number.isInteger(value) || (value as number) < 1)) problems.push(`${path}: must be a positive integer`);
+}
+
+function nonNegative(value: unknown, path: string, problems: Problems): void {
+  if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value < 0)) {
+    problems.push(`${path}: must be a number of at least 0`);
+  }
+}
+
+function isObject(value: unknown): value is Obj {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A short rendering of a non-secret value (types, tags) for a problem message. */
+function shown(value: unknown): string {
+  const text = typeof value === 'string' ? `'${value}'` : value === undefined ? 'undefined' : typeof value;
+  return text.length > 60 ? `${text.slice(0, 57)}...'` : text;
+}

@@ -1,0 +1,74 @@
+import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
+import { DiscoveryService, MetadataScanner } from '@nestjs/core';
+import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
+import { BrokerMetadataAccessor } from './broker-metadata.accessor';
+import { DUCTAPE_BROKER_OPTIONS } from './constants';
+import { BrokerError } from './errors';
+import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
+import type { BrokerContext } from './interfaces/message-broker.interface';
+import { MessageBrokerService } from './message-broker.service';
+
+/**
+ * Finds every @OnBrokerEvent method on providers and controllers and subscribes it during
+ * application bootstrap, so all consumers run by the time `app.init()` resolves.
+ */
+@Injectable()
+export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
+  constructor(
+    private readonly discovery: DiscoveryService,
+    private readonly scanner: MetadataScanner,
+    private readonly accessor: BrokerMetadataAccessor,
+    private readonly broker: MessageBrokerService,
+    @Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions,
+  ) {}
+
+  async onApplicationBootstrap(): Promise<void> {
+    const subscriptions: Promise<unknown>[] = [];
+    for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
+      const instance: unknown = wrapper.instance;
+      if (wrapper.isAlias || typeof instance !== 'object' || instance === null) continue;
+      const prototype = Object.getPrototypeOf(instance) as object | null;
+      if (!prototype) continue;
+      for (const methodName of this.scanner.getAllMethodNames(prototype)) {
+        const method = (instance as Record<string, unknown>)[methodName];
+        const entries = this.accessor.getBrokerEventHandlerMetadata(method);
+        if (!entries) continue;
+        this.assertStatic(wrapper, methodName);
+        const className = wrapper.metatype?.name ?? prototype.constructor.name;
+        const handler = (method as (message: unknown, ctx: BrokerContext) => unknown).bind(instance);
+        for (const { event, options } of entries) {
+          subscriptions.push(
+            this.broker.subscribe({
+              env: options.env ?? this.options.env,
+              event,
+              product_tag: options.product ?? this.options.product,
+              input: {
+                callback: handler,
+                group: options.group ?? `${this.options.service ?? this.options.product}.${className}.${methodName}`,
+                concurrency: options.concurrency,
+                retry: options.retry,
+                deadLetter: options.deadLetter,
+              },
+            }),
+          );
+        }
+      }
+    }
+    // Subscribe all at once, but fail startup on the first error, with its own code.
+    const results = await Promise.allSettled(subscriptions);
+    const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failure) throw failure.reason;
+  }
+
+  /** A handler must live on one long-lived instance: a per-request or per-consumer one has none. */
+  private assertStatic(wrapper: InstanceWrapper, methodName: string): void {
+    const scope = wrapper.isTransient ? 'transient' : !wrapper.isDependencyTreeStatic() ? 'request-scoped' : undefined;
+    if (scope) {
+      throw new BrokerError(
+        'SUBSCRIBE_FAILED',
+        `@OnBrokerEvent on ${wrapper.name ? String(wrapper.name) : 'a provider'}.${methodName}: the provider is ${scope}; ` +
+          'broker handlers must be on singleton (default-scoped) providers. Inject ModuleRef and resolve the scoped service inside the handler instead.',
+      );
+    }
+  }
+}

@@ -1,0 +1,19 @@
+/** Injection token of the validated module options. */
+export const DUCTAPE_BROKER_OPTIONS = Symbol('DUCTAPE_BROKER_OPTIONS');
+/** Metadata key under which @OnBrokerEvent stores its entries on a method. */
+export const ON_BROKER_EVENT_METADATA = 'ductape:on-broker-event';
+
+export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000;
+export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
+export const DEFAULT_CONCURRENCY = 1;
+
+/** Names accepted for broker tags, topic tags, env slugs, products and physical topic names. */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+
+/** Headers the delivery layer adds to a dead letter. */
+export const DEAD_LETTER_HEADERS = {
+  error: 'x-ductape-error',
+  attempts: 'x-ductape-attempts',
+  failedAt: 'x-ductape-failed-at',
+  reason: 'x-ductape-dead-letter-reason',
+} as const;

@@ -1,0 +1,23 @@
+import { ON_BROKER_EVENT_METADATA } from '../constants';
+import type { OnBrokerEventOptions } from '../interfaces/message-broker.interface';
+
+export interface OnBrokerEventMetadata {
+  event: string;
+  options: OnBrokerEventOptions;
+}
+
+/**
+ * Subscribes the decorated method to `brokerTag:topicTag` when the application boots. The method
+ * gets `(message, ctx: BrokerContext)`; the message is acked once it resolves. Stackable.
+ */
+export function OnBrokerEvent(event: string, options: OnBrokerEventOptions = {}): MethodDecorator {
+  return (target, propertyKey, descriptor) => {
+    const method = descriptor.value as object | undefined;
+    if (typeof method !== 'function') {
+      throw new TypeError(`@OnBrokerEvent('${event}') can only decorate a method (${String(propertyKey)})`);
+    }
+    const existing = (Reflect.getMetadata(ON_BROKER_EVENT_METADATA, method) as OnBrokerEventMetadata[] | undefined) ?? [];
+    Reflect.defineMetadata(ON_BROKER_EVENT_METADATA, [...existing, { event, options }], method);
+    return descriptor;
+  };
+}

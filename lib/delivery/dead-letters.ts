@@ -1,0 +1,45 @@
+import type { AdapterTopic, BrokerAdapter, InboundMessage } from '../adapters/broker-adapter';
+import { DEAD_LETTER_HEADERS } from '../constants';
+import { describeError } from '../errors';
+import { decodeEnvelope } from './envelope';
+
+export type DeadLetterReason = 'max-attempts' | 'poison' | 'schema';
+
+/** The headers a dead letter carries: the last error, the attempt count and the time. */
+export function deadLetterHeaders(error: unknown, attempts: number, reason: DeadLetterReason): Record<string, string> {
+  return {
+    [DEAD_LETTER_HEADERS.error]: describeError(error).slice(0, 1000),
+    [DEAD_LETTER_HEADERS.attempts]: String(attempts),
+    [DEAD_LETTER_HEADERS.failedAt]: new Date().toISOString(),
+    [DEAD_LETTER_HEADERS.reason]: reason,
+  };
+}
+
+/**
+ * Moves up to `limit` dead letters of one group back to that group's queue only, as first
+ * attempts without their dead-letter headers. Each is removed from the dead letters only after it
+ * was accepted by the group's queue, so a failure midway duplicates nothing and loses nothing.
+ */
+export function reprocessDeadLetters(adapter: BrokerAdapter, topic: AdapterTopic, group: string, limit: number): Promise<number> {
+  return adapter.drainDeadLetters(topic, group, limit, (record) => adapter.sendToGroup(topic, group, revive(record)));
+}
+
+function revive(record: InboundMessage) {
+  const headers = withoutDeadLetterHeaders(record.headers);
+  try {
+    const envelope = decodeEnvelope(record.body);
+    envelope.attempt = 1;
+    envelope.headers = withoutDeadLetterHeaders(envelope.headers);
+    return { body: JSON.stringify(envelope), messageId: envelope.id, key: envelope.key, correlationId: envelope.correlationId, headers };
+  } catch {
+    // Not our envelope (a poison message): it goes back as it came, and will be dead-lettered again.
+    return { body: record.body, messageId: headers['message-id'] ?? '', headers };
+  }
+}
+
+function withoutDeadLetterHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {
+  const kept: Record<string, string> = {};
+  const dropped = new Set<string>(Object.values(DEAD_LETTER_HEADERS));
+  for (const [name, value] of Object.entries(headers)) if (!dropped.has(name)) kept[name] = value;
+  return kept;
+}

@@ -1,0 +1,242 @@
+import type { Logger } from '@nestjs/common';
+import type { AdapterConsumer, BrokerAdapter, InboundDelivery } from '../adapters/broker-adapter';
+import { DEAD_LETTER_HEADERS } from '../constants';
+import { describeError } from '../errors';
+import type { RetryPolicy } from '../interfaces/broker-options.interface';
+import type { BrokerContext, BrokerMessageHandler } from '../interfaces/message-broker.interface';
+import type { Route } from '../routing/route-resolver';
+import { deadLetterHeaders, type DeadLetterReason } from './dead-letters';
+import { decodeEnvelope, type Envelope } from './envelope';
+import { backoffDelayMs } from './retry';
+
+export interface SubscriptionSpec {
+  route: Route;
+  group: string;
+  concurrency: number;
+  retry: Required<RetryPolicy>;
+  /** 'dead-letters': consume the group's dead letters instead of its messages. */
+  source: 'messages' | 'dead-letters';
+  handler: BrokerMessageHandler;
+}
+
+/**
+ * Runs one subscription: decodes each delivery, calls the handler, and only after it resolves
+ * acks; on failure retries with backoff, then dead-letters. Written once for every adapter.
+ */
+export class SubscriptionRunner {
+  private consumer?: AdapterConsumer;
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  private stopping?: Promise<void>;
+  /** Set once the runner gave up its deliveries: nothing may be acked or re-sent after it. */
+  private detached = false;
+  private readonly pauses = new Set<{ timer: NodeJS.Timeout; wake: () => void }>();
+
+  constructor(
+    private readonly spec: SubscriptionSpec,
+    private readonly adapter: BrokerAdapter,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const { route, group, concurrency, source } = this.spec;
+    this.consumer = await this.adapter.consume(route.topic, { group, concurrency, source }, this.onDelivery);
+  }
+
+  /**
+   * Stops intake, waits for in-flight handlers up to `timeoutMs`, then detaches: whatever is still
+   * running then is never acked, so the broker delivers it again.
+   */
+  stop(timeoutMs: number): Promise<void> {
+    this.stopping ??= this.drain(timeoutMs);
+    return this.stopping;
+  }
+
+  private async drain(timeoutMs: number): Promise<void> {
+    const consumer = this.consumer;
+    if (!consumer) return;
+    await consumer.stop().catch((error: unknown) => this.logger.warn(`${this.name}: stopping intake failed: ${describeError(error)}`));
+    for (const pause of this.pauses) pause.wake();
+    if (!(await this.idle(timeoutMs))) {
+      this.logger.warn(
+        `${this.name}: ${this.inFlight} handler(s) still running after ${timeoutMs} ms; their messages are not acked and will be delivered again`,
+      );
+    }
+    this.detached = true;
+    await consumer.close().catch((error: unknown) => this.logger.warn(`${this.name}: closing the consumer failed: ${describeError(error)}`));
+  }
+
+  private get name(): string {
+    return `${this.spec.route.event} [${this.spec.route.env}] group ${this.spec.group}`;
+  }
+
+  private readonly onDelivery = async (delivery: InboundDelivery): Promise<void> => {
+    this.inFlight++;
+    try {
+      if (this.spec.source === 'messages') await this.handleMessage(delivery);
+      else await this.handleDeadLetter(delivery);
+    } catch (error) {
+      // The delivery stays unacked: the broker gives it again (reconnect, restart, next consumer).
+      this.logger.error(`${this.name}: could not settle a message: ${describeError(error)}`);
+    } finally {
+      if (--this.inFlight === 0 && this.idleWaiters.length > 0) {
+        for (const wake of this.idleWaiters.splice(0)) wake();
+      }
+    }
+  };
+
+  private async handleMessage(delivery: InboundDelivery): Promise<void> {
+    let envelope: Envelope;
+    try {
+      envelope = decodeEnvelope(delivery.body);
+    } catch (error) {
+      return this.deadLetter(delivery, delivery.body, error, delivery.attempt ?? 1, 'poison');
+    }
+    const attempt = delivery.attempt ?? envelope.attempt;
+    let message = envelope.message;
+    const schema = this.spec.route.schema;
+    if (schema) {
+      const result = await schema['~standard'].validate(message);
+      if (result.issues) {
+        const issues = result.issues.map((issue) => issue.message).join('; ');
+        return this.deadLetter(delivery, envelope, new Error(`message fails its schema: ${issues}`), attempt, 'schema');
+      }
+      message = result.value;
+    }
+    try {
+      await this.spec.handler(message, this.context(envelope, attempt, delivery));
+    } catch (error) {
+      if (attempt >= this.spec.retry.maxAttempts) return this.deadLetter(delivery, envelope, error, attempt, 'max-attempts');
+      return this.retry(delivery, envelope, attempt, error);
+    }
+    if (!this.detached) await delivery.ack();
+  }
+
+  private async retry(delivery: InboundDelivery, envelope: Envelope, attempt: number, error: unknown): Promise<void> {
+    const delayMs = backoffDelayMs(this.spec.retry, attempt);
+    this.logger.warn(`${this.name}: attempt ${attempt} of message ${envelope.id} failed (${describeError(error)}); retry in ${delayMs} ms`);
+    if (this.detached) return;
+    const body = JSON.stringify({ ...envelope, attempt: attempt + 1 });
+    // Re-sent to this group only, then acked: a crash in between duplicates, it never loses.
+    await this.adapter.sendToGroup(this.spec.route.topic, this.spec.group, {
+      body,
+      messageId: envelope.id,
+      key: envelope.key,
+      correlationId: envelope.correlationId,
+      headers: delivery.headers,
+      delayMs,
+    });
+    await delivery.ack();
+  }
+
+  private async deadLetter(
+    delivery: InboundDelivery,
+    payload: Envelope | string | Buffer,
+    error: unknown,
+    attempt: number,
+    reason: DeadLetterReason,
+  ): Promise<void> {
+    const headers = deadLetterHeaders(error, attempt, reason);
+    const isEnvelope = typeof payload === 'object' && !Buffer.isBuffer(payload);
+    this.logger.error(
+      `${this.name}: message ${isEnvelope ? payload.id : '(undecodable)'} dead-lettered after ${attempt} attempt(s) (${reason}): ${headers[DEAD_LETTER_HEADERS.error]}`,
+    );
+    if (this.detached) return;
+    await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
+      // A poison body is kept exactly as it came; our own envelope also carries the headers inside.
+      body: isEnvelope ? JSON.stringify({ ...payload, headers: { ...payload.headers, ...headers } }) : payload,
+      messageId: isEnvelope ? payload.id : '',
+      key: isEnvelope ? payload.key : undefined,
+      correlationId: isEnvelope ? payload.correlationId : undefined,
+      headers: { ...delivery.headers, ...headers },
+    });
+    await delivery.ack();
+  }
+
+  /**
+   * A dead-letter subscription's handler: a message that is not our envelope is given as its text.
+   * On failure the dead letter is kept (put back at the end after a pause), never dropped.
+   */
+  private async handleDeadLetter(delivery: InboundDelivery): Promise<void> {
+    let envelope: Envelope | undefined;
+    try {
+      envelope = decodeEnvelope(delivery.body);
+    } catch {
+      envelope = undefined;
+    }
+    const attempt = Number(delivery.headers[DEAD_LETTER_HEADERS.attempts] ?? envelope?.attempt ?? 1);
+    const source = envelope ?? rawEnvelope(delivery, this.spec.route);
+    try {
+      await this.spec.handler(source.message, this.context(source, attempt, delivery));
+    } catch (error) {
+      this.logger.warn(`${this.name}: dead-letter handler failed (${describeError(error)}); the dead letter is kept`);
+      await this.pause(backoffDelayMs(this.spec.retry, 1));
+      if (this.detached) return;
+      await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
+        body: delivery.body,
+        messageId: envelope?.id ?? '',
+        key: envelope?.key,
+        headers: { ...delivery.headers, [DEAD_LETTER_HEADERS.error]: describeError(error).slice(0, 1000) },
+      });
+    }
+    if (!this.detached) await delivery.ack();
+  }
+
+  private context(envelope: Envelope, attempt: number, delivery: InboundDelivery): BrokerContext {
+    return {
+      messageId: envelope.id,
+      event: this.spec.route.event,
+      env: this.spec.route.env,
+      product: this.spec.route.product,
+      attempt,
+      headers: envelope.headers,
+      correlationId: envelope.correlationId,
+      key: envelope.key,
+      publishedAt: new Date(envelope.publishedAt),
+      raw: delivery.raw,
+    };
+  }
+
+  private idle(timeoutMs: number): Promise<boolean> {
+    if (this.inFlight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
+  /** A wait that shutdown cuts short. */
+  private pause(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const pause = {
+        timer: setTimeout(() => pause.wake(), ms),
+        wake: () => {
+          clearTimeout(pause.timer);
+          this.pauses.delete(pause);
+          resolve();
+        },
+      };
+      this.pauses.add(pause);
+    });
+  }
+}
+
+/** Stands in for the envelope of a dead letter that never was one (a poison body). */
+function rawEnvelope(delivery: InboundDelivery, route: Route): Envelope {
+  const text = typeof delivery.body === 'string' ? delivery.body : delivery.body.toString('utf8');
+  return {
+    v: 1,
+    id: delivery.headers['message-id'] ?? '',
+    event: route.event,
+    env: route.env,
+    product: route.product,
+    publishedAt: delivery.headers[DEAD_LETTER_HEADERS.failedAt] ?? new Date().toISOString(),
+    attempt: 1,
+    headers: { ...delivery.headers },
+    message: text,
+  };
+}

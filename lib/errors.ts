@@ -1,0 +1,53 @@
+/** Stable codes of every error the module throws; they are part of the public API. */
+export type BrokerErrorCode =
+  | 'CONFIG_INVALID'
+  | 'INVALID_EVENT'
+  | 'PRODUCT_NOT_FOUND'
+  | 'BROKER_NOT_FOUND'
+  | 'BROKER_ENV_NOT_FOUND'
+  | 'TOPIC_NOT_FOUND'
+  | 'INVALID_MESSAGE'
+  | 'PUBLISH_FAILED'
+  | 'SUBSCRIBE_FAILED';
+
+export interface BrokerErrorOptions {
+  cause?: unknown;
+  /** For CONFIG_INVALID: every problem found, each naming its field. */
+  problems?: string[];
+}
+
+/**
+ * The one error type of the module. `code` is stable; `message` is for people and never contains
+ * credentials (callers pass connection strings through `redactSecrets` before they reach it).
+ */
+export class BrokerError extends Error {
+  readonly code: BrokerErrorCode;
+  readonly problems: readonly string[];
+
+  constructor(code: BrokerErrorCode, message: string, options: BrokerErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BrokerError';
+    this.code = code;
+    this.problems = options.problems ?? [];
+  }
+}
+
+export function isBrokerError(value: unknown, code?: BrokerErrorCode): value is BrokerError {
+  return value instanceof BrokerError && (code === undefined || value.code === code);
+}
+
+/**
+ * Removes credentials from text that may contain connection strings: `scheme://user:pass@host`
+ * keeps its user and loses its password, and `password=...`-style pairs lose their value.
+ */
+export function redactSecrets(text: string): string {
+  return text
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*):[^@/\s]*@/gi, '$1:***@')
+    .replace(/((?:pass(?:word)?|secret(?:AccessKey)?|token|sessionToken)["']?\s*[:=]\s*["']?)[^"'\s,&}]+/gi, '$1***');
+}
+
+/** A short, safe description of any thrown value, for logs and error messages. */
+export function describeError(error: unknown): string {
+  if (error instanceof Error) return redactSecrets(`${error.name}: ${error.message}`);
+  return redactSecrets(String(error));
+}

@@ -1,0 +1,117 @@
+import type { StandardSchemaV1 } from './standard-schema.interface';
+
+/** How often, and how far apart, a failing handler is tried before its message is dead-lettered. */
+export interface RetryPolicy {
+  /** Total deliveries, the first included (1 = no retry). */
+  maxAttempts: number;
+  /** Delay before the second delivery. */
+  initialDelayMs: number;
+  /** Factor applied to the delay after each failed delivery (default 2). */
+  multiplier?: number;
+  /** Upper bound of any one delay (default 30000). */
+  maxDelayMs?: number;
+}
+
+/** The embedded broker: in this process only, nothing on disk. */
+export interface MemoryEnvConfig {
+  slug: string;
+  type: 'memory';
+  config?: {
+    /**
+     * Share one in-memory broker between every module instance in this process that names it
+     * (two Nest applications in one test, say). Without it, each module instance has its own.
+     */
+    server?: string;
+    /** Messages a subscription group may hold before publish fails with PUBLISH_FAILED (default 100000). */
+    maxQueueLength?: number;
+    /** Messages kept for a topic no group has subscribed to yet; beyond it the oldest are dropped with a warning (default 1000). */
+    maxUnroutedPerTopic?: number;
+    /** Dead letters kept per topic and group; beyond it the oldest are dropped with an error log (default 10000). */
+    maxDeadLettersPerGroup?: number;
+  };
+}
+
+export interface RabbitMqEnvConfig {
+  slug: string;
+  type: 'rabbitmq';
+  config: { url: string; [option: string]: unknown };
+}
+
+export interface KafkaEnvConfig {
+  slug: string;
+  type: 'kafka';
+  config: { brokers: string[]; clientId?: string; ssl?: unknown; sasl?: unknown; [option: string]: unknown };
+}
+
+export interface SqsEnvConfig {
+  slug: string;
+  type: 'sqs';
+  config: {
+    region: string;
+    endpoint?: string;
+    accessKeyId?: string;
+    secretAccessKey?: string;
+    sessionToken?: string;
+    [option: string]: unknown;
+  };
+}
+
+export interface RedisEnvConfig {
+  slug: string;
+  type: 'redis';
+  config: { url: string; [option: string]: unknown };
+}
+
+export interface NatsEnvConfig {
+  slug: string;
+  type: 'nats';
+  config: { servers: string[]; token?: string; user?: string; pass?: string; [option: string]: unknown };
+}
+
+/** Which technology and connection serve one environment slug of a broker; discriminated by `type`. */
+export type BrokerEnvConfig =
+  | MemoryEnvConfig
+  | RabbitMqEnvConfig
+  | KafkaEnvConfig
+  | SqsEnvConfig
+  | RedisEnvConfig
+  | NatsEnvConfig;
+
+export type BrokerType = BrokerEnvConfig['type'];
+
+export interface TopicConfig {
+  /** The topic part of an event (`new-orders` in `sqsbroker:new-orders`). */
+  tag: string;
+  /** Physical name on the broker, or one per env slug. Default: `<product>.<env>.<tag>`. */
+  name?: string | Record<string, string>;
+  /** SQS: an existing queue per environment. */
+  queueUrls?: { env_slug: string; url: string }[];
+  /** Validates the message on publish and on receive. */
+  schema?: StandardSchemaV1;
+  /** Retry policy of every subscription on this topic, unless the subscription sets its own. */
+  retry?: RetryPolicy;
+}
+
+export interface BrokerConfig {
+  /** The broker part of an event (`sqsbroker` in `sqsbroker:new-orders`). */
+  tag: string;
+  envs: BrokerEnvConfig[];
+  /** When present, only these topic tags are accepted. */
+  topics?: TopicConfig[];
+}
+
+export interface BrokerModuleOptions {
+  /** Slug of the environment this process runs in ('dev', 'stg', 'prd', ...). */
+  env: string;
+  /** This service's product tag; other product tags are refused. */
+  product: string;
+  /** This service's name, base of consumer-group names (default: product). */
+  service?: string;
+  brokers: BrokerConfig[];
+  /** Default retry policy of every subscription (default: 3 attempts, 1 s, x2, at most 30 s). */
+  retry?: RetryPolicy;
+  /** How long shutdown waits for in-flight handlers (default 10000). */
+  shutdownTimeoutMs?: number;
+  /** Largest encoded message accepted by publish, in bytes (default 1 MiB). */
+  maxMessageBytes?: number;
+}

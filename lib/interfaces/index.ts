@@ -1,0 +1,3 @@
+export * from './broker-options.interface';
+export * from './message-broker.interface';
+export * from './standard-schema.interface';

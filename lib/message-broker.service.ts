@@ -1,0 +1,257 @@
+import { randomUUID } from 'node:crypto';
+import {
+  Inject,
+  Injectable,
+  Logger,
+  type BeforeApplicationShutdown,
+  type OnApplicationShutdown,
+} from '@nestjs/common';
+import type { BrokerAdapter } from './adapters/broker-adapter';
+import { retryPolicy as checkRetryPolicy } from './broker-options.validator';
+import { DEFAULT_CONCURRENCY, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SHUTDOWN_TIMEOUT_MS, DUCTAPE_BROKER_OPTIONS, NAME_PATTERN } from './constants';
+import { reprocessDeadLetters } from './delivery/dead-letters';
+import { encodeEnvelope, type Envelope } from './delivery/envelope';
+import { resolveRetryPolicy } from './delivery/retry';
+import { SubscriptionRunner } from './delivery/subscription-runner';
+import { BrokerError, describeError, type BrokerErrorCode } from './errors';
+import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
+import type {
+  PublishRequest,
+  PublishResult,
+  ReprocessDeadLettersRequest,
+  SubscribeRequest,
+  Subscription,
+} from './interfaces/message-broker.interface';
+import { AdapterRegistry } from './routing/adapter-registry';
+import { RouteResolver, type Route } from './routing/route-resolver';
+
+/**
+ * Publishes and subscribes to `brokerTag:topicTag` events on whichever broker serves the
+ * requested environment. Validates and routes the request; the delivery layer does the rest.
+ */
+@Injectable()
+export class MessageBrokerService implements BeforeApplicationShutdown, OnApplicationShutdown {
+  private readonly logger = new Logger('DuctapeBroker');
+  private readonly routes: RouteResolver;
+  private readonly adapters = new AdapterRegistry(this.logger);
+  private readonly runners = new Set<SubscriptionRunner>();
+  private readonly service: string;
+  private readonly maxMessageBytes: number;
+  private readonly shutdownTimeoutMs: number;
+  private state: 'running' | 'draining' | 'closed' = 'running';
+
+  constructor(@Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions) {
+    this.routes = new RouteResolver(options);
+    this.service = options.service ?? options.product;
+    this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.shutdownTimeoutMs = options.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
+  }
+
+  /** The environment slug and product this module runs as. */
+  get env(): string {
+    return this.options.env;
+  }
+
+  get product(): string {
+    return this.options.product;
+  }
+
+  /** Resolves once the broker has accepted the message. Nothing is sent when it rejects with a validation error. */
+  async publish<T>(request: PublishRequest<T>): Promise<PublishResult> {
+    const route = this.route(request);
+    const input = request.input;
+    if (typeof input !== 'object' || input === null) {
+      throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': input must be an object with a message`);
+    }
+    checkPublishInput(input, route.event);
+    const messageId = input.messageId ?? randomUUID();
+    if (route.schema) await this.validateSchema(route, input.message);
+    const envelope: Envelope = {
+      v: 1,
+      id: messageId,
+      event: route.event,
+      env: route.env,
+      product: route.product,
+      publishedAt: new Date().toISOString(),
+      attempt: 1,
+      headers: input.headers ?? {},
+      correlationId: input.correlationId,
+      key: input.key,
+      message: input.message,
+    };
+    const body = encodeEnvelope(envelope, this.maxMessageBytes);
+    if (this.state === 'closed') throw new BrokerError('PUBLISH_FAILED', `publish '${route.event}': the broker module is shut down`);
+    const adapter = await this.adapterFor(route, 'PUBLISH_FAILED');
+    try {
+      await adapter.publish(route.topic, {
+        body,
+        messageId,
+        key: input.key,
+        correlationId: input.correlationId,
+        delayMs: input.delayMs,
+        headers: envelope.headers,
+      });
+    } catch (error) {
+      throw this.wrap('PUBLISH_FAILED', `publish '${route.event}' [${route.env}] failed`, error);
+    }
+    return { messageId };
+  }
+
+  /** Starts consuming; every message of the topic reaches each group once (more on retry). */
+  async subscribe<T>(request: SubscribeRequest<T>): Promise<Subscription> {
+    const route = this.route(request);
+    const input = request.input;
+    if (typeof input !== 'object' || input === null || typeof input.callback !== 'function') {
+      throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': input.callback must be a function`);
+    }
+    if (input.topicTag !== undefined && input.topicTag !== route.topicTag) {
+      throw new BrokerError(
+        'INVALID_EVENT',
+        `subscribe '${route.event}': input.topicTag '${String(input.topicTag).slice(0, 120)}' is not the topic of the event ('${route.topicTag}')`,
+      );
+    }
+    const problems = checkSubscribeInput(input);
+    if (problems.length > 0) {
+      throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': ${problems.join('; ')}`, { problems });
+    }
+    if (this.state !== 'running') {
+      throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': the broker module is shutting down`);
+    }
+    const group = input.group ?? this.service;
+    const adapter = await this.adapterFor(route, 'SUBSCRIBE_FAILED');
+    const runner = new SubscriptionRunner(
+      {
+        route,
+        group,
+        concurrency: input.concurrency ?? DEFAULT_CONCURRENCY,
+        retry: resolveRetryPolicy(input.retry, route.retry, this.options.retry),
+        source: input.deadLetter ? 'dead-letters' : 'messages',
+        handler: input.callback as SubscriptionRunnerHandler,
+      },
+      adapter,
+      this.logger,
+    );
+    try {
+      await runner.start();
+    } catch (error) {
+      throw this.wrap('SUBSCRIBE_FAILED', `subscribe '${route.event}' [${route.env}] group ${group} failed`, error);
+    }
+    this.runners.add(runner);
+    return {
+      event: route.event,
+      env: route.env,
+      group,
+      unsubscribe: async () => {
+        this.runners.delete(runner);
+        await runner.stop(this.shutdownTimeoutMs);
+      },
+    };
+  }
+
+  /** Moves dead letters of one group back to that group's queue; resolves with how many moved. */
+  async reprocessDeadLetters(request: ReprocessDeadLettersRequest): Promise<number> {
+    const route = this.route(request);
+    const group = request.group ?? this.service;
+    const limit = request.limit ?? Number.MAX_SAFE_INTEGER;
+    if (typeof group !== 'string' || !NAME_PATTERN.test(group)) {
+      throw new BrokerError('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}': group must be a valid name`);
+    }
+    if (!Number.isInteger(limit) || limit < 1) {
+      throw new BrokerError('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}': limit must be a positive integer`);
+    }
+    const adapter = await this.adapterFor(route, 'PUBLISH_FAILED');
+    try {
+      return await reprocessDeadLetters(adapter, route.topic, group, limit);
+    } catch (error) {
+      throw this.wrap('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}' [${route.env}] group ${group} failed`, error);
+    }
+  }
+
+  /** Shutdown, step 1: stop intake and let in-flight handlers finish (publishing still works). */
+  async beforeApplicationShutdown(): Promise<void> {
+    if (this.state !== 'running') return;
+    this.state = 'draining';
+    const runners = [...this.runners];
+    this.runners.clear();
+    await Promise.all(runners.map((runner) => runner.stop(this.shutdownTimeoutMs)));
+  }
+
+  /** Shutdown, step 2: close connections. */
+  async onApplicationShutdown(): Promise<void> {
+    await this.beforeApplicationShutdown();
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    await this.adapters.closeAll();
+  }
+
+  private route(request: { env: string; event: string; product_tag: string }): Route {
+    if (typeof request !== 'object' || request === null) {
+      throw new BrokerError('INVALID_EVENT', 'the request must be an object with env, event and product_tag');
+    }
+    return this.routes.resolve(request.env, request.event, request.product_tag);
+  }
+
+  private async validateSchema(route: Route, message: unknown): Promise<void> {
+    const result = await route.schema!['~standard'].validate(message);
+    if (result.issues) {
+      const issues = result.issues.map((issue) => `${issuePath(issue.path)}${issue.message}`).join('; ');
+      throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': message fails its schema: ${issues}`);
+    }
+  }
+
+  private async adapterFor(route: Route, code: BrokerErrorCode): Promise<BrokerAdapter> {
+    try {
+      return await this.adapters.get(route.brokerTag, route.brokerEnv);
+    } catch (error) {
+      throw this.wrap(code, `broker '${route.brokerTag}' env '${route.env}' (${route.brokerEnv.type}) is unavailable`, error);
+    }
+  }
+
+  private wrap(code: BrokerErrorCode, context: string, error: unknown): BrokerError {
+    if (error instanceof BrokerError && (error.code === code || error.code === 'CONFIG_INVALID')) return error;
+    return new BrokerError(code, `${context}: ${describeError(error)}`, { cause: error });
+  }
+}
+
+type SubscriptionRunnerHandler = ConstructorParameters<typeof SubscriptionRunner>[0]['handler'];
+
+function checkPublishInput(input: PublishRequest['input'], event: string): void {
+  const problems: string[] = [];
+  if (input.headers !== undefined) {
+    if (typeof input.headers !== 'object' || input.headers === null || Array.isArray(input.headers)) {
+      problems.push('input.headers must be an object of strings');
+    } else {
+      for (const [name, value] of Object.entries(input.headers)) {
+        if (typeof value !== 'string') problems.push(`input.headers.${name.slice(0, 60)} must be a string`);
+      }
+    }
+  }
+  for (const field of ['key', 'correlationId', 'messageId'] as const) {
+    const value = input[field];
+    if (value !== undefined && (typeof value !== 'string' || value === '' || value.length > 1024)) {
+      problems.push(`input.${field} must be a non-empty string of at most 1024 characters`);
+    }
+  }
+  if (input.delayMs !== undefined && (typeof input.delayMs !== 'number' || !Number.isFinite(input.delayMs) || input.delayMs < 0)) {
+    problems.push('input.delayMs must be a number of at least 0');
+  }
+  if (problems.length > 0) throw new BrokerError('INVALID_MESSAGE', `publish '${event}': ${problems.join('; ')}`, { problems });
+}
+
+function checkSubscribeInput(input: Omit<SubscribeRequest['input'], 'callback'>): string[] {
+  const problems: string[] = [];
+  if (input.group !== undefined && (typeof input.group !== 'string' || !NAME_PATTERN.test(input.group))) {
+    problems.push("input.group must be a valid name (letters, digits, '.', '_' and '-')");
+  }
+  if (input.concurrency !== undefined && (!Number.isInteger(input.concurrency) || input.concurrency < 1 || input.concurrency > 10_000)) {
+    problems.push('input.concurrency must be an integer from 1 to 10000');
+  }
+  if (input.retry !== undefined) checkRetryPolicy(input.retry, 'input.retry', problems);
+  if (input.deadLetter !== undefined && typeof input.deadLetter !== 'boolean') problems.push('input.deadLetter must be a boolean');
+  return problems;
+}
+
+function issuePath(path: ReadonlyArray<PropertyKey | { key: PropertyKey }> | undefined): string {
+  if (!path || path.length === 0) return '';
+  return `${path.map((segment) => String(typeof segment === 'object' ? segment.key : segment)).join('.')}: `;
+}

@@ -1,0 +1,63 @@
+import { Logger } from '@nestjs/common';
+import { createAdapter } from '../adapters/adapter-factory';
+import type { AdapterLogger, BrokerAdapter } from '../adapters/broker-adapter';
+import { BrokerError, describeError } from '../errors';
+import type { BrokerEnvConfig } from '../interfaces/broker-options.interface';
+
+/**
+ * One adapter per (broker tag, env slug), created and connected on first use and shared after.
+ * Creation failures are not cached, so a broker that was down at first use is retried next time.
+ */
+export class AdapterRegistry {
+  private readonly adapters = new Map<string, Promise<BrokerAdapter>>();
+  private closed = false;
+
+  constructor(private readonly logger: Logger) {}
+
+  get(brokerTag: string, env: BrokerEnvConfig): Promise<BrokerAdapter> {
+    const id = `${brokerTag}\u0000${env.slug}`;
+    let adapter = this.adapters.get(id);
+    if (!adapter) {
+      adapter = this.open(brokerTag, env);
+      this.adapters.set(id, adapter);
+      adapter.catch(() => this.adapters.delete(id));
+    }
+    return adapter;
+  }
+
+  /** Closes every adapter; later `get` calls fail. */
+  async closeAll(): Promise<void> {
+    this.closed = true;
+    const opened = await Promise.allSettled(this.adapters.values());
+    this.adapters.clear();
+    await Promise.all(
+      opened.map(async (result) => {
+        if (result.status !== 'fulfilled') return;
+        try {
+          await result.value.close();
+        } catch (error) {
+          this.logger.error(`closing a broker adapter failed: ${describeError(error)}`);
+        }
+      }),
+    );
+  }
+
+  private async open(brokerTag: string, env: BrokerEnvConfig): Promise<BrokerAdapter> {
+    if (this.closed) throw new BrokerError('PUBLISH_FAILED', 'the broker module is shut down');
+    const logger: AdapterLogger = {
+      log: (message) => this.logger.log(`[${brokerTag}/${env.slug}] ${message}`),
+      warn: (message) => this.logger.warn(`[${brokerTag}/${env.slug}] ${message}`),
+      error: (message) => this.logger.error(`[${brokerTag}/${env.slug}] ${message}`),
+    };
+    let adapter: BrokerAdapter;
+    try {
+      adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger });
+    } catch (error) {
+      throw new BrokerError('CONFIG_INVALID', `broker '${brokerTag}' env '${env.slug}' (${env.type}): ${describeError(error)}`, {
+        cause: error,
+      });
+    }
+    await adapter.connect();
+    return adapter;
+  }
+}
