@@ -5,7 +5,7 @@ import { BrokerMetadataAccessor } from './broker-metadata.accessor';
 import { DUCTAPE_BROKER_OPTIONS } from './constants';
 import { BrokerError } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
-import type { BrokerContext } from './interfaces/message-broker.interface';
+import type { BrokerContext, Subscription } from './interfaces/message-broker.interface';
 import { MessageBrokerService } from './message-broker.service';
 
 /**
@@ -23,7 +23,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
-    const subscriptions: Promise<unknown>[] = [];
+    const subscriptions: Promise<Subscription>[] = [];
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance: unknown = wrapper.instance;
       if (wrapper.isAlias || typeof instance !== 'object' || instance === null) continue;
@@ -54,10 +54,15 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
         }
       }
     }
-    // Subscribe all at once, but fail startup on the first error, with its own code.
+    // Subscribe all at once; on an error, detach those that started and fail startup with its code.
     const results = await Promise.allSettled(subscriptions);
     const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
-    if (failure) throw failure.reason;
+    if (failure) {
+      await Promise.allSettled(
+        results.map((result) => (result.status === 'fulfilled' ? result.value.unsubscribe() : undefined)),
+      );
+      throw failure.reason;
+    }
   }
 
   /** A handler must live on one long-lived instance: a per-request or per-consumer one has none. */

@@ -47,10 +47,7 @@ export class MemoryBrokerServer {
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly hooks: MemoryQueueHooks;
 
-  constructor(
-    private readonly limits: MemoryBrokerLimits = DEFAULT_MEMORY_LIMITS,
-    private readonly logger?: AdapterLogger,
-  ) {
+  constructor(private readonly logger?: AdapterLogger) {
     const stats = this.stats;
     this.hooks = {
       onDelivered: () => stats.delivered++,
@@ -61,10 +58,10 @@ export class MemoryBrokerServer {
   }
 
   /** The server registered under `name` in this process, created on first use. */
-  static shared(name: string, limits?: MemoryBrokerLimits, logger?: AdapterLogger): MemoryBrokerServer {
+  static shared(name: string, logger?: AdapterLogger): MemoryBrokerServer {
     let server = sharedServers.get(name);
     if (!server) {
-      server = new MemoryBrokerServer(limits, logger);
+      server = new MemoryBrokerServer(logger);
       sharedServers.set(name, server);
     }
     return server;
@@ -76,29 +73,32 @@ export class MemoryBrokerServer {
     sharedServers.delete(name);
   }
 
-  /** Delivers to every group of the topic, or keeps it until the first group subscribes. */
-  publish(topicName: string, message: MemoryMessage, delayMs = 0): void {
+  /**
+   * Delivers to every group of the topic, or keeps it until the first group subscribes. The limits
+   * are the publisher's: each module instance sharing a server keeps the bounds it configured.
+   */
+  publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
     const topic = this.topic(topicName);
-    this.assertRoom(topicName, topic.groups);
+    for (const [name, group] of topic.groups) this.assertRoom(topicName, name, group, limits);
     this.stats.published++;
-    this.later(delayMs, () => this.route(topicName, topic, message));
+    this.later(delayMs, () => this.route(topicName, topic, message, limits));
   }
 
-  sendToGroup(topicName: string, group: string, message: MemoryMessage, delayMs = 0): void {
+  sendToGroup(topicName: string, group: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
     const target = this.group(topicName, group);
-    this.assertRoom(topicName, new Map([[group, target]]));
+    this.assertRoom(topicName, group, target, limits);
     this.later(delayMs, () => target.messages.enqueue(message));
   }
 
-  sendToDeadLetters(topicName: string, group: string, message: MemoryMessage): void {
+  sendToDeadLetters(topicName: string, group: string, message: MemoryMessage, limits = DEFAULT_MEMORY_LIMITS): void {
     const deadLetters = this.group(topicName, group).deadLetters;
     deadLetters.enqueue(message);
     this.stats.deadLettered++;
-    if (deadLetters.length > this.limits.maxDeadLettersPerGroup) {
+    if (deadLetters.length > limits.maxDeadLettersPerGroup) {
       deadLetters.dropOldest();
       this.stats.dropped++;
       this.logger?.error(
-        `memory broker: dead letters of ${topicName} / ${group} exceed ${this.limits.maxDeadLettersPerGroup}; the oldest was dropped`,
+        `memory broker: dead letters of ${topicName} / ${group} exceed ${limits.maxDeadLettersPerGroup}; the oldest was dropped`,
       );
     }
   }
@@ -112,6 +112,12 @@ export class MemoryBrokerServer {
   /** Messages waiting in a group's queue (not counting those in flight or delayed). */
   depth(topicName: string, group: string): number {
     return this.topics.get(topicName)?.groups.get(group)?.messages.length ?? 0;
+  }
+
+  /** Consumers attached to a group's queue (or to its dead letters). */
+  consumerCount(topicName: string, group: string, source: 'messages' | 'dead-letters' = 'messages'): number {
+    const entry = this.topics.get(topicName)?.groups.get(group);
+    return (source === 'messages' ? entry?.messages : entry?.deadLetters)?.consumerCount ?? 0;
   }
 
   deadLetterCount(topicName: string, group: string): number {
@@ -128,14 +134,14 @@ export class MemoryBrokerServer {
     this.timers.clear();
   }
 
-  private route(topicName: string, topic: MemoryTopic, message: MemoryMessage): void {
+  private route(topicName: string, topic: MemoryTopic, message: MemoryMessage, limits: MemoryBrokerLimits): void {
     if (topic.groups.size === 0) {
       topic.unrouted.push(message);
-      if (topic.unrouted.length > this.limits.maxUnroutedPerTopic) {
+      if (topic.unrouted.length > limits.maxUnroutedPerTopic) {
         topic.unrouted.shift();
         this.stats.dropped++;
         this.logger?.warn(
-          `memory broker: ${topicName} has no subscriber and holds ${this.limits.maxUnroutedPerTopic} messages; the oldest was dropped`,
+          `memory broker: ${topicName} has no subscriber and holds ${limits.maxUnroutedPerTopic} messages; the oldest was dropped`,
         );
       }
       return;
@@ -144,13 +150,9 @@ export class MemoryBrokerServer {
   }
 
   /** Refuses, before anything is enqueued, a message that a full queue could not take. */
-  private assertRoom(topicName: string, groups: Map<string, MemoryGroup>): void {
-    for (const [name, group] of groups) {
-      if (group.messages.length >= this.limits.maxQueueLength) {
-        throw new Error(
-          `memory broker: the queue of ${topicName} / ${name} is full (${this.limits.maxQueueLength} messages); is its consumer running?`,
-        );
-      }
+  private assertRoom(topicName: string, name: string, group: MemoryGroup, limits: MemoryBrokerLimits): void {
+    if (group.messages.length >= limits.maxQueueLength) {
+      throw new Error(`memory broker: the queue of ${topicName} / ${name} is full (${limits.maxQueueLength} messages); is its consumer running?`);
     }
   }
 

@@ -34,6 +34,10 @@ export class MemoryQueue {
     return this.items.length - this.head;
   }
 
+  get consumerCount(): number {
+    return this.consumers.length;
+  }
+
   /** Oldest first, without removing. */
   peek(index: number): MemoryMessage | undefined {
     return this.items[this.head + index];

@@ -13,7 +13,7 @@ import type { MemoryEnvConfig } from '../../interfaces/broker-options.interface'
 import { DEFAULT_MEMORY_LIMITS, MemoryBrokerServer, type MemoryBrokerLimits } from './memory-broker-server';
 import type { MemoryMessage } from './memory-queue';
 
-const MEMORY_CAPABILITIES: AdapterCapabilities = {
+export const MEMORY_CAPABILITIES: AdapterCapabilities = {
   fanOut: true,
   orderingPerKey: true,
   nativeDelay: true,
@@ -26,17 +26,18 @@ export class MemoryAdapter implements BrokerAdapter {
   readonly server: MemoryBrokerServer;
   private readonly consumers = new Set<AdapterConsumer>();
   private readonly ownsServer: boolean;
+  private readonly limits: MemoryBrokerLimits;
 
   constructor(config: MemoryEnvConfig['config'], context: AdapterContext) {
-    const limits: MemoryBrokerLimits = {
+    this.limits = {
       maxQueueLength: config?.maxQueueLength ?? DEFAULT_MEMORY_LIMITS.maxQueueLength,
       maxUnroutedPerTopic: config?.maxUnroutedPerTopic ?? DEFAULT_MEMORY_LIMITS.maxUnroutedPerTopic,
       maxDeadLettersPerGroup: config?.maxDeadLettersPerGroup ?? DEFAULT_MEMORY_LIMITS.maxDeadLettersPerGroup,
     };
     this.ownsServer = config?.server === undefined;
     this.server = this.ownsServer
-      ? new MemoryBrokerServer(limits, context.logger)
-      : MemoryBrokerServer.shared(config?.server as string, limits, context.logger);
+      ? new MemoryBrokerServer(context.logger)
+      : MemoryBrokerServer.shared(config?.server as string, context.logger);
   }
 
   connect(): Promise<void> {
@@ -44,17 +45,17 @@ export class MemoryAdapter implements BrokerAdapter {
   }
 
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
-    this.server.publish(topic.name, toMemoryMessage(message), message.delayMs);
+    this.server.publish(topic.name, toMemoryMessage(message), message.delayMs, this.limits);
     return Promise.resolve();
   }
 
   sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    this.server.sendToGroup(topic.name, group, toMemoryMessage(message), message.delayMs);
+    this.server.sendToGroup(topic.name, group, toMemoryMessage(message), message.delayMs, this.limits);
     return Promise.resolve();
   }
 
   sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    this.server.sendToDeadLetters(topic.name, group, toMemoryMessage(message));
+    this.server.sendToDeadLetters(topic.name, group, toMemoryMessage(message), this.limits);
     return Promise.resolve();
   }
 

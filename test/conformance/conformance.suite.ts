@@ -1,0 +1,450 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import type { INestApplication } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import {
+  DEAD_LETTER_HEADERS,
+  DuctapeBrokerModule,
+  MessageBrokerService,
+  type BrokerContext,
+  type BrokerModuleOptions,
+  type RetryPolicy,
+} from '../../lib';
+import { describeWithBroker } from '../support/broker-availability';
+import { gate, sleep, waitFor } from '../support/wait';
+import type { ConformanceTarget } from './conformance-target';
+
+const FAST_RETRY: RetryPolicy = { maxAttempts: 3, initialDelayMs: 20, multiplier: 2 };
+
+interface Received {
+  message: unknown;
+  ctx: BrokerContext;
+}
+
+/**
+ * DESIGN.md §2 as tests, run unchanged against every adapter: one instance of this suite per
+ * ConformanceTarget. Every test uses fresh topic tags, so targets on a shared server do not mix.
+ */
+export function runConformanceSuite(target: ConformanceTarget): void {
+  describeWithBroker(target.broker, `conformance: ${target.broker}`, () => {
+    const timeout = target.deliveryTimeoutMs ?? 5000;
+    const apps: INestApplication[] = [];
+
+    async function startApp(overrides: Partial<BrokerModuleOptions> = {}): Promise<MessageBrokerService> {
+      const options: BrokerModuleOptions = {
+        env: 'prd',
+        product: 'conformance',
+        brokers: [{ tag: 'bk', envs: [target.envConfig('prd'), target.envConfig('stg')] }],
+        retry: FAST_RETRY,
+        shutdownTimeoutMs: 2000,
+        ...overrides,
+      };
+      const moduleRef = await Test.createTestingModule({ imports: [DuctapeBrokerModule.forRoot(options)] })
+        .setLogger(silentLogger)
+        .compile();
+      const app = moduleRef.createNestApplication({ logger: false });
+      await app.init();
+      apps.push(app);
+      return app.get(MessageBrokerService);
+    }
+
+    afterEach(async () => {
+      await Promise.all(apps.splice(0).map((app) => app.close()));
+    });
+
+    function newEvent(): { event: string; topicTag: string } {
+      const topicTag = `t-${randomUUID().slice(0, 8)}`;
+      return { event: `bk:${topicTag}`, topicTag };
+    }
+
+    function collector(into: Received[], behaviour?: (ctx: BrokerContext) => Promise<void> | void) {
+      return async (message: unknown, ctx: BrokerContext) => {
+        into.push({ message, ctx });
+        await behaviour?.(ctx);
+      };
+    }
+
+    function publish(broker: MessageBrokerService, event: string, message: unknown, input: Record<string, unknown> = {}) {
+      return broker.publish({ env: 'prd', event, product_tag: 'conformance', input: { message, ...input } });
+    }
+
+    it('round-trips a message with its headers, correlationId, messageId and key', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const received: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(received) } });
+      const before = Date.now();
+      const message = { orderId: '12345', items: [1, 2.5, 'x', null, { deep: true }], unicode: 'é 漢字 🎉' };
+      const result = await publish(broker, event, message, {
+        headers: { tenant: 'acme', 'x-trace': 'abc' },
+        correlationId: 'corr-1',
+        messageId: 'msg-1',
+        key: 'customer-7',
+      });
+      expect(result).toEqual({ messageId: 'msg-1' });
+      await waitFor(() => received.length === 1, 'the message', timeout);
+      const [{ message: got, ctx }] = received;
+      expect(got).toEqual(message);
+      expect(ctx).toMatchObject({
+        messageId: 'msg-1',
+        event,
+        env: 'prd',
+        product: 'conformance',
+        attempt: 1,
+        correlationId: 'corr-1',
+        key: 'customer-7',
+        headers: { tenant: 'acme', 'x-trace': 'abc' },
+      });
+      expect(ctx.publishedAt).toBeInstanceOf(Date);
+      expect(ctx.publishedAt.getTime()).toBeGreaterThanOrEqual(before - 1000);
+      expect(ctx.raw).toBeDefined();
+    });
+
+    it('gives a fresh UUID messageId when none is given', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const received: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(received) } });
+      const { messageId } = await publish(broker, event, 'plain string');
+      expect(messageId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      await waitFor(() => received.length === 1, 'the message', timeout);
+      expect(received[0].ctx.messageId).toBe(messageId);
+      expect(received[0].message).toBe('plain string');
+    });
+
+    itIf(target.capabilities.fanOut, 'fanOut')('fans out across groups: each group gets every message', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const billing: Received[] = [];
+      const shipping: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(billing), group: 'billing' } });
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(shipping), group: 'shipping' } });
+      for (let i = 0; i < 10; i++) await publish(broker, event, { i });
+      await waitFor(() => billing.length === 10 && shipping.length === 10, 'both groups to get all 10', timeout);
+      await sleep(50);
+      expect(billing.map((r) => (r.message as { i: number }).i).sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(shipping).toHaveLength(10);
+    });
+
+    it('shares the messages of one group between competing consumers, each message once', async () => {
+      const first = await startApp();
+      const second = await startApp();
+      const { event } = newEvent();
+      const a: Received[] = [];
+      const b: Received[] = [];
+      const slow = () => sleep(10);
+      await first.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(a, slow), group: 'workers' } });
+      await second.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(b, slow), group: 'workers' } });
+      for (let i = 0; i < 20; i++) await publish(first, event, { i }, { key: `k${i}` });
+      await waitFor(() => a.length + b.length === 20, 'all 20 messages', timeout);
+      await sleep(100);
+      const all = [...a, ...b].map((r) => (r.message as { i: number }).i).sort((x, y) => x - y);
+      expect(all).toEqual(Array.from({ length: 20 }, (_, i) => i));
+      expect(a.length).toBeGreaterThan(0);
+      expect(b.length).toBeGreaterThan(0);
+    });
+
+    it('redelivers a failing message with attempt 1..maxAttempts, after backoff, then dead-letters it with the error', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const attempts: { attempt: number; at: number }[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: {
+          group: 'flaky',
+          retry: { maxAttempts: 3, initialDelayMs: 100, multiplier: 2 },
+          callback: (_message, ctx) => {
+            attempts.push({ attempt: ctx.attempt, at: Date.now() });
+            throw new Error('downstream is down');
+          },
+        },
+      });
+      const dead: Received[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: { group: 'flaky', deadLetter: true, callback: collector(dead) },
+      });
+      const { messageId } = await publish(broker, event, { n: 1 }, { headers: { origin: 'test' } });
+      await waitFor(() => dead.length === 1, 'the dead letter', timeout + 1000);
+      expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3]);
+      // Backoff: 100 ms, then 200 ms (lower bounds only; a loaded machine may be slower).
+      expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(90);
+      expect(attempts[2].at - attempts[1].at).toBeGreaterThanOrEqual(180);
+      const [{ message, ctx }] = dead;
+      expect(message).toEqual({ n: 1 });
+      expect(ctx.messageId).toBe(messageId);
+      expect(ctx.headers.origin).toBe('test');
+      expect(ctx.headers[DEAD_LETTER_HEADERS.attempts]).toBe('3');
+      expect(ctx.headers[DEAD_LETTER_HEADERS.error]).toContain('downstream is down');
+      expect(ctx.headers[DEAD_LETTER_HEADERS.reason]).toBe('max-attempts');
+      expect(Number.isNaN(Date.parse(ctx.headers[DEAD_LETTER_HEADERS.failedAt]))).toBe(false);
+      await sleep(150);
+      expect(attempts).toHaveLength(3);
+    });
+
+    it('reprocessDeadLetters sends dead letters back to their own group only', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      let healthy = false;
+      const failing: Received[] = [];
+      const other: Received[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: {
+          group: 'fragile',
+          retry: { maxAttempts: 2, initialDelayMs: 10 },
+          callback: collector(failing, () => {
+            if (!healthy) throw new Error('not yet');
+          }),
+        },
+      });
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'sturdy', callback: collector(other) } });
+      await publish(broker, event, { id: 'a' });
+      await publish(broker, event, { id: 'b' });
+      await waitFor(() => failing.length === 4, 'two messages to fail twice each', timeout);
+      await waitFor(() => other.length === 2, 'the sturdy group', timeout);
+      await sleep(100);
+      healthy = true;
+      const moved = await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: 'conformance', group: 'fragile' });
+      expect(moved).toBe(2);
+      await waitFor(() => failing.length === 6, 'the reprocessed messages', timeout);
+      const replayed = failing.slice(4);
+      expect(replayed.map((r) => r.ctx.attempt)).toEqual([1, 1]);
+      expect(replayed.map((r) => (r.message as { id: string }).id).sort()).toEqual(['a', 'b']);
+      expect(replayed[0].ctx.headers[DEAD_LETTER_HEADERS.error]).toBeUndefined();
+      await sleep(150);
+      expect(other).toHaveLength(2);
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: 'conformance', group: 'fragile' })).toBe(0);
+    });
+
+    it('reprocessDeadLetters honours its limit', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const dead: Received[] = [];
+      const sub = await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: { group: 'g', retry: { maxAttempts: 1, initialDelayMs: 0 }, callback: collector(dead, () => Promise.reject(new Error('no'))) },
+      });
+      for (let i = 0; i < 3; i++) await publish(broker, event, { i });
+      await waitFor(() => dead.length === 3, 'three failures', timeout);
+      await sub.unsubscribe();
+      await sleep(50);
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: 'conformance', group: 'g', limit: 2 })).toBe(2);
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: 'conformance', group: 'g', limit: 5 })).toBe(1);
+    });
+
+    it('sends a poison (undecodable) message straight to the dead letters and keeps consuming', async () => {
+      const broker = await startApp();
+      const { event, topicTag } = newEvent();
+      const handled: Received[] = [];
+      const dead: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'eater', callback: collector(handled) } });
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'eater', deadLetter: true, callback: collector(dead) } });
+      await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from('{"this is": not json'));
+      await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from(JSON.stringify({ some: 'other format' })));
+      await waitFor(() => dead.length === 2, 'two poison messages in the dead letters', timeout);
+      expect(handled).toHaveLength(0);
+      expect(dead.map((d) => d.message).sort()).toEqual(['{"some":"other format"}', '{"this is": not json'].sort());
+      expect(dead.every((d) => d.ctx.headers[DEAD_LETTER_HEADERS.reason] === 'poison')).toBe(true);
+      expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+      await publish(broker, event, { after: 'poison' });
+      await waitFor(() => handled.length === 1, 'the next good message', timeout);
+      expect(handled[0].message).toEqual({ after: 'poison' });
+    });
+
+    it('honours the concurrency limit of a subscription', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      let running = 0;
+      let peak = 0;
+      let done = 0;
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: {
+          concurrency: 3,
+          callback: async () => {
+            peak = Math.max(peak, ++running);
+            await sleep(40);
+            running--;
+            done++;
+          },
+        },
+      });
+      await Promise.all(Array.from({ length: 12 }, (_, i) => publish(broker, event, { i }, { key: `k${i}` })));
+      await waitFor(() => done === 12, 'all 12 handled', timeout);
+      expect(peak).toBe(3);
+    });
+
+    it('stops delivery on unsubscribe, and keeps later messages for the group', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const first: Received[] = [];
+      const sub = await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'g', callback: collector(first) } });
+      await publish(broker, event, { n: 1 });
+      await waitFor(() => first.length === 1, 'the first message', timeout);
+      await sub.unsubscribe();
+      await publish(broker, event, { n: 2 });
+      await sleep(200);
+      expect(first).toHaveLength(1);
+      const second: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'g', callback: collector(second) } });
+      await waitFor(() => second.length === 1, 'the message published while nobody listened', timeout);
+      expect(second[0].message).toEqual({ n: 2 });
+    });
+
+    it('isolates environments: a message published on prd never reaches stg', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const prd: Received[] = [];
+      const stg: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: collector(prd) } });
+      await broker.subscribe({ env: 'stg', event, product_tag: 'conformance', input: { callback: collector(stg) } });
+      await publish(broker, event, { where: 'prd' });
+      await broker.publish({ env: 'stg', event, product_tag: 'conformance', input: { message: { where: 'stg' } } });
+      await waitFor(() => prd.length === 1 && stg.length === 1, 'one message per env', timeout);
+      await sleep(100);
+      expect(prd.map((r) => r.message)).toEqual([{ where: 'prd' }]);
+      expect(stg.map((r) => r.message)).toEqual([{ where: 'stg' }]);
+      expect(stg[0].ctx.env).toBe('stg');
+    });
+
+    it('isolates products: two products on one broker never see each other', async () => {
+      const shop = await startApp({ product: 'shop' });
+      const blog = await startApp({ product: 'blog' });
+      const { event } = newEvent();
+      const shopGot: Received[] = [];
+      const blogGot: Received[] = [];
+      await shop.subscribe({ env: 'prd', event, product_tag: 'shop', input: { callback: collector(shopGot) } });
+      await blog.subscribe({ env: 'prd', event, product_tag: 'blog', input: { callback: collector(blogGot) } });
+      await shop.publish({ env: 'prd', event, product_tag: 'shop', input: { message: 'for shop' } });
+      await blog.publish({ env: 'prd', event, product_tag: 'blog', input: { message: 'for blog' } });
+      await waitFor(() => shopGot.length === 1 && blogGot.length === 1, 'one message per product', timeout);
+      await sleep(100);
+      expect(shopGot.map((r) => r.message)).toEqual(['for shop']);
+      expect(blogGot.map((r) => r.message)).toEqual(['for blog']);
+    });
+
+    itIf(target.capabilities.orderingPerKey, 'orderingPerKey')('keeps publish order per key, even with concurrency', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const seen = new Map<string, number[]>();
+      let done = 0;
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: {
+          concurrency: 4,
+          callback: async (message, ctx) => {
+            const { seq } = message as { seq: number };
+            await sleep((seq * 7) % 5);
+            seen.set(ctx.key!, [...(seen.get(ctx.key!) ?? []), seq]);
+            done++;
+          },
+        },
+      });
+      for (let seq = 0; seq < 30; seq++) await publish(broker, event, { seq }, { key: `key-${seq % 3}` });
+      await waitFor(() => done === 30, 'all 30', timeout);
+      for (let k = 0; k < 3; k++) {
+        expect(seen.get(`key-${k}`)).toEqual(Array.from({ length: 10 }, (_, i) => i * 3 + k));
+      }
+    });
+
+    it('delivers a message no sooner than its delayMs', async () => {
+      const broker = await startApp();
+      const { event } = newEvent();
+      const received: number[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { callback: () => void received.push(Date.now()) } });
+      const sent = Date.now();
+      await publish(broker, event, { later: true }, { delayMs: 300 });
+      await waitFor(() => received.length === 1, 'the delayed message', timeout + 300);
+      expect(received[0] - sent).toBeGreaterThanOrEqual(290);
+    });
+
+    it('on shutdown, lets an in-flight handler finish and acks it: no other instance gets it again', async () => {
+      const leaving = await startApp();
+      const staying = await startApp();
+      const { event } = newEvent();
+      const hold = gate();
+      let started = false;
+      let finished = false;
+      await leaving.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: {
+          group: 'shared',
+          callback: async () => {
+            started = true;
+            await hold.promise;
+            await sleep(100);
+            finished = true;
+          },
+        },
+      });
+      await publish(leaving, event, { n: 1 });
+      await waitFor(() => started, 'the handler to start', timeout);
+      const otherGot: Received[] = [];
+      await staying.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'shared', callback: collector(otherGot) } });
+      const closing = apps[0].close();
+      await sleep(50);
+      expect(finished).toBe(false);
+      hold.open();
+      await closing;
+      expect(finished).toBe(true);
+      await sleep(300);
+      expect(otherGot).toHaveLength(0);
+    });
+
+    it('on shutdown, never acks a handler still running at shutdownTimeoutMs: another instance gets it again', async () => {
+      const leaving = await startApp({ shutdownTimeoutMs: 100 });
+      const staying = await startApp();
+      const { event } = newEvent();
+      let started = false;
+      let finished = false;
+      const never = gate();
+      await leaving.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: {
+          group: 'shared',
+          callback: async () => {
+            started = true;
+            await never.promise;
+            finished = true;
+          },
+        },
+      });
+      const { messageId } = await publish(leaving, event, { n: 1 });
+      await waitFor(() => started, 'the handler to start', timeout);
+      const otherGot: Received[] = [];
+      await staying.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'shared', callback: collector(otherGot) } });
+      const closedAt = Date.now();
+      await apps[0].close();
+      expect(Date.now() - closedAt).toBeLessThan(1500);
+      never.open(); // the late finish of the abandoned handler must not ack or crash anything
+      await waitFor(() => otherGot.length === 1, 'the unfinished message at the other instance', timeout + 2000);
+      expect(finished).toBe(true);
+      expect(otherGot[0].ctx.messageId).toBe(messageId);
+    });
+  });
+}
+
+/** A test of a capability the adapter does not claim is reported as skipped, with the reason in its title. */
+function itIf(claimed: boolean, capability: string): (name: string, fn: () => Promise<void>) => void {
+  if (claimed) return (name, fn) => it(name, fn);
+  return (name, fn) => it.skip(`${name} (skipped: the adapter does not claim ${capability})`, fn);
+}
+
+const silentLogger = { log() {}, error() {}, warn() {}, debug() {}, verbose() {}, fatal() {} };

@@ -1,0 +1,227 @@
+import 'reflect-metadata';
+import { Controller, Inject, Injectable, Module, Scope, type INestApplication } from '@nestjs/common';
+import {
+  BrokerError,
+  MemoryBrokerServer,
+  MessageBrokerService,
+  OnBrokerEvent,
+  type BrokerContext,
+  type BrokerModuleOptions,
+} from '../lib';
+import { createBrokerApp } from './support/app';
+import { waitFor } from './support/wait';
+
+const SERVER = 'decorator-spec';
+const server = () => MemoryBrokerServer.shared(SERVER);
+
+const options = (overrides: Partial<BrokerModuleOptions> = {}): BrokerModuleOptions => ({
+  env: 'prd',
+  product: 'shop',
+  service: 'orders',
+  brokers: [
+    {
+      tag: 'sqsbroker',
+      envs: [
+        { slug: 'prd', type: 'memory', config: { server: SERVER } },
+        { slug: 'stg', type: 'memory', config: { server: SERVER } },
+      ],
+      topics: [{ tag: 'new-orders' }, { tag: 'refunds' }, { tag: 'audits' }],
+    },
+  ],
+  retry: { maxAttempts: 2, initialDelayMs: 10 },
+  ...overrides,
+});
+
+@Injectable()
+class Ledger {
+  readonly entries: string[] = [];
+  record(entry: string): void {
+    this.entries.push(entry);
+  }
+}
+
+@Injectable()
+class OrdersListener {
+  constructor(private readonly ledger: Ledger) {}
+
+  @OnBrokerEvent('sqsbroker:new-orders')
+  async onOrder(message: { id: string }, ctx: BrokerContext): Promise<void> {
+    // `this` is the provider instance: its injected dependencies are there.
+    this.ledger.record(`order ${message.id} attempt ${ctx.attempt} env ${ctx.env}`);
+  }
+
+  @OnBrokerEvent('sqsbroker:new-orders', { group: 'audit-trail' })
+  @OnBrokerEvent('sqsbroker:refunds', { group: 'audit-trail' })
+  async audit(message: { id: string }, ctx: BrokerContext): Promise<void> {
+    this.ledger.record(`audit ${ctx.event} ${message.id}`);
+  }
+
+  @OnBrokerEvent('sqsbroker:new-orders', { env: 'stg' })
+  async onStagingOrder(message: { id: string }): Promise<void> {
+    this.ledger.record(`stg order ${message.id}`);
+  }
+
+  notAHandler(): void {
+    this.ledger.record('never called by the broker');
+  }
+}
+
+@Controller()
+class RefundsController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @OnBrokerEvent('sqsbroker:refunds', { retry: { maxAttempts: 3, initialDelayMs: 5 } })
+  async onRefund(message: { id: string }, ctx: BrokerContext): Promise<void> {
+    this.ledger.record(`refund ${message.id} attempt ${ctx.attempt}`);
+    if (ctx.attempt < 3) throw new Error('flaky');
+  }
+}
+
+@Module({ providers: [Ledger, OrdersListener], controllers: [RefundsController], exports: [Ledger] })
+class ShopModule {}
+
+describe('@OnBrokerEvent', () => {
+  let app: INestApplication | undefined;
+
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+  });
+
+  it('is discovered on providers and controllers, stacks, and runs on the provider instance', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(), { imports: [ShopModule] }));
+    const ledger = app.get(Ledger);
+    await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 'o1' } } });
+    await broker.publish({ env: 'prd', event: 'sqsbroker:refunds', product_tag: 'shop', input: { message: { id: 'r1' } } });
+    await broker.publish({ env: 'stg', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 's1' } } });
+    await waitFor(() => ledger.entries.length === 7, `7 ledger entries (have ${ledger.entries.join(' | ')})`);
+    expect([...ledger.entries].sort()).toEqual(
+      [
+        'order o1 attempt 1 env prd',
+        'audit sqsbroker:new-orders o1',
+        'audit sqsbroker:refunds r1',
+        'refund r1 attempt 1',
+        'refund r1 attempt 2',
+        'refund r1 attempt 3',
+        'stg order s1',
+      ].sort(),
+    );
+  });
+
+  it('has every consumer running when app.init() resolves, in groups named <service>.<Class>.<method>', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(), { imports: [ShopModule] }));
+    expect(server().consumerCount('shop.prd.new-orders', 'orders.OrdersListener.onOrder')).toBe(1);
+    expect(server().consumerCount('shop.prd.new-orders', 'audit-trail')).toBe(1);
+    expect(server().consumerCount('shop.prd.refunds', 'audit-trail')).toBe(1);
+    expect(server().consumerCount('shop.prd.refunds', 'orders.RefundsController.onRefund')).toBe(1);
+    expect(server().consumerCount('shop.stg.new-orders', 'orders.OrdersListener.onStagingOrder')).toBe(1);
+    // Published in the same tick as init resolved: both groups of the topic get it.
+    await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 'first' } } });
+    const ledger = app.get(Ledger);
+    await waitFor(() => ledger.entries.length === 2, 'both groups');
+    expect([...ledger.entries].sort()).toEqual(['audit sqsbroker:new-orders first', 'order first attempt 1 env prd']);
+  });
+
+  it('subscribes an aliased provider (useExisting) once, not twice', async () => {
+    @Module({ providers: [Ledger, OrdersListener, { provide: 'ALIAS', useExisting: OrdersListener }] })
+    class AliasModule {}
+    ({ app } = await createBrokerApp(options(), { imports: [AliasModule] }));
+    expect(server().consumerCount('shop.prd.new-orders', 'orders.OrdersListener.onOrder')).toBe(1);
+  });
+
+  it('uses the decorator options: concurrency, retry and dead letters', async () => {
+    const events: string[] = [];
+    @Injectable()
+    class Fragile {
+      @OnBrokerEvent('sqsbroker:audits', { group: 'fragile', concurrency: 2, retry: { maxAttempts: 2, initialDelayMs: 5 } })
+      fail(_message: unknown, ctx: BrokerContext): void {
+        events.push(`attempt ${ctx.attempt}`);
+        throw new Error('always');
+      }
+
+      @OnBrokerEvent('sqsbroker:audits', { group: 'fragile', deadLetter: true })
+      dead(_message: unknown, ctx: BrokerContext): void {
+        events.push(`dead after ${ctx.headers['x-ductape-attempts']}`);
+      }
+    }
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(), { providers: [Fragile] }));
+    await broker.publish({ env: 'prd', event: 'sqsbroker:audits', product_tag: 'shop', input: { message: {} } });
+    await waitFor(() => events.length === 3, 'two attempts and the dead letter');
+    expect(events).toEqual(['attempt 1', 'attempt 2', 'dead after 2']);
+  });
+
+  it.each([
+    ['request-scoped', Scope.REQUEST],
+    ['transient', Scope.TRANSIENT],
+  ])('refuses a %s provider at startup with a clear error', async (scope, value) => {
+    @Injectable({ scope: value })
+    class Scoped {
+      @OnBrokerEvent('sqsbroker:new-orders')
+      handle(): void {}
+    }
+    const error = await createBrokerApp(options(), { providers: [Scoped] }).then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('SUBSCRIBE_FAILED');
+    expect((error as BrokerError).message).toContain(`Scoped.handle: the provider is ${scope}`);
+  });
+
+  it.each([
+    ['BROKER_NOT_FOUND', 'nobroker:new-orders', {}],
+    ['BROKER_ENV_NOT_FOUND', 'sqsbroker:new-orders', { env: 'qa' }],
+    ['TOPIC_NOT_FOUND', 'sqsbroker:unlisted', {}],
+    ['INVALID_EVENT', 'no colon here', {}],
+    ['PRODUCT_NOT_FOUND', 'sqsbroker:new-orders', { product: 'blog' }],
+  ])('fails startup with %s for a decorated event it cannot route', async (code, event, extra) => {
+    @Injectable()
+    class Misrouted {
+      @OnBrokerEvent(event, extra)
+      handle(): void {}
+    }
+    const error = await createBrokerApp(options(), { providers: [Misrouted] }).then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe(code);
+  });
+
+  it('refuses to decorate something that is not a method', () => {
+    const decorator = OnBrokerEvent('sqsbroker:new-orders');
+    expect(() => decorator({}, 'field', { value: 42 })).toThrow(/can only decorate a method/);
+  });
+});
+
+describe('the injected MessageBrokerService', () => {
+  it('is available to any module without importing DuctapeBrokerModule again (global)', async () => {
+    @Injectable()
+    class Checkout {
+      constructor(@Inject(MessageBrokerService) readonly broker: MessageBrokerService) {}
+    }
+    @Module({ providers: [Checkout] })
+    class CheckoutModule {}
+    const { app } = await createBrokerApp(options(), { imports: [CheckoutModule] });
+    expect(app.get(Checkout).broker).toBe(app.get(MessageBrokerService));
+    await app.close();
+  });
+});
+
+describe('a failed startup', () => {
+  it('detaches the consumers it had already started', async () => {
+    @Injectable()
+    class HalfRouted {
+      @OnBrokerEvent('sqsbroker:new-orders', { group: 'half-routed' })
+      good(): void {}
+
+      @OnBrokerEvent('sqsbroker:unlisted')
+      bad(): void {}
+    }
+    await expect(createBrokerApp(options(), { providers: [HalfRouted] })).rejects.toMatchObject({ code: 'TOPIC_NOT_FOUND' });
+    expect(server().consumerCount('shop.prd.new-orders', 'half-routed')).toBe(0);
+  });
+});
