@@ -1,14 +1,11 @@
 import { Injectable } from '@nestjs/common';
-import { Reflector } from '@nestjs/core';
 import { ON_BROKER_EVENT_METADATA } from './constants';
 import type { OnBrokerEventMetadata } from './decorators/on-broker-event.decorator';
 
 @Injectable()
 export class BrokerMetadataAccessor {
-  constructor(private readonly reflector: Reflector) {}
-
-  getBrokerEventHandlerMetadata(target: unknown): OnBrokerEventMetadata[] | undefined {
-    if (typeof target !== 'function') return undefined;
-    return this.reflector.get<OnBrokerEventMetadata[] | undefined>(ON_BROKER_EVENT_METADATA, target);
+  /** The @OnBrokerEvent entries of a method, looked up on its prototype chain by name. */
+  getBrokerEventHandlerMetadata(prototype: object, methodName: string): OnBrokerEventMetadata[] | undefined {
+    return Reflect.getMetadata(ON_BROKER_EVENT_METADATA, prototype, methodName) as OnBrokerEventMetadata[] | undefined;
   }
 }

@@ -30,12 +30,13 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
       const prototype = Object.getPrototypeOf(instance) as object | null;
       if (!prototype) continue;
       for (const methodName of this.scanner.getAllMethodNames(prototype)) {
-        const method = (instance as Record<string, unknown>)[methodName];
-        const entries = this.accessor.getBrokerEventHandlerMetadata(method);
+        const entries = this.accessor.getBrokerEventHandlerMetadata(prototype, methodName);
         if (!entries) continue;
         this.assertStatic(wrapper, methodName);
         const className = wrapper.metatype?.name ?? prototype.constructor.name;
-        const handler = (method as (message: unknown, ctx: BrokerContext) => unknown).bind(instance);
+        const target = instance as Record<string, (message: unknown, ctx: BrokerContext) => unknown>;
+        // Looked up at each call, so a method replaced after bootstrap (a test spy) is the one called.
+        const handler = (message: unknown, ctx: BrokerContext) => target[methodName](message, ctx);
         for (const { event, options } of entries) {
           subscriptions.push(
             this.broker.subscribe({

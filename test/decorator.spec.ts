@@ -225,3 +225,24 @@ describe('a failed startup', () => {
     expect(server().consumerCount('shop.prd.new-orders', 'half-routed')).toBe(0);
   });
 });
+
+describe('a decorated method replaced by a test spy', () => {
+  it('stays subscribed, and the spy sees the calls', async () => {
+    @Injectable()
+    class Spied {
+      @OnBrokerEvent('sqsbroker:new-orders', { group: 'spied' })
+      handle(_message: unknown): void {}
+    }
+    const before = jest.spyOn(Spied.prototype, 'handle');
+    const { app, broker } = await createBrokerApp(options(), { providers: [Spied] });
+    try {
+      const after = jest.spyOn(app.get(Spied), 'handle');
+      await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 'x' } } });
+      await waitFor(() => after.mock.calls.length === 1, 'the spy to be called');
+      expect(after.mock.calls[0][0]).toEqual({ id: 'x' });
+      expect(before).toHaveBeenCalledTimes(1);
+    } finally {
+      await app.close();
+    }
+  });
+});

@@ -12,12 +12,13 @@ export interface OnBrokerEventMetadata {
  */
 export function OnBrokerEvent(event: string, options: OnBrokerEventOptions = {}): MethodDecorator {
   return (target, propertyKey, descriptor) => {
-    const method = descriptor.value as object | undefined;
-    if (typeof method !== 'function') {
+    if (typeof descriptor.value !== 'function') {
       throw new TypeError(`@OnBrokerEvent('${event}') can only decorate a method (${String(propertyKey)})`);
     }
-    const existing = (Reflect.getMetadata(ON_BROKER_EVENT_METADATA, method) as OnBrokerEventMetadata[] | undefined) ?? [];
-    Reflect.defineMetadata(ON_BROKER_EVENT_METADATA, [...existing, { event, options }], method);
+    // Kept on the prototype under the method's name, not on the function: a test that replaces
+    // the method (jest.spyOn) keeps it subscribed, and the spy sees the calls.
+    const existing = (Reflect.getMetadata(ON_BROKER_EVENT_METADATA, target, propertyKey) as OnBrokerEventMetadata[] | undefined) ?? [];
+    Reflect.defineMetadata(ON_BROKER_EVENT_METADATA, [...existing, { event, options }], target, propertyKey);
     return descriptor;
   };
 }
