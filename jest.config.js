@@ -9,6 +9,8 @@ module.exports = {
     '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }],
   },
   moduleFileExtensions: ['ts', 'js', 'json'],
+  // Probes the real brokers once; suites skip (or, with REQUIRE_BROKERS=1, fail) when theirs is down.
+  globalSetup: '<rootDir>/test/support/global-setup.ts',
   testTimeout: 20000,
   // Suites that talk to real brokers share servers: run files on both cores, but bounded.
   maxWorkers: 2,

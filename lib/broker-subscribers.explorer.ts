@@ -59,9 +59,8 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
     const results = await Promise.allSettled(subscriptions);
     const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
     if (failure) {
-      await Promise.allSettled(
-        results.map((result) => (result.status === 'fulfilled' ? result.value.unsubscribe() : undefined)),
-      );
+      const started = results.filter((result) => result.status === 'fulfilled').map((result) => result.value);
+      await Promise.allSettled(started.map((subscription) => subscription.unsubscribe()));
       throw failure.reason;
     }
   }

@@ -69,7 +69,8 @@ function nonEmpty<T>(items: T[]): T[] | undefined {
 
 async function postOrder(baseUrl: string, init: RequestInit): Promise<{ status: number; body: unknown }> {
   const response = await fetch(`${baseUrl}/orders`, { method: 'POST', ...init });
-  return { status: response.status, body: (await response.json()) as unknown };
+  const body: unknown = await response.json();
+  return { status: response.status, body };
 }
 
 function postJson(baseUrl: string, order: unknown): Promise<{ status: number; body: unknown }> {
@@ -77,7 +78,7 @@ function postJson(baseUrl: string, order: unknown): Promise<{ status: number; bo
 }
 
 function messageIdOf(body: unknown): string {
-  expect(body).toEqual({ messageId: expect.stringMatching(UUID) });
+  expect(body).toEqual({ messageId: expect.stringMatching(UUID) as unknown });
   return (body as { messageId: string }).messageId;
 }
 

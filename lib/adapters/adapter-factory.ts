@@ -1,5 +1,6 @@
 import type { BrokerEnvConfig, BrokerType } from '../interfaces/broker-options.interface';
 import type { AdapterContext, BrokerAdapter } from './broker-adapter';
+import type * as MemoryAdapterModule from './memory';
 
 type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
 
@@ -10,7 +11,7 @@ type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => Brok
 const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
   memory: () => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { createMemoryAdapter } = require('./memory') as typeof import('./memory');
+    const { createMemoryAdapter } = require('./memory') as typeof MemoryAdapterModule;
     return (env, context) => createMemoryAdapter(env.type === 'memory' ? env.config : undefined, context);
   },
 };

@@ -1,4 +1,4 @@
-import { Logger } from '@nestjs/common';
+import { type Logger } from '@nestjs/common';
 import { createAdapter } from '../adapters/adapter-factory';
 import type { AdapterLogger, BrokerAdapter } from '../adapters/broker-adapter';
 import { BrokerError, describeError } from '../errors';
