@@ -72,7 +72,7 @@ export class MessageBrokerService implements BeforeApplicationShutdown, OnApplic
       event: route.event,
       env: route.env,
       product: route.product,
-      publishedAt: new Date().toISOString(),
+      publishedAt: Date.now(),
       attempt: 1,
       headers: input.headers ?? {},
       correlationId: input.correlationId,
@@ -81,7 +81,7 @@ export class MessageBrokerService implements BeforeApplicationShutdown, OnApplic
     };
     const body = encodeEnvelope(envelope, this.maxMessageBytes);
     if (this.state === 'closed') throw new BrokerError('PUBLISH_FAILED', `publish '${route.event}': the broker module is shut down`);
-    const adapter = await this.adapterFor(route, 'PUBLISH_FAILED');
+    const adapter = this.adapters.connected(route.brokerEnv) ?? (await this.adapterFor(route, 'PUBLISH_FAILED'));
     try {
       await adapter.publish(route.topic, {
         body,

@@ -22,7 +22,7 @@ describe('envelope codec', () => {
     event: 'b:t',
     env: 'prd',
     product: 'p',
-    publishedAt: new Date(0).toISOString(),
+    publishedAt: 0,
     attempt: 1,
     headers: { h: 'v' },
     message,

@@ -8,8 +8,8 @@ export interface Envelope<T = unknown> {
   event: string;
   env: string;
   product: string;
-  /** ISO 8601 */
-  publishedAt: string;
+  /** Epoch milliseconds (a number: no date formatting or parsing on the hot path). */
+  publishedAt: number;
   /** 1-based delivery attempt this body is for. */
   attempt: number;
   headers: Record<string, string>;
@@ -67,7 +67,7 @@ function isEnvelope(value: unknown): value is Envelope {
   return (
     envelope.v === 1 &&
     typeof envelope.id === 'string' &&
-    typeof envelope.publishedAt === 'string' &&
+    typeof envelope.publishedAt === 'number' &&
     typeof envelope.attempt === 'number' &&
     typeof envelope.headers === 'object' &&
     envelope.headers !== null &&

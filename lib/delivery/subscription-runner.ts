@@ -234,7 +234,7 @@ function rawEnvelope(delivery: InboundDelivery, route: Route): Envelope {
     event: route.event,
     env: route.env,
     product: route.product,
-    publishedAt: delivery.headers[DEAD_LETTER_HEADERS.failedAt] ?? new Date().toISOString(),
+    publishedAt: Date.parse(delivery.headers[DEAD_LETTER_HEADERS.failedAt] ?? '') || Date.now(),
     attempt: 1,
     headers: { ...delivery.headers },
     message: text,

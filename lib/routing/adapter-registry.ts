@@ -10,6 +10,8 @@ import type { BrokerEnvConfig } from '../interfaces/broker-options.interface';
  */
 export class AdapterRegistry {
   private readonly adapters = new Map<string, Promise<BrokerAdapter>>();
+  /** The same adapters once connected, for the publish hot path (no await of a settled promise). */
+  private readonly ready = new Map<BrokerEnvConfig, BrokerAdapter>();
   private closed = false;
 
   constructor(private readonly logger: Logger) {}
@@ -20,14 +22,23 @@ export class AdapterRegistry {
     if (!adapter) {
       adapter = this.open(brokerTag, env);
       this.adapters.set(id, adapter);
-      adapter.catch(() => this.adapters.delete(id));
+      adapter.then(
+        (opened) => !this.closed && this.ready.set(env, opened),
+        () => this.adapters.delete(id),
+      );
     }
     return adapter;
+  }
+
+  /** The adapter of this broker env (a config object belongs to one broker) if already connected. */
+  connected(env: BrokerEnvConfig): BrokerAdapter | undefined {
+    return this.ready.get(env);
   }
 
   /** Closes every adapter; later `get` calls fail. */
   async closeAll(): Promise<void> {
     this.closed = true;
+    this.ready.clear();
     const opened = await Promise.allSettled(this.adapters.values());
     this.adapters.clear();
     await Promise.all(

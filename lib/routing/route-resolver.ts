@@ -29,7 +29,9 @@ export interface Route {
  */
 export class RouteResolver {
   private readonly brokers: Map<string, BrokerConfig>;
-  private readonly cache = new Map<string, Route>();
+  /** env -> event -> route: two lookups and no string building per publish. */
+  private readonly cache = new Map<string, Map<string, Route>>();
+  private cached = 0;
 
   constructor(private readonly options: BrokerModuleOptions) {
     this.brokers = new Map(options.brokers.map((broker) => [broker.tag, broker]));
@@ -42,13 +44,17 @@ export class RouteResolver {
         `product '${String(product).slice(0, 120)}' is not this service's product ('${this.options.product}')`,
       );
     }
-    const id = `${env}\u0000${event}`;
-    const cached = this.cache.get(id);
-    if (cached) return cached;
+    const hit = this.cache.get(env)?.get(event);
+    if (hit) return hit;
     const route = this.build(env, event);
     // Topic tags are free when a broker lists no topics: keep the cache bounded all the same.
-    if (this.cache.size >= 10_000) this.cache.clear();
-    this.cache.set(id, route);
+    if (++this.cached > 10_000) {
+      this.cache.clear();
+      this.cached = 1;
+    }
+    let byEvent = this.cache.get(env);
+    if (!byEvent) this.cache.set(env, (byEvent = new Map<string, Route>()));
+    byEvent.set(event, route);
     return route;
   }
 
