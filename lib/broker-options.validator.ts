@@ -1,6 +1,6 @@
 import { hasAdapter, AVAILABLE_ADAPTER_TYPES } from './adapters/adapter-factory';
-import { NAME_PATTERN } from './constants';
-import { BrokerError } from './errors';
+import { MAX_TIMER_MS, NAME_PATTERN } from './constants';
+import { BrokerError, redactSecrets } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 
 const BROKER_TYPES = ['memory', 'rabbitmq', 'kafka', 'sqs', 'redis', 'nats'] as const;
@@ -22,7 +22,7 @@ export function validateBrokerOptions(input: unknown): BrokerModuleOptions {
   name(input.product, 'product', problems);
   if (input.service !== undefined) name(input.service, 'service', problems);
   if (input.retry !== undefined) retryPolicy(input.retry, 'retry', problems);
-  nonNegative(input.shutdownTimeoutMs, 'shutdownTimeoutMs', problems);
+  duration(input.shutdownTimeoutMs, 'shutdownTimeoutMs', problems);
   positiveInteger(input.maxMessageBytes, 'maxMessageBytes', problems);
 
   if (!Array.isArray(input.brokers) || input.brokers.length === 0) {
@@ -168,13 +168,12 @@ export function retryPolicy(value: unknown, path: string, problems: Problems): v
   if (!Number.isInteger(value.maxAttempts) || (value.maxAttempts as number) < 1) {
     problems.push(`${path}.maxAttempts: must be an integer of at least 1`);
   }
-  if (typeof value.initialDelayMs !== 'number' || !Number.isFinite(value.initialDelayMs) || value.initialDelayMs < 0) {
-    problems.push(`${path}.initialDelayMs: must be a number of at least 0`);
-  }
+  if (value.initialDelayMs === undefined) problems.push(`${path}.initialDelayMs: must be a number of at least 0`);
+  else duration(value.initialDelayMs, `${path}.initialDelayMs`, problems);
   if (value.multiplier !== undefined && (typeof value.multiplier !== 'number' || !(value.multiplier >= 1) || !Number.isFinite(value.multiplier))) {
     problems.push(`${path}.multiplier: must be a number of at least 1`);
   }
-  nonNegative(value.maxDelayMs, `${path}.maxDelayMs`, problems);
+  duration(value.maxDelayMs, `${path}.maxDelayMs`, problems);
 }
 
 function name(value: unknown, path: string, problems: Problems): boolean {
@@ -219,18 +218,19 @@ function positiveInteger(value: unknown, path: string, problems: Problems): void
   if (value !== undefined && (!Number.isInteger(value) || (value as number) < 1)) problems.push(`${path}: must be a positive integer`);
 }
 
-function nonNegative(value: unknown, path: string, problems: Problems): void {
-  if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value < 0)) {
-    problems.push(`${path}: must be a number of at least 0`);
-  }
+/** Milliseconds a timer can wait: Node.js fires longer timers at once. */
+function duration(value: unknown, path: string, problems: Problems): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !(value >= 0)) problems.push(`${path}: must be a number of at least 0`);
+  else if (value > MAX_TIMER_MS) problems.push(`${path}: must be at most ${MAX_TIMER_MS} (about 24.8 days)`);
 }
 
 function isObject(value: unknown): value is Obj {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** A short rendering of a non-secret value (types, tags) for a problem message. */
+/** A short rendering of a value meant to be a type or a tag, redacted in case a secret ended up there. */
 function shown(value: unknown): string {
-  const text = typeof value === 'string' ? `'${value}'` : value === undefined ? 'undefined' : typeof value;
+  const text = typeof value === 'string' ? `'${redactSecrets(value)}'` : value === undefined ? 'undefined' : typeof value;
   return text.length > 60 ? `${text.slice(0, 57)}...'` : text;
 }

@@ -5,7 +5,7 @@ import { BrokerMetadataAccessor } from './broker-metadata.accessor';
 import { DUCTAPE_BROKER_OPTIONS } from './constants';
 import { BrokerError } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
-import type { BrokerContext, Subscription } from './interfaces/message-broker.interface';
+import type { BrokerContext, SubscribeRequest } from './interfaces/message-broker.interface';
 import { MessageBrokerService } from './message-broker.service';
 
 /**
@@ -23,7 +23,20 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
-    const subscriptions: Promise<Subscription>[] = [];
+    // Find and check every handler first, so a misconfigured one fails startup before any consumer starts.
+    const requests = this.discoverHandlers();
+    // Subscribe all at once; on an error, detach those that started and fail startup with its code.
+    const results = await Promise.allSettled(requests.map((request) => this.broker.subscribe(request)));
+    const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failure) {
+      const started = results.filter((result) => result.status === 'fulfilled').map((result) => result.value);
+      await Promise.allSettled(started.map((subscription) => subscription.unsubscribe()));
+      throw failure.reason;
+    }
+  }
+
+  private discoverHandlers(): SubscribeRequest[] {
+    const requests: SubscribeRequest[] = [];
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance: unknown = wrapper.instance;
       if (wrapper.isAlias || typeof instance !== 'object' || instance === null) continue;
@@ -33,36 +46,34 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
         const entries = this.accessor.getBrokerEventHandlerMetadata(prototype, methodName);
         if (!entries) continue;
         this.assertStatic(wrapper, methodName);
-        const className = wrapper.metatype?.name ?? prototype.constructor.name;
+        // The instance's own class: a factory provider's metatype is the factory function.
+        const className = (prototype.constructor as { name?: string } | undefined)?.name || String(wrapper.name);
         const target = instance as Record<string, (message: unknown, ctx: BrokerContext) => unknown>;
         // Looked up at each call, so a method replaced after bootstrap (a test spy) is the one called.
         const handler = (message: unknown, ctx: BrokerContext) => target[methodName](message, ctx);
         for (const { event, options } of entries) {
-          subscriptions.push(
-            this.broker.subscribe({
-              env: options.env ?? this.options.env,
-              event,
-              product_tag: options.product ?? this.options.product,
-              input: {
-                callback: handler,
-                group: options.group ?? `${this.options.service ?? this.options.product}.${className}.${methodName}`,
-                concurrency: options.concurrency,
-                retry: options.retry,
-                deadLetter: options.deadLetter,
-              },
-            }),
-          );
+          if (options.deadLetter && options.group === undefined) {
+            throw new BrokerError(
+              'SUBSCRIBE_FAILED',
+              `@OnBrokerEvent('${event}', { deadLetter: true }) on ${className}.${methodName}: name the group whose dead letters it consumes (options.group)`,
+            );
+          }
+          requests.push({
+            env: options.env ?? this.options.env,
+            event,
+            product_tag: options.product ?? this.options.product,
+            input: {
+              callback: handler,
+              group: options.group ?? `${this.options.service ?? this.options.product}.${className}.${methodName}`,
+              concurrency: options.concurrency,
+              retry: options.retry,
+              deadLetter: options.deadLetter,
+            },
+          });
         }
       }
     }
-    // Subscribe all at once; on an error, detach those that started and fail startup with its code.
-    const results = await Promise.allSettled(subscriptions);
-    const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
-    if (failure) {
-      const started = results.filter((result) => result.status === 'fulfilled').map((result) => result.value);
-      await Promise.allSettled(started.map((subscription) => subscription.unsubscribe()));
-      throw failure.reason;
-    }
+    return requests;
   }
 
   /** A handler must live on one long-lived instance: a per-request or per-consumer one has none. */

@@ -6,6 +6,8 @@ export const ON_BROKER_EVENT_METADATA = 'ductape:on-broker-event';
 export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 export const DEFAULT_CONCURRENCY = 1;
+/** Longest delay a Node.js timer honours (2^31-1 ms, about 24.8 days); longer ones fire at once. */
+export const MAX_TIMER_MS = 2_147_483_647;
 
 /** Names accepted for broker tags, topic tags, env slugs, products and physical topic names. */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;

@@ -41,9 +41,20 @@ export function isBrokerError(value: unknown, code?: BrokerErrorCode): value is 
  * keeps its user and loses its password, and `password=...`-style pairs lose their value.
  */
 export function redactSecrets(text: string): string {
-  return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/[^:/?#@\s]*):[^@/\s]*@/gi, '$1:***@')
-    .replace(/((?:pass(?:word)?|secret(?:AccessKey)?|token|sessionToken)["']?\s*[:=]\s*["']?)[^"'\s,&}]+/gi, '$1***');
+  return (
+    text
+      // scheme://userinfo@host: userinfo runs to the last '@' before the host. `user:password` keeps
+      // the user; a bare userinfo may itself be a token (nats://token@host), so it goes whole.
+      .replace(/([a-z][a-z0-9+.-]*:\/\/)(\S*)@(?=[^@\s/?#]*(?:[\s/?#]|$))/gi, (_match: string, scheme: string, userinfo: string) => {
+        const colon = userinfo.indexOf(':');
+        return colon > 0 && !userinfo.slice(0, colon).includes('/') ? `${scheme}${userinfo.slice(0, colon)}:***@` : `${scheme}***@`;
+      })
+      .replace(
+        /((?:pass(?:word|phrase)?|secret(?:AccessKey)?|(?:api|access)[-_]?key|token|sessionToken|credentials?)["']?\s*[:=]\s*["']?)[^"'\s,&}]+/gi,
+        '$1***',
+      )
+      .replace(/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, '$1 ***')
+  );
 }
 
 /** A short, safe description of any thrown value, for logs and error messages. */

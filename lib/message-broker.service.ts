@@ -5,10 +5,18 @@ import {
   Logger,
   type BeforeApplicationShutdown,
   type OnApplicationShutdown,
+  type OnModuleDestroy,
 } from '@nestjs/common';
 import type { BrokerAdapter } from './adapters/broker-adapter';
 import { retryPolicy as checkRetryPolicy } from './broker-options.validator';
-import { DEFAULT_CONCURRENCY, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SHUTDOWN_TIMEOUT_MS, DUCTAPE_BROKER_OPTIONS, NAME_PATTERN } from './constants';
+import {
+  DEFAULT_CONCURRENCY,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  DEFAULT_SHUTDOWN_TIMEOUT_MS,
+  DUCTAPE_BROKER_OPTIONS,
+  MAX_TIMER_MS,
+  NAME_PATTERN,
+} from './constants';
 import { reprocessDeadLetters } from './delivery/dead-letters';
 import { encodeEnvelope, type Envelope } from './delivery/envelope';
 import { resolveRetryPolicy } from './delivery/retry';
@@ -30,7 +38,7 @@ import { RouteResolver, type Route } from './routing/route-resolver';
  * requested environment. Validates and routes the request; the delivery layer does the rest.
  */
 @Injectable()
-export class MessageBrokerService implements BeforeApplicationShutdown, OnApplicationShutdown {
+export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationShutdown, OnApplicationShutdown {
   private readonly logger = new Logger('DuctapeBroker');
   private readonly routes: RouteResolver;
   private readonly adapters = new AdapterRegistry(this.logger);
@@ -39,6 +47,7 @@ export class MessageBrokerService implements BeforeApplicationShutdown, OnApplic
   private readonly maxMessageBytes: number;
   private readonly shutdownTimeoutMs: number;
   private state: 'running' | 'draining' | 'closed' = 'running';
+  private drained: Promise<void> = Promise.resolve();
 
   constructor(@Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions) {
     this.routes = new RouteResolver(options);
@@ -136,6 +145,11 @@ export class MessageBrokerService implements BeforeApplicationShutdown, OnApplic
     } catch (error) {
       throw this.wrap('SUBSCRIBE_FAILED', `subscribe '${route.event}' [${route.env}] group ${group} failed`, error);
     }
+    if (this.state !== 'running') {
+      // Shutdown began while the consumer was starting: it would be missed by the drain.
+      await runner.stop(this.shutdownTimeoutMs);
+      throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': the broker module is shutting down`);
+    }
     this.runners.add(runner);
     return {
       event: route.event,
@@ -167,18 +181,27 @@ export class MessageBrokerService implements BeforeApplicationShutdown, OnApplic
     }
   }
 
-  /** Shutdown, step 1: stop intake and let in-flight handlers finish (publishing still works). */
-  async beforeApplicationShutdown(): Promise<void> {
-    if (this.state !== 'running') return;
+  /**
+   * Shutdown, step 1, in the first hook Nest calls on close: stop intake and let in-flight handlers
+   * finish while the other modules (databases, clients) are still up. Publishing still works.
+   */
+  async onModuleDestroy(): Promise<void> {
+    if (this.state !== 'running') return this.drained;
     this.state = 'draining';
     const runners = [...this.runners];
     this.runners.clear();
-    await Promise.all(runners.map((runner) => runner.stop(this.shutdownTimeoutMs)));
+    this.drained = Promise.all(runners.map((runner) => runner.stop(this.shutdownTimeoutMs))).then(() => undefined);
+    return this.drained;
+  }
+
+  /** Same as step 1, for a close that skipped onModuleDestroy. */
+  beforeApplicationShutdown(): Promise<void> {
+    return this.onModuleDestroy();
   }
 
   /** Shutdown, step 2: close connections. */
   async onApplicationShutdown(): Promise<void> {
-    await this.beforeApplicationShutdown();
+    await this.onModuleDestroy();
     if (this.state === 'closed') return;
     this.state = 'closed';
     await this.adapters.closeAll();
@@ -232,8 +255,8 @@ function checkPublishInput(input: PublishRequest['input'], event: string): void 
       problems.push(`input.${field} must be a non-empty string of at most 1024 characters`);
     }
   }
-  if (input.delayMs !== undefined && (typeof input.delayMs !== 'number' || !Number.isFinite(input.delayMs) || input.delayMs < 0)) {
-    problems.push('input.delayMs must be a number of at least 0');
+  if (input.delayMs !== undefined && (typeof input.delayMs !== 'number' || !(input.delayMs >= 0 && input.delayMs <= MAX_TIMER_MS))) {
+    problems.push(`input.delayMs must be a number from 0 to ${MAX_TIMER_MS}`);
   }
   if (problems.length > 0) throw new BrokerError('INVALID_MESSAGE', `publish '${event}': ${problems.join('; ')}`, { problems });
 }

@@ -246,3 +246,61 @@ describe('a decorated method replaced by a test spy', () => {
     }
   });
 });
+
+describe('dead-letter consumers and groups', () => {
+  it('refuses @OnBrokerEvent({ deadLetter: true }) without the group whose dead letters it consumes', async () => {
+    @Injectable()
+    class Orphan {
+      @OnBrokerEvent('sqsbroker:new-orders', { deadLetter: true })
+      dead(): void {}
+    }
+    await expect(createBrokerApp(options(), { providers: [Orphan] })).rejects.toMatchObject({
+      code: 'SUBSCRIBE_FAILED',
+      message: expect.stringContaining('name the group whose dead letters it consumes') as unknown,
+    });
+  });
+
+  it('reading dead letters or reprocessing for a group never subscribes that group to the topic', async () => {
+    const { app, broker } = await createBrokerApp(options());
+    try {
+      const event = 'sqsbroker:audits';
+      await broker.subscribe({ env: 'prd', event, product_tag: 'shop', input: { group: 'ghost-reader', deadLetter: true, callback: () => undefined } });
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: 'shop', group: 'ghost-reprocessed' })).toBe(0);
+      const got: unknown[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'shop', input: { group: 'real', callback: (m) => void got.push(m) } });
+      await broker.publish({ env: 'prd', event, product_tag: 'shop', input: { message: { n: 1 } } });
+      await waitFor(() => got.length === 1, 'the real group');
+      expect(server().depth('shop.prd.audits', 'ghost-reader')).toBe(0);
+      expect(server().depth('shop.prd.audits', 'ghost-reprocessed')).toBe(0);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('default group names', () => {
+  it('come from the instance class, also for providers made by a factory', async () => {
+    @Injectable()
+    class Mailer {
+      @OnBrokerEvent('sqsbroker:refunds')
+      handle(): void {}
+    }
+    @Injectable()
+    class Archiver {
+      @OnBrokerEvent('sqsbroker:refunds')
+      handle(): void {}
+    }
+    const { app } = await createBrokerApp(options(), {
+      providers: [
+        { provide: 'MAILER', useFactory: () => new Mailer() },
+        { provide: 'ARCHIVER', useFactory: () => new Archiver() },
+      ],
+    });
+    try {
+      expect(server().consumerCount('shop.prd.refunds', 'orders.Mailer.handle')).toBe(1);
+      expect(server().consumerCount('shop.prd.refunds', 'orders.Archiver.handle')).toBe(1);
+    } finally {
+      await app.close();
+    }
+  });
+});

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { Injectable } from '@nestjs/common';
+import { Injectable, Module, type BeforeApplicationShutdown } from '@nestjs/common';
 import {
   DEAD_LETTER_HEADERS,
   MemoryBrokerServer,
@@ -77,7 +77,15 @@ describe('redaction', () => {
     );
     expect(redactSecrets('password=hunter2&user=x')).toBe('password=***&user=x');
     expect(redactSecrets('{"secretAccessKey":"abc/def+ghi"}')).toBe('{"secretAccessKey":"***"}');
-    expect(describeError(new Error('redis://:pw@host:6379 down'))).toBe('Error: redis://:***@host:6379 down');
+    expect(describeError(new Error('redis://:pw@host:6379 down'))).toBe('Error: redis://***@host:6379 down');
+    // A password with '@' or '/' in it, a token as userinfo, and other shapes of secrets.
+    expect(redactSecrets('amqp://user:p@ss@host')).toBe('amqp://user:***@host');
+    expect(redactSecrets('amqp://user:pa/ss@host:5672/x')).toBe('amqp://user:***@host:5672/x');
+    expect(redactSecrets('nats://s3cr3t@localhost:4222')).toBe('nats://***@localhost:4222');
+    expect(redactSecrets('passphrase=hunter2')).toBe('passphrase=***');
+    expect(redactSecrets("apiKey: 'hunter2'")).toBe("apiKey: '***'");
+    expect(redactSecrets('Authorization: Bearer abc.def')).toBe('Authorization: Bearer ***');
+    expect(redactSecrets('amqp://127.0.0.1:5672 refused')).toBe('amqp://127.0.0.1:5672 refused');
   });
 });
 
@@ -181,6 +189,126 @@ describe('shutdown', () => {
       expect(finished).toBe(true);
       expect(server.stats.acked).toBe(ackedBefore + 1);
       expect(server.depth('pay.prd.payments', 'unsub')).toBe(0);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a message that cannot be settled', () => {
+  it('goes back to the queue (not lost, slot not held) when its retry cannot be sent', async () => {
+    const config: BrokerModuleOptions = {
+      env: 'prd',
+      product: 'pay',
+      brokers: [{ tag: 'bk', envs: [{ slug: 'prd', type: 'memory', config: { server: 'delivery-settle', maxQueueLength: 1 } }] }],
+    };
+    const { app, broker } = await createBrokerApp(config);
+    try {
+      const attempts: string[] = [];
+      const dead: unknown[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event: 'bk:jobs',
+        product_tag: 'pay',
+        input: {
+          group: 'g',
+          retry: { maxAttempts: 2, initialDelayMs: 5 },
+          callback: async (message, ctx) => {
+            const { id } = message as { id: string };
+            attempts.push(`${id}#${ctx.attempt}`);
+            await sleep(30);
+            if (id === 'a') throw new Error('a always fails');
+          },
+        },
+      });
+      await broker.subscribe({ env: 'prd', event: 'bk:jobs', product_tag: 'pay', input: { group: 'g', deadLetter: true, callback: (m) => void dead.push(m) } });
+      await broker.publish({ env: 'prd', event: 'bk:jobs', product_tag: 'pay', input: { message: { id: 'a' } } });
+      // 'b' waits in the queue (its bound is 1), so the retry of 'a' is refused by the broker.
+      await broker.publish({ env: 'prd', event: 'bk:jobs', product_tag: 'pay', input: { message: { id: 'b' } } });
+      await waitFor(() => dead.length === 1, "'a' in the dead letters", 5000);
+      expect(attempts).toContain('b#1');
+      expect(attempts.filter((attempt) => attempt.startsWith('a')).slice(-2)).toEqual(['a#1', 'a#2']);
+      expect(dead).toEqual([{ id: 'a' }]);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a schema whose validate throws dead-letters the message (reason "schema") instead of stalling', async () => {
+    const throwing: StandardSchemaV1 = {
+      '~standard': {
+        version: 1,
+        vendor: 'test',
+        validate: () => {
+          throw new Error('validator crashed');
+        },
+      },
+    };
+    const { app: producerApp, broker: producer } = await createBrokerApp(options());
+    const { app, broker } = await createBrokerApp(options(throwing));
+    try {
+      const dead: BrokerContext[] = [];
+      await broker.subscribe({ env: 'prd', event: 'bk:payments', product_tag: 'pay', input: { group: 'crash', callback: () => undefined } });
+      await broker.subscribe({ env: 'prd', event: 'bk:payments', product_tag: 'pay', input: { group: 'crash', deadLetter: true, callback: (_m, ctx) => void dead.push(ctx) } });
+      for (let i = 0; i < 3; i++) await producer.publish({ env: 'prd', event: 'bk:payments', product_tag: 'pay', input: { message: { amount: i + 1 } } });
+      await waitFor(() => dead.length === 3, 'three dead letters');
+      expect(dead.map((ctx) => ctx.headers[DEAD_LETTER_HEADERS.reason])).toEqual(['schema', 'schema', 'schema']);
+      expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toContain('validator crashed');
+    } finally {
+      await app.close();
+      await producerApp.close();
+    }
+  });
+});
+
+describe('shutdown order with other modules', () => {
+  // Nest destroys global modules (this one) after the others, so the drain runs at the end of the
+  // onModuleDestroy phase: before every module's beforeApplicationShutdown and onApplicationShutdown.
+  it("drains handlers before other modules' shutdown hooks close what they use", async () => {
+    const hold = gate();
+    const observed: string[] = [];
+
+    @Injectable()
+    class Database implements BeforeApplicationShutdown {
+      open = true;
+      beforeApplicationShutdown(): void {
+        this.open = false;
+        observed.push('database closed');
+      }
+    }
+
+    @Injectable()
+    class Writer {
+      constructor(private readonly db: Database) {}
+
+      @OnBrokerEvent('bk:payments', { group: 'writer' })
+      async write(): Promise<void> {
+        await hold.promise;
+        observed.push(`handler finished with the database ${this.db.open ? 'open' : 'closed'}`);
+      }
+    }
+
+    @Module({ providers: [Database, Writer] })
+    class DataModule {}
+
+    const { app, broker } = await createBrokerApp(options(), { imports: [DataModule] });
+    await broker.publish({ env: 'prd', event: 'bk:payments', product_tag: 'pay', input: { message: { amount: 1 } } });
+    await sleep(20);
+    const closing = app.close();
+    await sleep(20);
+    hold.open();
+    await closing;
+    expect(observed).toEqual(['handler finished with the database open', 'database closed']);
+  });
+});
+
+describe('timer bounds', () => {
+  it('refuses a delayMs a Node.js timer cannot wait (it would fire at once)', async () => {
+    const { app, broker } = await createBrokerApp(options());
+    try {
+      await expect(
+        broker.publish({ env: 'prd', event: 'bk:payments', product_tag: 'pay', input: { message: {}, delayMs: 30 * 24 * 3600 * 1000 } }),
+      ).rejects.toMatchObject({ code: 'INVALID_MESSAGE', message: expect.stringContaining('delayMs must be a number from 0 to 2147483647') as unknown });
     } finally {
       await app.close();
     }

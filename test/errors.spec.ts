@@ -245,10 +245,12 @@ describe('CONFIG_INVALID at startup', () => {
         { tag: 'sqsbroker', envs: [] },
       ],
       retry: { maxAttempts: 0, initialDelayMs: 10 },
+      shutdownTimeoutMs: 3e9,
     });
     expect(error.problems).toEqual([
       "product: 'my product' is not a valid name (letters, digits, '.', '_' and '-', at most 200, not starting with a symbol)",
       'retry.maxAttempts: must be an integer of at least 1',
+      'shutdownTimeoutMs: must be at most 2147483647 (about 24.8 days)',
       "brokers[0].envs[1].type: unknown broker type 'rabbitmqq' (expected one of memory, rabbitmq, kafka, sqs, redis, nats)",
       "brokers[0].envs[2].slug: duplicate env slug 'dev' (also brokers[0].envs[0])",
       "brokers[0].envs[3].config.url: protocol must be 'amqp:' or 'amqps:' (got 'http:')",
@@ -261,7 +263,7 @@ describe('CONFIG_INVALID at startup', () => {
       "brokers[1].tag: duplicate broker tag 'sqsbroker' (also brokers[0])",
       'brokers[1].envs: must be a non-empty array',
     ]);
-    expect(error.message).toContain('13 problems');
+    expect(error.message).toContain('14 problems');
     expect(error.message).not.toContain('hunter2');
     expect(error.message).not.toContain('12345678');
     expect(server().stats.published).toBe(publishedBefore);

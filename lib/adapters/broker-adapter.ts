@@ -93,6 +93,12 @@ export interface InboundDelivery extends InboundMessage {
   readonly attempt?: number;
   /** Settles the delivery. Must not throw once the consumer is closed (a late ack is a no-op). */
   ack(): Promise<void>;
+  /**
+   * Gives the delivery back unacked, for the broker to deliver again (a nack with requeue). Used
+   * when the delivery layer could not settle a message (its retry could not be sent, say). Must
+   * not throw once the consumer is closed.
+   */
+  release(): Promise<void>;
 }
 
 export type DeliveryListener = (delivery: InboundDelivery) => Promise<void>;

@@ -9,6 +9,9 @@ import { deadLetterHeaders, type DeadLetterReason } from './dead-letters';
 import { decodeEnvelope, type Envelope } from './envelope';
 import { backoffDelayMs } from './retry';
 
+/** Pause before a message that could not be settled goes back, and before a failed dead letter is put back. */
+const SETTLE_FAILURE_PAUSE_MS = 1000;
+
 export interface SubscriptionSpec {
   route: Route;
   group: string;
@@ -76,8 +79,11 @@ export class SubscriptionRunner {
       if (this.spec.source === 'messages') await this.handleMessage(delivery);
       else await this.handleDeadLetter(delivery);
     } catch (error) {
-      // The delivery stays unacked: the broker gives it again (reconnect, restart, next consumer).
-      this.logger.error(`${this.name}: could not settle a message: ${describeError(error)}`);
+      // Neither acked nor re-sent (the broker refused the retry, say): give it back after a pause,
+      // so the broker delivers it again and the slot is not held for ever.
+      this.logger.error(`${this.name}: could not settle a message, it will be delivered again: ${describeError(error)}`);
+      await this.pause(SETTLE_FAILURE_PAUSE_MS);
+      if (!this.detached) await delivery.release().catch(() => undefined);
     } finally {
       if (--this.inFlight === 0 && this.idleWaiters.length > 0) {
         for (const wake of this.idleWaiters.splice(0)) wake();
@@ -96,7 +102,12 @@ export class SubscriptionRunner {
     let message = envelope.message;
     const schema = this.spec.route.schema;
     if (schema) {
-      const result = await schema['~standard'].validate(message);
+      let result: Awaited<ReturnType<typeof schema['~standard']['validate']>>;
+      try {
+        result = await schema['~standard'].validate(message);
+      } catch (error) {
+        return this.deadLetter(delivery, envelope, error, attempt, 'schema');
+      }
       if (result.issues) {
         const issues = result.issues.map((issue) => issue.message).join('; ');
         return this.deadLetter(delivery, envelope, new Error(`message fails its schema: ${issues}`), attempt, 'schema');
@@ -170,7 +181,7 @@ export class SubscriptionRunner {
       await this.spec.handler(source.message, this.context(source, attempt, delivery));
     } catch (error) {
       this.logger.warn(`${this.name}: dead-letter handler failed (${describeError(error)}); the dead letter is kept`);
-      await this.pause(backoffDelayMs(this.spec.retry, 1));
+      await this.pause(Math.max(SETTLE_FAILURE_PAUSE_MS, backoffDelayMs(this.spec.retry, 1)));
       if (this.detached) return;
       await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
         body: delivery.body,

@@ -31,5 +31,5 @@ export function physicalTopicName(
   configured?: string | Record<string, string>,
 ): string {
   if (typeof configured === 'string') return configured;
-  return configured?.[env] ?? `${product}.${env}.${topicTag}`;
+  return configured && Object.hasOwn(configured, env) ? configured[env] : `${product}.${env}.${topicTag}`;
 }

@@ -26,12 +26,19 @@ export interface MemoryBrokerStats {
 interface MemoryGroup {
   readonly messages: MemoryQueue;
   readonly deadLetters: MemoryQueue;
+  /** Subscribed to the topic (a consumer of its messages attached once): gets every message. */
+  member: boolean;
+  /** Retries and reprocessed dead letters waiting for their delay, counted against maxQueueLength. */
+  delayed: number;
 }
 
 interface MemoryTopic {
   readonly groups: Map<string, MemoryGroup>;
+  members: number;
   /** Messages published before any group subscribed; handed to the first group that does. */
   readonly unrouted: MemoryMessage[];
+  /** Delayed publishes not yet routed, counted against every member's maxQueueLength. */
+  delayed: number;
 }
 
 const sharedServers = new Map<string, MemoryBrokerServer>();
@@ -74,39 +81,60 @@ export class MemoryBrokerServer {
   }
 
   /**
-   * Delivers to every group of the topic, or keeps it until the first group subscribes. The limits
-   * are the publisher's: each module instance sharing a server keeps the bounds it configured.
+   * Delivers to every group subscribed to the topic, or keeps it until the first group subscribes.
+   * The limits are the publisher's: each module instance sharing a server keeps its own bounds.
    */
   publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
     const topic = this.topic(topicName);
-    for (const [name, group] of topic.groups) this.assertRoom(topicName, name, group, limits);
+    for (const [name, group] of topic.groups) if (group.member) this.assertRoom(topicName, name, topic, group, limits);
     this.stats.published++;
-    this.later(delayMs, () => this.route(topicName, topic, message, limits));
+    if (delayMs <= 0) return this.route(topicName, topic, message, limits);
+    topic.delayed++;
+    this.later(delayMs, () => {
+      topic.delayed--;
+      this.route(topicName, topic, message, limits);
+    });
   }
 
-  sendToGroup(topicName: string, group: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
-    const target = this.group(topicName, group);
-    this.assertRoom(topicName, group, target, limits);
-    this.later(delayMs, () => target.messages.enqueue(message));
+  /** To one group only (a retry, a reprocessed dead letter); it does not subscribe the group. */
+  sendToGroup(topicName: string, groupName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
+    const topic = this.topic(topicName);
+    const group = this.group(topic, groupName);
+    this.assertRoom(topicName, groupName, topic, group, limits);
+    if (delayMs <= 0) return group.messages.enqueue(message);
+    group.delayed++;
+    this.later(delayMs, () => {
+      group.delayed--;
+      group.messages.enqueue(message);
+    });
   }
 
-  sendToDeadLetters(topicName: string, group: string, message: MemoryMessage, limits = DEFAULT_MEMORY_LIMITS): void {
-    const deadLetters = this.group(topicName, group).deadLetters;
+  sendToDeadLetters(topicName: string, groupName: string, message: MemoryMessage, limits = DEFAULT_MEMORY_LIMITS): void {
+    const deadLetters = this.group(this.topic(topicName), groupName).deadLetters;
     deadLetters.enqueue(message);
     this.stats.deadLettered++;
     if (deadLetters.length > limits.maxDeadLettersPerGroup) {
       deadLetters.dropOldest();
       this.stats.dropped++;
       this.logger?.error(
-        `memory broker: dead letters of ${topicName} / ${group} exceed ${limits.maxDeadLettersPerGroup}; the oldest was dropped`,
+        `memory broker: dead letters of ${topicName} / ${groupName} exceed ${limits.maxDeadLettersPerGroup}; the oldest was dropped`,
       );
     }
   }
 
-  /** The group's queue, created (and given the topic's unrouted messages) on first use. */
-  queue(topicName: string, group: string, source: 'messages' | 'dead-letters'): MemoryQueue {
-    const entry = this.group(topicName, group);
-    return source === 'messages' ? entry.messages : entry.deadLetters;
+  /**
+   * The queue of a group's messages or dead letters. Asking for its messages subscribes the group
+   * to the topic (as declaring and binding a queue would); the first one gets the unrouted messages.
+   */
+  queue(topicName: string, groupName: string, source: 'messages' | 'dead-letters'): MemoryQueue {
+    const topic = this.topic(topicName);
+    const group = this.group(topic, groupName);
+    if (source === 'dead-letters') return group.deadLetters;
+    if (!group.member) {
+      group.member = true;
+      if (topic.members++ === 0) for (const message of topic.unrouted.splice(0)) group.messages.enqueue(message);
+    }
+    return group.messages;
   }
 
   /** Messages waiting in a group's queue (not counting those in flight or delayed). */
@@ -129,13 +157,17 @@ export class MemoryBrokerServer {
     this.publish(topicName, { body, headers, messageId: `raw-${this.stats.published}` });
   }
 
+  /** Cancels delayed deliveries (a private server closing with its module); says how many were lost. */
   clearTimers(): void {
+    if (this.timers.size > 0) {
+      this.logger?.warn(`memory broker: ${this.timers.size} delayed message(s) (retries or delayMs) discarded as the broker closes`);
+    }
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
   }
 
   private route(topicName: string, topic: MemoryTopic, message: MemoryMessage, limits: MemoryBrokerLimits): void {
-    if (topic.groups.size === 0) {
+    if (topic.members === 0) {
       topic.unrouted.push(message);
       if (topic.unrouted.length > limits.maxUnroutedPerTopic) {
         topic.unrouted.shift();
@@ -146,18 +178,17 @@ export class MemoryBrokerServer {
       }
       return;
     }
-    for (const group of topic.groups.values()) group.messages.enqueue(message);
+    for (const group of topic.groups.values()) if (group.member) group.messages.enqueue(message);
   }
 
   /** Refuses, before anything is enqueued, a message that a full queue could not take. */
-  private assertRoom(topicName: string, name: string, group: MemoryGroup, limits: MemoryBrokerLimits): void {
-    if (group.messages.length >= limits.maxQueueLength) {
+  private assertRoom(topicName: string, name: string, topic: MemoryTopic, group: MemoryGroup, limits: MemoryBrokerLimits): void {
+    if (group.messages.length + group.delayed + (group.member ? topic.delayed : 0) >= limits.maxQueueLength) {
       throw new Error(`memory broker: the queue of ${topicName} / ${name} is full (${limits.maxQueueLength} messages); is its consumer running?`);
     }
   }
 
   private later(delayMs: number, run: () => void): void {
-    if (delayMs <= 0) return run();
     const timer = setTimeout(() => {
       this.timers.delete(timer);
       run();
@@ -170,19 +201,17 @@ export class MemoryBrokerServer {
   private topic(name: string): MemoryTopic {
     let topic = this.topics.get(name);
     if (!topic) {
-      topic = { groups: new Map(), unrouted: [] };
+      topic = { groups: new Map(), members: 0, unrouted: [], delayed: 0 };
       this.topics.set(name, topic);
     }
     return topic;
   }
 
-  private group(topicName: string, groupName: string): MemoryGroup {
-    const topic = this.topic(topicName);
-    let group = topic.groups.get(groupName);
+  private group(topic: MemoryTopic, name: string): MemoryGroup {
+    let group = topic.groups.get(name);
     if (!group) {
-      group = { messages: new MemoryQueue(this.hooks), deadLetters: new MemoryQueue(this.hooks) };
-      topic.groups.set(groupName, group);
-      for (const message of topic.unrouted.splice(0)) group.messages.enqueue(message);
+      group = { messages: new MemoryQueue(this.hooks), deadLetters: new MemoryQueue(this.hooks), member: false, delayed: 0 };
+      topic.groups.set(name, group);
     }
     return group;
   }

@@ -17,37 +17,41 @@ export interface MemoryQueueHooks {
 
 /**
  * A FIFO queue with competing consumers: one per topic and group (and one for its dead letters).
- * A message whose key is in flight waits, so messages of one key are handled in order.
+ * A message whose key is in flight waits in a list of its key, so messages of one key are handled
+ * one at a time, in order, without rescanning the queue.
  */
 export class MemoryQueue {
   private items: MemoryMessage[] = [];
   private head = 0;
   private readonly consumers: MemoryQueueConsumer[] = [];
-  private readonly keysInFlight = new Map<string, number>();
+  private readonly keysInFlight = new Set<string>();
+  private readonly waitingByKey = new Map<string, MemoryMessage[]>();
+  private waiting = 0;
   private nextConsumer = 0;
   private dispatchScheduled = false;
   private microtaskDispatches = 0;
 
   constructor(private readonly hooks: MemoryQueueHooks) {}
 
+  /** Messages held and not in flight. */
   get length(): number {
-    return this.items.length - this.head;
+    return this.items.length - this.head + this.waiting;
   }
 
   get consumerCount(): number {
     return this.consumers.length;
   }
 
-  /** Oldest first, without removing. */
-  peek(index: number): MemoryMessage | undefined {
-    return this.items[this.head + index];
+  /** The oldest message that no consumer holds a key of, without removing it. */
+  peekOldest(): MemoryMessage | undefined {
+    return this.items[this.head];
   }
 
-  shift(): MemoryMessage | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const message = this.items[this.head++];
-    this.compact();
-    return message;
+  /** Removes `message` if it is still the oldest; false when a consumer took it meanwhile. */
+  removeOldest(message: MemoryMessage): boolean {
+    if (this.items[this.head] !== message) return false;
+    this.shift();
+    return true;
   }
 
   enqueue(message: MemoryMessage): void {
@@ -55,13 +59,19 @@ export class MemoryQueue {
     this.scheduleDispatch();
   }
 
-  /** Puts messages back at the front, in their original order (a closed consumer's unacked deliveries). */
+  /** Puts messages back at the front, in their original order (unacked deliveries of a closed consumer). */
   requeueFront(messages: MemoryMessage[]): void {
     if (messages.length === 0) return;
     this.items = [...messages, ...this.items.slice(this.head)];
     this.head = 0;
     this.hooks.onRequeued(messages.length);
     this.scheduleDispatch();
+  }
+
+  /** @internal a released delivery */
+  requeueBack(message: MemoryMessage): void {
+    this.hooks.onRequeued(1);
+    this.enqueue(message);
   }
 
   /** Removes the oldest message (bounded queues). */
@@ -82,12 +92,17 @@ export class MemoryQueue {
     if (index >= 0) this.consumers.splice(index, 1);
   }
 
-  /** @internal called by a consumer when a delivery settles */
+  /** @internal called when a delivery is acked, released or revoked: its key may go again. */
   released(message: MemoryMessage, acked: boolean): void {
     if (message.key !== undefined) {
-      const count = (this.keysInFlight.get(message.key) ?? 1) - 1;
-      if (count <= 0) this.keysInFlight.delete(message.key);
-      else this.keysInFlight.set(message.key, count);
+      this.keysInFlight.delete(message.key);
+      const next = this.waitingByKey.get(message.key);
+      if (next) {
+        // The next message of that key was published before everything still in the queue.
+        this.unshift(next.shift() as MemoryMessage);
+        this.waiting--;
+        if (next.length === 0) this.waitingByKey.delete(message.key);
+      }
     }
     if (acked) this.hooks.onAcked();
     this.scheduleDispatch();
@@ -112,16 +127,25 @@ export class MemoryQueue {
 
   private dispatch(): void {
     this.dispatchScheduled = false;
-    while (this.length > 0) {
+    while (this.head < this.items.length) {
       const consumer = this.pickConsumer();
       if (!consumer) return;
-      const index = this.nextDeliverableIndex();
-      if (index < 0) return;
-      const message = this.take(index);
-      if (message.key !== undefined) this.keysInFlight.set(message.key, (this.keysInFlight.get(message.key) ?? 0) + 1);
+      let message: MemoryMessage | undefined;
+      while ((message = this.shift()) && message.key !== undefined && this.keysInFlight.has(message.key)) {
+        this.park(message, message.key);
+      }
+      if (!message) return;
+      if (message.key !== undefined) this.keysInFlight.add(message.key);
       this.hooks.onDelivered();
       consumer.deliver(message);
     }
+  }
+
+  private park(message: MemoryMessage, key: string): void {
+    const list = this.waitingByKey.get(key);
+    if (list) list.push(message);
+    else this.waitingByKey.set(key, [message]);
+    this.waiting++;
   }
 
   private pickConsumer(): MemoryQueueConsumer | undefined {
@@ -136,25 +160,20 @@ export class MemoryQueue {
     return undefined;
   }
 
-  private nextDeliverableIndex(): number {
-    if (this.keysInFlight.size === 0) return this.head;
-    for (let i = this.head; i < this.items.length; i++) {
-      const key = this.items[i].key;
-      if (key === undefined || !this.keysInFlight.has(key)) return i;
-    }
-    return -1;
-  }
-
-  private take(index: number): MemoryMessage {
-    if (index === this.head) return this.shift() as MemoryMessage;
-    return this.items.splice(index, 1)[0];
-  }
-
-  private compact(): void {
+  private shift(): MemoryMessage | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const message = this.items[this.head];
+    this.items[this.head++] = undefined as unknown as MemoryMessage; // let it be collected
     if (this.head > 1024 && this.head * 2 > this.items.length) {
       this.items = this.items.slice(this.head);
       this.head = 0;
     }
+    return message;
+  }
+
+  private unshift(message: MemoryMessage): void {
+    if (this.head > 0) this.items[--this.head] = message;
+    else this.items.unshift(message);
   }
 }
 
@@ -180,9 +199,11 @@ export class MemoryQueueConsumer {
   }
 
   /** @internal */
-  settle(delivery: MemoryDelivery): void {
+  settle(delivery: MemoryDelivery, acked: boolean): void {
     if (!this.inFlight.delete(delivery)) return;
-    this.queue.released(delivery.message, true);
+    this.queue.released(delivery.message, acked);
+    // A released message goes to the back, so one that keeps failing to settle cannot starve the rest.
+    if (!acked) this.queue.requeueBack(delivery.message);
   }
 
   stop(): void {
@@ -224,15 +245,23 @@ class MemoryDelivery implements InboundDelivery {
   }
 
   ack(): Promise<void> {
-    if (!this.settled) {
-      this.settled = true;
-      this.consumer.settle(this);
-    }
-    return Promise.resolve();
+    return this.settle(true);
   }
 
-  /** After its consumer closed, an ack is a no-op (the message was already requeued). */
+  release(): Promise<void> {
+    return this.settle(false);
+  }
+
+  /** After its consumer closed, an ack or a release is a no-op (the message was already requeued). */
   revoke(): void {
     this.settled = true;
+  }
+
+  private settle(acked: boolean): Promise<void> {
+    if (!this.settled) {
+      this.settled = true;
+      this.consumer.settle(this, acked);
+    }
+    return Promise.resolve();
   }
 }

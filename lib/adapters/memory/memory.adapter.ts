@@ -68,12 +68,12 @@ export class MemoryAdapter implements BrokerAdapter {
     const deadLetters = this.server.queue(topic.name, group, 'dead-letters');
     const count = Math.min(limit, deadLetters.length);
     let removed = 0;
-    for (; removed < count; removed++) {
-      const message = deadLetters.peek(0);
+    for (let visited = 0; visited < count; visited++) {
+      const message = deadLetters.peekOldest();
       if (!message) break;
       await visit({ body: message.body, headers: message.headers, raw: message });
-      // Another consumer of the dead letters may have taken it meanwhile; remove only what we visited.
-      if (deadLetters.peek(0) === message) deadLetters.shift();
+      // A consumer of the dead letters may have taken it meanwhile: count only what this call removed.
+      if (deadLetters.removeOldest(message)) removed++;
     }
     return removed;
   }
