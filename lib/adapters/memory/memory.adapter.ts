@@ -45,18 +45,15 @@ export class MemoryAdapter implements BrokerAdapter {
   }
 
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
-    this.server.publish(topic.name, toMemoryMessage(message), message.delayMs, this.limits);
-    return Promise.resolve();
+    return settled(() => this.server.publish(topic.name, toMemoryMessage(message), message.delayMs, this.limits));
   }
 
   sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    this.server.sendToGroup(topic.name, group, toMemoryMessage(message), message.delayMs, this.limits);
-    return Promise.resolve();
+    return settled(() => this.server.sendToGroup(topic.name, group, toMemoryMessage(message), message.delayMs, this.limits));
   }
 
   sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    this.server.sendToDeadLetters(topic.name, group, toMemoryMessage(message), this.limits);
-    return Promise.resolve();
+    return settled(() => this.server.sendToDeadLetters(topic.name, group, toMemoryMessage(message), this.limits));
   }
 
   async drainDeadLetters(
@@ -98,6 +95,16 @@ export class MemoryAdapter implements BrokerAdapter {
   async close(): Promise<void> {
     await Promise.all([...this.consumers].map((consumer) => consumer.close()));
     if (this.ownsServer) this.server.clearTimers();
+  }
+}
+
+/** Runs a synchronous step as a promise: a full queue rejects it instead of throwing from the call. */
+function settled(step: () => void): Promise<void> {
+  try {
+    step();
+    return Promise.resolve();
+  } catch (error) {
+    return Promise.reject(error instanceof Error ? error : new Error(String(error)));
   }
 }
 

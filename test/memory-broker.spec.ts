@@ -1,0 +1,320 @@
+import 'reflect-metadata';
+import type { INestApplication } from '@nestjs/common';
+import { BrokerError, MemoryBrokerServer, type BrokerModuleOptions, type MemoryEnvConfig } from '../lib';
+import type { AdapterConsumer, AdapterLogger, AdapterTopic, InboundDelivery, OutboundMessage } from '../lib/adapters/broker-adapter';
+import { MemoryAdapter } from '../lib/adapters/memory';
+import { createBrokerApp } from './support/app';
+import { sleep, waitFor } from './support/wait';
+
+/**
+ * The embedded broker's own rules: unrouted messages, its bounds (and what it logs when it drops),
+ * competing consumers served in turn, and the validation of its configuration. Most tests drive a
+ * MemoryAdapter directly (the BrokerAdapter interface, with a logger the test can read).
+ */
+
+interface CapturedLogs {
+  log: string[];
+  warn: string[];
+  error: string[];
+}
+
+function capturingLogger(): { logger: AdapterLogger; logs: CapturedLogs } {
+  const logs: CapturedLogs = { log: [], warn: [], error: [] };
+  const logger: AdapterLogger = {
+    log: (message) => void logs.log.push(message),
+    warn: (message) => void logs.warn.push(message),
+    error: (message) => void logs.error.push(message),
+  };
+  return { logger, logs };
+}
+
+const topic: AdapterTopic = { name: 'shop.prd.orders', tag: 'orders' };
+const message = (body: string, delayMs?: number): OutboundMessage => ({ body, messageId: body, headers: {}, delayMs });
+const text = (delivery: { body: string | Buffer }): string => (typeof delivery.body === 'string' ? delivery.body : delivery.body.toString('utf8'));
+
+describe('the memory adapter', () => {
+  const adapters: MemoryAdapter[] = [];
+
+  function adapterWith(config: MemoryEnvConfig['config']): { adapter: MemoryAdapter; logs: CapturedLogs } {
+    const { logger, logs } = capturingLogger();
+    const adapter = new MemoryAdapter(config, { brokerTag: 'bk', envSlug: 'prd', logger });
+    adapters.push(adapter);
+    return { adapter, logs };
+  }
+
+  /** Consumes a group's messages, acking each, and collects their bodies in order. */
+  async function collect(adapter: MemoryAdapter, group: string): Promise<{ bodies: string[]; consumer: AdapterConsumer }> {
+    const bodies: string[] = [];
+    const consumer = await adapter.consume(topic, { group, concurrency: 1, source: 'messages' }, async (delivery: InboundDelivery) => {
+      bodies.push(text(delivery));
+      await delivery.ack();
+    });
+    return { bodies, consumer };
+  }
+
+  afterEach(async () => {
+    await Promise.all(adapters.splice(0).map((adapter) => adapter.close()));
+  });
+
+  describe('messages published before any group subscribed', () => {
+    it('are kept, up to maxUnroutedPerTopic, and handed to the first group that subscribes only', async () => {
+      const { adapter, logs } = adapterWith({ maxUnroutedPerTopic: 3 });
+      for (const body of ['m1', 'm2', 'm3']) await adapter.publish(topic, message(body));
+      // Exactly at the bound: nothing dropped, nothing logged.
+      expect(adapter.server.stats.dropped).toBe(0);
+      expect(logs.warn).toEqual([]);
+
+      const first = await collect(adapter, 'first');
+      await waitFor(() => first.bodies.length === 3, 'the first group to get the 3 unrouted messages');
+      expect(first.bodies).toEqual(['m1', 'm2', 'm3']);
+
+      const second = await collect(adapter, 'second');
+      await adapter.publish(topic, message('m4'));
+      await waitFor(() => first.bodies.length === 4 && second.bodies.length === 1, 'both groups to get m4');
+      await sleep(20);
+      // The unrouted messages went to the first group only; the second group gets what follows.
+      expect(second.bodies).toEqual(['m4']);
+      expect(first.bodies).toEqual(['m1', 'm2', 'm3', 'm4']);
+    });
+
+    it('beyond maxUnroutedPerTopic, drop the oldest with a logged warning and keep the newest', async () => {
+      const { adapter, logs } = adapterWith({ maxUnroutedPerTopic: 3 });
+      for (const body of ['m1', 'm2', 'm3', 'm4', 'm5']) await adapter.publish(topic, message(body));
+      expect(adapter.server.stats.dropped).toBe(2);
+      expect(logs.warn).toHaveLength(2);
+      for (const warning of logs.warn) {
+        expect(warning).toContain(topic.name);
+        expect(warning).toMatch(/oldest/);
+      }
+      expect(logs.error).toEqual([]);
+
+      const first = await collect(adapter, 'first');
+      await waitFor(() => first.bodies.length === 3, 'the 3 newest unrouted messages');
+      await sleep(20);
+      expect(first.bodies).toEqual(['m3', 'm4', 'm5']);
+    });
+
+    it('are not taken by a group that only got dead letters or a message of its own', async () => {
+      const { adapter } = adapterWith({ maxUnroutedPerTopic: 10 });
+      await adapter.publish(topic, message('m1'));
+      await adapter.sendToDeadLetters(topic, 'phantom', message('dead'));
+      await adapter.sendToGroup(topic, 'phantom', message('own'));
+      await adapter.publish(topic, message('m2'));
+
+      const first = await collect(adapter, 'first');
+      await waitFor(() => first.bodies.length === 2, 'the first subscribed group to get both unrouted messages');
+      const phantom = await collect(adapter, 'phantom');
+      await waitFor(() => phantom.bodies.length === 1, "the phantom group's own message");
+      await sleep(20);
+      expect(first.bodies).toEqual(['m1', 'm2']);
+      expect(phantom.bodies).toEqual(['own']);
+    });
+
+    it('keep 1000 by default', async () => {
+      const { adapter, logs } = adapterWith(undefined);
+      for (let i = 1; i <= 1000; i++) await adapter.publish(topic, message(`m${i}`));
+      expect(adapter.server.stats.dropped).toBe(0);
+      await adapter.publish(topic, message('m1001'));
+      expect(adapter.server.stats.dropped).toBe(1);
+      expect(logs.warn).toHaveLength(1);
+
+      const first = await collect(adapter, 'first');
+      await waitFor(() => first.bodies.length === 1000, 'the 1000 newest unrouted messages');
+      expect(first.bodies[0]).toBe('m2');
+      expect(first.bodies[999]).toBe('m1001');
+    });
+  });
+
+  describe('dead letters', () => {
+    it('beyond maxDeadLettersPerGroup, drop the oldest with a logged error and keep the newest', async () => {
+      const { adapter, logs } = adapterWith({ maxDeadLettersPerGroup: 2 });
+      await adapter.sendToDeadLetters(topic, 'billing', message('d1'));
+      await adapter.sendToDeadLetters(topic, 'billing', message('d2'));
+      // Exactly at the bound: nothing dropped, nothing logged.
+      expect(adapter.server.stats.dropped).toBe(0);
+      expect(logs.error).toEqual([]);
+
+      await adapter.sendToDeadLetters(topic, 'billing', message('d3'));
+      expect(adapter.server.stats.dropped).toBe(1);
+      expect(logs.error).toHaveLength(1);
+      expect(logs.error[0]).toContain(topic.name);
+      expect(logs.error[0]).toContain('billing');
+      expect(logs.error[0]).toMatch(/oldest/);
+      expect(adapter.server.deadLetterCount(topic.name, 'billing')).toBe(2);
+
+      const visited: string[] = [];
+      const removed = await adapter.drainDeadLetters(topic, 'billing', 10, async (record) => void visited.push(text(record)));
+      expect(removed).toBe(2);
+      expect(visited).toEqual(['d2', 'd3']);
+    });
+
+    it('are bounded per group: another group of the topic keeps its own', async () => {
+      const { adapter, logs } = adapterWith({ maxDeadLettersPerGroup: 2 });
+      await adapter.sendToDeadLetters(topic, 'billing', message('b1'));
+      await adapter.sendToDeadLetters(topic, 'billing', message('b2'));
+      await adapter.sendToDeadLetters(topic, 'shipping', message('s1'));
+      await adapter.sendToDeadLetters(topic, 'shipping', message('s2'));
+      expect(adapter.server.stats.dropped).toBe(0);
+      expect(logs.error).toEqual([]);
+      expect(adapter.server.deadLetterCount(topic.name, 'billing')).toBe(2);
+      expect(adapter.server.deadLetterCount(topic.name, 'shipping')).toBe(2);
+    });
+  });
+
+  describe('maxQueueLength', () => {
+    it('refuses a message sent to one group (a retry) into a full queue, delayed or not, and enqueues nothing of it', async () => {
+      const { adapter } = adapterWith({ maxQueueLength: 2 });
+      // The group's queue exists, but its consumer is gone: nothing drains it.
+      const stalled = await collect(adapter, 'stalled');
+      await stalled.consumer.close();
+
+      await adapter.publish(topic, message('a'));
+      await adapter.sendToGroup(topic, 'stalled', message('retry-1'));
+      expect(adapter.server.depth(topic.name, 'stalled')).toBe(2);
+
+      // `async` turns a synchronous throw into a rejection, whichever way the adapter reports it.
+      await expect((async () => adapter.sendToGroup(topic, 'stalled', message('retry-2')))()).rejects.toThrow(/full/);
+      await expect((async () => adapter.sendToGroup(topic, 'stalled', message('retry-3', 20)))()).rejects.toThrow(/full/);
+      await sleep(60);
+      expect(adapter.server.depth(topic.name, 'stalled')).toBe(2);
+
+      // What was accepted is still there, in order, for the next consumer.
+      const next = await collect(adapter, 'stalled');
+      await waitFor(() => next.bodies.length === 2, 'the 2 queued messages');
+      await sleep(20);
+      expect(next.bodies).toEqual(['a', 'retry-1']);
+    });
+
+    it('counts messages waiting for their delay (retries, delayMs) against the bound', async () => {
+      const { adapter } = adapterWith({ maxQueueLength: 2 });
+      const stalled = await collect(adapter, 'stalled');
+      await stalled.consumer.close();
+
+      await adapter.sendToGroup(topic, 'stalled', message('retry-later', 150));
+      await adapter.publish(topic, message('publish-later', 150));
+      expect(adapter.server.depth(topic.name, 'stalled')).toBe(0);
+      await expect((async () => adapter.sendToGroup(topic, 'stalled', message('retry-now')))()).rejects.toThrow(/full/);
+      await expect((async () => adapter.publish(topic, message('publish-now')))()).rejects.toThrow(/full/);
+
+      await waitFor(() => adapter.server.depth(topic.name, 'stalled') === 2, 'the delayed messages to arrive');
+      await sleep(20);
+      expect(adapter.server.depth(topic.name, 'stalled')).toBe(2);
+    });
+  });
+});
+
+describe('competing consumers of one group', () => {
+  const SERVER = 'memory-broker-spec';
+  const apps: INestApplication[] = [];
+
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((app) => app.close()));
+  });
+
+  afterAll(() => MemoryBrokerServer.deleteShared(SERVER));
+
+  it('are served in turn, not always the first one with capacity', async () => {
+    const { app, broker } = await createBrokerApp({
+      env: 'prd',
+      product: 'shop',
+      brokers: [{ tag: 'bk', envs: [{ slug: 'prd', type: 'memory', config: { server: SERVER } }] }],
+    });
+    apps.push(app);
+    const server = MemoryBrokerServer.shared(SERVER);
+    const received: Record<'a' | 'b', number[]> = { a: [], b: [] };
+    for (const name of ['a', 'b'] as const) {
+      await broker.subscribe<{ i: number }>({
+        env: 'prd',
+        event: 'bk:jobs',
+        product_tag: 'shop',
+        input: { group: 'workers', concurrency: 1, callback: (m) => void received[name].push(m.i) },
+      });
+    }
+    // One message at a time, each acked before the next is published: both consumers are idle at
+    // every dispatch, so only a rotation spreads the work.
+    for (let i = 0; i < 20; i++) {
+      const acked = server.stats.acked;
+      await broker.publish({ env: 'prd', event: 'bk:jobs', product_tag: 'shop', input: { message: { i } } });
+      await waitFor(() => server.stats.acked > acked, `message ${i} to be acked`);
+    }
+    expect(received.a.length + received.b.length).toBe(20);
+    expect(received.a.length).toBeGreaterThanOrEqual(8);
+    expect(received.b.length).toBeGreaterThanOrEqual(8);
+    expect([...received.a, ...received.b].sort((x, y) => x - y)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+  });
+
+  it('share a burst under slow handlers, each message once', async () => {
+    const { app, broker } = await createBrokerApp({
+      env: 'prd',
+      product: 'shop',
+      brokers: [{ tag: 'bk', envs: [{ slug: 'prd', type: 'memory', config: { server: SERVER } }] }],
+    });
+    apps.push(app);
+    const received: Record<'a' | 'b', number[]> = { a: [], b: [] };
+    for (const name of ['a', 'b'] as const) {
+      await broker.subscribe<{ i: number }>({
+        env: 'prd',
+        event: 'bk:burst',
+        product_tag: 'shop',
+        input: {
+          group: 'workers',
+          concurrency: 1,
+          callback: async (m) => {
+            received[name].push(m.i);
+            await sleep(10);
+          },
+        },
+      });
+    }
+    for (let i = 0; i < 20; i++) await broker.publish({ env: 'prd', event: 'bk:burst', product_tag: 'shop', input: { message: { i } } });
+    await waitFor(() => received.a.length + received.b.length === 20, 'all 20 messages');
+    await sleep(30);
+    expect(received.a.length).toBeGreaterThanOrEqual(8);
+    expect(received.b.length).toBeGreaterThanOrEqual(8);
+    expect([...received.a, ...received.b].sort((x, y) => x - y)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+  });
+});
+
+describe('memory config validation', () => {
+  const FIELDS = ['maxQueueLength', 'maxUnroutedPerTopic', 'maxDeadLettersPerGroup'] as const;
+
+  const optionsWith = (config: Record<string, unknown>): BrokerModuleOptions => ({
+    env: 'prd',
+    product: 'shop',
+    brokers: [{ tag: 'bk', envs: [{ slug: 'prd', type: 'memory', config }] }],
+  });
+
+  async function startupError(options: BrokerModuleOptions): Promise<BrokerError> {
+    const error = await createBrokerApp(options).then(
+      async ({ app }) => {
+        await app.close();
+        return undefined;
+      },
+      (thrown: unknown) => thrown,
+    );
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('CONFIG_INVALID');
+    return error as BrokerError;
+  }
+
+  const cases = FIELDS.flatMap((field) => [0, -1, 1.5, '10', Number.NaN, Number.POSITIVE_INFINITY].map((value) => [field, value] as const));
+
+  it.each(cases)('CONFIG_INVALID for %s = %p, naming the field', async (field, value) => {
+    const error = await startupError(optionsWith({ [field]: value }));
+    expect(error.problems).toEqual([expect.stringMatching(new RegExp(`^brokers\\[0\\]\\.envs\\[0\\]\\.config\\.${field}: `))]);
+    expect(error.problems[0]).toMatch(/positive integer/);
+  });
+
+  it('lists every bad bound at once', async () => {
+    const error = await startupError(optionsWith({ maxQueueLength: 0, maxUnroutedPerTopic: 2.5, maxDeadLettersPerGroup: -4 }));
+    expect(error.problems).toHaveLength(3);
+    FIELDS.forEach((field, i) => expect(error.problems[i]).toMatch(new RegExp(`^brokers\\[0\\]\\.envs\\[0\\]\\.config\\.${field}: `)));
+  });
+
+  it('accepts positive integers, 1 included', async () => {
+    const { app } = await createBrokerApp(optionsWith({ maxQueueLength: 1, maxUnroutedPerTopic: 1, maxDeadLettersPerGroup: 1 }));
+    await app.close();
+    const { app: other } = await createBrokerApp(optionsWith({ maxQueueLength: 50_000, maxUnroutedPerTopic: 7, maxDeadLettersPerGroup: 3 }));
+    await other.close();
+  });
+});
