@@ -1,14 +1,13 @@
 import 'reflect-metadata';
 import { Controller, Inject, Injectable, Module, Scope, type INestApplication } from '@nestjs/common';
 import {
-  BrokerError,
   MemoryBrokerServer,
   MessageBrokerService,
   OnBrokerEvent,
   type BrokerContext,
   type BrokerModuleOptions,
 } from '../lib';
-import { createBrokerApp } from './support/app';
+import { createBrokerApp, startupError } from './support/app';
 import { waitFor } from './support/wait';
 
 const SERVER = 'decorator-spec';
@@ -162,13 +161,9 @@ describe('@OnBrokerEvent', () => {
       @OnBrokerEvent('sqsbroker:new-orders')
       handle(): void {}
     }
-    const error = await createBrokerApp(options(), { providers: [Scoped] }).then(
-      () => undefined,
-      (thrown: unknown) => thrown,
-    );
-    expect(error).toBeInstanceOf(BrokerError);
-    expect((error as BrokerError).code).toBe('SUBSCRIBE_FAILED');
-    expect((error as BrokerError).message).toContain(`Scoped.handle: the provider is ${scope}`);
+    const error = await startupError(options(), { providers: [Scoped] });
+    expect(error.code).toBe('SUBSCRIBE_FAILED');
+    expect(error.message).toContain(`Scoped.handle: the provider is ${scope}`);
   });
 
   it.each([
@@ -183,12 +178,8 @@ describe('@OnBrokerEvent', () => {
       @OnBrokerEvent(event, extra)
       handle(): void {}
     }
-    const error = await createBrokerApp(options(), { providers: [Misrouted] }).then(
-      () => undefined,
-      (thrown: unknown) => thrown,
-    );
-    expect(error).toBeInstanceOf(BrokerError);
-    expect((error as BrokerError).code).toBe(code);
+    const error = await startupError(options(), { providers: [Misrouted] });
+    expect(error.code).toBe(code);
   });
 
   it('refuses to decorate something that is not a method', () => {

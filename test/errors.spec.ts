@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
 import { BrokerError, MemoryBrokerServer, type BrokerErrorCode, type BrokerModuleOptions, type MessageBrokerService } from '../lib';
 import type { StandardSchemaV1 } from '../lib/interfaces/standard-schema.interface';
-import { createBrokerApp } from './support/app';
+import { createBrokerApp, startupError } from './support/app';
 import { sleep } from './support/wait';
 
 /**
@@ -209,22 +209,15 @@ describe('error codes from bad input, with nothing published', () => {
 });
 
 describe('CONFIG_INVALID at startup', () => {
-  async function startupError(config: unknown): Promise<BrokerError> {
-    const error = await createBrokerApp(config as BrokerModuleOptions).then(
-      async ({ app }) => {
-        await app.close();
-        return undefined;
-      },
-      (thrown: unknown) => thrown,
-    );
-    expect(error).toBeInstanceOf(BrokerError);
-    expect((error as BrokerError).code).toBe('CONFIG_INVALID');
-    return error as BrokerError;
+  async function configError(config: unknown): Promise<BrokerError> {
+    const error = await startupError(config);
+    expect(error.code).toBe('CONFIG_INVALID');
+    return error;
   }
 
   it('lists every problem at once, each naming its field, and echoes no secret', async () => {
     const publishedBefore = server().stats.published;
-    const error = await startupError({
+    const error = await configError({
       env: 'prd',
       product: 'my product',
       brokers: [
@@ -270,7 +263,7 @@ describe('CONFIG_INVALID at startup', () => {
   });
 
   it('refuses, where this process needs it, a broker type that has no adapter in this version', async () => {
-    const error = await startupError({
+    const error = await configError({
       env: 'prd',
       product: 'p',
       brokers: [{ tag: 'b', envs: [{ slug: 'prd', type: 'kafka', config: { brokers: ['localhost:9092'] } }] }],
@@ -279,6 +272,6 @@ describe('CONFIG_INVALID at startup', () => {
   });
 
   it('refuses a missing broker list', async () => {
-    expect((await startupError({ env: 'prd', product: 'p' })).problems).toEqual(['brokers: must be a non-empty array']);
+    expect((await configError({ env: 'prd', product: 'p' })).problems).toEqual(['brokers: must be a non-empty array']);
   });
 });

@@ -1,9 +1,9 @@
 import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
-import { BrokerError, MemoryBrokerServer, type BrokerModuleOptions, type MemoryEnvConfig } from '../lib';
+import { type BrokerError, MemoryBrokerServer, type BrokerModuleOptions, type MemoryEnvConfig } from '../lib';
 import type { AdapterConsumer, AdapterLogger, AdapterTopic, InboundDelivery, OutboundMessage } from '../lib/adapters/broker-adapter';
 import { MemoryAdapter } from '../lib/adapters/memory';
-import { createBrokerApp } from './support/app';
+import { createBrokerApp, startupError } from './support/app';
 import { sleep, waitFor } from './support/wait';
 
 /**
@@ -284,29 +284,22 @@ describe('memory config validation', () => {
     brokers: [{ tag: 'bk', envs: [{ slug: 'prd', type: 'memory', config }] }],
   });
 
-  async function startupError(options: BrokerModuleOptions): Promise<BrokerError> {
-    const error = await createBrokerApp(options).then(
-      async ({ app }) => {
-        await app.close();
-        return undefined;
-      },
-      (thrown: unknown) => thrown,
-    );
-    expect(error).toBeInstanceOf(BrokerError);
-    expect((error as BrokerError).code).toBe('CONFIG_INVALID');
-    return error as BrokerError;
+  async function configError(options: BrokerModuleOptions): Promise<BrokerError> {
+    const error = await startupError(options);
+    expect(error.code).toBe('CONFIG_INVALID');
+    return error;
   }
 
   const cases = FIELDS.flatMap((field) => [0, -1, 1.5, '10', Number.NaN, Number.POSITIVE_INFINITY].map((value) => [field, value] as const));
 
   it.each(cases)('CONFIG_INVALID for %s = %p, naming the field', async (field, value) => {
-    const error = await startupError(optionsWith({ [field]: value }));
+    const error = await configError(optionsWith({ [field]: value }));
     expect(error.problems).toEqual([expect.stringMatching(new RegExp(`^brokers\\[0\\]\\.envs\\[0\\]\\.config\\.${field}: `))]);
     expect(error.problems[0]).toMatch(/positive integer/);
   });
 
   it('lists every bad bound at once', async () => {
-    const error = await startupError(optionsWith({ maxQueueLength: 0, maxUnroutedPerTopic: 2.5, maxDeadLettersPerGroup: -4 }));
+    const error = await configError(optionsWith({ maxQueueLength: 0, maxUnroutedPerTopic: 2.5, maxDeadLettersPerGroup: -4 }));
     expect(error.problems).toHaveLength(3);
     FIELDS.forEach((field, i) => expect(error.problems[i]).toMatch(new RegExp(`^brokers\\[0\\]\\.envs\\[0\\]\\.config\\.${field}: `)));
   });
