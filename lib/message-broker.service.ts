@@ -24,6 +24,7 @@ import { SubscriptionRunner } from './delivery/subscription-runner';
 import { BrokerError, describeError, type BrokerErrorCode } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 import type {
+  BrokerMessageHandler,
   PublishRequest,
   PublishResult,
   ReprocessDeadLettersRequest,
@@ -135,7 +136,7 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
         concurrency: input.concurrency ?? DEFAULT_CONCURRENCY,
         retry: resolveRetryPolicy(input.retry, route.retry, this.options.retry),
         source: input.deadLetter ? 'dead-letters' : 'messages',
-        handler: input.callback as SubscriptionRunnerHandler,
+        handler: input.callback as BrokerMessageHandler,
       },
       adapter,
       this.logger,
@@ -235,8 +236,6 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     return new BrokerError(code, `${context}: ${describeError(error)}`, { cause: error });
   }
 }
-
-type SubscriptionRunnerHandler = ConstructorParameters<typeof SubscriptionRunner>[0]['handler'];
 
 function checkPublishInput(input: PublishRequest['input'], event: string): void {
   const problems: string[] = [];
