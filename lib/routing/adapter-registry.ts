@@ -9,7 +9,8 @@ import type { BrokerEnvConfig } from '../interfaces/broker-options.interface';
  * Creation failures are not cached, so a broker that was down at first use is retried next time.
  */
 export class AdapterRegistry {
-  private readonly adapters = new Map<string, Promise<BrokerAdapter>>();
+  /** Keyed by the env config object, which belongs to exactly one broker. */
+  private readonly adapters = new Map<BrokerEnvConfig, Promise<BrokerAdapter>>();
   /** The same adapters once connected, for the publish hot path (no await of a settled promise). */
   private readonly ready = new Map<BrokerEnvConfig, BrokerAdapter>();
   private closed = false;
@@ -17,20 +18,19 @@ export class AdapterRegistry {
   constructor(private readonly logger: Logger) {}
 
   get(brokerTag: string, env: BrokerEnvConfig): Promise<BrokerAdapter> {
-    const id = `${brokerTag}\u0000${env.slug}`;
-    let adapter = this.adapters.get(id);
+    let adapter = this.adapters.get(env);
     if (!adapter) {
       adapter = this.open(brokerTag, env);
-      this.adapters.set(id, adapter);
+      this.adapters.set(env, adapter);
       adapter.then(
         (opened) => !this.closed && this.ready.set(env, opened),
-        () => this.adapters.delete(id),
+        () => this.adapters.delete(env),
       );
     }
     return adapter;
   }
 
-  /** The adapter of this broker env (a config object belongs to one broker) if already connected. */
+  /** The adapter of this broker env if it is already connected. */
   connected(env: BrokerEnvConfig): BrokerAdapter | undefined {
     return this.ready.get(env);
   }
@@ -68,7 +68,13 @@ export class AdapterRegistry {
         cause: error,
       });
     }
-    await adapter.connect();
+    try {
+      await adapter.connect();
+    } catch (error) {
+      // Whatever it opened (sockets, reconnect timers) must not outlive the failure.
+      await adapter.close().catch(() => undefined);
+      throw error;
+    }
     return adapter;
   }
 }
