@@ -45,7 +45,8 @@ export function redactSecrets(text: string): string {
     text
       // scheme://userinfo@host: userinfo runs to the last '@' before the host. `user:password` keeps
       // the user; a bare userinfo may itself be a token (nats://token@host), so it goes whole.
-      .replace(/([a-z][a-z0-9+.-]*:\/\/)(\S*)@(?=[^@\s/?#]*(?:[\s/?#]|$))/gi, (_match: string, scheme: string, userinfo: string) => {
+      // Bounded repeats and a start only where a scheme can begin keep this linear on long inputs.
+      .replace(/(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,63}:\/\/)(\S{0,2048})@(?=[^@\s/?#]{0,2048}(?:[\s/?#]|$))/gi, (_match: string, scheme: string, userinfo: string) => {
         const colon = userinfo.indexOf(':');
         return colon > 0 && !userinfo.slice(0, colon).includes('/') ? `${scheme}${userinfo.slice(0, colon)}:***@` : `${scheme}***@`;
       })
@@ -59,6 +60,7 @@ export function redactSecrets(text: string): string {
 
 /** A short, safe description of any thrown value, for logs and error messages. */
 export function describeError(error: unknown): string {
-  if (error instanceof Error) return redactSecrets(`${error.name}: ${error.message}`);
-  return redactSecrets(String(error));
+  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  // Cut before redacting: an error may carry a whole payload, and logs need only its start.
+  return redactSecrets(text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
 }

@@ -199,6 +199,13 @@ describe('the memory adapter', () => {
       await waitFor(() => adapter.server.depth(topic.name, 'stalled') === 2, 'the delayed messages to arrive');
       await sleep(20);
       expect(adapter.server.depth(topic.name, 'stalled')).toBe(2);
+
+      // Once arrived, they count as queued, not as delayed: when the queue drains there is room again.
+      const drained = await collect(adapter, 'stalled');
+      await waitFor(() => drained.bodies.length === 2, 'the queue to drain');
+      await adapter.publish(topic, message('fits-again'));
+      await adapter.sendToGroup(topic, 'stalled', message('fits-too'));
+      await waitFor(() => drained.bodies.length === 4, 'the two new messages');
     });
   });
 });
@@ -309,5 +316,80 @@ describe('memory config validation', () => {
     await app.close();
     const { app: other } = await createBrokerApp(optionsWith({ maxQueueLength: 50_000, maxUnroutedPerTopic: 7, maxDeadLettersPerGroup: 3 }));
     await other.close();
+  });
+});
+
+describe('per-key order in the memory adapter', () => {
+  const keyed = (body: string): OutboundMessage => ({ body, messageId: body, key: 'A', headers: {} });
+  let adapter: MemoryAdapter;
+
+  beforeEach(() => {
+    adapter = new MemoryAdapter(undefined, { brokerTag: 'bk', envSlug: 'prd', logger: capturingLogger().logger });
+  });
+
+  afterEach(async () => {
+    await adapter.close();
+  });
+
+  it('survives a consumer that closes holding the first message of a key', async () => {
+    const never = new Promise<void>(() => undefined);
+    const stuck = await adapter.consume(topic, { group: 'g', concurrency: 10, source: 'messages' }, () => never);
+    for (const id of ['A1', 'A2', 'A3', 'A4']) await adapter.publish(topic, keyed(id));
+    await sleep(10);
+    await stuck.close(); // A1 goes back to the front; A2..A4 must stay behind it
+    const seen: string[] = [];
+    await adapter.consume(topic, { group: 'g', concurrency: 1, source: 'messages' }, async (delivery) => {
+      seen.push(text(delivery));
+      await sleep(1);
+      await delivery.ack();
+    });
+    await waitFor(() => seen.length === 4, 'the four messages');
+    expect(seen).toEqual(['A1', 'A2', 'A3', 'A4']);
+  });
+
+  it('keeps released messages of a key in order behind the ones before them', async () => {
+    const seen: string[] = [];
+    let released = false;
+    await adapter.consume(topic, { group: 'g', concurrency: 3, source: 'messages' }, async (delivery) => {
+      seen.push(text(delivery));
+      await sleep(1);
+      if (text(delivery) === 'A1' && !released) {
+        released = true;
+        return delivery.release(); // goes to the back; its key is free again
+      }
+      await delivery.ack();
+    });
+    for (const id of ['A1', 'A2', 'A3']) await adapter.publish(topic, keyed(id));
+    await waitFor(() => seen.length === 4, 'four deliveries');
+    expect(seen).toEqual(['A1', 'A2', 'A3', 'A1']);
+  });
+
+  it('leaves no keyed dead letter stranded after a dead-letter consumer closed holding one', async () => {
+    for (const id of ['A1', 'A2', 'A3']) await adapter.sendToDeadLetters(topic, 'g', keyed(id));
+    const never = new Promise<void>(() => undefined);
+    const stuck = await adapter.consume(topic, { group: 'g', concurrency: 2, source: 'dead-letters' }, () => never);
+    await sleep(10);
+    await stuck.close();
+    const visited: string[] = [];
+    expect(await adapter.drainDeadLetters(topic, 'g', 100, async (record) => void visited.push(text(record)))).toBe(3);
+    expect(visited).toEqual(['A1', 'A2', 'A3']);
+    expect(adapter.server.deadLetterCount(topic.name, 'g')).toBe(0);
+  });
+
+  it('bounds dead letters that wait behind a key in flight too', async () => {
+    const { logger, logs } = capturingLogger();
+    const bounded = new MemoryAdapter({ maxDeadLettersPerGroup: 2 }, { brokerTag: 'bk', envSlug: 'prd', logger });
+    try {
+      const never = new Promise<void>(() => undefined);
+      await bounded.consume(topic, { group: 'g', concurrency: 5, source: 'dead-letters' }, () => never);
+      for (const id of ['A1', 'A2', 'A3', 'A4']) await bounded.sendToDeadLetters(topic, 'g', keyed(id));
+      await sleep(10);
+      // A1 is in flight and the rest waits behind it, bounded to 2: one was dropped, and said so.
+      expect(bounded.server.deadLetterCount(topic.name, 'g')).toBe(2);
+      expect(bounded.server.stats.dropped).toBe(1);
+      expect(logs.error).toHaveLength(1);
+    } finally {
+      await bounded.close();
+    }
   });
 });

@@ -125,8 +125,8 @@ export class SubscriptionRunner {
 
   private async retry(delivery: InboundDelivery, envelope: Envelope, attempt: number, error: unknown): Promise<void> {
     const delayMs = backoffDelayMs(this.spec.retry, attempt);
+    if (this.detached) return this.abandoned(envelope.id, error);
     this.logger.warn(`${this.name}: attempt ${attempt} of message ${envelope.id} failed (${describeError(error)}); retry in ${delayMs} ms`);
-    if (this.detached) return;
     const body = JSON.stringify({ ...envelope, attempt: attempt + 1 });
     // Re-sent to this group only, then acked: a crash in between duplicates, it never loses.
     await this.adapter.sendToGroup(this.spec.route.topic, this.spec.group, {
@@ -147,12 +147,12 @@ export class SubscriptionRunner {
     attempt: number,
     reason: DeadLetterReason,
   ): Promise<void> {
-    const headers = deadLetterHeaders(error, attempt, reason);
     const isEnvelope = typeof payload === 'object' && !Buffer.isBuffer(payload);
+    if (this.detached) return this.abandoned(isEnvelope ? payload.id : '(undecodable)', error);
+    const headers = deadLetterHeaders(error, attempt, reason);
     this.logger.error(
       `${this.name}: message ${isEnvelope ? payload.id : '(undecodable)'} dead-lettered after ${attempt} attempt(s) (${reason}): ${headers[DEAD_LETTER_HEADERS.error]}`,
     );
-    if (this.detached) return;
     await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
       // A poison body is kept exactly as it came; our own envelope also carries the headers inside.
       body: isEnvelope ? JSON.stringify({ ...payload, headers: { ...payload.headers, ...headers } }) : payload,
@@ -191,6 +191,11 @@ export class SubscriptionRunner {
       });
     }
     if (!this.detached) await delivery.ack();
+  }
+
+  /** A handler that failed after the drain gave up on it: nothing is sent, the broker delivers it again. */
+  private abandoned(messageId: string, error: unknown): void {
+    this.logger.warn(`${this.name}: message ${messageId} failed after shutdown gave up on it (${describeError(error)}); it will be delivered again`);
   }
 
   private context(envelope: Envelope, attempt: number, delivery: InboundDelivery): BrokerContext {

@@ -113,8 +113,7 @@ export class MemoryBrokerServer {
     const deadLetters = this.group(this.topic(topicName), groupName).deadLetters;
     deadLetters.enqueue(message);
     this.stats.deadLettered++;
-    if (deadLetters.length > limits.maxDeadLettersPerGroup) {
-      deadLetters.dropOldest();
+    if (deadLetters.length > limits.maxDeadLettersPerGroup && deadLetters.dropOldest()) {
       this.stats.dropped++;
       this.logger?.error(
         `memory broker: dead letters of ${topicName} / ${groupName} exceed ${limits.maxDeadLettersPerGroup}; the oldest was dropped`,

@@ -18,7 +18,8 @@ export interface MemoryQueueHooks {
 /**
  * A FIFO queue with competing consumers: one per topic and group (and one for its dead letters).
  * A message whose key is in flight waits in a list of its key, so messages of one key are handled
- * one at a time, in order, without rescanning the queue.
+ * one at a time, in order, without rescanning the queue. Invariant: when a key has waiting
+ * messages, either the key is in flight or its earliest message is in the queue.
  */
 export class MemoryQueue {
   private items: MemoryMessage[] = [];
@@ -50,7 +51,7 @@ export class MemoryQueue {
   /** Removes `message` if it is still the oldest; false when a consumer took it meanwhile. */
   removeOldest(message: MemoryMessage): boolean {
     if (this.items[this.head] !== message) return false;
-    this.shift();
+    this.remove();
     return true;
   }
 
@@ -74,9 +75,17 @@ export class MemoryQueue {
     this.enqueue(message);
   }
 
-  /** Removes the oldest message (bounded queues). */
+  /** Removes the oldest message that no consumer holds (bounded queues); undefined when there is none. */
   dropOldest(): MemoryMessage | undefined {
-    return this.shift();
+    if (this.head < this.items.length) return this.remove();
+    // Everything left waits behind a key in flight: drop the first waiting message of the oldest key.
+    for (const [key, list] of this.waitingByKey) {
+      const dropped = list.shift();
+      this.waiting--;
+      if (list.length === 0) this.waitingByKey.delete(key);
+      return dropped;
+    }
+    return undefined;
   }
 
   addConsumer(concurrency: number, listener: DeliveryListener): MemoryQueueConsumer {
@@ -92,20 +101,22 @@ export class MemoryQueue {
     if (index >= 0) this.consumers.splice(index, 1);
   }
 
-  /** @internal called when a delivery is acked, released or revoked: its key may go again. */
+  /** @internal called when a delivery is acked or released: the next message of its key may go. */
   released(message: MemoryMessage, acked: boolean): void {
     if (message.key !== undefined) {
       this.keysInFlight.delete(message.key);
-      const next = this.waitingByKey.get(message.key);
-      if (next) {
-        // The next message of that key was published before everything still in the queue.
-        this.unshift(next.shift() as MemoryMessage);
-        this.waiting--;
-        if (next.length === 0) this.waitingByKey.delete(message.key);
-      }
+      this.promoteNext(message.key);
     }
     if (acked) this.hooks.onAcked();
     this.scheduleDispatch();
+  }
+
+  /**
+   * @internal called for each unacked delivery of a closing consumer. The message goes back to the
+   * front (requeueFront), so the followers of its key stay parked behind it.
+   */
+  revoked(message: MemoryMessage): void {
+    if (message.key !== undefined) this.keysInFlight.delete(message.key);
   }
 
   /** @internal */
@@ -139,6 +150,22 @@ export class MemoryQueue {
       this.hooks.onDelivered();
       consumer.deliver(message);
     }
+  }
+
+  /** Moves the earliest waiting message of `key` to the front: it was published before all the queue holds. */
+  private promoteNext(key: string): void {
+    const list = this.waitingByKey.get(key);
+    if (!list) return;
+    this.unshift(list.shift() as MemoryMessage);
+    this.waiting--;
+    if (list.length === 0) this.waitingByKey.delete(key);
+  }
+
+  /** Removes the oldest message for good (not a delivery): its key's next message takes its place. */
+  private remove(): MemoryMessage | undefined {
+    const message = this.shift();
+    if (message?.key !== undefined && !this.keysInFlight.has(message.key)) this.promoteNext(message.key);
+    return message;
   }
 
   private park(message: MemoryMessage, key: string): void {
@@ -218,7 +245,7 @@ export class MemoryQueueConsumer {
     this.inFlight.clear();
     for (const delivery of unacked) {
       delivery.revoke();
-      this.queue.released(delivery.message, false);
+      this.queue.revoked(delivery.message);
     }
     this.queue.requeueFront(unacked.map((delivery) => delivery.message));
   }
