@@ -23,6 +23,7 @@ import { resolveRetryPolicy } from './delivery/retry';
 import { SubscriptionRunner } from './delivery/subscription-runner';
 import { BrokerError, describeError, type BrokerErrorCode } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
+import type { StandardSchemaV1 } from './interfaces/standard-schema.interface';
 import type {
   BrokerMessageHandler,
   PublishRequest,
@@ -216,7 +217,14 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   }
 
   private async validateSchema(route: Route, message: unknown): Promise<void> {
-    const result = await route.schema!['~standard'].validate(message);
+    let result: Awaited<ReturnType<StandardSchemaV1['~standard']['validate']>>;
+    try {
+      result = await route.schema!['~standard'].validate(message);
+    } catch (error) {
+      throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': its schema could not validate the message: ${describeError(error)}`, {
+        cause: error,
+      });
+    }
     if (result.issues) {
       const issues = result.issues.map((issue) => `${issuePath(issue.path)}${issue.message}`).join('; ');
       throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': message fails its schema: ${issues}`);

@@ -18,10 +18,12 @@ const orderSchema: StandardSchemaV1<{ orderId: number }> = {
   '~standard': {
     version: 1,
     vendor: 'test',
-    validate: (value) =>
-      typeof value === 'object' && value !== null && typeof (value as { orderId?: unknown }).orderId === 'number'
+    validate: (value) => {
+      if (typeof value === 'object' && value !== null && (value as { explode?: boolean }).explode) throw new Error('validator bug');
+      return typeof value === 'object' && value !== null && typeof (value as { orderId?: unknown }).orderId === 'number'
         ? { value: value as { orderId: number } }
-        : { issues: [{ message: 'orderId must be a number', path: ['orderId'] }] },
+        : { issues: [{ message: 'orderId must be a number', path: ['orderId'] }] };
+    },
   },
 };
 
@@ -147,6 +149,14 @@ describe('error codes from bad input, with nothing published', () => {
       'INVALID_MESSAGE',
       () => publish({ event: 'strict:orders', input: { message: { orderId: 'not a number' } } }),
       /fails its schema: orderId: orderId must be a number/,
+    );
+  });
+
+  it('INVALID_MESSAGE when the topic schema throws instead of answering', async () => {
+    await expectRefused(
+      'INVALID_MESSAGE',
+      () => publish({ event: 'strict:orders', input: { message: { orderId: 1, explode: true } } }),
+      /its schema could not validate the message: Error: validator bug/,
     );
   });
 
