@@ -10,6 +10,7 @@ import {
   type BrokerModuleOptions,
   type RetryPolicy,
 } from '../../lib';
+import { silentLogger } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { gate, sleep, waitFor } from '../support/wait';
 import type { ConformanceTarget } from './conformance-target';
@@ -441,10 +442,16 @@ export function runConformanceSuite(target: ConformanceTarget): void {
   });
 }
 
-/** A test of a capability the adapter does not claim is reported as skipped, with the reason in its title. */
+/**
+ * A test of a capability the adapter does not claim is skipped: the reason is printed when the
+ * suite is defined and stands in the test's title.
+ */
 function itIf(claimed: boolean, capability: string): (name: string, fn: () => Promise<void>) => void {
   if (claimed) return (name, fn) => it(name, fn);
-  return (name, fn) => it.skip(`${name} (skipped: the adapter does not claim ${capability})`, fn);
+  return (name, fn) => {
+    const reason = `the adapter does not claim ${capability}`;
+    // eslint-disable-next-line no-console
+    console.warn(`Skipping "${name}": ${reason}`);
+    it.skip(`${name} (skipped: ${reason})`, fn);
+  };
 }
-
-const silentLogger = { log() {}, error() {}, warn() {}, debug() {}, verbose() {}, fatal() {} };
