@@ -93,6 +93,14 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
   switch (type) {
     case 'rabbitmq':
       url(config.url, `${path}.url`, ['amqp:', 'amqps:'], problems);
+      duration(config.publishTimeoutMs, `${path}.publishTimeoutMs`, problems);
+      duration(config.connectTimeoutMs, `${path}.connectTimeoutMs`, problems);
+      duration(config.reconnectDelayMs, `${path}.reconnectDelayMs`, problems);
+      positiveInteger(config.heartbeatSeconds, `${path}.heartbeatSeconds`, problems);
+      if (config.queueType !== undefined && config.queueType !== 'classic' && config.queueType !== 'quorum') {
+        problems.push(`${path}.queueType: must be 'classic' or 'quorum'`);
+      }
+      if (config.socketOptions !== undefined && !isObject(config.socketOptions)) problems.push(`${path}.socketOptions: must be an object`);
       break;
     case 'redis':
       url(config.url, `${path}.url`, ['redis:', 'rediss:'], problems);

@@ -1,6 +1,7 @@
 import type { BrokerEnvConfig, BrokerType } from '../interfaces/broker-options.interface';
 import type { AdapterContext, BrokerAdapter } from './broker-adapter';
 import type * as MemoryAdapterModule from './memory';
+import type * as RabbitMqAdapterModule from './rabbitmq';
 
 type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
 
@@ -13,6 +14,14 @@ const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { createMemoryAdapter } = require('./memory') as typeof MemoryAdapterModule;
     return (env, context) => createMemoryAdapter(env.type === 'memory' ? env.config : undefined, context);
+  },
+  rabbitmq: () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { createRabbitMqAdapter } = require('./rabbitmq') as typeof RabbitMqAdapterModule;
+    return (env, context) => {
+      if (env.type !== 'rabbitmq') throw new Error(`expected a rabbitmq config, got '${env.type}'`);
+      return createRabbitMqAdapter(env.config, context);
+    };
   },
 };
 

@@ -34,7 +34,22 @@ export interface MemoryEnvConfig {
 export interface RabbitMqEnvConfig {
   slug: string;
   type: 'rabbitmq';
-  config: { url: string; [option: string]: unknown };
+  config: {
+    /** `amqp://user:pass@host:5672/vhost` or `amqps://…`; the password never reaches a log or an error. */
+    url: string;
+    /** How long publish waits for the broker's confirm, through reconnects, before PUBLISH_FAILED (default 30000). */
+    publishTimeoutMs?: number;
+    /** How long the first connection, and any later wait for one to declare queues, may take (default 10000). */
+    connectTimeoutMs?: number;
+    /** Pause between reconnect attempts (default 1000). */
+    reconnectDelayMs?: number;
+    /** AMQP heartbeat: how soon a dead peer is noticed (default 10). */
+    heartbeatSeconds?: number;
+    /** Type of the group and dead-letter queues (default 'classic'; 'quorum' for replicated queues). */
+    queueType?: 'classic' | 'quorum';
+    /** Socket and TLS options handed to amqplib (ca, cert, key, servername, ...). */
+    socketOptions?: Record<string, unknown>;
+  };
 }
 
 export interface KafkaEnvConfig {

@@ -1,0 +1,1 @@
+export { createRabbitMqAdapter, RabbitMqAdapter, RABBITMQ_CAPABILITIES, RABBITMQ_DEFAULTS } from './rabbitmq.adapter';

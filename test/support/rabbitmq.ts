@@ -1,0 +1,87 @@
+import { execFile } from 'node:child_process';
+import { connect, type ChannelModel } from 'amqplib';
+import type { RabbitMqEnvConfig } from '../../lib';
+
+/** The RabbitMQ the integration suites use; RABBITMQ_URL points them elsewhere. */
+export const RABBITMQ_URL = process.env.RABBITMQ_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+
+/** An env config for tests: short timeouts, so a broken test fails in seconds. */
+export function rabbitEnv(slug: string, config: Partial<RabbitMqEnvConfig['config']> = {}): RabbitMqEnvConfig {
+  return { slug, type: 'rabbitmq', config: { url: RABBITMQ_URL, connectTimeoutMs: 5000, reconnectDelayMs: 200, ...config } };
+}
+
+/** Runs rabbitmqctl on this machine (the server-side tools the resilience tests need). */
+export function rabbitmqctl(...args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('rabbitmqctl', args, { timeout: 60_000 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`rabbitmqctl ${args.join(' ')} failed: ${error.message}\n${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** A plain amqplib connection, as a foreign client or an operator's script would use. */
+export async function withRawConnection<T>(work: (connection: ChannelModel) => Promise<T>): Promise<T> {
+  const connection = await connect(RABBITMQ_URL);
+  connection.on('error', () => undefined);
+  try {
+    return await work(connection);
+  } finally {
+    await connection.close().catch(() => undefined);
+  }
+}
+
+/** Publishes bytes to an exchange with a plain amqplib confirm channel. */
+export function rawPublish(exchange: string, routingKey: string, body: Buffer, headers?: Record<string, unknown>): Promise<void> {
+  return withRawConnection(async (connection) => {
+    const channel = await connection.createConfirmChannel();
+    channel.publish(exchange, routingKey, body, { persistent: true, headers });
+    await channel.waitForConfirms();
+  });
+}
+
+/** Ready messages in a queue, or undefined when it does not exist. */
+export function queueDepth(queue: string): Promise<number | undefined> {
+  return withRawConnection(async (connection) => {
+    const channel = await connection.createChannel();
+    channel.on('error', () => undefined);
+    try {
+      return (await channel.checkQueue(queue)).messageCount;
+    } catch {
+      return undefined;
+    }
+  });
+}
+
+/** Queue names with their ready and unacked counts, from the server itself. */
+export async function listQueues(): Promise<{ name: string; ready: number; unacked: number }[]> {
+  const out = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'messages_ready', 'messages_unacknowledged');
+  return out
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => {
+      const [name, ready, unacked] = line.split('\t');
+      return { name, ready: Number(ready), unacked: Number(unacked) };
+    });
+}
+
+/**
+ * Deletes the queues and exchanges a test file declared (names start with one of `prefixes`), so
+ * durable test topology does not pile up on the broker. Needs rabbitmqctl; without it, a no-op.
+ */
+export async function deleteTopology(prefixes: string[]): Promise<void> {
+  let queues: string;
+  let exchanges: string;
+  try {
+    queues = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name');
+    exchanges = await rabbitmqctl('list_exchanges', '-q', '--no-table-headers', 'name');
+  } catch {
+    return;
+  }
+  const ours = (out: string) => out.split('\n').map((n) => n.trim()).filter((n) => prefixes.some((p) => n.startsWith(p)));
+  await withRawConnection(async (connection) => {
+    const channel = await connection.createChannel();
+    for (const queue of ours(queues)) await channel.deleteQueue(queue);
+    for (const exchange of ours(exchanges)) await channel.deleteExchange(exchange);
+  });
+}
