@@ -1,0 +1,386 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import type { INestApplication, LoggerService } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import type { ConfirmChannel, Options } from 'amqplib';
+import {
+  BrokerError,
+  DEAD_LETTER_HEADERS,
+  DuctapeBrokerModule,
+  MessageBrokerService,
+  type BrokerContext,
+  type BrokerModuleOptions,
+  type RabbitMqEnvConfig,
+} from '../../lib';
+import { createBrokerApp, startupError } from '../support/app';
+import { describeWithBroker } from '../support/broker-availability';
+import { holdExclusively } from '../support/exclusive';
+import { deleteTopology, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, withRawConnection } from '../support/rabbitmq';
+import { gate, sleep, waitFor } from '../support/wait';
+
+const PRODUCT = 'rmq-adapter';
+
+// The resilience file restarts the broker: never alongside this one.
+holdExclusively('rabbitmq');
+afterAll(() => deleteTopology([`${PRODUCT}.`]));
+
+/** Keeps every log line, to prove what never reaches them. */
+class CapturingLogger implements LoggerService {
+  readonly lines: string[] = [];
+  log = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  error = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  warn = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  debug = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  verbose = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  fatal = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  private add(message: unknown, rest: unknown[]): void {
+    this.lines.push([message, ...rest].map((part) => (part instanceof Error ? `${part.message} ${part.stack}` : String(part))).join(' '));
+  }
+}
+
+describeWithBroker('rabbitmq', 'RabbitMQ adapter', () => {
+  const apps: INestApplication[] = [];
+
+  function options(envs: RabbitMqEnvConfig[], overrides: Partial<BrokerModuleOptions> = {}): BrokerModuleOptions {
+    return {
+      env: 'prd',
+      product: PRODUCT,
+      brokers: [{ tag: 'rmq', envs }],
+      retry: { maxAttempts: 3, initialDelayMs: 50 },
+      shutdownTimeoutMs: 2000,
+      ...overrides,
+    };
+  }
+
+  async function start(envConfig: Partial<RabbitMqEnvConfig['config']> = {}, overrides: Partial<BrokerModuleOptions> = {}) {
+    const started = await createBrokerApp(options([rabbitEnv('prd', envConfig), rabbitEnv('stg', envConfig)], overrides));
+    apps.push(started.app);
+    return started.broker;
+  }
+
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((app) => app.close()));
+  });
+
+  function newTopic() {
+    const tag = `t-${randomUUID().slice(0, 8)}`;
+    return { event: `rmq:${tag}`, topic: `${PRODUCT}.prd.${tag}`, stgTopic: `${PRODUCT}.stg.${tag}` };
+  }
+
+  describe('topology', () => {
+    it('declares a durable fanout exchange per topic and a durable queue per group, named after the physical topic', async () => {
+      const broker = await start();
+      const { event, topic, stgTopic } = newTopic();
+      for (const env of ['prd', 'stg']) {
+        for (const group of ['billing', 'shipping']) {
+          await broker.subscribe({ env, event, product_tag: PRODUCT, input: { group, callback: () => undefined } });
+        }
+      }
+      const exchanges = await rabbitmqctl('list_exchanges', '-q', '--no-table-headers', 'name', 'type', 'durable');
+      expect(exchanges).toContain(`${topic}\tfanout\ttrue`);
+      expect(exchanges).toContain(`${stgTopic}\tfanout\ttrue`);
+      const queues = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'durable');
+      const ours = queues
+        .split('\n')
+        .filter((line) => line.includes(topic) || line.includes(stgTopic))
+        .sort();
+      expect(ours).toEqual(
+        [
+          `${topic}:billing\ttrue`,
+          `${topic}:billing:dead-letters\ttrue`,
+          `${topic}:shipping\ttrue`,
+          `${topic}:shipping:dead-letters\ttrue`,
+          `${stgTopic}:billing\ttrue`,
+          `${stgTopic}:billing:dead-letters\ttrue`,
+          `${stgTopic}:shipping\ttrue`,
+          `${stgTopic}:shipping:dead-letters\ttrue`,
+        ].sort(),
+      );
+      const bindings = await rabbitmqctl('list_bindings', '-q', '--no-table-headers', 'source_name', 'destination_name');
+      expect(bindings).toContain(`${topic}\t${topic}:billing`);
+      expect(bindings).toContain(`${topic}\t${topic}:shipping`);
+      expect(bindings).not.toContain(`${topic}\t${stgTopic}:billing`);
+    });
+
+    it('publishes persistent messages with the messageId, correlationId and headers as AMQP properties', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const sub = await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'audit', callback: () => undefined } });
+      await sub.unsubscribe();
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n: 1 }, messageId: 'm-1', correlationId: 'c-1' } });
+      const got = await withRawConnection(async (connection) => {
+        const channel = await connection.createChannel();
+        return channel.get(`${topic}:audit`, { noAck: true });
+      });
+      if (got === false) throw new Error('the message is not in the group queue');
+      expect(got.properties.deliveryMode).toBe(2);
+      expect(got.properties.messageId).toBe('m-1');
+      expect(got.properties.correlationId).toBe('c-1');
+      expect(got.properties.contentType).toBe('application/json');
+      expect(JSON.parse(got.content.toString())).toMatchObject({ id: 'm-1', message: { n: 1 }, attempt: 1 });
+    });
+  });
+
+  describe('publisher confirms', () => {
+    /**
+     * Spies on the real amqplib ConfirmChannel the adapter uses (not a mock: every call still goes
+     * to the server). The prototype is taken from a live channel of the same amqplib module.
+     */
+    async function spyOnConfirmChannels(hold?: Promise<void>) {
+      const proto = await withRawConnection(async (connection) => Object.getPrototypeOf(await connection.createConfirmChannel()) as ConfirmChannel);
+      const original = proto.publish;
+      const stats = { published: 0, confirmed: 0, maxOutstanding: 0, channels: new Set<ConfirmChannel>() };
+      proto.publish = function (this: ConfirmChannel, exchange: string, key: string, content: Buffer, opts?: Options.Publish, cb?: (err: unknown, ok: unknown) => void) {
+        stats.published++;
+        stats.channels.add(this);
+        stats.maxOutstanding = Math.max(stats.maxOutstanding, stats.published - stats.confirmed);
+        return original.call(this, exchange, key, content, opts, (err: unknown, ok: unknown) => {
+          const settle = () => {
+            stats.confirmed++;
+            cb?.(err, ok);
+          };
+          if (hold) void hold.then(settle);
+          else settle();
+        });
+      };
+      return { stats, restore: () => (proto.publish = original) };
+    }
+
+    it('resolves a publish only once the broker confirmed it', async () => {
+      const broker = await start();
+      const { event } = newTopic();
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: () => undefined } });
+      const confirm = gate();
+      const spy = await spyOnConfirmChannels(confirm.promise);
+      try {
+        let resolved = false;
+        const publishing = broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'held' } }).then(() => (resolved = true));
+        await waitFor(() => spy.stats.published === 1, 'the publish to be written');
+        await sleep(200); // the broker's confirm has arrived by now, and is held back
+        expect(resolved).toBe(false);
+        confirm.open();
+        await publishing;
+        expect(resolved).toBe(true);
+      } finally {
+        spy.restore();
+      }
+    });
+
+    it('pipelines concurrent publishes on one confirm channel', async () => {
+      const broker = await start();
+      const { event } = newTopic();
+      let received = 0;
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { concurrency: 50, callback: () => void received++ } });
+      const spy = await spyOnConfirmChannels();
+      try {
+        await Promise.all(Array.from({ length: 1000 }, (_, i) => broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i } } })));
+      } finally {
+        spy.restore();
+      }
+      expect(spy.stats.published).toBe(1000);
+      expect(spy.stats.channels.size).toBe(1);
+      // One round trip at a time would never have more than one message awaiting its confirm.
+      expect(spy.stats.maxOutstanding).toBeGreaterThan(100);
+      await waitFor(() => received === 1000, 'all 1000 messages', 10_000);
+    });
+
+    it('rejects with PUBLISH_FAILED a message no queue takes (returned as unroutable)', async () => {
+      const broker = await start();
+      const { event } = newTopic();
+      const error = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'nobody listens' } }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BrokerError);
+      expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
+      expect((error as BrokerError).message).toMatch(/could not be routed.*NO_ROUTE/);
+    });
+
+    it('rejects with PUBLISH_FAILED a message the broker nacks', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      // A queue that refuses every message: RabbitMQ nacks what it cannot enqueue.
+      await withRawConnection(async (connection) => {
+        const channel = await connection.createChannel();
+        await channel.assertExchange(topic, 'fanout', { durable: true });
+        await channel.assertQueue(`${topic}:full`, { durable: true, arguments: { 'x-max-length': 0, 'x-overflow': 'reject-publish' } });
+        await channel.bindQueue(`${topic}:full`, topic, '');
+      });
+      const error = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'refused' } }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BrokerError);
+      expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
+      expect((error as BrokerError).message).toMatch(/refused the message \(nack\)/);
+    });
+  });
+
+  describe('retries and dead letters on the broker', () => {
+    it('retries through TTL delay queues, then keeps the dead letter in its group queue with headers', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const attempts: number[] = [];
+      const sub = await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: PRODUCT,
+        input: {
+          group: 'flaky',
+          retry: { maxAttempts: 3, initialDelayMs: 150, multiplier: 2 },
+          callback: (_m: unknown, ctx: BrokerContext) => {
+            attempts.push(ctx.attempt);
+            throw new Error('still down');
+          },
+        },
+      });
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { id: 'x' } } });
+      await waitFor(() => attempts.length === 3, 'three attempts', 5000);
+      const queues = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'arguments');
+      // Backoff 150 ms then 300 ms: one delay queue each, dead-lettering back to the group's queue.
+      const delay150 = queues.split('\n').find((line) => line.startsWith(`${topic}:flaky:delay-150ms\t`));
+      expect(delay150).toBeDefined();
+      expect(delay150).toContain('x-message-ttl');
+      expect(delay150).toContain(`${topic}:flaky`);
+      expect(queues).toContain(`${topic}:flaky:delay-300ms\t`);
+      await sub.unsubscribe();
+      const dead = await withRawConnection(async (connection) => {
+        const channel = await connection.createChannel();
+        for (let i = 0; i < 50; i++) {
+          const message = await channel.get(`${topic}:flaky:dead-letters`, { noAck: false });
+          if (message) return message;
+          await sleep(20);
+        }
+        return false;
+      });
+      if (dead === false) throw new Error('no dead letter in the dead-letter queue');
+      const headers = dead.properties.headers as Record<string, unknown>;
+      expect(String(headers[DEAD_LETTER_HEADERS.error])).toContain('still down');
+      expect(String(headers[DEAD_LETTER_HEADERS.attempts])).toBe('3');
+      expect(Number.isNaN(Date.parse(String(headers[DEAD_LETTER_HEADERS.failedAt])))).toBe(false);
+      expect(attempts).toEqual([1, 2, 3]);
+    });
+
+    it('works the same on quorum queues', async () => {
+      const broker = await start({ queueType: 'quorum' });
+      const { event, topic } = newTopic();
+      let calls = 0;
+      const dead: unknown[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: PRODUCT,
+        input: {
+          group: 'q',
+          retry: { maxAttempts: 2, initialDelayMs: 50 },
+          callback: () => {
+            calls++;
+            throw new Error('no');
+          },
+        },
+      });
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'q', deadLetter: true, callback: (m: unknown) => void dead.push(m) } });
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'on quorum' } });
+      await waitFor(() => dead.length === 1, 'the dead letter', 5000);
+      expect(calls).toBe(2);
+      const types = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'type');
+      expect(types).toContain(`${topic}:q\tquorum`);
+      expect(types).toContain(`${topic}:q:dead-letters\tquorum`);
+    });
+
+    it('dead-letters a poison message with foreign AMQP headers and keeps consuming', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const handled: unknown[] = [];
+      const dead: BrokerContext[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', callback: (m: unknown) => void handled.push(m) } });
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', deadLetter: true, callback: (_m: unknown, ctx: BrokerContext) => void dead.push(ctx) } });
+      await rawPublish(topic, '', Buffer.from([0xff, 0xfe, 0x00, 0x01]), { count: 3, nested: { a: [1, 'two'] }, flag: true });
+      await waitFor(() => dead.length === 1, 'the poison message among the dead letters', 5000);
+      expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('poison');
+      expect(dead[0].headers.count).toBe('3');
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'fine' } });
+      await waitFor(() => handled.length === 1, 'the next message', 5000);
+      expect(handled).toEqual(['fine']);
+    });
+  });
+
+  describe('bad input and safety', () => {
+    it('names host and port but never the password when the broker is unreachable at startup', async () => {
+      const logger = new CapturingLogger();
+      const config = options([{ slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://ductape:s3cr3t-pw@127.0.0.1:1/orders', connectTimeoutMs: 500 } }]);
+      const error = await startWithLogger(config, logger, async (broker) => {
+        await broker.subscribe({ env: 'prd', event: 'rmq:unreachable', product_tag: PRODUCT, input: { callback: () => undefined } });
+      });
+      expect(error).toBeInstanceOf(BrokerError);
+      expect((error as BrokerError).code).toBe('SUBSCRIBE_FAILED');
+      expect((error as BrokerError).message).toContain('amqp://127.0.0.1:1/orders');
+      expect((error as BrokerError).message).toMatch(/ECONNREFUSED|timeout/);
+      expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.lines])).not.toContain('s3cr3t-pw');
+    });
+
+    it('says the login was refused, without the password, when the credentials are wrong', async () => {
+      const logger = new CapturingLogger();
+      const config = options([{ slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://guest:wr0ng-pw@127.0.0.1:5672', connectTimeoutMs: 3000 } }]);
+      const error = await startWithLogger(config, logger, async (broker) => {
+        await broker.publish({ env: 'prd', event: 'rmq:denied', product_tag: PRODUCT, input: { message: 1 } });
+      });
+      expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
+      expect((error as BrokerError).message).toContain('amqp://127.0.0.1:5672');
+      expect((error as BrokerError).message).toMatch(/ACCESS.REFUSED/);
+      expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.lines])).not.toContain('wr0ng-pw');
+    });
+
+    it('refuses a malformed URL or option with CONFIG_INVALID at startup, without echoing the URL', async () => {
+      const error = await startupError(
+        options([
+          { slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://user:t0p-secret@host:notaport' } },
+          { slug: 'stg', type: 'rabbitmq', config: { url: 'http://user:t0p-secret@host:5672', queueType: 'mirrored' as 'classic', publishTimeoutMs: -1 } },
+        ]),
+      );
+      expect(error.code).toBe('CONFIG_INVALID');
+      expect(error.problems).toEqual([
+        'brokers[0].envs[0].config.url: is not a valid URL',
+        "brokers[0].envs[1].config.url: protocol must be 'amqp:' or 'amqps:' (got 'http:')",
+        'brokers[0].envs[1].config.publishTimeoutMs: must be a number of at least 0',
+        "brokers[0].envs[1].config.queueType: must be 'classic' or 'quorum'",
+      ]);
+      expect(error.message).not.toContain('t0p-secret');
+    });
+
+    it('refuses a message over maxMessageBytes with INVALID_MESSAGE before anything is sent', async () => {
+      const broker = await start({}, { maxMessageBytes: 1024 });
+      const { event, topic } = newTopic();
+      const sub = await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'sizes', callback: () => undefined } });
+      await sub.unsubscribe();
+      const error = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'x'.repeat(2000) } }).catch((e: unknown) => e);
+      expect((error as BrokerError).code).toBe('INVALID_MESSAGE');
+      expect(await queueDepth(`${topic}:sizes`)).toBe(0);
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'small' } });
+      expect(await eventually(() => queueDepth(`${topic}:sizes`), 1)).toBe(1);
+    });
+  });
+
+  /** Starts an app with a capturing logger and runs `use`; returns what either threw. */
+  async function startWithLogger(config: BrokerModuleOptions, logger: CapturingLogger, use: (broker: MessageBrokerService) => Promise<void>) {
+    let app: INestApplication | undefined;
+    try {
+      const moduleRef = await Test.createTestingModule({ imports: [DuctapeBrokerModule.forRoot(config)] })
+        .setLogger(logger)
+        .compile();
+      app = moduleRef.createNestApplication({ logger });
+      await app.init();
+      await use(app.get(MessageBrokerService));
+      return undefined;
+    } catch (error) {
+      return error;
+    } finally {
+      await app?.close();
+    }
+  }
+});
+
+/** Polls an async reading until it equals `expected` (or 2 s pass) and returns the last reading. */
+async function eventually<T>(read: () => Promise<T>, expected: T): Promise<T> {
+  const deadline = Date.now() + 2000;
+  let value = await read();
+  while (value !== expected && Date.now() < deadline) {
+    await sleep(20);
+    value = await read();
+  }
+  return value;
+}
