@@ -1,8 +1,8 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
-import type { INestApplication, LoggerService } from '@nestjs/common';
+import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
-import type { ConfirmChannel, Options } from 'amqplib';
+import type { ConfirmChannel, Options, Replies } from 'amqplib';
 import {
   BrokerError,
   DEAD_LETTER_HEADERS,
@@ -12,7 +12,7 @@ import {
   type BrokerModuleOptions,
   type RabbitMqEnvConfig,
 } from '../../lib';
-import { createBrokerApp, startupError } from '../support/app';
+import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
 import { deleteTopology, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, withRawConnection } from '../support/rabbitmq';
@@ -23,20 +23,6 @@ const PRODUCT = 'rmq-adapter';
 // The resilience file restarts the broker: never alongside this one.
 holdExclusively('rabbitmq');
 afterAll(() => deleteTopology([`${PRODUCT}.`]));
-
-/** Keeps every log line, to prove what never reaches them. */
-class CapturingLogger implements LoggerService {
-  readonly lines: string[] = [];
-  log = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  error = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  warn = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  debug = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  verbose = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  fatal = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  private add(message: unknown, rest: unknown[]): void {
-    this.lines.push([message, ...rest].map((part) => (part instanceof Error ? `${part.message} ${part.stack}` : String(part))).join(' '));
-  }
-}
 
 describeWithBroker('rabbitmq', 'RabbitMQ adapter', () => {
   const apps: INestApplication[] = [];
@@ -130,11 +116,11 @@ describeWithBroker('rabbitmq', 'RabbitMQ adapter', () => {
       const proto = await withRawConnection(async (connection) => Object.getPrototypeOf(await connection.createConfirmChannel()) as ConfirmChannel);
       const original = proto.publish;
       const stats = { published: 0, confirmed: 0, maxOutstanding: 0, channels: new Set<ConfirmChannel>() };
-      proto.publish = function (this: ConfirmChannel, exchange: string, key: string, content: Buffer, opts?: Options.Publish, cb?: (err: unknown, ok: unknown) => void) {
+      proto.publish = function (this: ConfirmChannel, exchange: string, key: string, content: Buffer, opts?: Options.Publish, cb?: (err: unknown, ok: Replies.Empty) => void) {
         stats.published++;
         stats.channels.add(this);
         stats.maxOutstanding = Math.max(stats.maxOutstanding, stats.published - stats.confirmed);
-        return original.call(this, exchange, key, content, opts, (err: unknown, ok: unknown) => {
+        return original.call(this, exchange, key, content, opts, (err: unknown, ok: Replies.Empty) => {
           const settle = () => {
             stats.confirmed++;
             cb?.(err, ok);

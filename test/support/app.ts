@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import type { INestApplication, ModuleMetadata } from '@nestjs/common';
+import type { INestApplication, LoggerService, ModuleMetadata } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { BrokerError, DuctapeBrokerModule, MessageBrokerService, type BrokerModuleOptions } from '../../lib';
 
@@ -9,14 +9,15 @@ export const silentLogger = { log() {}, error() {}, warn() {}, debug() {}, verbo
 export async function createBrokerApp(
   options: BrokerModuleOptions,
   metadata: ModuleMetadata = {},
+  logger: LoggerService = silentLogger,
 ): Promise<{ app: INestApplication; broker: MessageBrokerService }> {
   const moduleRef = await Test.createTestingModule({
     ...metadata,
     imports: [DuctapeBrokerModule.forRoot(options), ...(metadata.imports ?? [])],
   })
-    .setLogger(silentLogger)
+    .setLogger(logger)
     .compile();
-  const app = moduleRef.createNestApplication({ logger: false });
+  const app = moduleRef.createNestApplication({ logger: logger === silentLogger ? false : logger });
   await app.init();
   return { app, broker: app.get(MessageBrokerService) };
 }
@@ -32,4 +33,18 @@ export async function startupError(options: unknown, metadata: ModuleMetadata = 
   );
   expect(error).toBeInstanceOf(BrokerError);
   return error as BrokerError;
+}
+
+/** Keeps every log line, to prove what reached the logs and what never did. */
+export class CapturingLogger implements LoggerService {
+  readonly lines: string[] = [];
+  log = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  error = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  warn = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  debug = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  verbose = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  fatal = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
+  private add(message: unknown, rest: unknown[]): void {
+    this.lines.push([message, ...rest].map((part) => (part instanceof Error ? `${part.message} ${part.stack}` : String(part))).join(' '));
+  }
 }

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { connect, type ChannelModel } from 'amqplib';
+import { connect, type Channel, type ChannelModel } from 'amqplib';
 import type { RabbitMqEnvConfig } from '../../lib';
 
 /** The RabbitMQ the integration suites use; RABBITMQ_URL points them elsewhere. */
@@ -80,8 +80,14 @@ export async function deleteTopology(prefixes: string[]): Promise<void> {
   }
   const ours = (out: string) => out.split('\n').map((n) => n.trim()).filter((n) => prefixes.some((p) => n.startsWith(p)));
   await withRawConnection(async (connection) => {
-    const channel = await connection.createChannel();
-    for (const queue of ours(queues)) await channel.deleteQueue(queue);
-    for (const exchange of ours(exchanges)) await channel.deleteExchange(exchange);
+    // A channel per deletion: a delay queue that expired meanwhile fails its delete and closes its channel.
+    const remove = async (del: (channel: Channel) => Promise<unknown>) => {
+      const channel = await connection.createChannel();
+      channel.on('error', () => undefined);
+      await del(channel).catch(() => undefined);
+      await channel.close().catch(() => undefined);
+    };
+    for (const queue of ours(queues)) await remove((channel) => channel.deleteQueue(queue));
+    for (const exchange of ours(exchanges)) await remove((channel) => channel.deleteExchange(exchange));
   });
 }

@@ -1,0 +1,214 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import type { INestApplication } from '@nestjs/common';
+import type { ConsumeMessage } from 'amqplib';
+import { BrokerError, type BrokerContext, type BrokerModuleOptions, type MessageBrokerService, type RabbitMqEnvConfig } from '../../lib';
+import { CapturingLogger, createBrokerApp } from '../support/app';
+import { describeWithBroker } from '../support/broker-availability';
+import { holdExclusively } from '../support/exclusive';
+import { deleteTopology, listQueues, rabbitEnv, rabbitmqctl } from '../support/rabbitmq';
+import { gate, sleep, waitFor } from '../support/wait';
+
+const PRODUCT = 'rmq-resilience';
+const MESSAGES = 5000;
+
+// These tests close every connection and restart the broker: nothing else may use it meanwhile.
+holdExclusively('rabbitmq');
+afterAll(async () => {
+  // Whatever happened, leave the broker running for whoever comes next.
+  await rabbitmqctl('start_app').catch(() => undefined);
+  await rabbitmqctl('await_startup').catch(() => undefined);
+  await deleteTopology([`${PRODUCT}.`]);
+});
+
+describeWithBroker('rabbitmq', 'RabbitMQ: connection loss, broker restart and shutdown', () => {
+  jest.setTimeout(60_000);
+  const apps: INestApplication[] = [];
+
+  async function start(config: Partial<RabbitMqEnvConfig['config']> = {}, logger?: CapturingLogger) {
+    const options: BrokerModuleOptions = {
+      env: 'prd',
+      product: PRODUCT,
+      brokers: [{ tag: 'rmq', envs: [rabbitEnv('prd', { publishTimeoutMs: 30_000, ...config })] }],
+      shutdownTimeoutMs: 5000,
+    };
+    const started = await createBrokerApp(options, {}, logger);
+    apps.push(started.app);
+    return started.broker;
+  }
+
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((app) => app.close()));
+  });
+
+  function newEvent() {
+    const tag = `t-${randomUUID().slice(0, 8)}`;
+    return { event: `rmq:${tag}`, topic: `${PRODUCT}.prd.${tag}` };
+  }
+
+  /** Counts each messageId the handler sees. */
+  function counter() {
+    const seen = new Map<string, number>();
+    return {
+      seen,
+      handler: (_message: unknown, ctx: BrokerContext) => void seen.set(ctx.messageId, (seen.get(ctx.messageId) ?? 0) + 1),
+      deliveries: () => [...seen.values()].reduce((sum, n) => sum + n, 0),
+    };
+  }
+
+  /** Publishes MESSAGES messages, 100 at a time, calling `at(n)` once n have been confirmed. */
+  async function publishAll(broker: MessageBrokerService, event: string, at: Record<number, () => Promise<void>>) {
+    for (let sent = 0; sent < MESSAGES; sent += 100) {
+      const disruption = at[sent];
+      // Disrupt while the next batch is in flight, not between batches.
+      const batch = Promise.all(
+        Array.from({ length: 100 }, (_, i) =>
+          broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n: sent + i }, messageId: `m-${sent + i}` } }),
+        ),
+      );
+      if (disruption) await disruption();
+      await batch;
+    }
+  }
+
+  function report(what: string, received: ReturnType<typeof counter>) {
+    const lost = MESSAGES - received.seen.size;
+    const duplicates = received.deliveries() - received.seen.size;
+    // eslint-disable-next-line no-console
+    console.log(`${what}: ${MESSAGES} published, ${received.seen.size} received, ${lost} lost, ${duplicates} duplicate deliveries`);
+    return { lost, duplicates };
+  }
+
+  it(`loses none of ${MESSAGES} messages while every connection is closed twice from the server`, async () => {
+    const broker = await start();
+    const { event } = newEvent();
+    const received = counter();
+    await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'loss', concurrency: 20, callback: received.handler } });
+    const closed: number[] = [];
+    const closeAll = async () => {
+      const out = await rabbitmqctl('close_all_connections', 'test');
+      closed.push(Number(/Closed (\d+) connections/.exec(out)?.[1] ?? 0));
+    };
+    await publishAll(broker, event, { 1000: closeAll, 3000: closeAll });
+    await waitFor(() => received.seen.size === MESSAGES, `all ${MESSAGES} messages at the handler`, 30_000);
+    const { lost } = report('close_all_connections x2', received);
+    expect(closed).toHaveLength(2);
+    expect(closed.every((n) => n >= 1)).toBe(true);
+    expect(lost).toBe(0);
+  });
+
+  it(`loses none of ${MESSAGES} messages across a broker restart, and consumers come back by themselves`, async () => {
+    const broker = await start();
+    // A second application with a short publish timeout: its publishes fail, bounded, while the broker is down.
+    const impatient = await start({ publishTimeoutMs: 500 });
+    const { event, topic } = newEvent();
+    const received = counter();
+    await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'restart', concurrency: 20, callback: received.handler } });
+    // Connected before the outage (adapters connect on first use).
+    await impatient.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'impatient', callback: () => undefined } });
+    let outageError: unknown;
+    let outageMs = 0;
+    const restart = async () => {
+      await rabbitmqctl('stop_app');
+      const before = Date.now();
+      outageError = await impatient.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'during the outage' } }).catch((e: unknown) => e);
+      outageMs = Date.now() - before;
+      await sleep(500);
+      await rabbitmqctl('start_app');
+    };
+    await publishAll(broker, event, { 1500: restart });
+    await waitFor(() => received.seen.size === MESSAGES, `all ${MESSAGES} messages at the handler`, 30_000);
+    const { lost } = report('stop_app/start_app', received);
+    expect(lost).toBe(0);
+    expect(outageError).toBeInstanceOf(BrokerError);
+    expect((outageError as BrokerError).code).toBe('PUBLISH_FAILED');
+    expect((outageError as BrokerError).message).toMatch(/no confirm from RabbitMQ within 500 ms/);
+    expect(outageMs).toBeLessThan(3000);
+    // The consumer re-attached: a message published now still arrives, with no restart of the app.
+    await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'after', messageId: 'after-restart' } });
+    await waitFor(() => received.seen.has('after-restart'), 'a message published after the restart', 10_000);
+    // The durable queue survived the restart with nothing left in it.
+    const queue = (await listQueues()).find((q) => q.name === `${topic}:restart`);
+    expect(queue).toEqual({ name: `${topic}:restart`, ready: 0, unacked: 0 });
+  });
+
+  it('delivers again a message whose handler was in flight when the connection dropped; the late ack is harmless', async () => {
+    const logger = new CapturingLogger();
+    const broker = await start({}, logger);
+    const { event, topic } = newEvent();
+    const calls: { id: string; redelivered: boolean }[] = [];
+    const hold = gate();
+    let firstFinished = false;
+    await broker.subscribe({
+      env: 'prd',
+      event,
+      product_tag: PRODUCT,
+      input: {
+        group: 'inflight',
+        concurrency: 1,
+        callback: async (_message: unknown, ctx: BrokerContext) => {
+          calls.push({ id: ctx.messageId, redelivered: (ctx.raw as ConsumeMessage).fields.redelivered });
+          if (calls.length === 1) {
+            await hold.promise;
+            firstFinished = true;
+          }
+        },
+      },
+    });
+    const { messageId } = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'slow' } });
+    await waitFor(() => calls.length === 1, 'the handler to start');
+    await rabbitmqctl('close_all_connections', 'test');
+    await waitFor(() => calls.length === 2, 'the redelivery after the reconnect', 10_000);
+    expect(calls).toEqual([
+      { id: messageId, redelivered: false },
+      { id: messageId, redelivered: true },
+    ]);
+    // The first handler now finishes: its ack belongs to a channel that no longer exists.
+    hold.open();
+    await waitFor(() => firstFinished, 'the first handler to finish');
+    await sleep(300);
+    const { messageId: next } = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'next' } });
+    await waitFor(() => calls.length === 3, 'the next message, on a healthy consumer', 5000);
+    expect(calls[2].id).toBe(next);
+    await sleep(500);
+    expect(calls).toHaveLength(3);
+    // The old delivery's ack went nowhere: acked on the new channel, its tag would have made the
+    // broker close that channel (PRECONDITION_FAILED), or acked another message.
+    expect(logger.lines.filter((line) => /closed by the broker|PRECONDITION/.test(line))).toEqual([]);
+    expect(logger.lines.some((line) => line.includes('connection to RabbitMQ at amqp://127.0.0.1:5672 lost'))).toBe(true);
+    const queue = (await listQueues()).find((q) => q.name === `${topic}:inflight`);
+    expect(queue).toEqual({ name: `${topic}:inflight`, ready: 0, unacked: 0 });
+  });
+
+  it('on app.close(), finishes and acks 100 in-flight messages: none reaches the next instance', async () => {
+    const leaving = await start();
+    const staying = await start();
+    const { event, topic } = newEvent();
+    let started = 0;
+    let finished = 0;
+    await leaving.subscribe({
+      env: 'prd',
+      event,
+      product_tag: PRODUCT,
+      input: {
+        group: 'drain',
+        concurrency: 100,
+        callback: async () => {
+          started++;
+          await sleep(500);
+          finished++;
+        },
+      },
+    });
+    await Promise.all(Array.from({ length: 100 }, (_, i) => leaving.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i } } })));
+    await waitFor(() => started === 100, 'all 100 handlers to start', 5000);
+    const elsewhere = counter();
+    await staying.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'drain', concurrency: 10, callback: elsewhere.handler } });
+    await apps[0].close();
+    expect(finished).toBe(100);
+    await sleep(1000);
+    expect(elsewhere.deliveries()).toBe(0);
+    const queue = (await listQueues()).find((q) => q.name === `${topic}:drain`);
+    expect(queue).toEqual({ name: `${topic}:drain`, ready: 0, unacked: 0 });
+  });
+});
