@@ -6,7 +6,13 @@ export const NEW_ORDERS_EVENT = 'sqsbroker:new-orders';
 /** Consumer group of the (always failing) invoicing listener; its dead letters are consumed by this name. */
 export const INVOICING_GROUP = 'orders.invoicing';
 
-/** The broker module options of the orders service, for the environment `env` (DUCTAPE_ENV, default 'dev'). */
+/** The RabbitMQ of `stg` when RABBITMQ_URL is unset: a local server with its default account. */
+export const DEFAULT_RABBITMQ_URL = 'amqp://guest:guest@127.0.0.1:5672';
+
+/**
+ * The broker module options of the orders service, for the environment `env` (DUCTAPE_ENV, default 'dev').
+ * dev and prd use the embedded broker, so `npm start` needs no server; `stg` runs the same code on RabbitMQ.
+ */
 export function brokerConfig(env: string = process.env.DUCTAPE_ENV ?? 'dev'): BrokerModuleOptions {
   return {
     env,
@@ -18,6 +24,7 @@ export function brokerConfig(env: string = process.env.DUCTAPE_ENV ?? 'dev'): Br
         envs: [
           { slug: 'dev', type: 'memory' },
           { slug: 'prd', type: 'memory' },
+          { slug: 'stg', type: 'rabbitmq', config: { url: process.env.RABBITMQ_URL ?? DEFAULT_RABBITMQ_URL } },
         ],
         topics: [{ tag: 'new-orders' }],
       },

@@ -278,7 +278,7 @@ describe('CONFIG_INVALID at startup', () => {
       product: 'p',
       brokers: [{ tag: 'b', envs: [{ slug: 'prd', type: 'kafka', config: { brokers: ['localhost:9092'] } }] }],
     });
-    expect(error.problems).toEqual(["brokers[0].envs[0].type: 'kafka' has no adapter in this version (available: memory)"]);
+    expect(error.problems).toEqual(["brokers[0].envs[0].type: 'kafka' has no adapter in this version (available: memory, rabbitmq)"]);
   });
 
   it('refuses a missing broker list', async () => {

@@ -4,8 +4,7 @@ import { deleteTopology, rabbitEnv, rawPublish } from '../support/rabbitmq';
 import { runConformanceSuite } from './conformance.suite';
 
 // Other RabbitMQ files restart the broker or close its connections: never alongside this one.
-holdExclusively('rabbitmq');
-afterAll(() => deleteTopology(['conformance.', 'shop.', 'blog.']));
+holdExclusively('rabbitmq', { cleanup: () => deleteTopology(['conformance.', 'shop.', 'blog.']) });
 
 runConformanceSuite({
   broker: 'rabbitmq',

@@ -21,10 +21,10 @@ import { gate, sleep, waitFor } from '../support/wait';
 const PRODUCT = 'rmq-adapter';
 
 // The resilience file restarts the broker: never alongside this one.
-holdExclusively('rabbitmq');
-afterAll(() => deleteTopology([`${PRODUCT}.`]));
+holdExclusively('rabbitmq', { cleanup: () => deleteTopology([`${PRODUCT}.`]) });
 
-describeWithBroker('rabbitmq', 'RabbitMQ adapter', () => {
+// Needs RabbitMQ and rabbitmqctl on this machine (the probe runs `rabbitmqctl status`).
+describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
   const apps: INestApplication[] = [];
 
   function options(envs: RabbitMqEnvConfig[], overrides: Partial<BrokerModuleOptions> = {}): BrokerModuleOptions {

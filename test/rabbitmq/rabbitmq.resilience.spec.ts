@@ -13,15 +13,17 @@ const PRODUCT = 'rmq-resilience';
 const MESSAGES = 5000;
 
 // These tests close every connection and restart the broker: nothing else may use it meanwhile.
-holdExclusively('rabbitmq');
-afterAll(async () => {
-  // Whatever happened, leave the broker running for whoever comes next.
-  await rabbitmqctl('start_app').catch(() => undefined);
-  await rabbitmqctl('await_startup').catch(() => undefined);
-  await deleteTopology([`${PRODUCT}.`]);
+holdExclusively('rabbitmq', {
+  cleanup: async () => {
+    // Whatever happened, leave the broker running for whoever comes next.
+    await rabbitmqctl('start_app').catch(() => undefined);
+    await rabbitmqctl('await_startup').catch(() => undefined);
+    await deleteTopology([`${PRODUCT}.`]);
+  },
 });
 
-describeWithBroker('rabbitmq', 'RabbitMQ: connection loss, broker restart and shutdown', () => {
+// Needs RabbitMQ and rabbitmqctl on this machine (the probe runs `rabbitmqctl status`).
+describeWithBroker('rabbitmqctl', 'RabbitMQ: connection loss, broker restart and shutdown', () => {
   jest.setTimeout(60_000);
   const apps: INestApplication[] = [];
 

@@ -112,7 +112,10 @@ export class RabbitMqAdapter implements BrokerAdapter {
       await manager.connect({ timeout: connectTimeoutMs });
     } catch (error) {
       const cause = this.lastConnectError ?? error;
-      throw new Error(`cannot connect to RabbitMQ at ${this.endpoint} within ${connectTimeoutMs} ms: ${describeError(cause)}`);
+      // A refused login fails at once; anything else was retried until the connect timeout.
+      const refused = /ACCESS.REFUSED|403/.test(String((cause as Error | undefined)?.message));
+      const when = refused ? 'the login was refused' : `gave up after ${connectTimeoutMs} ms`;
+      throw new Error(`cannot connect to RabbitMQ at ${this.endpoint} (${when}): ${describeError(cause)}`);
     }
     this.publisher = new RabbitMqPublisher(manager, this.settings.publishTimeoutMs, this.logger);
   }

@@ -1,0 +1,196 @@
+import 'reflect-metadata';
+import type { INestApplication, LoggerService } from '@nestjs/common';
+import { describeWithBroker } from './support/broker-availability';
+import { holdExclusively } from './support/exclusive';
+import { deleteTopology, listQueues } from './support/rabbitmq';
+import { waitFor } from './support/wait';
+
+// Other RabbitMQ files restart the broker or close its connections: never alongside this one.
+// The sample's topic in stg is `my_product.stg.new-orders`; its queues and exchange start with it.
+const TOPOLOGY = ['my_product.stg.'];
+holdExclusively('rabbitmq', { cleanup: () => deleteTopology(TOPOLOGY) });
+
+const TOPIC = 'my_product.stg.new-orders';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+interface LogEntry {
+  level: string;
+  context: string | undefined;
+  message: string;
+  /** The message and every parameter (stacks included), for the credential check. */
+  text: string;
+}
+
+/** Keeps every log line of the application (and keeps them off the console). */
+class CapturingLogger implements LoggerService {
+  readonly entries: LogEntry[] = [];
+
+  log(message: unknown, ...params: unknown[]): void {
+    this.add('log', message, params);
+  }
+  error(message: unknown, ...params: unknown[]): void {
+    this.add('error', message, params);
+  }
+  warn(message: unknown, ...params: unknown[]): void {
+    this.add('warn', message, params);
+  }
+  debug(message: unknown, ...params: unknown[]): void {
+    this.add('debug', message, params);
+  }
+  verbose(message: unknown, ...params: unknown[]): void {
+    this.add('verbose', message, params);
+  }
+  fatal(message: unknown, ...params: unknown[]): void {
+    this.add('fatal', message, params);
+  }
+
+  /** Messages logged under `context` that mention `text`. */
+  lines(context: string, text: string): string[] {
+    return this.entries.filter((entry) => entry.context === context && entry.message.includes(text)).map((entry) => entry.message);
+  }
+
+  private add(level: string, message: unknown, params: unknown[]): void {
+    // Nest's Logger passes its context as the last parameter.
+    const last = params[params.length - 1];
+    const text = [message, ...params].map((part) => (typeof part === 'string' ? part : String(JSON.stringify(part)))).join(' ');
+    this.entries.push({
+      level,
+      context: typeof last === 'string' ? last : undefined,
+      message: typeof message === 'string' ? message : JSON.stringify(message),
+      text,
+    });
+  }
+}
+
+async function postJson(baseUrl: string, order: unknown): Promise<{ status: number; body: unknown }> {
+  const response = await fetch(`${baseUrl}/orders`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(order),
+  });
+  return { status: response.status, body: await response.json() };
+}
+
+function messageIdOf(body: unknown): string {
+  expect(body).toEqual({ messageId: expect.stringMatching(UUID) as unknown });
+  return (body as { messageId: string }).messageId;
+}
+
+// It reads the queues with rabbitmqctl, so it needs the tool besides the server.
+describeWithBroker('rabbitmqctl', 'sample app on RabbitMQ (DUCTAPE_ENV=stg)', () => {
+  const savedEnv = process.env.DUCTAPE_ENV;
+  const logs = new CapturingLogger();
+  let app: INestApplication | undefined;
+  let baseUrl: string;
+
+  beforeAll(async () => {
+    // Leftovers of an earlier run (or of `DUCTAPE_ENV=stg npm start`) would be delivered to this app.
+    await deleteTopology(TOPOLOGY);
+    // AppModule reads DUCTAPE_ENV when it is loaded: set it first, then load the sample.
+    process.env.DUCTAPE_ENV = 'stg';
+    const { bootstrap } = await import('../sample-app/main');
+    app = await bootstrap(0, { logger: logs });
+    baseUrl = await app.getUrl();
+  }, 15_000);
+
+  afterAll(async () => {
+    await app?.close();
+    if (savedEnv === undefined) delete process.env.DUCTAPE_ENV;
+    else process.env.DUCTAPE_ENV = savedEnv;
+  });
+
+  it('declares its topology on RabbitMQ, and OrdersListener gets the demo order through it', async () => {
+    const [published] = logs.lines('Bootstrap', 'published demo order demo-1');
+    const messageId = /messageId=(\S+)$/.exec(published ?? '')?.[1];
+    expect(messageId).toMatch(UUID);
+    await waitFor(() => logs.lines('OrdersListener', `messageId=${messageId}`).length > 0, 'OrdersListener to process the demo order');
+    expect(logs.lines('OrdersListener', `messageId=${messageId}`)).toEqual([expect.stringContaining('"orderId":"demo-1"')]);
+
+    // The queues are the broker's, not this process's: one per group, and the invoicing dead letters.
+    const queues = (await listQueues()).map((queue) => queue.name).filter((name) => name.startsWith(TOPIC));
+    expect(queues).toEqual(
+      expect.arrayContaining([
+        `${TOPIC}:orders.OrdersListener.handleNewOrder`,
+        `${TOPIC}:orders.invoicing`,
+        `${TOPIC}:orders.invoicing:dead-letters`,
+      ]),
+    );
+  });
+
+  it('POST /orders answers 201 { messageId }; OrdersListener receives the order over RabbitMQ', async () => {
+    const { status, body } = await postJson(baseUrl, { orderId: 'r-1', status: 'pending' });
+
+    expect(status).toBe(201);
+    const messageId = messageIdOf(body);
+    await waitFor(() => logs.lines('OrdersListener', messageId).length > 0, 'OrdersListener to process the order');
+    expect(logs.lines('OrdersListener', messageId)).toEqual([
+      `processed order messageId=${messageId} attempt=1: {"orderId":"r-1","status":"pending"}`,
+    ]);
+  });
+
+  it('the failing invoicing listener is tried 3 times, then its dead-letter listener gets the message', async () => {
+    const messageId = messageIdOf((await postJson(baseUrl, { orderId: 'r-2' })).body);
+
+    // Retries wait 200 ms, then 400 ms, in RabbitMQ's delay queues.
+    await waitFor(
+      () => logs.lines('InvoicingListener', `dead letter messageId=${messageId}`).length > 0,
+      'the dead letter of orders.invoicing',
+      10_000,
+    );
+    expect(logs.lines('InvoicingListener', `dead letter messageId=${messageId}`)).toEqual([
+      `dead letter messageId=${messageId} group=orders.invoicing attempts=3 ` +
+        `error="Error: invoicing service unavailable (demo)": {"orderId":"r-2"}`,
+    ]);
+    expect(logs.lines('InvoicingListener', `invoicing order messageId=${messageId}`)).toEqual(
+      [1, 2, 3].map((n) => `invoicing order messageId=${messageId} attempt=${n}`),
+    );
+    // The broker reports two retries (warn) and the dead-lettering (error).
+    const brokerLines = logs.entries.filter((entry) => entry.context === 'DuctapeBroker' && entry.message.includes(messageId));
+    expect(brokerLines.map((entry) => entry.level)).toEqual(['warn', 'warn', 'error']);
+    // Other listeners are unaffected: the order was processed once, first time.
+    expect(logs.lines('OrdersListener', messageId)).toEqual([expect.stringContaining('attempt=1')]);
+  });
+
+  it('closes cleanly, and no log line, stack included, carries the RabbitMQ password', async () => {
+    await app!.close();
+    app = undefined;
+
+    // The only errors are the invoicing demo's dead letters: no connection or channel trouble.
+    const errors = logs.entries.filter((entry) => entry.level === 'error' && !/dead.letter/.test(entry.message));
+    expect(errors).toEqual([]);
+    const leaks = logs.entries.filter((entry) => /:guest@|guest:guest/.test(entry.text));
+    expect(leaks).toEqual([]);
+  });
+});
+
+describeWithBroker('rabbitmq', 'sample app on RabbitMQ (DUCTAPE_ENV=stg) with a wrong password', () => {
+  const saved = { env: process.env.DUCTAPE_ENV, url: process.env.RABBITMQ_URL };
+  afterAll(() => {
+    for (const [name, value] of [['DUCTAPE_ENV', saved.env], ['RABBITMQ_URL', saved.url]] as const) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  });
+
+  it('fails to start, and neither the error nor the log shows the password', async () => {
+    const password = 'not-the-password';
+    process.env.DUCTAPE_ENV = 'stg';
+    process.env.RABBITMQ_URL = `amqp://guest:${password}@127.0.0.1:5672`;
+    const logs = new CapturingLogger();
+    let error: unknown;
+    // A fresh copy of the sample, whose AppModule reads the URL above.
+    await jest.isolateModulesAsync(async () => {
+      const { bootstrap } = await import('../sample-app/main');
+      error = await bootstrap(0, { logger: logs }).then(
+        (app) => app.close().then(() => undefined),
+        (thrown: unknown) => thrown,
+      );
+    });
+
+    expect(error).toBeInstanceOf(Error);
+    const { message, stack } = error as Error;
+    expect(message).toContain('amqp://127.0.0.1:5672');
+    expect(`${message}\n${stack}`).not.toContain(password);
+    expect(logs.entries.filter((entry) => entry.text.includes(password))).toEqual([]);
+  }, 20_000);
+});
