@@ -16,8 +16,7 @@ const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
     return (env, context) => createMemoryAdapter(env.type === 'memory' ? env.config : undefined, context);
   },
   rabbitmq: () => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { createRabbitMqAdapter } = require('./rabbitmq') as typeof RabbitMqAdapterModule;
+    const { createRabbitMqAdapter } = requireClient<typeof RabbitMqAdapterModule>('./rabbitmq', 'rabbitmq', ['amqplib', 'amqp-connection-manager']);
     return (env, context) => {
       if (env.type !== 'rabbitmq') throw new Error(`expected a rabbitmq config, got '${env.type}'`);
       return createRabbitMqAdapter(env.config, context);
@@ -36,4 +35,19 @@ export function createAdapter(env: BrokerEnvConfig, context: AdapterContext): Br
   const load = ADAPTER_LOADERS[env.type];
   if (!load) throw new Error(`no adapter for broker type '${env.type}' in this version`);
   return load()(env, context);
+}
+
+/**
+ * Loads an adapter folder; its client libraries are optional peer dependencies, so a missing one
+ * gets an error that says what to install.
+ */
+function requireClient<T>(path: string, type: string, packages: string[]): T {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require(path) as T;
+  } catch (error) {
+    const missing = (error as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' && packages.find((name) => String((error as Error).message).includes(`'${name}'`));
+    if (!missing) throw error;
+    throw new Error(`broker type '${type}' needs the package '${missing}': npm install ${packages.join(' ')}`);
+  }
 }

@@ -237,7 +237,8 @@ export class RabbitMqAdapter implements BrokerAdapter {
   private ensureExchange(exchange: string): Promise<void> | undefined {
     if (this.declaredExchanges.has(exchange)) return undefined;
     return this.once(`exchange ${exchange}`, async () => {
-      await this.withChannel((channel) => channel.assertExchange(exchange, 'fanout', { durable: true }));
+      // On the publish path: a publish made while disconnected waits as long as its timeout allows.
+      await this.withChannel((channel) => channel.assertExchange(exchange, 'fanout', { durable: true }), this.settings.publishTimeoutMs);
       this.declaredExchanges.add(exchange);
     });
   }
@@ -263,8 +264,9 @@ export class RabbitMqAdapter implements BrokerAdapter {
         if (target.routingKey !== undefined) deadLetter['x-dead-letter-routing-key'] = target.routingKey;
         // Quorum queues dead-letter at least once; classic ones may lose the hop if the broker crashes during it.
         const safety = this.settings.queueType === 'quorum' ? { 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' } : {};
-        await this.withChannel((channel) =>
-          channel.assertQueue(queue, this.queueOptions({ 'x-message-ttl': delayMs, 'x-expires': expiresMs, ...deadLetter, ...safety })),
+        await this.withChannel(
+          (channel) => channel.assertQueue(queue, this.queueOptions({ 'x-message-ttl': delayMs, 'x-expires': expiresMs, ...deadLetter, ...safety })),
+          this.settings.publishTimeoutMs,
         );
         this.delayQueues.set(queue, Date.now());
       });
@@ -283,8 +285,8 @@ export class RabbitMqAdapter implements BrokerAdapter {
   }
 
   /** A short-lived channel for declarations and dead-letter reads, opened once a connection is up. */
-  private async withChannel<T>(work: (channel: Channel) => Promise<T>): Promise<T> {
-    const channel = await this.openChannel();
+  private async withChannel<T>(work: (channel: Channel) => Promise<T>, waitMs = this.settings.connectTimeoutMs): Promise<T> {
+    const channel = await this.openChannel(waitMs);
     try {
       return await work(channel);
     } finally {
@@ -292,9 +294,9 @@ export class RabbitMqAdapter implements BrokerAdapter {
     }
   }
 
-  private async openChannel(): Promise<Channel> {
+  private async openChannel(waitMs: number): Promise<Channel> {
     const manager = this.requireManager();
-    const deadline = Date.now() + this.settings.connectTimeoutMs;
+    const deadline = Date.now() + waitMs;
     for (;;) {
       if (this.closing) throw new Error('the RabbitMQ adapter is closed');
       const connection = manager.connection;
@@ -309,7 +311,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
         }
       }
       if (Date.now() >= deadline) {
-        throw new Error(`no connection to RabbitMQ at ${this.endpoint} within ${this.settings.connectTimeoutMs} ms`);
+        throw new Error(`no connection to RabbitMQ at ${this.endpoint} within ${waitMs} ms`);
       }
       await new Promise((resolve) => setTimeout(resolve, CONNECTION_POLL_MS));
     }
