@@ -93,9 +93,10 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
   switch (type) {
     case 'rabbitmq':
       url(config.url, `${path}.url`, ['amqp:', 'amqps:'], problems);
-      duration(config.publishTimeoutMs, `${path}.publishTimeoutMs`, problems);
-      duration(config.connectTimeoutMs, `${path}.connectTimeoutMs`, problems);
-      duration(config.reconnectDelayMs, `${path}.reconnectDelayMs`, problems);
+      // 0 would mean "fail at once" or "never": not what anyone configures on purpose.
+      duration(config.publishTimeoutMs, `${path}.publishTimeoutMs`, problems, 1);
+      duration(config.connectTimeoutMs, `${path}.connectTimeoutMs`, problems, 1);
+      duration(config.reconnectDelayMs, `${path}.reconnectDelayMs`, problems, 1);
       positiveInteger(config.heartbeatSeconds, `${path}.heartbeatSeconds`, problems);
       if (config.queueType !== undefined && config.queueType !== 'classic' && config.queueType !== 'quorum') {
         problems.push(`${path}.queueType: must be 'classic' or 'quorum'`);
@@ -227,9 +228,9 @@ function positiveInteger(value: unknown, path: string, problems: Problems): void
 }
 
 /** Milliseconds a timer can wait: Node.js fires longer timers at once. */
-function duration(value: unknown, path: string, problems: Problems): void {
+function duration(value: unknown, path: string, problems: Problems, min = 0): void {
   if (value === undefined) return;
-  if (typeof value !== 'number' || !(value >= 0)) problems.push(`${path}: must be a number of at least 0`);
+  if (typeof value !== 'number' || !(value >= min)) problems.push(`${path}: must be a number of at least ${min}`);
   else if (value > MAX_TIMER_MS) problems.push(`${path}: must be at most ${MAX_TIMER_MS} (about 24.8 days)`);
 }
 

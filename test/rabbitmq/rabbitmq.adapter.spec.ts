@@ -315,14 +315,14 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       const error = await startupError(
         options([
           { slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://user:t0p-secret@host:notaport' } },
-          { slug: 'stg', type: 'rabbitmq', config: { url: 'http://user:t0p-secret@host:5672', queueType: 'mirrored' as 'classic', publishTimeoutMs: -1 } },
+          { slug: 'stg', type: 'rabbitmq', config: { url: 'http://user:t0p-secret@host:5672', queueType: 'mirrored' as 'classic', publishTimeoutMs: 0 } },
         ]),
       );
       expect(error.code).toBe('CONFIG_INVALID');
       expect(error.problems).toEqual([
         'brokers[0].envs[0].config.url: is not a valid URL',
         "brokers[0].envs[1].config.url: protocol must be 'amqp:' or 'amqps:' (got 'http:')",
-        'brokers[0].envs[1].config.publishTimeoutMs: must be a number of at least 0',
+        'brokers[0].envs[1].config.publishTimeoutMs: must be a number of at least 1',
         "brokers[0].envs[1].config.queueType: must be 'classic' or 'quorum'",
       ]);
       expect(error.message).not.toContain('t0p-secret');

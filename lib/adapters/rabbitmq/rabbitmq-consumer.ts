@@ -1,8 +1,8 @@
 import type { Channel, ConsumeMessage } from 'amqplib';
-import type { AmqpConnectionManager, ChannelWrapper } from 'amqp-connection-manager';
+import type { AmqpConnectionManager } from 'amqp-connection-manager';
 import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
-import { isClosed, watchChannel } from './rabbitmq-channels';
+import { isClosed, ManagedChannel } from './rabbitmq-channels';
 import { inboundHeaders } from './rabbitmq-headers';
 
 export interface RabbitMqConsumerSpec {
@@ -17,16 +17,15 @@ export interface RabbitMqConsumerSpec {
 }
 
 /**
- * One subscription on its own channel, so its prefetch is its concurrency. amqp-connection-manager
- * runs `attach` on every new channel, so the consumer re-attaches by itself after a dropped
- * connection or broker restart. A delivery remembers its channel: once that channel is gone the
- * broker has already put the message back, and a late ack or release does nothing.
+ * One subscription on its own channel, so its prefetch is its concurrency. The channel is opened
+ * again after a dropped connection, a broker restart or a channel error, and the consumer
+ * re-attaches by itself. A delivery remembers its channel: once that channel is gone the broker
+ * has already put the message back, and a late ack or release does nothing.
  */
 export class RabbitMqConsumer implements AdapterConsumer {
-  private channel?: ChannelWrapper;
+  private managed?: ManagedChannel<Channel>;
   private current?: { channel: Channel; consumerTag: string };
   private stopped = false;
-  private closed = false;
   private attached?: { resolve: () => void; reject: (error: Error) => void };
 
   constructor(
@@ -42,11 +41,17 @@ export class RabbitMqConsumer implements AdapterConsumer {
       () => this.attached?.reject(new Error(`RabbitMQ did not accept the consumer of '${this.spec.queue}' within ${this.spec.attachTimeoutMs} ms`)),
       this.spec.attachTimeoutMs,
     );
-    this.channel = this.manager.createChannel({ name: `ductape-consumer ${this.spec.queue}`, confirm: false, setup: this.attach });
-    this.channel.on('error', (error: unknown) => {
-      this.logger.warn(`consumer of '${this.spec.queue}': ${describeError(error)}`);
-      this.attached?.reject(error instanceof Error ? error : new Error(String(error)));
-    });
+    this.managed = new ManagedChannel<Channel>(
+      this.manager,
+      {
+        role: `consumer of '${this.spec.queue}'`,
+        confirm: false,
+        setup: (channel) => this.consumeOn(channel),
+        // The first failure (a queue declared elsewhere with other arguments, say) fails the subscribe.
+        onSetupError: (error) => this.attached?.reject(error instanceof Error ? error : new Error(String(error))),
+      },
+      this.logger,
+    );
     try {
       await firstAttach;
     } catch (error) {
@@ -71,17 +76,10 @@ export class RabbitMqConsumer implements AdapterConsumer {
 
   async close(): Promise<void> {
     this.stopped = true;
-    this.closed = true;
     this.current = undefined;
     // Closing the channel gives every unacked delivery back to the broker.
-    await this.channel?.close().catch((error: unknown) => this.logger.warn(`closing the consumer of '${this.spec.queue}': ${describeError(error)}`));
+    await this.managed?.close();
   }
-
-  /** The channel's setup: amqp-connection-manager runs it on each new channel. */
-  private readonly attach = async (channel: Channel): Promise<void> => {
-    watchChannel(this.manager, channel, `consumer of '${this.spec.queue}'`, this.logger, () => this.closed);
-    await this.consumeOn(channel);
-  };
 
   private async consumeOn(channel: Channel): Promise<void> {
     if (this.stopped) return;
@@ -128,13 +126,14 @@ export class RabbitMqConsumer implements AdapterConsumer {
 
 /**
  * Acks or nacks on the delivery's own channel. After that channel closed the broker has put the
- * message back already; sending the tag on any other channel would close that one.
+ * message back already; sending the tag on any other channel would ack another message or close
+ * that channel.
  */
 function settle(channel: Channel, operation: () => void): void {
   if (isClosed(channel)) return;
   try {
     operation();
   } catch {
-    // The channel closed between the check and the write: the broker redelivers the message.
+    // The channel is closing: the broker redelivers the message.
   }
 }

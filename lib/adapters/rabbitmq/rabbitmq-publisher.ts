@@ -1,105 +1,189 @@
 import type { ConfirmChannel, Message, Options } from 'amqplib';
-import type { AmqpConnectionManager, ChannelWrapper } from 'amqp-connection-manager';
-import { describeError } from '../../errors';
+import type { AmqpConnectionManager } from 'amqp-connection-manager';
 import type { AdapterLogger } from '../broker-adapter';
-import { watchChannel } from './rabbitmq-channels';
+import { ManagedChannel } from './rabbitmq-channels';
 
 /** Marks each publish, so a message the broker returns as unroutable is matched to its publish. */
 export const PUBLISH_ID_HEADER = 'x-ductape-publish-id';
+
+/** How often waiting publishes are checked against their deadline. */
+const DEADLINE_SWEEP_MS = 100;
+/** Publishes written per turn of the event loop when a backlog is flushed. */
+const FLUSH_BATCH = 500;
+
+/** The channel closed after the message was written and before its confirm: the broker may or may not have it. */
+export class ChannelLostError extends Error {
+  constructor() {
+    super('the channel closed before the broker confirmed the message');
+    this.name = 'ChannelLostError';
+  }
+}
+
+/** The broker returned the message: no queue is bound where it was sent. */
+export class UnroutableError extends Error {
+  constructor(target: string, reply: string) {
+    super(`the message could not be routed: ${target} has no queue to take it (${reply})`);
+    this.name = 'UnroutableError';
+  }
+}
+
+interface Pending {
+  readonly id: string;
+  readonly exchange: string;
+  readonly routingKey: string;
+  readonly content: Buffer;
+  readonly options: Options.Publish;
+  readonly deadline: number;
+  readonly resolve: () => void;
+  readonly reject: (error: Error) => void;
+  returned?: string;
+  settled: boolean;
+}
 
 /**
  * Every publish of one adapter goes through one confirm channel, pipelined: a publish is written
  * at once and resolves when its own confirm arrives, so many are in flight together.
  *
- * amqp-connection-manager queues publishes while disconnected and writes them after the
- * reconnect. This class adds what it leaves out: a message the broker returns (mandatory, no
- * queue bound) fails instead of resolving; a publish whose channel closed before its confirm is
- * written again on the next channel (a duplicate at worst, never a loss); and one deadline, the
- * publish timeout, bounds the whole wait.
+ * Publishes made while there is no channel (disconnected, or the broker closed it) wait for the
+ * next one, up to their deadline. A publish written on a channel that then closed rejects with
+ * ChannelLostError, for the adapter to send it again (a duplicate at worst, never a loss). A
+ * returned message (mandatory, unroutable) rejects with UnroutableError even though the broker
+ * also confirms it.
  */
 export class RabbitMqPublisher {
-  private readonly channel: ChannelWrapper;
-  /** Publish id → the broker's reply, for messages returned before their confirm. */
-  private readonly returned = new Map<string, string>();
+  private readonly managed: ManagedChannel<ConfirmChannel>;
+  /** Written, awaiting their confirm, by publish id. */
+  private readonly inFlight = new Map<string, Pending>();
+  /** Waiting for a channel, or for the channel to drain. */
+  private waiting: Pending[] = [];
+  private writable = true;
+  private flushing = false;
+  private sweepTimer?: NodeJS.Timeout;
   private sequence = 0;
   private closed = false;
 
   constructor(
     manager: AmqpConnectionManager,
     private readonly publishTimeoutMs: number,
-    private readonly logger: AdapterLogger,
+    logger: AdapterLogger,
+    onChannelError: (error: Error & { code?: number }) => void,
   ) {
-    this.channel = manager.createChannel({
-      name: 'ductape-publisher',
-      confirm: true,
-      setup: (channel: ConfirmChannel) => {
-        channel.on('return', this.onReturn);
-        watchChannel(manager, channel, 'publisher', logger, () => this.closed);
-        return Promise.resolve();
+    this.managed = new ManagedChannel<ConfirmChannel>(
+      manager,
+      {
+        role: 'publisher',
+        confirm: true,
+        setup: (channel) => {
+          channel.on('return', this.onReturn);
+          channel.on('drain', () => {
+            this.writable = true;
+            this.flush();
+          });
+          this.writable = true;
+          // Written after this resolves: the channel is only `managed.channel` once set up.
+          setImmediate(() => this.flush());
+          return Promise.resolve();
+        },
+        onError: onChannelError,
       },
-    });
-    this.channel.on('error', (error: unknown) => logger.warn(`publisher channel: ${describeError(error)}`));
+      logger,
+    );
   }
 
-  /** Resolves once the broker confirmed the message; rejects if it was nacked, returned, or not confirmed in time. */
-  async publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
-    const id = String(++this.sequence);
-    const deadline = Date.now() + this.publishTimeoutMs;
-    const headers: Record<string, unknown> = { ...(options.headers as Record<string, unknown> | undefined), [PUBLISH_ID_HEADER]: id };
-    const publishOptions = { ...options, mandatory: true, headers };
-    try {
-      for (;;) {
-        if (this.closed) throw new Error('the RabbitMQ adapter is closed');
-        const timeout = deadline - Date.now();
-        if (timeout <= 0) throw this.timeoutError();
-        try {
-          await this.channel.publish(exchange, routingKey, content, { ...publishOptions, timeout });
-        } catch (error) {
-          if (isChannelLoss(error)) {
-            // Written but never confirmed: the connection went. Send it again once it is back.
-            await new Promise((resolve) => setImmediate(resolve));
-            continue;
-          }
-          if (error instanceof Error && error.message === 'timeout') throw this.timeoutError();
-          if (error instanceof Error && error.message === 'message nacked') {
-            throw new Error(`the broker refused the message (nack) on ${describeTarget(exchange, routingKey)}`);
-          }
-          throw error;
-        }
-        const reply = this.returned.get(id);
-        if (reply !== undefined) {
-          throw new Error(`the message could not be routed: ${describeTarget(exchange, routingKey)} has no queue to take it (${reply})`);
-        }
-        return;
-      }
-    } finally {
-      this.returned.delete(id);
-    }
+  /** Resolves once the broker confirmed the message; rejects if it was nacked, returned, lost with its channel, or `deadline` passed. */
+  publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish, deadline: number): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('the RabbitMQ adapter is closed'));
+    return new Promise((resolve, reject) => {
+      const id = String(++this.sequence);
+      const headers = { ...(options.headers as Record<string, unknown> | undefined), [PUBLISH_ID_HEADER]: id };
+      const pending: Pending = { id, exchange, routingKey, content, options: { ...options, headers, mandatory: true }, deadline, resolve, reject, settled: false };
+      if (this.waiting.length === 0 && this.writable && this.managed.channel) this.write(this.managed.channel, pending);
+      else this.waiting.push(pending);
+      this.sweepTimer ??= setInterval(this.sweep, DEADLINE_SWEEP_MS);
+    });
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.channel.close().catch((error: unknown) => this.logger.warn(`closing the publisher channel: ${describeError(error)}`));
+    const error = new Error('the RabbitMQ adapter closed before the broker confirmed the message');
+    for (const pending of [...this.waiting, ...this.inFlight.values()]) this.settle(pending, error);
+    this.waiting = [];
+    await this.managed.close();
+  }
+
+  private write(channel: ConfirmChannel, pending: Pending): void {
+    this.inFlight.set(pending.id, pending);
+    try {
+      this.writable = channel.publish(pending.exchange, pending.routingKey, pending.content, pending.options, (error: unknown) => {
+        this.inFlight.delete(pending.id);
+        if (error) this.settle(pending, isNack(error) ? new Error(`the broker refused the message (nack) on ${target(pending)}`) : new ChannelLostError());
+        else if (pending.returned !== undefined) this.settle(pending, new UnroutableError(target(pending), pending.returned));
+        else this.settle(pending);
+      });
+    } catch {
+      // The channel is closing or closed: nothing was sent, so it waits for the next channel.
+      this.inFlight.delete(pending.id);
+      this.waiting.unshift(pending);
+      this.writable = false;
+    }
+  }
+
+  /** Writes waiting publishes while the channel takes them, a batch per turn of the event loop. */
+  private flush(): void {
+    if (this.flushing) return;
+    this.flushing = true;
+    setImmediate(() => {
+      this.flushing = false;
+      let budget = FLUSH_BATCH;
+      while (this.waiting.length > 0 && budget-- > 0) {
+        const channel = this.managed.channel;
+        if (!channel || !this.writable) return;
+        const pending = this.waiting.shift() as Pending;
+        if (!pending.settled) this.write(channel, pending);
+      }
+      if (this.waiting.length > 0) this.flush();
+    });
   }
 
   private readonly onReturn = (message: Message): void => {
     const id = message.properties.headers?.[PUBLISH_ID_HEADER] as unknown;
-    // A basic.return carries its reply code and text, which amqplib's types leave out.
+    const pending = typeof id === 'string' ? this.inFlight.get(id) : undefined;
+    if (!pending) return;
+    // The reply code and text of a basic.return, which amqplib's types leave out.
     const { replyCode, replyText } = message.fields as { replyCode?: number; replyText?: string };
-    if (typeof id === 'string') this.returned.set(id, `${replyCode ?? '?'} ${replyText ?? 'returned'}`);
+    pending.returned = `${replyCode ?? '?'} ${replyText ?? 'returned'}`;
   };
 
-  private timeoutError(): Error {
-    return new Error(`no confirm from RabbitMQ within ${this.publishTimeoutMs} ms (publishTimeoutMs); the broker may be unreachable`);
+  /** Fails publishes whose deadline passed, written or not. */
+  private readonly sweep = (): void => {
+    const now = Date.now();
+    const expired = (pending: Pending) => !pending.settled && pending.deadline <= now;
+    for (const pending of this.waiting) if (expired(pending)) this.settle(pending, this.timeoutError(pending));
+    for (const pending of this.inFlight.values()) if (expired(pending)) this.settle(pending, this.timeoutError(pending));
+    this.waiting = this.waiting.filter((pending) => !pending.settled);
+    if (this.waiting.length === 0 && this.inFlight.size === 0) {
+      clearInterval(this.sweepTimer);
+      this.sweepTimer = undefined;
+    }
+  };
+
+  private settle(pending: Pending, error?: Error): void {
+    if (pending.settled) return;
+    pending.settled = true;
+    if (error) pending.reject(error);
+    else pending.resolve();
+  }
+
+  private timeoutError(pending: Pending): Error {
+    const where = this.inFlight.has(pending.id) ? 'no confirm from RabbitMQ' : 'no connection to RabbitMQ to send it';
+    return new Error(`${where} within ${this.publishTimeoutMs} ms (publishTimeoutMs), for ${target(pending)}; the broker may be unreachable`);
   }
 }
 
-function describeTarget(exchange: string, routingKey: string): string {
-  return exchange === '' ? `queue '${routingKey}'` : `exchange '${exchange}'`;
+function target(pending: Pending): string {
+  return pending.exchange === '' ? `queue '${pending.routingKey}'` : `exchange '${pending.exchange}'`;
 }
 
-/** The channel or connection closed under a publish: nothing says whether the broker took it. */
-function isChannelLoss(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  return /^(channel closed|channel ended|connection closed)/i.test(error.message) || error.name === 'IllegalOperationError';
+function isNack(error: unknown): boolean {
+  return error instanceof Error && error.message === 'message nacked';
 }

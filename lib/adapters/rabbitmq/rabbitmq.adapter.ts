@@ -17,7 +17,8 @@ import type {
 import { RabbitMqConsumer } from './rabbitmq-consumer';
 import { inboundHeaders } from './rabbitmq-headers';
 import { deadLetterQueue, groupDelayQueue, groupQueue, topicDelayQueue, topicExchange } from './rabbitmq-names';
-import { RabbitMqPublisher } from './rabbitmq-publisher';
+import { ChannelLostError, RabbitMqPublisher, UnroutableError } from './rabbitmq-publisher';
+import { closeChannel } from './rabbitmq-channels';
 
 export const RABBITMQ_CAPABILITIES: AdapterCapabilities = {
   fanOut: true,
@@ -38,7 +39,11 @@ export const RABBITMQ_DEFAULTS = {
 
 /** A delay queue idle this much longer than its delay is removed by the broker. */
 const DELAY_QUEUE_IDLE_MS = 60_000;
+/** Delay queues remembered as declared; beyond this, the stale ones are forgotten (declared again on use). */
+const MAX_REMEMBERED_DELAY_QUEUES = 1000;
 const CONNECTION_POLL_MS = 50;
+/** amqp-connection-manager's close() can wait for ever on a connection that dropped meanwhile. */
+const MANAGER_CLOSE_WAIT_MS = 3000;
 
 type Settings = Required<Omit<RabbitMqEnvConfig['config'], 'socketOptions'>> & Pick<RabbitMqEnvConfig['config'], 'socketOptions'>;
 
@@ -48,23 +53,25 @@ type Settings = Required<Omit<RabbitMqEnvConfig['config'], 'socketOptions'>> & P
  * a dead-letter queue `T:G:dead-letters`; retries wait in `T:G:delay-<ms>ms` queues whose message
  * TTL dead-letters them back to `T:G`, and delayed publishes in `T::delay-<ms>ms`, which
  * dead-letters to the exchange. Messages are persistent; every publish is confirmed.
+ *
+ * Publishing and consuming use separate connections, as RabbitMQ advises: a broker that blocks
+ * publishers (memory or disk alarm) stops reading their connection, and consumers' acks must
+ * still get through so queues can drain.
  */
 export class RabbitMqAdapter implements BrokerAdapter {
   readonly capabilities = RABBITMQ_CAPABILITIES;
   private readonly settings: Settings;
   /** Where the adapter connects, without credentials: for logs and errors. */
   readonly endpoint: string;
-  private manager?: AmqpConnectionManager;
+  private publishing?: AmqpConnectionManager;
+  private consuming?: AmqpConnectionManager;
   private publisher?: RabbitMqPublisher;
   private readonly consumers = new Set<RabbitMqConsumer>();
   private readonly declaredExchanges = new Set<string>();
   private readonly declaring = new Map<string, Promise<void>>();
   /** Delay queue → when this process last declared it (a declare keeps its idle expiry away). */
-  private readonly delayQueues = new Map<string, number>();
+  private readonly delayQueues = new Map<string, { declaredAt: number; expiresMs: number }>();
   private closing = false;
-  private connectedOnce = false;
-  private disconnectedAt?: number;
-  private lastConnectError?: unknown;
 
   constructor(
     config: RabbitMqEnvConfig['config'],
@@ -83,67 +90,43 @@ export class RabbitMqAdapter implements BrokerAdapter {
   }
 
   async connect(): Promise<void> {
-    const { url, heartbeatSeconds, reconnectDelayMs, connectTimeoutMs, socketOptions } = this.settings;
-    const manager = new AmqpConnectionManagerClass([url], {
-      heartbeatIntervalInSeconds: heartbeatSeconds,
-      reconnectTimeInSeconds: reconnectDelayMs / 1000,
-      connectionOptions: socketOptions,
+    this.publishing = this.createManager('publishing');
+    this.consuming = this.createManager('consuming');
+    await Promise.all([this.waitForFirstConnection(this.publishing), this.waitForFirstConnection(this.consuming)]);
+    this.publisher = new RabbitMqPublisher(this.publishing, this.settings.publishTimeoutMs, this.logger, (error) => {
+      // A deleted exchange closes the publisher's channel (404): declare again before the next send.
+      if (error.code === 404) this.declaredExchanges.clear();
     });
-    this.manager = manager;
-    // The events carry the URL; only the endpoint, which has no credentials, is ever logged.
-    manager.on('connect', () => {
-      if (this.connectedOnce && this.disconnectedAt !== undefined) {
-        this.logger.log(`reconnected to RabbitMQ at ${this.endpoint} after ${Date.now() - this.disconnectedAt} ms`);
-      }
-      this.connectedOnce = true;
-      this.disconnectedAt = undefined;
-    });
-    manager.on('disconnect', ({ err }: { err?: Error }) => {
-      if (this.closing) return;
-      this.disconnectedAt ??= Date.now();
-      this.logger.warn(`connection to RabbitMQ at ${this.endpoint} lost (${describeError(err)}); reconnecting every ${reconnectDelayMs} ms`);
-    });
-    manager.on('connectFailed', ({ err }: { err: Error }) => {
-      this.lastConnectError = err;
-    });
-    manager.on('blocked', ({ reason }: { reason: string }) => this.logger.warn(`RabbitMQ at ${this.endpoint} blocks publishing: ${reason}`));
-    manager.on('unblocked', () => this.logger.log(`RabbitMQ at ${this.endpoint} accepts publishing again`));
-    try {
-      await manager.connect({ timeout: connectTimeoutMs });
-    } catch (error) {
-      const cause = this.lastConnectError ?? error;
-      // A refused login fails at once; anything else was retried until the connect timeout.
-      const refused = /ACCESS.REFUSED|403/.test(String((cause as Error | undefined)?.message));
-      const when = refused ? 'the login was refused' : `gave up after ${connectTimeoutMs} ms`;
-      throw new Error(`cannot connect to RabbitMQ at ${this.endpoint} (${when}): ${describeError(cause)}`);
-    }
-    this.publisher = new RabbitMqPublisher(manager, this.settings.publishTimeoutMs, this.logger);
   }
 
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
+    const deadline = Date.now() + this.settings.publishTimeoutMs;
     const exchange = topicExchange(topic.name);
     const delayMs = wholeDelay(message.delayMs);
     if (delayMs > 0) {
-      return this.sendDelayed(topicDelayQueue(topic.name, delayMs), delayMs, { exchange }, message, () => this.ensureExchange(exchange));
+      const queue = topicDelayQueue(topic.name, delayMs);
+      // The delay queue dead-letters to the exchange: both must exist.
+      return this.send('', queue, message, deadline, () =>
+        andThen(this.ensureExchange(exchange, deadline), () => this.ensureDelayQueue(queue, delayMs, { exchange }, deadline)),
+      );
     }
-    const declared = this.ensureExchange(exchange);
-    if (!declared) return this.requirePublisher().publish(exchange, '', toContent(message.body), publishOptions(message));
-    return declared.then(() => this.requirePublisher().publish(exchange, '', toContent(message.body), publishOptions(message)));
+    return this.send(exchange, '', message, deadline, () => this.ensureExchange(exchange, deadline));
   }
 
   sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
+    const deadline = Date.now() + this.settings.publishTimeoutMs;
     const queue = groupQueue(topic.name, group);
     const delayMs = wholeDelay(message.delayMs);
     if (delayMs > 0) {
-      return this.sendDelayed(groupDelayQueue(topic.name, group, delayMs), delayMs, { exchange: '', routingKey: queue }, message);
+      const delayQueue = groupDelayQueue(topic.name, group, delayMs);
+      return this.send('', delayQueue, message, deadline, () => this.ensureDelayQueue(delayQueue, delayMs, { exchange: '', routingKey: queue }, deadline));
     }
-    return this.requirePublisher().publish('', queue, toContent(message.body), publishOptions(message));
+    return this.send('', queue, message, deadline);
   }
 
   sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    const options = publishOptions(message);
-    delete options.contentType; // a poison body is kept as it came, and may not be JSON
-    return this.requirePublisher().publish('', deadLetterQueue(topic.name, group), toContent(message.body), options);
+    const deadline = Date.now() + this.settings.publishTimeoutMs;
+    return this.send('', deadLetterQueue(topic.name, group), message, deadline, undefined, false);
   }
 
   drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
@@ -171,11 +154,11 @@ export class RabbitMqAdapter implements BrokerAdapter {
         removed++;
       }
       return removed;
-    });
+    }, this.settings.connectTimeoutMs);
   }
 
   async consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
-    const manager = this.requireManager();
+    const manager = this.requireConnected(this.consuming);
     const queue = options.source === 'messages' ? groupQueue(topic.name, options.group) : deadLetterQueue(topic.name, options.group);
     const consumer = new RabbitMqConsumer(
       manager,
@@ -189,6 +172,10 @@ export class RabbitMqAdapter implements BrokerAdapter {
       this.logger,
     );
     await consumer.start();
+    if (this.closing) {
+      await consumer.close();
+      throw new Error('the RabbitMQ adapter closed while the consumer started');
+    }
     this.consumers.add(consumer);
     return {
       stop: () => consumer.stop(),
@@ -204,16 +191,86 @@ export class RabbitMqAdapter implements BrokerAdapter {
     await Promise.all([...this.consumers].map((consumer) => consumer.close()));
     this.consumers.clear();
     await this.publisher?.close();
-    const manager = this.manager;
-    if (!manager) return;
-    if (manager.isConnected()) {
-      await manager.close();
-      return;
+    const managers = [this.publishing, this.consuming].filter((manager) => manager !== undefined);
+    await Promise.all(managers.map((manager) => closeManager(manager)));
+  }
+
+  private createManager(role: 'publishing' | 'consuming'): AmqpConnectionManager {
+    const { url, heartbeatSeconds, reconnectDelayMs, socketOptions } = this.settings;
+    const manager = new AmqpConnectionManagerClass([url], {
+      heartbeatIntervalInSeconds: heartbeatSeconds,
+      reconnectTimeInSeconds: reconnectDelayMs / 1000,
+      connectionOptions: socketOptions,
+    });
+    // The events carry the URL; only the endpoint, which has no credentials, is ever logged.
+    let disconnectedAt: number | undefined;
+    manager.on('connect', () => {
+      if (disconnectedAt !== undefined) this.logger.log(`${role} connection to RabbitMQ at ${this.endpoint} is back after ${Date.now() - disconnectedAt} ms`);
+      disconnectedAt = undefined;
+    });
+    manager.on('disconnect', ({ err }: { err?: Error }) => {
+      if (this.closing) return;
+      disconnectedAt ??= Date.now();
+      this.logger.warn(`${role} connection to RabbitMQ at ${this.endpoint} lost (${describeError(err)}); reconnecting every ${reconnectDelayMs} ms`);
+    });
+    manager.on('blocked', ({ reason }: { reason: string }) => this.logger.warn(`RabbitMQ at ${this.endpoint} blocks publishing: ${reason}`));
+    manager.on('unblocked', () => this.logger.log(`RabbitMQ at ${this.endpoint} accepts publishing again`));
+    return manager;
+  }
+
+  private async waitForFirstConnection(manager: AmqpConnectionManager): Promise<void> {
+    const { connectTimeoutMs } = this.settings;
+    let lastError: unknown;
+    const remember = ({ err }: { err: Error }) => (lastError = err);
+    manager.on('connectFailed', remember);
+    try {
+      await manager.connect({ timeout: connectTimeoutMs });
+    } catch (error) {
+      const cause = lastError ?? error;
+      // A refused login fails at once; anything else was retried until the connect timeout.
+      const refused = /ACCESS.REFUSED|403/.test(String((cause as Error | undefined)?.message));
+      const when = refused ? 'the login was refused' : `gave up after ${connectTimeoutMs} ms`;
+      throw new Error(`cannot connect to RabbitMQ at ${this.endpoint} (${when}): ${describeError(cause)}`);
+    } finally {
+      manager.removeListener('connectFailed', remember);
     }
-    // amqp-connection-manager's close() never settles while it waits to retry a failed connect;
-    // it stops the retries at once, though, and a connect already under way is closed on arrival.
-    manager.once('connect', ({ connection }: { connection: ChannelModel }) => void connection.close().catch(() => undefined));
-    void manager.close().catch(() => undefined);
+  }
+
+  /**
+   * Publishes through the confirm channel until the broker confirms, `deadline` passes, or it
+   * refuses. A message whose channel closed before its confirm is sent again: a duplicate at
+   * worst, never a loss. `prepare` declares what the target needs (cached; undefined when done).
+   */
+  private async send(
+    exchange: string,
+    routingKey: string,
+    message: OutboundMessage,
+    deadline: number,
+    prepare?: () => Promise<void> | undefined,
+    json = true,
+  ): Promise<void> {
+    const publisher = this.requirePublisher();
+    const content = typeof message.body === 'string' ? Buffer.from(message.body) : message.body;
+    const options = publishOptions(message, json);
+    let rerouted = false;
+    for (;;) {
+      const prepared = prepare?.();
+      if (prepared) await prepared;
+      try {
+        return await publisher.publish(exchange, routingKey, content, options, deadline);
+      } catch (error) {
+        if (error instanceof ChannelLostError && !this.closing) {
+          if (Date.now() < deadline) continue;
+          throw new Error(`the connection to RabbitMQ at ${this.endpoint} dropped before the broker confirmed the message, and the publish timeout passed`);
+        }
+        // A delay queue that expired or was deleted since this process declared it: declare it again, once.
+        if (error instanceof UnroutableError && prepare && !rerouted && this.delayQueues.delete(routingKey)) {
+          rerouted = true;
+          continue;
+        }
+        throw error;
+      }
+    }
   }
 
   /** Declares a group's queues (and its topic's exchange) on a channel; idempotent. */
@@ -234,44 +291,42 @@ export class RabbitMqAdapter implements BrokerAdapter {
   }
 
   /** undefined when the exchange is known to exist (the hot path stays synchronous). */
-  private ensureExchange(exchange: string): Promise<void> | undefined {
+  private ensureExchange(exchange: string, deadline: number): Promise<void> | undefined {
     if (this.declaredExchanges.has(exchange)) return undefined;
-    return this.once(`exchange ${exchange}`, async () => {
-      // On the publish path: a publish made while disconnected waits as long as its timeout allows.
+    const declared = this.once(`exchange ${exchange}`, async () => {
       await this.withChannel((channel) => channel.assertExchange(exchange, 'fanout', { durable: true }), this.settings.publishTimeoutMs);
       this.declaredExchanges.add(exchange);
     });
+    return beforeDeadline(declared, deadline, `declaring exchange '${exchange}'`);
   }
 
   /**
-   * Sends a message through a delay queue: its TTL holds the message back, then RabbitMQ
-   * dead-letters it to `target`. The queue removes itself once idle, so one-off delays do not
-   * pile up; every sender declares it again well before that.
+   * A delay queue's TTL holds its messages back, then RabbitMQ dead-letters them to `target`. The
+   * queue removes itself once idle, so one-off delays do not pile up; every sender declares it
+   * again well before that. undefined when it was declared recently enough.
    */
-  private async sendDelayed(
-    queue: string,
-    delayMs: number,
-    target: { exchange: string; routingKey?: string },
-    message: OutboundMessage,
-    before?: () => Promise<void> | undefined,
-  ): Promise<void> {
-    await before?.();
+  private ensureDelayQueue(queue: string, delayMs: number, target: { exchange: string; routingKey?: string }, deadline: number): Promise<void> | undefined {
     const expiresMs = 2 * delayMs + DELAY_QUEUE_IDLE_MS;
-    const declaredAt = this.delayQueues.get(queue);
-    if (declaredAt === undefined || Date.now() - declaredAt > expiresMs / 4) {
-      await this.once(`queue ${queue}`, async () => {
-        const deadLetter: Record<string, unknown> = { 'x-dead-letter-exchange': target.exchange };
-        if (target.routingKey !== undefined) deadLetter['x-dead-letter-routing-key'] = target.routingKey;
-        // Quorum queues dead-letter at least once; classic ones may lose the hop if the broker crashes during it.
-        const safety = this.settings.queueType === 'quorum' ? { 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' } : {};
-        await this.withChannel(
-          (channel) => channel.assertQueue(queue, this.queueOptions({ 'x-message-ttl': delayMs, 'x-expires': expiresMs, ...deadLetter, ...safety })),
-          this.settings.publishTimeoutMs,
-        );
-        this.delayQueues.set(queue, Date.now());
-      });
-    }
-    await this.requirePublisher().publish('', queue, toContent(message.body), publishOptions(message));
+    const known = this.delayQueues.get(queue);
+    if (known && Date.now() - known.declaredAt < expiresMs / 4) return undefined;
+    const declared = this.once(`queue ${queue}`, async () => {
+      const deadLetter: Record<string, unknown> = { 'x-dead-letter-exchange': target.exchange };
+      if (target.routingKey !== undefined) deadLetter['x-dead-letter-routing-key'] = target.routingKey;
+      // Quorum queues dead-letter at least once; classic ones may lose the hop if the broker crashes during it.
+      const safety = this.settings.queueType === 'quorum' ? { 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' } : {};
+      const args = { 'x-message-ttl': delayMs, 'x-expires': expiresMs, ...deadLetter, ...safety };
+      await this.withChannel((channel) => channel.assertQueue(queue, this.queueOptions(args)), this.settings.publishTimeoutMs);
+      this.rememberDelayQueue(queue, expiresMs);
+    });
+    return beforeDeadline(declared, deadline, `declaring queue '${queue}'`);
+  }
+
+  private rememberDelayQueue(queue: string, expiresMs: number): void {
+    const now = Date.now();
+    this.delayQueues.set(queue, { declaredAt: now, expiresMs });
+    if (this.delayQueues.size <= MAX_REMEMBERED_DELAY_QUEUES) return;
+    // Forgetting a queue only costs a declare on its next use.
+    for (const [name, known] of this.delayQueues) if (now - known.declaredAt >= known.expiresMs / 4) this.delayQueues.delete(name);
   }
 
   /** Runs one declaration at a time per name; callers that arrive meanwhile share it. */
@@ -284,18 +339,18 @@ export class RabbitMqAdapter implements BrokerAdapter {
     return pending;
   }
 
-  /** A short-lived channel for declarations and dead-letter reads, opened once a connection is up. */
-  private async withChannel<T>(work: (channel: Channel) => Promise<T>, waitMs = this.settings.connectTimeoutMs): Promise<T> {
+  /** A short-lived channel on the consuming connection, for declarations and dead-letter reads. */
+  private async withChannel<T>(work: (channel: Channel) => Promise<T>, waitMs: number): Promise<T> {
     const channel = await this.openChannel(waitMs);
     try {
       return await work(channel);
     } finally {
-      await channel.close().catch(() => undefined);
+      void closeChannel(channel);
     }
   }
 
   private async openChannel(waitMs: number): Promise<Channel> {
-    const manager = this.requireManager();
+    const manager = this.requireConnected(this.consuming);
     const deadline = Date.now() + waitMs;
     for (;;) {
       if (this.closing) throw new Error('the RabbitMQ adapter is closed');
@@ -310,16 +365,14 @@ export class RabbitMqAdapter implements BrokerAdapter {
           if (Date.now() >= deadline) throw error;
         }
       }
-      if (Date.now() >= deadline) {
-        throw new Error(`no connection to RabbitMQ at ${this.endpoint} within ${waitMs} ms`);
-      }
+      if (Date.now() >= deadline) throw new Error(`no connection to RabbitMQ at ${this.endpoint} within ${waitMs} ms`);
       await new Promise((resolve) => setTimeout(resolve, CONNECTION_POLL_MS));
     }
   }
 
-  private requireManager(): AmqpConnectionManager {
-    if (!this.manager || this.closing) throw new Error('the RabbitMQ adapter is not connected');
-    return this.manager;
+  private requireConnected(manager: AmqpConnectionManager | undefined): AmqpConnectionManager {
+    if (!manager || this.closing) throw new Error('the RabbitMQ adapter is not connected');
+    return manager;
   }
 
   private requirePublisher(): RabbitMqPublisher {
@@ -328,19 +381,47 @@ export class RabbitMqAdapter implements BrokerAdapter {
   }
 }
 
-function publishOptions(message: OutboundMessage): Options.Publish {
+/** Runs `next` after `first`, staying synchronous (undefined) when neither has anything to wait for. */
+function andThen(first: Promise<void> | undefined, next: () => Promise<void> | undefined): Promise<void> | undefined {
+  return first ? first.then(() => next()) : next();
+}
+
+/** Waits for a shared declaration, but no longer than this caller's own deadline. */
+function beforeDeadline(declared: Promise<void>, deadline: number, what: string): Promise<void> {
+  const left = deadline - Date.now();
+  if (left <= 0) return Promise.reject(new Error(`publish timeout passed while ${what}`));
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`publish timeout passed while ${what} (no connection to RabbitMQ?)`)), left);
+  });
+  return Promise.race([declared, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Closes a connection manager. Its close() never settles while it waits to retry a failed
+ * connect, nor when the connection drops during the close; it stops its retries at once, though,
+ * and a connection it opens afterwards is closed on arrival.
+ */
+async function closeManager(manager: AmqpConnectionManager): Promise<void> {
+  manager.once('connect', ({ connection }: { connection: ChannelModel }) => void connection.close().catch(() => undefined));
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    manager.close().catch(() => undefined),
+    new Promise<void>((resolve) => (timer = setTimeout(resolve, manager.isConnected() ? MANAGER_CLOSE_WAIT_MS : 0))),
+  ]);
+  clearTimeout(timer);
+}
+
+function publishOptions(message: OutboundMessage, json: boolean): Options.Publish {
   return {
     persistent: true,
-    contentType: 'application/json',
+    // A poison body kept among the dead letters is as it came, and may not be JSON.
+    contentType: json ? 'application/json' : undefined,
     messageId: message.messageId || undefined,
     correlationId: message.correlationId,
     timestamp: Math.floor(Date.now() / 1000),
     headers: { ...message.headers },
   };
-}
-
-function toContent(body: string | Buffer): Buffer {
-  return typeof body === 'string' ? Buffer.from(body) : body;
 }
 
 /** RabbitMQ TTLs are whole milliseconds. */
