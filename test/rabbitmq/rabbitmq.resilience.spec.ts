@@ -6,7 +6,8 @@ import { BrokerError, type BrokerContext, type BrokerModuleOptions, type Message
 import { CapturingLogger, createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
-import { deleteTopology, listQueues, rabbitEnv, rabbitmqctl } from '../support/rabbitmq';
+import { deleteTopology, listQueues, queueDepth, RABBITMQ_URL, rabbitEnv, rabbitmqctl, withRawConnection } from '../support/rabbitmq';
+import { startTcpProxy } from '../support/tcp-proxy';
 import { gate, sleep, waitFor } from '../support/wait';
 
 const PRODUCT = 'rmq-resilience';
@@ -223,5 +224,68 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ: connection loss, broker restart and
     expect(elsewhere.deliveries()).toBe(0);
     const queue = (await listQueues()).find((q) => q.name === `${topic}:drain`);
     expect(queue).toEqual({ name: `${topic}:drain`, ready: 0, unacked: 0 });
+  });
+  it('declares again a queue deleted under a running consumer, and goes on consuming', async () => {
+    const broker = await start();
+    const { event, topic } = newEvent();
+    const got: unknown[] = [];
+    await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'phoenix', callback: (m: unknown) => void got.push(m) } });
+    await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'before' } });
+    await waitFor(() => got.length === 1, 'the first message');
+    await withRawConnection(async (connection) => void (await (await connection.createChannel()).deleteQueue(`${topic}:phoenix`)));
+    const deadline = Date.now() + 5000;
+    while ((await queueDepth(`${topic}:phoenix`)) === undefined && Date.now() < deadline) await sleep(50);
+    await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'after' } });
+    await waitFor(() => got.length === 2, 'a message published after the queue came back', 5000);
+    expect(got).toEqual(['before', 'after']);
+  });
+
+  it('an exchange deleted under the publisher costs only that channel: other topics lose nothing', async () => {
+    const logger = new CapturingLogger();
+    const broker = await start({}, logger);
+    const gone = newEvent();
+    const healthy = newEvent();
+    const received = counter();
+    await broker.subscribe({ env: 'prd', event: gone.event, product_tag: PRODUCT, input: { group: 'g', callback: () => undefined } });
+    await broker.subscribe({ env: 'prd', event: healthy.event, product_tag: PRODUCT, input: { group: 'h', concurrency: 10, callback: received.handler } });
+    await broker.publish({ env: 'prd', event: gone.event, product_tag: PRODUCT, input: { message: 'declared' } });
+    await withRawConnection(async (connection) => void (await (await connection.createChannel()).deleteExchange(gone.topic)));
+    const results = await Promise.allSettled([
+      broker.publish({ env: 'prd', event: gone.event, product_tag: PRODUCT, input: { message: 'to a deleted exchange' } }),
+      ...Array.from({ length: 200 }, (_, i) =>
+        broker.publish({ env: 'prd', event: healthy.event, product_tag: PRODUCT, input: { message: { i }, messageId: `h-${i}` } }),
+      ),
+    ]);
+    // The broker closed the publisher's channel (404); the exchange was declared again, without the
+    // bindings its deletion took with it, so that one publish is refused as unroutable.
+    expect(logger.lines.some((line) => line.includes('404'))).toBe(true);
+    expect(results[0].status).toBe('rejected');
+    expect(String((results[0] as PromiseRejectedResult).reason)).toMatch(/NO_ROUTE/);
+    expect(results.slice(1).every((result) => result.status === 'fulfilled')).toBe(true);
+    await waitFor(() => received.seen.size === 200, 'all 200 messages of the healthy topic', 10_000);
+  });
+
+  it('a link that drops while a declaration channel closes stalls nothing', async () => {
+    const proxy = await startTcpProxy(Number(new URL(RABBITMQ_URL).port || 5672));
+    try {
+      const url = new URL(RABBITMQ_URL);
+      url.port = String(proxy.port);
+      const broker = await start({ url: url.toString(), publishTimeoutMs: 5000 });
+      const { event } = newEvent();
+      const got: number[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'd', callback: (m: unknown) => void got.push(m as number) } });
+      // A delayed publish declares its delay queue on a short-lived channel; cut the link as that channel closes.
+      proxy.dropOnClientMethod(20, 40);
+      const started = Date.now();
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 1, delayMs: 100 } });
+      expect(proxy.drops).toBe(1);
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 2, delayMs: 150 } });
+      expect(Date.now() - started).toBeLessThan(4000);
+      await waitFor(() => got.length === 2, 'both delayed messages, after the consumer re-attached', 10_000);
+      expect(got.sort()).toEqual([1, 2]);
+    } finally {
+      await Promise.all(apps.splice(0).map((app) => app.close()));
+      proxy.close();
+    }
   });
 });

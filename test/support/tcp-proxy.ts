@@ -1,0 +1,65 @@
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+
+/**
+ * A TCP proxy in front of a real broker, to cut a client's link at a chosen moment: the one fault
+ * a test cannot ask the server for. `dropOnClientMethod` cuts the link instead of forwarding the
+ * first client frame of that AMQP method (class and method ids) on a non-zero channel, once armed.
+ */
+export interface TcpProxy {
+  port: number;
+  /** Cuts the link when the client next sends this method on a channel (e.g. Channel.Close = 20, 40). */
+  dropOnClientMethod(classId: number, methodId: number): void;
+  /** How many links were cut so far. */
+  readonly drops: number;
+  close(): void;
+}
+
+export function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'): Promise<TcpProxy> {
+  const sockets = new Set<Socket>();
+  let armed: { classId: number; methodId: number } | undefined;
+  let drops = 0;
+  const server = createServer((client) => {
+    const upstream = connect(targetPort, targetHost);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('close', () => sockets.delete(socket));
+    }
+    client.on('data', (chunk: Buffer) => {
+      if (armed && containsMethod(chunk, armed.classId, armed.methodId)) {
+        armed = undefined;
+        drops++;
+        upstream.destroy();
+        client.destroy();
+        return;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    upstream.on('end', () => client.end());
+    client.on('end', () => upstream.end());
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () =>
+      resolve({
+        port: (server.address() as AddressInfo).port,
+        dropOnClientMethod: (classId, methodId) => (armed = { classId, methodId }),
+        get drops() {
+          return drops;
+        },
+        close: () => {
+          server.close();
+          for (const socket of sockets) socket.destroy();
+        },
+      }),
+    );
+  });
+}
+
+/** Looks for a method frame (type 1) on a non-zero channel with these ids; good enough for small test traffic. */
+function containsMethod(chunk: Buffer, classId: number, methodId: number): boolean {
+  for (let i = 0; i + 11 <= chunk.length; i++) {
+    if (chunk[i] === 1 && chunk.readUInt16BE(i + 1) !== 0 && chunk.readUInt16BE(i + 7) === classId && chunk.readUInt16BE(i + 9) === methodId) return true;
+  }
+  return false;
+}
