@@ -328,6 +328,32 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(error.message).not.toContain('t0p-secret');
     });
 
+    it('fails a subscribe whose queue exists with other arguments with SUBSCRIBE_FAILED and the broker\'s reason', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      await withRawConnection(async (connection) => {
+        const channel = await connection.createChannel();
+        await channel.assertQueue(`${topic}:legacy`, { durable: true, arguments: { 'x-max-length': 10 } });
+      });
+      const error = await broker
+        .subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'legacy', callback: () => undefined } })
+        .catch((e: unknown) => e);
+      expect((error as BrokerError).code).toBe('SUBSCRIBE_FAILED');
+      expect((error as BrokerError).message).toMatch(/PRECONDITION.FAILED.*x-max-length/);
+    });
+
+    it('carries a messageId longer than an AMQP short string in the envelope, and publishing goes on', async () => {
+      const broker = await start();
+      const { event } = newTopic();
+      const ids: string[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: (_m: unknown, ctx: BrokerContext) => void ids.push(ctx.messageId) } });
+      const long = 'id-'.padEnd(600, 'x');
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 1, messageId: long, correlationId: long } });
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 2, messageId: 'short' } });
+      await waitFor(() => ids.length === 2, 'both messages', 5000);
+      expect(ids.sort()).toEqual([long, 'short'].sort());
+    });
+
     it('refuses a message over maxMessageBytes with INVALID_MESSAGE before anything is sent', async () => {
       const broker = await start({}, { maxMessageBytes: 1024 });
       const { event, topic } = newTopic();

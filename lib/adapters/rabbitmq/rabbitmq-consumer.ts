@@ -5,6 +5,9 @@ import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery 
 import { isClosed, ManagedChannel } from './rabbitmq-channels';
 import { inboundHeaders } from './rabbitmq-headers';
 
+/** How long stop() waits for the broker to confirm the cancel. */
+const CANCEL_WAIT_MS = 2000;
+
 export interface RabbitMqConsumerSpec {
   queue: string;
   /** Prefetch: how many unacked deliveries the broker hands this consumer at once. */
@@ -47,8 +50,11 @@ export class RabbitMqConsumer implements AdapterConsumer {
         role: `consumer of '${this.spec.queue}'`,
         confirm: false,
         setup: (channel) => this.consumeOn(channel),
-        // The first failure (a queue declared elsewhere with other arguments, say) fails the subscribe.
-        onSetupError: (error) => this.attached?.reject(error instanceof Error ? error : new Error(String(error))),
+        // The broker refusing the setup (a queue declared elsewhere with other arguments, say) fails
+        // the subscribe; a dropped connection does not, the next one is waited for.
+        onSetupError: (error) => {
+          if (isBrokerRefusal(error)) this.attached?.reject(error as Error);
+        },
       },
       this.logger,
     );
@@ -68,10 +74,16 @@ export class RabbitMqConsumer implements AdapterConsumer {
     const current = this.current;
     this.current = undefined;
     if (!current || isClosed(current.channel)) return;
-    // Deliveries already handed over stay ackable on this channel until close().
-    await current.channel.cancel(current.consumerTag).catch((error: unknown) => {
-      if (!isClosed(current.channel)) this.logger.warn(`cancelling the consumer of '${this.spec.queue}': ${describeError(error)}`);
-    });
+    // Deliveries already handed over stay ackable on this channel until close(). A silent link
+    // would keep the cancel's reply away until the heartbeat gives up: shutdown does not wait that long.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      current.channel.cancel(current.consumerTag).catch((error: unknown) => {
+        if (!isClosed(current.channel)) this.logger.warn(`cancelling the consumer of '${this.spec.queue}': ${describeError(error)}`);
+      }),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, CANCEL_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
   }
 
   async close(): Promise<void> {
@@ -136,4 +148,10 @@ function settle(channel: Channel, operation: () => void): void {
   } catch {
     // The channel is closing: the broker redelivers the message.
   }
+}
+
+/** An AMQP error reply (403, 404, 406, ...) from the broker, as opposed to a lost connection. */
+function isBrokerRefusal(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return typeof code === 'number' && code >= 300 && code < 600;
 }

@@ -13,9 +13,13 @@ const FLUSH_BATCH = 500;
 
 /** The channel closed after the message was written and before its confirm: the broker may or may not have it. */
 export class ChannelLostError extends Error {
-  constructor() {
-    super('the channel closed before the broker confirmed the message');
+  /** The error the broker closed the channel with, when it did (not when the connection dropped). */
+  readonly brokerError?: Error;
+
+  constructor(brokerError?: Error) {
+    super(`the channel closed before the broker confirmed the message${brokerError ? `: ${brokerError.message}` : ''}`);
     this.name = 'ChannelLostError';
+    this.brokerError = brokerError;
   }
 }
 
@@ -61,6 +65,7 @@ export class RabbitMqPublisher {
   private sweepTimer?: NodeJS.Timeout;
   private sequence = 0;
   private closed = false;
+  private readonly closeErrors = new WeakMap<ConfirmChannel, Error>();
 
   constructor(
     manager: AmqpConnectionManager,
@@ -75,6 +80,8 @@ export class RabbitMqPublisher {
         confirm: true,
         setup: (channel) => {
           channel.on('return', this.onReturn);
+          // Emitted before the channel closes and fails its unconfirmed messages.
+          channel.on('error', (error: Error) => this.closeErrors.set(channel, error));
           channel.on('drain', () => {
             this.writable = true;
             this.flush();
@@ -116,15 +123,20 @@ export class RabbitMqPublisher {
     try {
       this.writable = channel.publish(pending.exchange, pending.routingKey, pending.content, pending.options, (error: unknown) => {
         this.inFlight.delete(pending.id);
-        if (error) this.settle(pending, isNack(error) ? new Error(`the broker refused the message (nack) on ${target(pending)}`) : new ChannelLostError());
+        if (error) this.settle(pending, isNack(error) ? new Error(`the broker refused the message (nack) on ${target(pending)}`) : new ChannelLostError(this.closeErrors.get(channel)));
         else if (pending.returned !== undefined) this.settle(pending, new UnroutableError(target(pending), pending.returned));
         else this.settle(pending);
       });
-    } catch {
-      // The channel is closing or closed: nothing was sent, so it waits for the next channel.
+    } catch (error) {
       this.inFlight.delete(pending.id);
-      this.waiting.unshift(pending);
-      this.writable = false;
+      if (isClosing(error)) {
+        // Nothing was sent: it waits for the next channel.
+        this.waiting.unshift(pending);
+        this.writable = false;
+        return;
+      }
+      // amqplib could not encode this message (a header table over 64 KiB, say): only it fails.
+      this.settle(pending, new Error(`amqplib could not send the message to ${target(pending)}: ${(error as Error).message}`));
     }
   }
 
@@ -182,6 +194,11 @@ export class RabbitMqPublisher {
 
 function target(pending: Pending): string {
   return pending.exchange === '' ? `queue '${pending.routingKey}'` : `exchange '${pending.exchange}'`;
+}
+
+/** amqplib's IllegalOperationError: the channel or its connection is closing or closed. */
+function isClosing(error: unknown): boolean {
+  return error instanceof Error && error.name === 'IllegalOperationError';
 }
 
 function isNack(error: unknown): boolean {

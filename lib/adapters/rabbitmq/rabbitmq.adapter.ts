@@ -253,6 +253,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
     const content = typeof message.body === 'string' ? Buffer.from(message.body) : message.body;
     const options = publishOptions(message, json);
     let rerouted = false;
+    let brokerRefusals = 0;
     for (;;) {
       const prepared = prepare?.();
       if (prepared) await prepared;
@@ -260,11 +261,16 @@ export class RabbitMqAdapter implements BrokerAdapter {
         return await publisher.publish(exchange, routingKey, content, options, deadline);
       } catch (error) {
         if (error instanceof ChannelLostError && !this.closing) {
+          // A channel the broker itself closed may have been closed by this very message (too
+          // large, say): sent again only once, so it cannot keep killing the channel of every publish.
+          if (error.brokerError && ++brokerRefusals > 1) {
+            throw new Error(`RabbitMQ closed the publishing channel twice while this message was in flight: ${describeError(error.brokerError)}`);
+          }
           if (Date.now() < deadline) continue;
           throw new Error(`the connection to RabbitMQ at ${this.endpoint} dropped before the broker confirmed the message, and the publish timeout passed`);
         }
         // A delay queue that expired or was deleted since this process declared it: declare it again, once.
-        if (error instanceof UnroutableError && prepare && !rerouted && this.delayQueues.delete(routingKey)) {
+        if (error instanceof UnroutableError && prepare && !rerouted && Date.now() < deadline && this.delayQueues.delete(routingKey)) {
           rerouted = true;
           continue;
         }
@@ -334,6 +340,8 @@ export class RabbitMqAdapter implements BrokerAdapter {
     let pending = this.declaring.get(key);
     if (!pending) {
       pending = declare().finally(() => this.declaring.delete(key));
+      // Every caller may have stopped waiting (its deadline passed): the failure must not go unheard.
+      pending.catch(() => undefined);
       this.declaring.set(key, pending);
     }
     return pending;
@@ -417,11 +425,16 @@ function publishOptions(message: OutboundMessage, json: boolean): Options.Publis
     persistent: true,
     // A poison body kept among the dead letters is as it came, and may not be JSON.
     contentType: json ? 'application/json' : undefined,
-    messageId: message.messageId || undefined,
-    correlationId: message.correlationId,
+    // AMQP short strings hold 255 bytes; the envelope carries the ids in full either way.
+    messageId: shortString(message.messageId),
+    correlationId: shortString(message.correlationId),
     timestamp: Math.floor(Date.now() / 1000),
     headers: { ...message.headers },
   };
+}
+
+function shortString(value: string | undefined): string | undefined {
+  return value && Buffer.byteLength(value) <= 255 ? value : undefined;
 }
 
 /** RabbitMQ TTLs are whole milliseconds. */
