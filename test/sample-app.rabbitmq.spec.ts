@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import type { INestApplication, LoggerService } from '@nestjs/common';
+import type { INestApplication } from '@nestjs/common';
+import { CapturingLogger } from './support/app';
 import { describeWithBroker } from './support/broker-availability';
 import { holdExclusively } from './support/exclusive';
 import { deleteTopology, listQueues } from './support/rabbitmq';
@@ -12,55 +13,6 @@ holdExclusively('rabbitmq', { cleanup: () => deleteTopology(TOPOLOGY) });
 
 const TOPIC = 'my_product.stg.new-orders';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-interface LogEntry {
-  level: string;
-  context: string | undefined;
-  message: string;
-  /** The message and every parameter (stacks included), for the credential check. */
-  text: string;
-}
-
-/** Keeps every log line of the application (and keeps them off the console). */
-class CapturingLogger implements LoggerService {
-  readonly entries: LogEntry[] = [];
-
-  log(message: unknown, ...params: unknown[]): void {
-    this.add('log', message, params);
-  }
-  error(message: unknown, ...params: unknown[]): void {
-    this.add('error', message, params);
-  }
-  warn(message: unknown, ...params: unknown[]): void {
-    this.add('warn', message, params);
-  }
-  debug(message: unknown, ...params: unknown[]): void {
-    this.add('debug', message, params);
-  }
-  verbose(message: unknown, ...params: unknown[]): void {
-    this.add('verbose', message, params);
-  }
-  fatal(message: unknown, ...params: unknown[]): void {
-    this.add('fatal', message, params);
-  }
-
-  /** Messages logged under `context` that mention `text`. */
-  lines(context: string, text: string): string[] {
-    return this.entries.filter((entry) => entry.context === context && entry.message.includes(text)).map((entry) => entry.message);
-  }
-
-  private add(level: string, message: unknown, params: unknown[]): void {
-    // Nest's Logger passes its context as the last parameter.
-    const last = params[params.length - 1];
-    const text = [message, ...params].map((part) => (typeof part === 'string' ? part : String(JSON.stringify(part)))).join(' ');
-    this.entries.push({
-      level,
-      context: typeof last === 'string' ? last : undefined,
-      message: typeof message === 'string' ? message : JSON.stringify(message),
-      text,
-    });
-  }
-}
 
 async function postJson(baseUrl: string, order: unknown): Promise<{ status: number; body: unknown }> {
   const response = await fetch(`${baseUrl}/orders`, {

@@ -1,54 +1,10 @@
 import 'reflect-metadata';
-import type { INestApplication, LoggerService } from '@nestjs/common';
+import type { INestApplication } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from '../sample-app/app.module';
 import { brokerConfig } from '../sample-app/broker.config';
 import { bootstrap } from '../sample-app/main';
-
-interface LogEntry {
-  level: 'log' | 'error' | 'warn' | 'debug' | 'verbose' | 'fatal';
-  context: string | undefined;
-  message: string;
-}
-
-/** Keeps every log line of the application (and keeps them off the console). */
-class CapturingLogger implements LoggerService {
-  readonly entries: LogEntry[] = [];
-
-  log(message: unknown, ...params: unknown[]): void {
-    this.add('log', message, params);
-  }
-  error(message: unknown, ...params: unknown[]): void {
-    this.add('error', message, params);
-  }
-  warn(message: unknown, ...params: unknown[]): void {
-    this.add('warn', message, params);
-  }
-  debug(message: unknown, ...params: unknown[]): void {
-    this.add('debug', message, params);
-  }
-  verbose(message: unknown, ...params: unknown[]): void {
-    this.add('verbose', message, params);
-  }
-  fatal(message: unknown, ...params: unknown[]): void {
-    this.add('fatal', message, params);
-  }
-
-  /** Messages logged under `context` that mention `text`. */
-  lines(context: string, text: string): string[] {
-    return this.entries.filter((entry) => entry.context === context && entry.message.includes(text)).map((entry) => entry.message);
-  }
-
-  private add(level: LogEntry['level'], message: unknown, params: unknown[]): void {
-    // Nest's Logger passes its context as the last parameter.
-    const last = params[params.length - 1];
-    this.entries.push({
-      level,
-      context: typeof last === 'string' ? last : undefined,
-      message: typeof message === 'string' ? message : JSON.stringify(message),
-    });
-  }
-}
+import { CapturingLogger } from './support/app';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 

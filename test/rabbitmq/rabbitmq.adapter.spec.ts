@@ -296,7 +296,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect((error as BrokerError).code).toBe('SUBSCRIBE_FAILED');
       expect((error as BrokerError).message).toContain('amqp://127.0.0.1:1/orders');
       expect((error as BrokerError).message).toMatch(/ECONNREFUSED|timeout/);
-      expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.lines])).not.toContain('s3cr3t-pw');
+      expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.texts])).not.toContain('s3cr3t-pw');
     });
 
     it('says the login was refused, without the password, when the credentials are wrong', async () => {
@@ -308,7 +308,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
       expect((error as BrokerError).message).toContain('amqp://127.0.0.1:5672');
       expect((error as BrokerError).message).toMatch(/ACCESS.REFUSED/);
-      expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.lines])).not.toContain('wr0ng-pw');
+      expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.texts])).not.toContain('wr0ng-pw');
     });
 
     it('refuses a malformed URL or option with CONFIG_INVALID at startup, without echoing the URL', async () => {

@@ -188,8 +188,8 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ: connection loss, broker restart and
     expect(calls).toHaveLength(3);
     // The old delivery's ack went nowhere: acked on the new channel, its tag would have made the
     // broker close that channel (PRECONDITION_FAILED), or acked another message.
-    expect(logger.lines.filter((line) => /closed by the broker|PRECONDITION/.test(line))).toEqual([]);
-    expect(logger.lines.some((line) => line.includes('connection to RabbitMQ at amqp://127.0.0.1:5672 lost'))).toBe(true);
+    expect(logger.texts.filter((line) => /closed by the broker|PRECONDITION/.test(line))).toEqual([]);
+    expect(logger.texts.some((line) => line.includes('connection to RabbitMQ at amqp://127.0.0.1:5672 lost'))).toBe(true);
     const queue = (await listQueues()).find((q) => q.name === `${topic}:inflight`);
     expect(queue).toEqual({ name: `${topic}:inflight`, ready: 0, unacked: 0 });
   });
@@ -258,7 +258,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ: connection loss, broker restart and
     ]);
     // The broker closed the publisher's channel (404); the exchange was declared again, without the
     // bindings its deletion took with it, so that one publish is refused as unroutable.
-    expect(logger.lines.some((line) => line.includes('404'))).toBe(true);
+    expect(logger.texts.some((line) => line.includes('404'))).toBe(true);
     expect(results[0].status).toBe('rejected');
     expect(String((results[0] as PromiseRejectedResult).reason)).toMatch(/NO_ROUTE/);
     expect(results.slice(1).every((result) => result.status === 'fulfilled')).toBe(true);

@@ -35,16 +35,48 @@ export async function startupError(options: unknown, metadata: ModuleMetadata = 
   return error as BrokerError;
 }
 
-/** Keeps every log line, to prove what reached the logs and what never did. */
+export interface LogEntry {
+  level: 'log' | 'error' | 'warn' | 'debug' | 'verbose' | 'fatal';
+  /** Nest's Logger passes its context as the last parameter. */
+  context: string | undefined;
+  message: string;
+  /** The message and every parameter, errors with their stacks: for checks of what never reaches a log. */
+  text: string;
+}
+
+/** Keeps every log line of an application (and keeps them off the console). */
 export class CapturingLogger implements LoggerService {
-  readonly lines: string[] = [];
-  log = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  error = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  warn = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  debug = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  verbose = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  fatal = (message: unknown, ...rest: unknown[]) => this.add(message, rest);
-  private add(message: unknown, rest: unknown[]): void {
-    this.lines.push([message, ...rest].map((part) => (part instanceof Error ? `${part.message} ${part.stack}` : String(part))).join(' '));
+  readonly entries: LogEntry[] = [];
+  log = (message: unknown, ...params: unknown[]) => this.add('log', message, params);
+  error = (message: unknown, ...params: unknown[]) => this.add('error', message, params);
+  warn = (message: unknown, ...params: unknown[]) => this.add('warn', message, params);
+  debug = (message: unknown, ...params: unknown[]) => this.add('debug', message, params);
+  verbose = (message: unknown, ...params: unknown[]) => this.add('verbose', message, params);
+  fatal = (message: unknown, ...params: unknown[]) => this.add('fatal', message, params);
+
+  /** The full text of every entry. */
+  get texts(): string[] {
+    return this.entries.map((entry) => entry.text);
   }
+
+  /** Messages logged under `context` that mention `text`. */
+  lines(context: string, text: string): string[] {
+    return this.entries.filter((entry) => entry.context === context && entry.message.includes(text)).map((entry) => entry.message);
+  }
+
+  private add(level: LogEntry['level'], message: unknown, params: unknown[]): void {
+    const last = params[params.length - 1];
+    this.entries.push({
+      level,
+      context: typeof last === 'string' ? last : undefined,
+      message: typeof message === 'string' ? message : JSON.stringify(message),
+      text: [message, ...params].map(logText).join(' '),
+    });
+  }
+}
+
+function logText(part: unknown): string {
+  if (typeof part === 'string') return part;
+  if (part instanceof Error) return `${part.message} ${part.stack ?? ''}`;
+  return String(JSON.stringify(part));
 }
