@@ -113,6 +113,18 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
         problems.push(`${path}.ssl: must be a boolean or an object`);
       }
       if (config.sasl !== undefined && !isObject(config.sasl)) problems.push(`${path}.sasl: must be an object`);
+      if (config.acks !== undefined && config.acks !== 'all' && config.acks !== 'leader') problems.push(`${path}.acks: must be 'all' or 'leader'`);
+      if (config.topicCreation !== undefined && !['admin', 'auto', 'none'].includes(config.topicCreation as string)) {
+        problems.push(`${path}.topicCreation: must be 'admin', 'auto' or 'none'`);
+      }
+      duration(config.lingerMs, `${path}.lingerMs`, problems);
+      positiveInteger(config.maxBatchMessages, `${path}.maxBatchMessages`, problems);
+      positiveInteger(config.maxBatchBytes, `${path}.maxBatchBytes`, problems);
+      positiveInteger(config.numPartitions, `${path}.numPartitions`, problems);
+      if (config.replicationFactor !== undefined && config.replicationFactor !== -1) positiveInteger(config.replicationFactor, `${path}.replicationFactor`, problems);
+      for (const field of ['connectTimeoutMs', 'requestTimeoutMs', 'sessionTimeoutMs', 'heartbeatIntervalMs', 'joinWaitMs', 'fetchMaxWaitMs']) {
+        duration(config[field], `${path}.${field}`, problems, 1);
+      }
       break;
     case 'sqs':
       if (typeof config.region !== 'string' || config.region === '') problems.push(`${path}.region: must be a non-empty string`);

@@ -276,9 +276,9 @@ describe('CONFIG_INVALID at startup', () => {
     const error = await configError({
       env: 'prd',
       product: 'p',
-      brokers: [{ tag: 'b', envs: [{ slug: 'prd', type: 'kafka', config: { brokers: ['localhost:9092'] } }] }],
+      brokers: [{ tag: 'b', envs: [{ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } }] }],
     });
-    expect(error.problems).toEqual(["brokers[0].envs[0].type: 'kafka' has no adapter in this version (available: memory, rabbitmq)"]);
+    expect(error.problems).toEqual(["brokers[0].envs[0].type: 'sqs' has no adapter in this version (available: memory, rabbitmq, kafka)"]);
   });
 
   it('refuses a missing broker list', async () => {

@@ -1,6 +1,7 @@
 import type { BrokerEnvConfig, BrokerType } from '../interfaces/broker-options.interface';
 import type { AdapterContext, BrokerAdapter } from './broker-adapter';
 import type * as MemoryAdapterModule from './memory';
+import type * as KafkaAdapterModule from './kafka';
 import type * as RabbitMqAdapterModule from './rabbitmq';
 
 type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
@@ -20,6 +21,13 @@ const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
     return (env, context) => {
       if (env.type !== 'rabbitmq') throw new Error(`expected a rabbitmq config, got '${env.type}'`);
       return createRabbitMqAdapter(env.config, context);
+    };
+  },
+  kafka: () => {
+    const { createKafkaAdapter } = requireClient<typeof KafkaAdapterModule>('./kafka', 'kafka', ['kafkajs']);
+    return (env, context) => {
+      if (env.type !== 'kafka') throw new Error(`expected a kafka config, got '${env.type}'`);
+      return createKafkaAdapter(env.config, context);
     };
   },
 };

@@ -55,7 +55,46 @@ export interface RabbitMqEnvConfig {
 export interface KafkaEnvConfig {
   slug: string;
   type: 'kafka';
-  config: { brokers: string[]; clientId?: string; ssl?: unknown; sasl?: unknown; [option: string]: unknown };
+  config: {
+    /** `host:port` of one or more brokers. */
+    brokers: string[];
+    /** Client id the brokers see (default 'ductape'). */
+    clientId?: string;
+    /** `true`, or Node.js TLS options; handed to kafkajs. */
+    ssl?: unknown;
+    /** SASL options handed to kafkajs (`{ mechanism: 'plain' | 'scram-sha-256' | ..., username, password }`); never logged. */
+    sasl?: unknown;
+    /** Acknowledgement a publish waits for: every in-sync replica ('all', the default) or the leader only. */
+    acks?: 'all' | 'leader';
+    /** How long a publish waits for others to share its produce request (default 5). */
+    lingerMs?: number;
+    /** Most messages in one produce request (default 500). */
+    maxBatchMessages?: number;
+    /** Most bytes in one produce request (default 1 MiB). */
+    maxBatchBytes?: number;
+    /**
+     * How missing topics are made: 'admin' (default) creates them with the admin API and, if that
+     * fails, relies on the brokers' auto-creation from then on; 'auto' relies on auto-creation
+     * only; 'none' expects them to exist.
+     */
+    topicCreation?: 'admin' | 'auto' | 'none';
+    /** Partitions of a topic the admin API creates (default 6). */
+    numPartitions?: number;
+    /** Replication factor of a topic the admin API creates (default -1: the broker's default). */
+    replicationFactor?: number;
+    /** Connection timeout (default 10000). */
+    connectTimeoutMs?: number;
+    /** Request timeout (default 30000). */
+    requestTimeoutMs?: number;
+    /** Consumer-group session timeout (default 30000). */
+    sessionTimeoutMs?: number;
+    /** Consumer-group heartbeat interval (default 3000). */
+    heartbeatIntervalMs?: number;
+    /** How long subscribe waits for the group to assign partitions to this member (default 10000). */
+    joinWaitMs?: number;
+    /** How long a consumer's fetch waits for data (default 500; some Kafka-protocol brokers only answer then). */
+    fetchMaxWaitMs?: number;
+  };
 }
 
 export interface SqsEnvConfig {

@@ -14,4 +14,9 @@ export interface ConformanceTarget {
   publishRaw(topicName: string, body: Buffer): Promise<void>;
   /** Upper bound for one delivery to arrive, in ms (real brokers with polling need more). */
   deliveryTimeoutMs?: number;
+  /**
+   * Tests this target's test broker cannot pass although the real broker would, by title, with
+   * the reason: skipped with the reason printed. Only for a stand-in (a mock), never to hide a defect.
+   */
+  knownLimitations?: Readonly<Record<string, string>>;
 }

@@ -29,6 +29,7 @@ interface Received {
 export function runConformanceSuite(target: ConformanceTarget): void {
   describeWithBroker(target.broker, `conformance: ${target.broker}`, () => {
     const timeout = target.deliveryTimeoutMs ?? 5000;
+    const it = itUnlessLimited(target.knownLimitations ?? {});
     const apps: INestApplication[] = [];
 
     async function startApp(overrides: Partial<BrokerModuleOptions> = {}): Promise<MessageBrokerService> {
@@ -447,11 +448,25 @@ export function runConformanceSuite(target: ConformanceTarget): void {
  * suite is defined and stands in the test's title.
  */
 function itIf(claimed: boolean, capability: string): (name: string, fn: () => Promise<void>) => void {
-  if (claimed) return (name, fn) => it(name, fn);
+  if (claimed) return (name, fn) => global.it(name, fn);
   return (name, fn) => {
     const reason = `the adapter does not claim ${capability}`;
     // eslint-disable-next-line no-console
     console.warn(`Skipping "${name}": ${reason}`);
-    it.skip(`${name} (skipped: ${reason})`, fn);
+    global.it.skip(`${name} (skipped: ${reason})`, fn);
+  };
+}
+
+/**
+ * `it`, except for a test the target names among its known limitations (a test broker that
+ * cannot do what the real one does): that test is skipped, its reason printed and in its title.
+ */
+function itUnlessLimited(limitations: Readonly<Record<string, string>>): (name: string, fn: () => Promise<void>) => void {
+  return (name, fn) => {
+    const reason = limitations[name];
+    if (reason === undefined) return global.it(name, fn);
+    // eslint-disable-next-line no-console
+    console.warn(`Skipping "${name}": ${reason}`);
+    global.it.skip(`${name} (skipped: ${reason})`, fn);
   };
 }

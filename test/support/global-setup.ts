@@ -1,5 +1,9 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /**
  * Probes each real broker the integration suites use, once per run, and tells the workers which
@@ -22,9 +26,137 @@ export default async function globalSetup(): Promise<void> {
     if (reason) process.env[`DUCTAPE_TEST_UNAVAILABLE_${name.toUpperCase()}`] = reason;
   };
   await Promise.all([
+    (async () => unavailable('kafka', await setUpKafka()))(),
     ...Object.entries(PROBES).map(async ([broker, { host, port }]) => unavailable(broker, await probe(host, port))),
     ...Object.entries(TOOL_PROBES).map(async ([tool, command]) => unavailable(tool, await probeCommand(command))),
   ]);
+}
+
+/**
+ * Kafka: the cluster in KAFKA_BROKERS (comma-separated host:port) when set, else librdkafka's mock
+ * cluster (test/kafka/mock-cluster.c, built here once per change of its source and cached under
+ * node_modules/.cache/ductape). The workers get KAFKA_BROKERS, plus DUCTAPE_TEST_KAFKA_MOCK=1 and
+ * the mock's control FIFO in DUCTAPE_TEST_KAFKA_MOCK_CONTROL (see test/support/kafka.ts). The mock
+ * reads our end of a pipe as its standard input: it ends when global-teardown.ts closes it, or
+ * when this process dies, however it dies.
+ */
+const MOCK_SOURCE = join(__dirname, '..', 'kafka', 'mock-cluster.c');
+const MOCK_BROKERS = 3;
+
+interface KafkaMock {
+  child: ChildProcess;
+  control?: string;
+}
+
+const state = globalThis as typeof globalThis & { __ductapeKafkaMock?: KafkaMock };
+
+async function setUpKafka(): Promise<string | undefined> {
+  const external = process.env.KAFKA_BROKERS?.trim();
+  if (external) {
+    const first = external.split(',')[0].trim();
+    const colon = first.lastIndexOf(':');
+    const host = colon > 0 ? first.slice(0, colon).replace(/^\[|\]$/g, '') : first;
+    const reason = await probe(host, colon > 0 ? Number(first.slice(colon + 1)) : 9092);
+    return reason && `KAFKA_BROKERS=${external}: ${reason}`;
+  }
+  try {
+    const binary = await buildKafkaMock();
+    const control = await makeFifo();
+    const { child, bootstrap } = await startKafkaMock(binary, control);
+    state.__ductapeKafkaMock = { child, control };
+    process.env.KAFKA_BROKERS = bootstrap;
+    process.env.DUCTAPE_TEST_KAFKA_MOCK = '1';
+    if (control) process.env.DUCTAPE_TEST_KAFKA_MOCK_CONTROL = control;
+    return undefined;
+  } catch (error) {
+    return `no Kafka: KAFKA_BROKERS is not set and librdkafka's mock cluster could not start: ${(error as Error).message}`;
+  }
+}
+
+/** The launcher's path, compiled when no binary of this source is cached. */
+async function buildKafkaMock(): Promise<string> {
+  const source = readFileSync(MOCK_SOURCE);
+  const hash = createHash('sha256').update(source).digest('hex').slice(0, 16);
+  const dir = join(__dirname, '..', '..', 'node_modules', '.cache', 'ductape');
+  const binary = join(dir, `kafka-mock-cluster-${hash}`);
+  if (existsSync(binary)) return binary;
+  mkdirSync(dir, { recursive: true });
+  const partial = `${binary}.${process.pid}.tmp`; // runs in parallel each build their own, then rename
+  await new Promise<void>((resolve, reject) => {
+    execFile('gcc', ['-O2', '-o', partial, MOCK_SOURCE, '-lrdkafka'], { timeout: 120_000 }, (error, _stdout, stderr) => {
+      if (!error) return resolve();
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return reject(new Error('gcc is not installed (apt-get install gcc)'));
+      if (/rdkafka(_mock)?\.h|-lrdkafka/.test(stderr)) {
+        return reject(new Error('librdkafka-dev is not installed (apt-get install librdkafka-dev)'));
+      }
+      reject(new Error(`gcc failed: ${stderr.trim() || error.message}`));
+    });
+  }).catch((error: unknown) => {
+    rmSync(partial, { force: true });
+    throw error;
+  });
+  renameSync(partial, binary);
+  return binary;
+}
+
+/** A FIFO the mock reads commands from (any worker may write it), or undefined without mkfifo. */
+function makeFifo(): Promise<string | undefined> {
+  const path = join(tmpdir(), `ductape-kafka-mock-${process.pid}.ctl`);
+  rmSync(path, { force: true });
+  return new Promise((resolve) => execFile('mkfifo', ['-m', '600', path], (error) => resolve(error ? undefined : path)));
+}
+
+function startKafkaMock(binary: string, control: string | undefined, timeoutMs = 10_000): Promise<{ child: ChildProcess; bootstrap: string }> {
+  return new Promise((resolve, reject) => {
+    const args = [...(control ? ['-c', control] : []), String(MOCK_BROKERS)];
+    const child = spawn(binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      reject(new Error(`${binary}: ${why}${stderr.trim() ? ` (${stderr.trim()})` : ''}`));
+    };
+    const timer = setTimeout(() => fail(`no bootstrap line within ${timeoutMs} ms`), timeoutMs);
+    child.once('error', (error) => fail(error.message));
+    child.once('exit', (code, signal) => fail(`exited (${signal ?? code}) before printing its brokers`));
+    child.stderr.on('data', (chunk: Buffer) => void (stderr += chunk.toString()));
+    child.stdout.on('data', function firstLine(chunk: Buffer) {
+      stdout += chunk.toString();
+      const newline = stdout.indexOf('\n');
+      if (newline < 0) return;
+      clearTimeout(timer);
+      child.removeAllListeners('exit');
+      child.removeAllListeners('error');
+      child.stdout.off('data', firstLine);
+      // Keep draining its replies and log lines; none of these handles holds this process open.
+      child.stdout.resume();
+      child.stderr.removeAllListeners('data');
+      child.stderr.resume();
+      child.on('error', () => undefined);
+      child.unref();
+      for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as { unref?: () => void }).unref?.();
+      const bootstrap = stdout.slice(0, newline).trim();
+      if (!/^[^,\s]+:\d+(,[^,\s]+:\d+)*$/.test(bootstrap)) return fail(`printed ${JSON.stringify(bootstrap)}, not a broker list`);
+      resolve({ child, bootstrap });
+    });
+  });
+}
+
+/** Stops the mock started by globalSetup (global-teardown.ts); a no-op without one. */
+export async function stopKafkaMock(timeoutMs = 5000): Promise<void> {
+  const mock = state.__ductapeKafkaMock;
+  if (!mock) return;
+  state.__ductapeKafkaMock = undefined;
+  const { child, control } = mock;
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.stdin?.end(); // EOF: it destroys the cluster and exits
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    await exited;
+    clearTimeout(timer);
+  }
+  if (control) rmSync(control, { force: true });
 }
 
 /** undefined when the command runs and exits 0 within the timeout, else why not. */

@@ -1,0 +1,1 @@
+export { createKafkaAdapter, KafkaAdapter, KAFKA_CAPABILITIES, KAFKA_DEFAULTS } from './kafka.adapter';

@@ -1,0 +1,207 @@
+import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import { describeError } from '../../errors';
+import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
+import { DUE_HEADER, headerText, inboundHeaders } from './kafka-headers';
+
+/** Pause before a partition whose message was given back is read again. */
+const RELEASE_PAUSE_MS = 1000;
+
+export interface KafkaSubscriptionSpec {
+  groupId: string;
+  topics: string[];
+  /** Topics whose messages wait for their due time (delayed publishes, retries). */
+  dueTopics: ReadonlySet<string>;
+  concurrency: number;
+  listener: DeliveryListener;
+  sessionTimeoutMs: number;
+  heartbeatIntervalMs: number;
+  /** How long start() waits for the group to assign this member its partitions. */
+  joinWaitMs: number;
+  /** How long a fetch waits for data (some brokers answer only then, even when data arrives). */
+  fetchMaxWaitMs: number;
+  /** `topic:partition` → the offset where this new group starts; earlier messages are passed over. */
+  startAt: ReadonlyMap<string, bigint>;
+}
+
+type Outcome = 'acked' | 'released' | 'abandoned';
+
+/**
+ * One subscription: a kafkajs consumer in its own consumer group. Partitions are handled
+ * concurrently (up to `concurrency`), the messages of one partition one after the other, and an
+ * offset is committed only once its handler resolved, never past an unfinished message. A message
+ * that is not due yet pauses only its own partition.
+ */
+export class KafkaSubscription implements AdapterConsumer {
+  private consumer?: Consumer;
+  private stopped = false;
+  private stopping?: Promise<void>;
+  private readonly waiting = new Set<(outcome: Outcome) => void>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly startCommitted = new Set<string>();
+
+  constructor(
+    private readonly kafka: Kafka,
+    private readonly spec: KafkaSubscriptionSpec,
+    private readonly logger: AdapterLogger,
+  ) {}
+
+  async start(): Promise<void> {
+    const { groupId, topics, concurrency, sessionTimeoutMs, heartbeatIntervalMs, joinWaitMs } = this.spec;
+    const consumer = this.kafka.consumer({
+      groupId,
+      sessionTimeout: sessionTimeoutMs,
+      heartbeatInterval: heartbeatIntervalMs,
+      maxWaitTimeInMs: this.spec.fetchMaxWaitMs,
+      allowAutoTopicCreation: false,
+      // The fetch loop retries after an error (a closed batch, say) only after this pause.
+      retry: { initialRetryTime: 100 },
+    });
+    this.consumer = consumer;
+    let joinedOnce: () => void = () => undefined;
+    const joined = new Promise<void>((resolve) => (joinedOnce = resolve));
+    let running = false;
+    let assignment: Record<string, number[]> = {};
+    consumer.on(consumer.events.GROUP_JOIN, (event) => {
+      assignment = event.payload.memberAssignment;
+      // kafkajs ignores commits until run() has started; the first join is committed after it.
+      if (running) void this.commitStartOffsets(assignment).finally(() => joinedOnce());
+    });
+    consumer.on(consumer.events.CRASH, (event) => {
+      const { error, restart } = event.payload;
+      this.logger.warn(`consumer group '${groupId}' crashed (${describeError(error)})${restart ? '; restarting' : ''}`);
+    });
+    await consumer.connect();
+    // Partitions without a committed offset (a new group's were set to the end before) start at the beginning.
+    await consumer.subscribe({ topics, fromBeginning: true });
+    await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, partitionsConsumedConcurrently: concurrency, eachBatch: this.eachBatch });
+    running = true;
+    // run() resolves once the first join is done (kafkajs joins before it starts fetching).
+    if (Object.keys(assignment).length > 0) await this.commitStartOffsets(assignment).finally(() => joinedOnce());
+    // Once assigned, messages published from now on reach this member; a group busy rebalancing
+    // around a long handler elsewhere is not waited for beyond joinWaitMs (its offsets are set).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([joined, new Promise<void>((resolve) => (timer = setTimeout(resolve, joinWaitMs)))]);
+    clearTimeout(timer);
+  }
+
+  /**
+   * Stops fetching at once. kafkajs's own stop, started here and not awaited, waits for the
+   * handlers in flight (whose offsets are committed as they finish), then leaves the group.
+   */
+  stop(): Promise<void> {
+    this.stopped = true;
+    const consumer = this.consumer;
+    if (consumer && !this.stopping) {
+      consumer.pause(this.spec.topics.map((topic) => ({ topic })));
+      this.stopping = consumer.stop().catch((error: unknown) => this.logger.warn(`stopping consumer group '${this.spec.groupId}': ${describeError(error)}`));
+    }
+    return Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    await this.stop();
+    // Handlers still running are abandoned: their offsets are not committed, so the group reads them again.
+    for (const settle of this.waiting) settle('abandoned');
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    await this.stopping;
+    await this.consumer?.disconnect().catch((error: unknown) => this.logger.warn(`closing consumer group '${this.spec.groupId}': ${describeError(error)}`));
+  }
+
+  private readonly eachBatch = async (payload: EachBatchPayload): Promise<void> => {
+    const { batch } = payload;
+    const heartbeat = () => payload.heartbeat();
+    const startAt = this.spec.startAt.get(`${batch.topic}:${batch.partition}`);
+    let resolved = false;
+    for (const message of batch.messages) {
+      if (this.stopped || !payload.isRunning() || payload.isStale()) break;
+      if (startAt !== undefined && BigInt(message.offset) < startAt) {
+        // Published before this new group existed.
+        payload.resolveOffset(message.offset);
+        resolved = true;
+        continue;
+      }
+      if (this.spec.dueTopics.has(batch.topic)) {
+        const wait = Number(headerText(message.headers, DUE_HEADER) ?? 0) - Date.now();
+        if (wait > 0) {
+          // Not due: pause this partition only; it is read again from this message when resumed.
+          this.resumeLater(payload.pause(), wait);
+          break;
+        }
+      }
+      const outcome = await this.deliver(batch.topic, batch.partition, message, heartbeat);
+      if (outcome === 'abandoned') {
+        // Closing: ending the batch with an error keeps kafkajs from heartbeating (and so from
+        // rejoining a group it is about to leave) after it.
+        if (resolved) await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets()).catch(() => undefined);
+        throw new Error('the consumer closed with a handler still running; its message is not committed');
+      }
+      if (outcome === 'released') {
+        this.resumeLater(payload.pause(), RELEASE_PAUSE_MS);
+        break;
+      }
+      payload.resolveOffset(message.offset);
+      resolved = true;
+    }
+    // Committed here, after the handlers resolved (kafkajs's own auto-commit is off).
+    if (resolved) await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets());
+  };
+
+  /** Hands one message to the delivery layer and waits until it is acked or given back. */
+  private deliver(topic: string, partition: number, message: KafkaMessage, heartbeat: () => Promise<void>): Promise<Outcome> {
+    return new Promise<Outcome>((resolve) => {
+      // The session must not lapse while a long handler runs; a rebalance waits for it to finish.
+      const beat = setInterval(() => void heartbeat().catch(() => undefined), this.spec.heartbeatIntervalMs);
+      const settle = (outcome: Outcome) => {
+        clearInterval(beat);
+        this.waiting.delete(settle);
+        resolve(outcome);
+      };
+      this.waiting.add(settle);
+      const delivery: InboundDelivery = {
+        body: message.value ?? Buffer.alloc(0),
+        headers: inboundHeaders(message.headers),
+        raw: { topic, partition, offset: message.offset, key: message.key, headers: message.headers, timestamp: message.timestamp },
+        ack: () => {
+          settle('acked');
+          return Promise.resolve();
+        },
+        release: () => {
+          settle('released');
+          return Promise.resolve();
+        },
+      };
+      this.spec.listener(delivery).catch((error: unknown) => this.logger.error(`delivery on '${topic}' failed: ${describeError(error)}`));
+    });
+  }
+
+  /**
+   * A new group commits where it starts as soon as it has partitions: another instance that
+   * subscribes meanwhile then finds the group started, and does not pass over its messages.
+   */
+  private async commitStartOffsets(assignment: Record<string, number[]>): Promise<void> {
+    const offsets: { topic: string; partition: number; offset: string }[] = [];
+    for (const [topic, partitions] of Object.entries(assignment)) {
+      for (const partition of partitions) {
+        const key = `${topic}:${partition}`;
+        const offset = this.spec.startAt.get(key);
+        if (offset !== undefined && !this.startCommitted.has(key)) offsets.push({ topic, partition, offset: offset.toString() });
+      }
+    }
+    if (offsets.length === 0 || !this.consumer) return;
+    try {
+      await this.consumer.commitOffsets(offsets);
+      for (const { topic, partition } of offsets) this.startCommitted.add(`${topic}:${partition}`);
+    } catch (error) {
+      this.logger.warn(`consumer group '${this.spec.groupId}' could not commit where it starts (${describeError(error)}); its first fetch will`);
+    }
+  }
+
+  private resumeLater(resume: () => void, ms: number): void {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      if (!this.stopped) resume();
+    }, ms);
+    this.timers.add(timer);
+  }
+}

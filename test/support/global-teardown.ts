@@ -1,0 +1,6 @@
+import { stopKafkaMock } from './global-setup';
+
+/** Stops what globalSetup started (Jest runs both in its parent process: state is on globalThis). */
+export default async function globalTeardown(): Promise<void> {
+  await stopKafkaMock();
+}

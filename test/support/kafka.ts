@@ -1,0 +1,137 @@
+import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { Kafka, logLevel, Partitioners, type Admin, type IHeaders } from 'kafkajs';
+import type { KafkaEnvConfig } from '../../lib';
+
+/**
+ * The Kafka cluster the integration suites use: KAFKA_BROKERS (comma-separated host:port), which
+ * test/support/global-setup.ts sets to librdkafka's mock cluster when it was not set.
+ */
+export const KAFKA_BROKERS: string[] = (process.env.KAFKA_BROKERS ?? '')
+  .split(',')
+  .map((broker) => broker.trim())
+  .filter(Boolean);
+
+/**
+ * True on librdkafka's mock cluster. It differs from a real Kafka in ways tests may need to know:
+ * no admin API (CreateTopics, DescribeGroups, ListGroups...), a first group join that takes 3 s, a
+ * rebalance that takes about sessionTimeout - 1 s, a fetch that waits its full maxWaitTime when
+ * there is nothing to return, and auto-created topics with 4 partitions.
+ */
+export function isKafkaMock(): boolean {
+  return process.env.DUCTAPE_TEST_KAFKA_MOCK === '1';
+}
+
+/**
+ * An env config for tests: short timeouts, so a broken test fails in seconds. On the mock the
+ * group session is short too, since its rebalances last about that long (a real broker refuses a
+ * session under its group.min.session.timeout.ms, 6 s by default).
+ */
+export function kafkaEnv(slug: string, config: Partial<KafkaEnvConfig['config']> = {}): KafkaEnvConfig {
+  return {
+    slug,
+    type: 'kafka',
+    config: {
+      brokers: KAFKA_BROKERS,
+      clientId: 'ductape-test',
+      connectTimeoutMs: 5000,
+      requestTimeoutMs: 10_000,
+      ...(isKafkaMock() ? { sessionTimeoutMs: 2500, heartbeatIntervalMs: 300 } : { sessionTimeoutMs: 6000, heartbeatIntervalMs: 500 }),
+      // The mock answers a fetch only when its wait is over, even when data arrives.
+      fetchMaxWaitMs: 100,
+      joinWaitMs: 5000,
+      ...config,
+    },
+  };
+}
+
+/** A plain kafkajs client, as a foreign producer or an operator's script would use. */
+export function rawKafka(clientId = 'ductape-test-raw'): Kafka {
+  return new Kafka({ clientId, brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING, connectionTimeout: 5000, requestTimeout: 10_000 });
+}
+
+export async function withKafkaAdmin<T>(work: (admin: Admin) => Promise<T>): Promise<T> {
+  const admin = rawKafka().admin();
+  await admin.connect();
+  try {
+    return await work(admin);
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** Produces one record with a plain kafkajs producer (acks all); resolves to its partition and offset. */
+export async function rawProduce(
+  topic: string,
+  value: Buffer | string | null,
+  headers?: IHeaders,
+  options: { key?: Buffer | string; partition?: number } = {},
+): Promise<{ partition: number; offset: string }> {
+  const producer = rawKafka().producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: true });
+  await producer.connect();
+  try {
+    const [result] = await producer.send({ topic, acks: -1, messages: [{ value, headers, key: options.key, partition: options.partition }] });
+    return { partition: result.partition, offset: String(result.baseOffset ?? result.offset) };
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+  }
+}
+
+/**
+ * Creates a topic with `partitions` partitions and waits until the metadata shows it. Tries the
+ * admin API (a real Kafka); the mock has none, so there the command goes to the mock's control
+ * FIFO; failing both, the topic is auto-created through a metadata request (4 partitions on the
+ * mock, num.partitions on a real broker). Resolves to how it was made and its partition count.
+ */
+export async function createTopic(topic: string, partitions: number): Promise<{ via: 'admin' | 'mock-control' | 'auto-create'; partitions: number }> {
+  return withKafkaAdmin(async (admin) => {
+    let via: 'admin' | 'mock-control' | 'auto-create';
+    try {
+      await admin.createTopics({ topics: [{ topic, numPartitions: partitions }], waitForLeaders: true, timeout: 5000 });
+      via = 'admin';
+    } catch (error) {
+      if (isKafkaMock() && process.env.DUCTAPE_TEST_KAFKA_MOCK_CONTROL) {
+        kafkaMockControl(`topic ${topic} ${partitions}`);
+        via = 'mock-control';
+      } else {
+        via = 'auto-create';
+        void error;
+      }
+    }
+    // listTopics asks for all topics, which auto-creates none (asking for this one would, on the mock).
+    const deadline = Date.now() + 10_000;
+    while (via === 'mock-control' && !(await admin.listTopics()).includes(topic)) {
+      if (Date.now() > deadline) throw new Error(`topic ${topic} did not appear within 10 s of the mock's control command`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const metadata = await admin.fetchTopicMetadata({ topics: [topic] }); // auto-creates when still missing
+    return { via, partitions: metadata.topics[0].partitions.length };
+  });
+}
+
+/** Latest offsets of each partition of a topic (ListOffsets). */
+export function topicOffsets(topic: string): Promise<{ partition: number; offset: string; low: string; high: string }[]> {
+  return withKafkaAdmin((admin) => admin.fetchTopicOffsets(topic));
+}
+
+/** The offsets a consumer group committed on a topic, by partition ('-1': none). */
+export async function committedOffsets(groupId: string, topic: string): Promise<Record<number, string>> {
+  const [result] = await withKafkaAdmin((admin) => admin.fetchOffsets({ groupId, topics: [topic] }));
+  return Object.fromEntries(result.partitions.map(({ partition, offset }) => [partition, offset]));
+}
+
+/**
+ * Sends one command to the mock cluster (see test/kafka/mock-cluster.c): `topic NAME PARTITIONS`,
+ * `down BROKER_ID` / `up BROKER_ID` (ids 1..3, -1: all), `rtt BROKER_ID MS`. Fire and forget: the
+ * reply goes to the mock's stdout, so check the effect through the protocol.
+ */
+export function kafkaMockControl(command: string): void {
+  const fifo = process.env.DUCTAPE_TEST_KAFKA_MOCK_CONTROL;
+  if (!fifo) throw new Error('no Kafka mock control channel (KAFKA_BROKERS points at a real cluster, or mkfifo failed)');
+  // O_NONBLOCK: fails with ENXIO instead of hanging when the mock is gone.
+  const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  try {
+    writeSync(fd, `${command.replace(/\n/g, ' ')}\n`); // one write under PIPE_BUF: never interleaved
+  } finally {
+    closeSync(fd);
+  }
+}
