@@ -1,0 +1,519 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import type { INestApplication } from '@nestjs/common';
+import { Kafka, Partitioners, type ConsumerConfig, type IHeaders, type ProducerConfig } from 'kafkajs';
+import {
+  BrokerError,
+  DEAD_LETTER_HEADERS,
+  type BrokerContext,
+  type BrokerModuleOptions,
+  type KafkaEnvConfig,
+  type MessageBrokerService,
+} from '../../lib';
+import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
+import { describeWithBroker } from '../support/broker-availability';
+import { committedOffsets, kafkaEnv, rawKafka, rawProduce, topicOffsets } from '../support/kafka';
+import { gate, sleep, waitFor } from '../support/wait';
+
+const PRODUCT = 'kafka-adapter';
+
+/** A record as a plain kafkajs consumer reads it off the broker. */
+interface RawRecord {
+  topic: string;
+  partition: number;
+  offset: string;
+  timestamp: string;
+  key: string | null;
+  value: string;
+  headers: Record<string, string>;
+}
+
+describeWithBroker('kafka', 'Kafka adapter', () => {
+  const apps: INestApplication[] = [];
+
+  function options(env: KafkaEnvConfig, overrides: Partial<BrokerModuleOptions> = {}): BrokerModuleOptions {
+    return {
+      env: 'prd',
+      product: PRODUCT,
+      brokers: [{ tag: 'kf', envs: [env] }],
+      retry: { maxAttempts: 3, initialDelayMs: 50 },
+      shutdownTimeoutMs: 5000,
+      ...overrides,
+    };
+  }
+
+  async function start(config: Partial<KafkaEnvConfig['config']> = {}, overrides: Partial<BrokerModuleOptions> = {}) {
+    const started = await createBrokerApp(options(kafkaEnv('prd', config), overrides));
+    apps.push(started.app);
+    return started;
+  }
+
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((app) => app.close()));
+  });
+
+  function newTopic() {
+    const tag = `t-${randomUUID().slice(0, 8)}`;
+    return { event: `kf:${tag}`, topic: `${PRODUCT}.prd.${tag}` };
+  }
+
+  function publish(broker: MessageBrokerService, event: string, message: unknown, input: Record<string, unknown> = {}) {
+    return broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message, ...input } });
+  }
+
+  async function highWatermarks(topic: string): Promise<number> {
+    return (await topicOffsets(topic)).reduce((sum, p) => sum + Number(p.high), 0);
+  }
+
+  describe('batching producer', () => {
+    /**
+     * Counts the Produce requests of every kafkajs producer created while installed. Not a mock:
+     * Kafka.prototype.producer is wrapped and calls straight through, so the adapter gets the real
+     * producer; the wrapper only listens to that producer's own instrumentation event
+     * (`producer.network.request`, emitted once per request a broker answered).
+     */
+    function countProduceRequests() {
+      const original = Kafka.prototype.producer;
+      const stats = { produce: 0, producers: 0 };
+      Kafka.prototype.producer = function (this: Kafka, config?: ProducerConfig) {
+        const producer = original.call(this, config);
+        stats.producers++;
+        producer.on(producer.events.REQUEST, (event) => {
+          if (event.payload.apiName === 'Produce') stats.produce++;
+        });
+        return producer;
+      };
+      return { stats, restore: () => void (Kafka.prototype.producer = original) };
+    }
+
+    it('sends 200 concurrent publishes in a few produce requests, and each publish resolves', async () => {
+      const spy = countProduceRequests();
+      try {
+        const { broker } = await start(); // lingerMs 5, maxBatchMessages 500 (defaults)
+        const { event, topic } = newTopic();
+        const results = await Promise.all(Array.from({ length: 200 }, (_, i) => publish(broker, event, { i })));
+        expect(new Set(results.map((r) => r.messageId)).size).toBe(200);
+        expect(spy.stats.producers).toBe(1);
+        // One batch; kafkajs splits it by partition leader (3 mock brokers): at most 3 requests.
+        expect(spy.stats.produce).toBeGreaterThanOrEqual(1);
+        expect(spy.stats.produce).toBeLessThanOrEqual(10);
+        expect(await highWatermarks(topic)).toBe(200);
+        // eslint-disable-next-line no-console
+        console.log(`kafka batching: 200 publishes (lingerMs 5) -> ${spy.stats.produce} Produce request(s)`);
+      } finally {
+        spy.restore();
+      }
+    });
+
+    it('caps a batch at maxBatchMessages', async () => {
+      const spy = countProduceRequests();
+      try {
+        const { broker } = await start({ maxBatchMessages: 10 });
+        const { event, topic } = newTopic();
+        await Promise.all(Array.from({ length: 200 }, (_, i) => publish(broker, event, { i })));
+        // 20 batches of 10, each at least one request.
+        expect(spy.stats.produce).toBeGreaterThanOrEqual(20);
+        expect(await highWatermarks(topic)).toBe(200);
+        // eslint-disable-next-line no-console
+        console.log(`kafka batching: 200 publishes (maxBatchMessages 10) -> ${spy.stats.produce} Produce request(s)`);
+      } finally {
+        spy.restore();
+      }
+    });
+  });
+
+  describe('records on the broker', () => {
+    it('writes the key as the Kafka key (same key, same partition) and message-id, correlation-id and user headers as Kafka headers', async () => {
+      const { broker } = await start();
+      const { event, topic } = newTopic();
+      const { messageId } = await publish(broker, event, { n: 'first' }, {
+        key: 'customer-7',
+        messageId: 'msg-1',
+        correlationId: 'corr-1',
+        headers: { tenant: 'acme', 'x-trace': 'abc' },
+      });
+      expect(messageId).toBe('msg-1');
+      for (let i = 0; i < 10; i++) await publish(broker, event, { i }, { key: i % 2 === 0 ? 'customer-7' : 'customer-9' });
+      await publish(broker, event, { n: 'unkeyed' });
+      const records = await readTopics([topic], (got) => got.length === 12);
+      const first = records.find((r) => r.headers['message-id'] === 'msg-1')!;
+      expect(first.key).toBe('customer-7');
+      expect(first.headers).toEqual({ 'message-id': 'msg-1', 'correlation-id': 'corr-1', tenant: 'acme', 'x-trace': 'abc' });
+      expect(JSON.parse(first.value)).toMatchObject({ v: 1, id: 'msg-1', key: 'customer-7', correlationId: 'corr-1', message: { n: 'first' } });
+      // Every record carries its generated message-id.
+      expect(new Set(records.map((r) => r.headers['message-id'])).size).toBe(12);
+      const partitionsOf = (key: string) => new Set(records.filter((r) => r.key === key).map((r) => r.partition));
+      expect(records.filter((r) => r.key === 'customer-7')).toHaveLength(6);
+      expect(partitionsOf('customer-7').size).toBe(1);
+      expect(partitionsOf('customer-9').size).toBe(1);
+      // The Java client's partitioning (murmur2 of the key), so other Kafka clients agree.
+      const partitions = (await topicOffsets(topic)).map(({ partition }) => ({ partitionId: partition, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
+      const javaCompatible = Partitioners.DefaultPartitioner();
+      for (const key of ['customer-7', 'customer-9']) {
+        expect([...partitionsOf(key)]).toEqual([javaCompatible({ topic, partitionMetadata: partitions, message: { key, value: null } })]);
+      }
+      expect(records.find((r) => r.key === null)).toBeDefined();
+    });
+  });
+
+  describe('retries', () => {
+    it('moves a failing message to the retry topic, so later messages of its partition go on; it ends in the dead letters', async () => {
+      const { broker } = await start();
+      const { event, topic } = newTopic();
+      const group = 'flaky';
+      const log: { name: string; attempt: number; partition: number; at: number }[] = [];
+      const dead: { message: unknown; ctx: BrokerContext }[] = [];
+      const retry = { maxAttempts: 3, initialDelayMs: 1500, multiplier: 2 };
+      await Promise.all([
+        broker.subscribe({
+          env: 'prd',
+          event,
+          product_tag: PRODUCT,
+          input: {
+            group,
+            retry,
+            callback: (message: { name: string }, ctx: BrokerContext) => {
+              log.push({ name: message.name, attempt: ctx.attempt, partition: (ctx.raw as { partition: number }).partition, at: Date.now() });
+              if (message.name === 'A') throw new Error('A always fails');
+            },
+          },
+        }),
+        broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group, deadLetter: true, callback: (message, ctx) => void dead.push({ message, ctx }) } }),
+      ]);
+      const { messageId } = await publish(broker, event, { name: 'A' }, { key: 'same' });
+      for (let i = 1; i <= 5; i++) await publish(broker, event, { name: `B${i}` }, { key: 'same' });
+      await waitFor(() => dead.length === 1, 'A among the dead letters', 12_000);
+
+      const names = log.map((entry) => `${entry.name}#${entry.attempt}`);
+      expect(names).toEqual(['A#1', 'B1#1', 'B2#1', 'B3#1', 'B4#1', 'B5#1', 'A#2', 'A#3']);
+      // A and the Bs came off one partition of the topic, and the Bs did not wait for A's retries.
+      expect(new Set(log.slice(0, 6).map((entry) => entry.partition)).size).toBe(1);
+      const a1 = log[0].at;
+      expect(log[5].at - a1).toBeLessThan(retry.initialDelayMs);
+      expect(log[6].at - a1).toBeGreaterThanOrEqual(retry.initialDelayMs - 50);
+      expect(dead[0].message).toEqual({ name: 'A' });
+      expect(dead[0].ctx.messageId).toBe(messageId);
+      expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.attempts]).toBe('3');
+      expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.reason]).toBe('max-attempts');
+
+      // The retries went through `<topic>.<group>.retry`, each with a later due time.
+      const retries = await readTopics([`${topic}.${group}.retry`], (got) => got.length >= 2);
+      expect(retries).toHaveLength(2);
+      expect(retries.map((r) => r.headers['message-id'])).toEqual([messageId, messageId]);
+      expect(retries.map((r) => (JSON.parse(r.value) as { attempt: number }).attempt)).toEqual([2, 3]);
+      const due = retries.map((r) => Number(r.headers['x-ductape-due']));
+      expect(due[1]).toBeGreaterThan(due[0]);
+      // Due after each backoff (1500 ms, then 3000 ms) from when the retry was written.
+      expect(due[0] - Number(retries[0].timestamp)).toBeGreaterThanOrEqual(1400);
+      expect(due[0] - Number(retries[0].timestamp)).toBeLessThanOrEqual(1600);
+      expect(due[1] - Number(retries[1].timestamp)).toBeGreaterThanOrEqual(2900);
+      expect(due[1] - Number(retries[1].timestamp)).toBeLessThanOrEqual(3100);
+    }, 30_000);
+  });
+
+  describe('consumer groups', () => {
+    /** One kafkajs consumer, in creation order, with when it (re)joined its group and the requests it made. */
+    interface WatchedConsumer {
+      groupId: string;
+      joins: number[];
+      requests: string[];
+      timed: { api: string; at: number }[];
+    }
+
+    /**
+     * Watches every kafkajs consumer created while installed. Not a mock: Kafka.prototype.consumer
+     * is wrapped and calls straight through, so the adapter gets the real consumer; the wrapper
+     * only listens to that consumer's own instrumentation events (`consumer.group_join`, emitted
+     * once a join and sync completed, and `consumer.network.request`, once per answered request).
+     */
+    function watchConsumers() {
+      const original = Kafka.prototype.consumer;
+      const consumers: WatchedConsumer[] = [];
+      Kafka.prototype.consumer = function (this: Kafka, config: ConsumerConfig) {
+        const consumer = original.call(this, config);
+        const watched: WatchedConsumer = { groupId: config.groupId, joins: [], requests: [], timed: [] };
+        consumers.push(watched);
+        consumer.on(consumer.events.GROUP_JOIN, () => void watched.joins.push(Date.now()));
+        consumer.on(consumer.events.REQUEST, (event) => void (watched.requests.push(event.payload.apiName), watched.timed.push({ api: event.payload.apiName, at: Date.now() })));
+        return consumer;
+      };
+      return { consumers, restore: () => void (Kafka.prototype.consumer = original) };
+    }
+
+    it('shares a group between two instances, each message once; after one closes the other handles everything', async () => {
+      const spy = watchConsumers();
+      try {
+        const logger = new CapturingLogger();
+        const firstStarted = await createBrokerApp(options(kafkaEnv('prd')), {}, logger);
+        apps.push(firstStarted.app);
+        const first = firstStarted;
+        const second = await start();
+        const { event, topic } = newTopic();
+        const groupId = `${topic}:workers`;
+        const handled = new Map<string, { instance: string; at: number }[]>();
+        const subscriber = (instance: string) => (_message: unknown, ctx: BrokerContext) => {
+          handled.set(ctx.messageId, [...(handled.get(ctx.messageId) ?? []), { instance, at: Date.now() }]);
+        };
+        const input = (instance: string) => ({ group: 'workers', concurrency: 4, callback: subscriber(instance) });
+        await first.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: input('first') });
+        await second.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: input('second') });
+        const [firstConsumer, secondConsumer] = spy.consumers.filter((c) => c.groupId === groupId);
+        // Steady state: the first instance rejoined (the rebalance the second one started) and the second joined.
+        const subscribedAt = Date.now();
+        await waitFor(() => firstConsumer.joins.length >= 2 && secondConsumer.joins.length >= 1, 'both instances in the group', 10_000).catch((e: unknown) => {
+          const show = (c: WatchedConsumer) => ({
+            joins: c.joins.map((j) => j - subscribedAt),
+            reqs: c.timed.filter((r) => r.api !== 'Fetch' && r.api !== 'Heartbeat').map((r) => `${r.at - subscribedAt}:${r.api}`),
+            fetches: c.timed.filter((r) => r.api === 'Fetch').map((r) => r.at - subscribedAt).filter((_, i, a) => i === 0 || i === a.length - 1),
+            heartbeats: c.timed.filter((r) => r.api === 'Heartbeat').map((r) => r.at - subscribedAt).filter((_, i, a) => i === 0 || i === a.length - 1),
+          });
+          // eslint-disable-next-line no-console
+          console.log('DIAG-JOIN', JSON.stringify({ all: spy.consumers.map((c) => c.groupId), first: show(firstConsumer), second: show(secondConsumer), logs: logger.texts }, null, 1));
+          throw e;
+        });
+
+        const count = (ids: { messageId: string }[], instance: string) =>
+          ids.filter(({ messageId }) => handled.get(messageId)!.some((h) => h.instance === instance)).length;
+        const duplicated = (ids: { messageId: string }[]) => ids.filter(({ messageId }) => handled.get(messageId)!.length > 1);
+
+        const batch1 = await Promise.all(Array.from({ length: 200 }, (_, i) => publish(first.broker, event, { i }, { key: `key-${i}` })));
+        await waitFor(() => batch1.every(({ messageId }) => handled.has(messageId)), 'all 200 messages', 10_000);
+        await sleep(500); // late duplicates would show up by now
+        const duplicates1 = duplicated(batch1).length;
+        const joinsBefore = firstConsumer.joins.length;
+
+        await second.app.close();
+        apps.splice(apps.indexOf(second.app), 1);
+        expect(secondConsumer.requests).toContain('LeaveGroup');
+        const batch2 = await Promise.all(Array.from({ length: 100 }, (_, i) => publish(first.broker, event, { i: 200 + i }, { key: `key-${i}` })));
+        const closedAt = Date.now();
+        await waitFor(() => batch2.every(({ messageId }) => handled.has(messageId)), 'all 100 messages after the second instance left', 15_000).catch((e: unknown) => {
+          const part = Partitioners.DefaultPartitioner();
+          const meta = [0, 1, 2, 3].map((p) => ({ partitionId: p, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
+          const missing = batch2.map((r, i) => ({ ...r, i })).filter(({ messageId }) => !handled.has(messageId));
+          // eslint-disable-next-line no-console
+          console.log('DIAG', JSON.stringify({
+            missing: missing.length,
+            parts: [...new Set(missing.map(({ i }) => part({ topic, partitionMetadata: meta, message: { key: `key-${i}`, value: null } })))],
+            joins: firstConsumer.joins.map((j) => j - closedAt),
+            reqs: firstConsumer.timed.filter((r) => r.at > closedAt - 200).map((r) => `${r.at - closedAt}:${r.api}`).filter((x) => !x.endsWith('Fetch') && !x.endsWith('Heartbeat')),
+            fetches: firstConsumer.timed.filter((r) => r.at > closedAt && r.api === 'Fetch').length,
+            lastFetch: Math.max(...firstConsumer.timed.filter((r) => r.api === 'Fetch').map((r) => r.at)) - closedAt,
+            heartbeats: firstConsumer.timed.filter((r) => r.at > closedAt && r.api === 'Heartbeat').length,
+            logs: logger.texts.slice(-20),
+          }));
+          throw e;
+        });
+        // The first instance rejoins alone (the rebalance the second one's leaving started).
+        await waitFor(() => firstConsumer.joins.length > joinsBefore, 'the first instance to rejoin', 10_000);
+        await sleep(500);
+        const rejoins = firstConsumer.joins.slice(joinsBefore);
+        const duplicates2 = duplicated(batch2);
+
+        // eslint-disable-next-line no-console
+        console.log(
+          `kafka group: batch 1 (200): first ${count(batch1, 'first')}, second ${count(batch1, 'second')}, duplicates ${duplicates1}; ` +
+            `batch 2 (100, after second closed): first ${count(batch2, 'first')}, second ${count(batch2, 'second')}, ` +
+            `duplicates ${duplicates2.length} (handled before the rebalance ended and again after it); ` +
+            `batch 1 handled again later: ${duplicated(batch1).length - duplicates1}`,
+        );
+        expect(count(batch1, 'first')).toBeGreaterThan(0);
+        expect(count(batch1, 'second')).toBeGreaterThan(0);
+        expect(duplicates1).toBe(0);
+        expect(count(batch2, 'first')).toBe(100);
+        expect(count(batch2, 'second')).toBe(0);
+        // Duplicates only around the rebalance: a message handled twice was first handled before
+        // the first instance's rejoin completed (its commit was refused meanwhile), never twice after.
+        for (const { messageId } of duplicates2) {
+          const times = handled.get(messageId)!.map((h) => h.at);
+          expect(times).toHaveLength(2);
+          expect(times[0]).toBeLessThan(rejoins[rejoins.length - 1]);
+          expect(times[1]).toBeGreaterThanOrEqual(rejoins[0]);
+        }
+      } finally {
+        spy.restore();
+      }
+    }, 30_000);
+
+    it('on close, finishes the handler in flight, commits its offset and leaves the group', async () => {
+      const spy = watchConsumers();
+      try {
+        const { app, broker } = await start();
+        const { event, topic } = newTopic();
+        const groupId = `${topic}:workers`;
+        const release = gate();
+        const started = gate();
+        let finished = false;
+        let raw: { partition: number; offset: string } | undefined;
+        await broker.subscribe({
+          env: 'prd',
+          event,
+          product_tag: PRODUCT,
+          input: {
+            group: 'workers',
+            callback: async (_message: unknown, ctx: BrokerContext) => {
+              raw = ctx.raw as { partition: number; offset: string };
+              started.open();
+              await release.promise;
+              finished = true;
+            },
+          },
+        });
+        const { messageId } = await publish(broker, event, 'in flight');
+        await started.promise;
+        let closed = false;
+        const closing = app.close().then(() => (closed = true));
+        apps.splice(apps.indexOf(app), 1);
+        await sleep(500);
+        expect(closed).toBe(false);
+        release.open();
+        await closing;
+        expect(finished).toBe(true);
+        expect((await committedOffsets(groupId, topic))[raw!.partition]).toBe(String(Number(raw!.offset) + 1));
+        expect(spy.consumers.find((c) => c.groupId === groupId)?.requests).toContain('LeaveGroup');
+
+        // A new instance of the group starts after it: it never gets that message again.
+        const next = await start();
+        const again: string[] = [];
+        await next.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'workers', callback: (_m, ctx) => void again.push(ctx.messageId) } });
+        const marker = await publish(next.broker, event, 'marker');
+        await waitFor(() => again.includes(marker.messageId), 'the marker', 10_000);
+        await sleep(200);
+        expect(again).not.toContain(messageId);
+      } finally {
+        spy.restore();
+      }
+    }, 30_000);
+  });
+
+  describe('bad input and safety', () => {
+    it('names the brokers but never the SASL password when Kafka is unreachable', async () => {
+      const logger = new CapturingLogger();
+      const env: KafkaEnvConfig = {
+        slug: 'prd',
+        type: 'kafka',
+        config: { brokers: ['127.0.0.1:1'], connectTimeoutMs: 500, sasl: { mechanism: 'plain', username: 'u', password: 's3cr3t-sasl' } },
+      };
+      const { app, broker } = await createBrokerApp(options(env), {}, logger);
+      apps.push(app);
+      const { event } = newTopic();
+      const [subscribeError, publishError] = await Promise.all([
+        broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: () => undefined } }).catch((e: unknown) => e),
+        publish(broker, event, 'never sent').catch((e: unknown) => e),
+      ]);
+      expect(subscribeError).toBeInstanceOf(BrokerError);
+      expect((subscribeError as BrokerError).code).toBe('SUBSCRIBE_FAILED');
+      expect(publishError).toBeInstanceOf(BrokerError);
+      expect((publishError as BrokerError).code).toBe('PUBLISH_FAILED');
+      for (const error of [subscribeError, publishError] as BrokerError[]) {
+        expect(error.message).toContain('127.0.0.1:1');
+        expect(error.message).toMatch(/ECONNREFUSED|Connection error|connect/i);
+      }
+      const everything = JSON.stringify([
+        ...[subscribeError, publishError].flatMap((e) => [(e as Error).message, (e as Error).stack, String((e as Error).cause)]),
+        logger.texts,
+      ]);
+      expect(everything).not.toContain('s3cr3t-sasl');
+    }, 30_000);
+
+    it('refuses a message over maxMessageBytes with INVALID_MESSAGE before anything is sent', async () => {
+      const { broker } = await start({}, { maxMessageBytes: 1024 });
+      const { event, topic } = newTopic();
+      await publish(broker, event, 'small');
+      expect(await highWatermarks(topic)).toBe(1);
+      const error = await publish(broker, event, 'x'.repeat(2000)).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BrokerError);
+      expect((error as BrokerError).code).toBe('INVALID_MESSAGE');
+      expect((error as BrokerError).message).toMatch(/too large/);
+      expect(await highWatermarks(topic)).toBe(1);
+      await publish(broker, event, 'small again');
+      expect(await highWatermarks(topic)).toBe(2);
+    });
+
+    it('refuses a malformed Kafka config with CONFIG_INVALID naming each field, without echoing secrets', async () => {
+      const error = await startupError(
+        options({
+          slug: 'prd',
+          type: 'kafka',
+          config: {
+            brokers: ['localhost', '127.0.0.1:9092', 'kafka:port'],
+            acks: 'some' as 'all',
+            topicCreation: 'x' as 'admin',
+            sasl: { mechanism: 'plain', username: 'u', password: 'cfg-s3cr3t' },
+          },
+        }),
+      );
+      expect(error.code).toBe('CONFIG_INVALID');
+      expect(error.problems).toEqual([
+        "brokers[0].envs[0].config.brokers[0]: must be a 'host:port' string",
+        "brokers[0].envs[0].config.brokers[2]: must be a 'host:port' string",
+        "brokers[0].envs[0].config.acks: must be 'all' or 'leader'",
+        "brokers[0].envs[0].config.topicCreation: must be 'admin', 'auto' or 'none'",
+      ]);
+      expect(error.message).not.toContain('cfg-s3cr3t');
+    });
+
+    it('dead-letters poison records from a foreign producer (odd headers, a tombstone) and keeps consuming', async () => {
+      const { broker } = await start();
+      const { event, topic } = newTopic();
+      const handled: unknown[] = [];
+      const dead: { message: unknown; ctx: BrokerContext }[] = [];
+      await Promise.all([
+        broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', callback: (m) => void handled.push(m) } }),
+        broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', deadLetter: true, callback: (message, ctx) => void dead.push({ message, ctx }) } }),
+      ]);
+      const odd: IHeaders = {
+        'message-id': 'foreign-1',
+        count: '3',
+        binary: Buffer.from([0xff, 0x00, 0xfe]),
+        repeated: ['one', 'two'],
+        empty: '',
+        'x-ductape-due': 'not-a-number',
+      };
+      await rawProduce(topic, Buffer.from([0xff, 0xfe, 0x00, 0x01]), odd, { key: Buffer.from([0x00, 0x80]) });
+      await rawProduce(topic, null, { 'message-id': 'tombstone-1' }, { key: 'deleted-entity' });
+      await waitFor(() => dead.length === 2, 'both poison records among the dead letters', 10_000);
+      const byId = new Map(dead.map((d) => [d.ctx.messageId, d.ctx]));
+      expect([...byId.keys()].sort()).toEqual(['foreign-1', 'tombstone-1']);
+      for (const ctx of byId.values()) expect(ctx.headers[DEAD_LETTER_HEADERS.reason]).toBe('poison');
+      expect(byId.get('foreign-1')!.headers).toMatchObject({ count: '3', repeated: 'one', empty: '' });
+      await publish(broker, event, 'fine');
+      await waitFor(() => handled.length === 1, 'the next message', 5000);
+      expect(handled).toEqual(['fine']);
+    }, 30_000);
+  });
+});
+
+/** Reads topics from the beginning with a plain kafkajs consumer in a group of its own, until `done`. */
+async function readTopics(topics: string[], done: (records: RawRecord[]) => boolean, timeoutMs = 10_000): Promise<RawRecord[]> {
+  const consumer = rawKafka('ductape-test-reader').consumer({
+    groupId: `reader-${randomUUID()}`,
+    maxWaitTimeInMs: 100,
+    sessionTimeout: 10_000,
+    heartbeatInterval: 1000,
+  });
+  const records: RawRecord[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topics, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ topic, partition, message }) => {
+        const headers: Record<string, string> = {};
+        for (const [name, value] of Object.entries(message.headers ?? {})) headers[name] = String(Array.isArray(value) ? value[0] : value);
+        records.push({
+          topic,
+          partition,
+          offset: message.offset,
+          timestamp: message.timestamp,
+          key: message.key === null ? null : message.key.toString('utf8'),
+          value: message.value?.toString('utf8') ?? '',
+          headers,
+        });
+      },
+    });
+    await waitFor(() => done(records), `records of ${topics.join(', ')}`, timeoutMs);
+    return records.sort((a, b) => a.partition - b.partition || Number(a.offset) - Number(b.offset));
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+  }
+}
