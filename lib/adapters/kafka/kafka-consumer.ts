@@ -5,6 +5,8 @@ import { DUE_HEADER, headerText, inboundHeaders } from './kafka-headers';
 
 /** Pause before a partition whose message was given back is read again. */
 const RELEASE_PAUSE_MS = 1000;
+/** Longest single pause of a partition waiting for a due time. */
+const MAX_PAUSE_MS = 60_000;
 
 export interface KafkaSubscriptionSpec {
   groupId: string;
@@ -19,8 +21,10 @@ export interface KafkaSubscriptionSpec {
   joinWaitMs: number;
   /** How long a fetch waits for data (some brokers answer only then, even when data arrives). */
   fetchMaxWaitMs: number;
-  /** `topic:partition` → the offset where this new group starts; earlier messages are passed over. */
+  /** `topic:partition` → the offset where this group starts if it is new there; earlier messages are passed over. */
   startAt: ReadonlyMap<string, bigint>;
+  /** The group's committed offsets now, `topic:partition` → offset ('-1': none). */
+  committedOffsets: (topics: string[]) => Promise<Map<string, string>>;
 }
 
 type Outcome = 'acked' | 'released' | 'abandoned';
@@ -37,7 +41,9 @@ export class KafkaSubscription implements AdapterConsumer {
   private stopping?: Promise<void>;
   private readonly waiting = new Set<(outcome: Outcome) => void>();
   private readonly timers = new Set<NodeJS.Timeout>();
-  private readonly startCommitted = new Set<string>();
+  /** `topic:partition` → offset below which this member passes messages over (a new group's start). */
+  private readonly skipBelow = new Map<string, bigint>();
+  private startReady: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly kafka: Kafka,
@@ -63,8 +69,7 @@ export class KafkaSubscription implements AdapterConsumer {
     let assignment: Record<string, number[]> = {};
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       assignment = event.payload.memberAssignment;
-      // kafkajs ignores commits until run() has started; the first join is committed after it.
-      if (running) void this.commitStartOffsets(assignment).finally(() => joinedOnce());
+      if (running) joinedOnce();
     });
     consumer.on(consumer.events.CRASH, (event) => {
       const { error, restart } = event.payload;
@@ -73,10 +78,18 @@ export class KafkaSubscription implements AdapterConsumer {
     await consumer.connect();
     // Partitions without a committed offset (a new group's were set to the end before) start at the beginning.
     await consumer.subscribe({ topics, fromBeginning: true });
+    let startReady: () => void = () => undefined;
+    this.startReady = new Promise<void>((resolve) => (startReady = resolve));
     await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, partitionsConsumedConcurrently: concurrency, eachBatch: this.eachBatch });
     running = true;
-    // run() resolves once the first join is done (kafkajs joins before it starts fetching).
-    if (Object.keys(assignment).length > 0) await this.commitStartOffsets(assignment).finally(() => joinedOnce());
+    // run() resolves once the first join is done (kafkajs joins before it starts fetching); the
+    // batches wait until this member has committed where a new group starts.
+    try {
+      await this.commitStartOffsets(assignment);
+    } finally {
+      startReady();
+    }
+    if (Object.keys(assignment).length > 0) joinedOnce();
     // Once assigned, messages published from now on reach this member; a group busy rebalancing
     // around a long handler elsewhere is not waited for beyond joinWaitMs (its offsets are set).
     let timer: NodeJS.Timeout | undefined;
@@ -92,7 +105,11 @@ export class KafkaSubscription implements AdapterConsumer {
     this.stopped = true;
     const consumer = this.consumer;
     if (consumer && !this.stopping) {
-      consumer.pause(this.spec.topics.map((topic) => ({ topic })));
+      try {
+        consumer.pause(this.spec.topics.map((topic) => ({ topic })));
+      } catch {
+        // No consumer group (run() never started, or kafkajs is restarting it): nothing to pause.
+      }
       this.stopping = consumer.stop().catch((error: unknown) => this.logger.warn(`stopping consumer group '${this.spec.groupId}': ${describeError(error)}`));
     }
     return Promise.resolve();
@@ -109,9 +126,10 @@ export class KafkaSubscription implements AdapterConsumer {
   }
 
   private readonly eachBatch = async (payload: EachBatchPayload): Promise<void> => {
+    await this.startReady;
     const { batch } = payload;
     const heartbeat = () => payload.heartbeat();
-    const startAt = this.spec.startAt.get(`${batch.topic}:${batch.partition}`);
+    const startAt = this.skipBelow.get(`${batch.topic}:${batch.partition}`);
     let resolved = false;
     for (const message of batch.messages) {
       if (this.stopped || !payload.isRunning() || payload.isStale()) break;
@@ -176,32 +194,43 @@ export class KafkaSubscription implements AdapterConsumer {
   }
 
   /**
-   * A new group commits where it starts as soon as it has partitions: another instance that
-   * subscribes meanwhile then finds the group started, and does not pass over its messages.
+   * At its first join, a member commits where the group starts on each assigned partition the
+   * group has committed nothing on yet (the end offset seen when subscribe began), and passes over
+   * what lies before it. Another instance that subscribes later then finds the group started and
+   * passes over nothing; a partition the group already committed on is never moved. If the commit
+   * cannot be made, the subscription fails rather than risk passing over a message later.
    */
   private async commitStartOffsets(assignment: Record<string, number[]>): Promise<void> {
-    const offsets: { topic: string; partition: number; offset: string }[] = [];
+    const candidates: { topic: string; partition: number; offset: bigint }[] = [];
     for (const [topic, partitions] of Object.entries(assignment)) {
       for (const partition of partitions) {
-        const key = `${topic}:${partition}`;
-        const offset = this.spec.startAt.get(key);
-        if (offset !== undefined && !this.startCommitted.has(key)) offsets.push({ topic, partition, offset: offset.toString() });
+        const offset = this.spec.startAt.get(`${topic}:${partition}`);
+        if (offset !== undefined) candidates.push({ topic, partition, offset });
       }
     }
-    if (offsets.length === 0 || !this.consumer) return;
-    try {
-      await this.consumer.commitOffsets(offsets);
-      for (const { topic, partition } of offsets) this.startCommitted.add(`${topic}:${partition}`);
-    } catch (error) {
-      this.logger.warn(`consumer group '${this.spec.groupId}' could not commit where it starts (${describeError(error)}); its first fetch will`);
+    if (candidates.length === 0 || !this.consumer) return;
+    const committed = await this.spec.committedOffsets([...new Set(candidates.map((c) => c.topic))]);
+    const fresh = candidates.filter(({ topic, partition }) => (committed.get(`${topic}:${partition}`) ?? '-1') === '-1');
+    if (fresh.length === 0) return;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.consumer.commitOffsets(fresh.map(({ topic, partition, offset }) => ({ topic, partition, offset: offset.toString() })));
+        break;
+      } catch (error) {
+        if (attempt >= 3) throw new Error(`consumer group '${this.spec.groupId}' could not commit where it starts: ${describeError(error)}`);
+        await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+      }
     }
+    for (const { topic, partition, offset } of fresh) this.skipBelow.set(`${topic}:${partition}`, offset);
   }
 
+  /** Resumes a paused partition later; a long wait is cut into minutes (it pauses again if still not due). */
   private resumeLater(resume: () => void, ms: number): void {
     const timer = setTimeout(() => {
       this.timers.delete(timer);
       if (!this.stopped) resume();
-    }, ms);
+    }, Math.min(ms, MAX_PAUSE_MS));
+    timer.unref();
     this.timers.add(timer);
   }
 }

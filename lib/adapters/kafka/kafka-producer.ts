@@ -73,11 +73,10 @@ export class BatchingProducer {
       for (const pending of batch) pending.resolve();
     } catch (error) {
       if (batch.length === 1) return batch[0].reject(error);
-      await Promise.all(
-        batch.map(({ topic, message, resolve, reject }) =>
-          this.producer.send({ topic, messages: [message], acks: this.options.acks }).then(() => resolve(), reject),
-        ),
-      );
+      // One by one and in order, so messages of one key keep their order.
+      for (const { topic, message, resolve, reject } of batch) {
+        await this.producer.send({ topic, messages: [message], acks: this.options.acks }).then(() => resolve(), reject);
+      }
     }
   }
 }

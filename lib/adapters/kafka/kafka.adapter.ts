@@ -190,8 +190,10 @@ export class KafkaAdapter implements BrokerAdapter {
         eachBatch: async (payload) => {
           const { batch } = payload;
           const end = remaining.get(batch.partition);
+          let moved = 0;
+          let drained = false;
           for (const message of batch.messages) {
-            if (failure !== undefined || visited >= limit || end === undefined || BigInt(message.offset) >= end) break;
+            if (failure !== undefined || visited + moved >= limit || end === undefined || BigInt(message.offset) >= end) break;
             try {
               await visit({ body: message.value ?? Buffer.alloc(0), headers: inboundHeaders(message.headers), raw: message });
             } catch (error) {
@@ -199,10 +201,17 @@ export class KafkaAdapter implements BrokerAdapter {
               break;
             }
             payload.resolveOffset(message.offset);
-            visited++;
-            if (BigInt(message.offset) + 1n >= end) remaining.delete(batch.partition);
+            moved++;
+            if (BigInt(message.offset) + 1n >= end) drained = true;
           }
-          await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets());
+          try {
+            await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets());
+            // Counted as removed only once the group's offset has passed them.
+            visited += moved;
+            if (drained) remaining.delete(batch.partition);
+          } catch (error) {
+            failure = error;
+          }
           if (failure !== undefined || visited >= limit || remaining.size === 0) finish();
         },
       });
@@ -237,6 +246,13 @@ export class KafkaAdapter implements BrokerAdapter {
         joinWaitMs: this.settings.joinWaitMs,
         fetchMaxWaitMs: this.settings.fetchMaxWaitMs,
         startAt,
+        committedOffsets: async (topicNames) => {
+          const result = new Map<string, string>();
+          for (const { topic: name, partitions } of await this.requireAdmin().fetchOffsets({ groupId, topics: topicNames })) {
+            for (const { partition, offset } of partitions) result.set(`${name}:${partition}`, offset);
+          }
+          return result;
+        },
       },
       this.logger,
     );
