@@ -212,29 +212,31 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
   });
 
   describe('consumer groups', () => {
-    /** One kafkajs consumer, in creation order, with when it (re)joined its group and the requests it made. */
+    /** One kafkajs consumer, in creation order: when it (re)joined its group, the requests it made, how it crashed. */
     interface WatchedConsumer {
       groupId: string;
       joins: number[];
       requests: string[];
-      timed: { api: string; at: number }[];
+      crashes: string[];
     }
 
     /**
      * Watches every kafkajs consumer created while installed. Not a mock: Kafka.prototype.consumer
      * is wrapped and calls straight through, so the adapter gets the real consumer; the wrapper
      * only listens to that consumer's own instrumentation events (`consumer.group_join`, emitted
-     * once a join and sync completed, and `consumer.network.request`, once per answered request).
+     * once a join and sync completed, `consumer.network.request`, once per answered request, and
+     * `consumer.crash`).
      */
     function watchConsumers() {
       const original = Kafka.prototype.consumer;
       const consumers: WatchedConsumer[] = [];
       Kafka.prototype.consumer = function (this: Kafka, config: ConsumerConfig) {
         const consumer = original.call(this, config);
-        const watched: WatchedConsumer = { groupId: config.groupId, joins: [], requests: [], timed: [] };
+        const watched: WatchedConsumer = { groupId: config.groupId, joins: [], requests: [], crashes: [] };
         consumers.push(watched);
+        consumer.on(consumer.events.CRASH, ({ payload }) => void watched.crashes.push(`${String(payload.error)} (restart: ${payload.restart})`));
         consumer.on(consumer.events.GROUP_JOIN, () => void watched.joins.push(Date.now()));
-        consumer.on(consumer.events.REQUEST, (event) => void (watched.requests.push(event.payload.apiName), watched.timed.push({ api: event.payload.apiName, at: Date.now() })));
+        consumer.on(consumer.events.REQUEST, (event) => void watched.requests.push(event.payload.apiName));
         return consumer;
       };
       return { consumers, restore: () => void (Kafka.prototype.consumer = original) };
@@ -243,10 +245,7 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
     it('shares a group between two instances, each message once; after one closes the other handles everything', async () => {
       const spy = watchConsumers();
       try {
-        const logger = new CapturingLogger();
-        const firstStarted = await createBrokerApp(options(kafkaEnv('prd')), {}, logger);
-        apps.push(firstStarted.app);
-        const first = firstStarted;
+        const first = await start();
         const second = await start();
         const { event, topic } = newTopic();
         const groupId = `${topic}:workers`;
@@ -259,17 +258,10 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         await second.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: input('second') });
         const [firstConsumer, secondConsumer] = spy.consumers.filter((c) => c.groupId === groupId);
         // Steady state: the first instance rejoined (the rebalance the second one started) and the second joined.
-        const subscribedAt = Date.now();
-        await waitFor(() => firstConsumer.joins.length >= 2 && secondConsumer.joins.length >= 1, 'both instances in the group', 10_000).catch((e: unknown) => {
-          const show = (c: WatchedConsumer) => ({
-            joins: c.joins.map((j) => j - subscribedAt),
-            reqs: c.timed.filter((r) => r.api !== 'Fetch' && r.api !== 'Heartbeat').map((r) => `${r.at - subscribedAt}:${r.api}`),
-            fetches: c.timed.filter((r) => r.api === 'Fetch').map((r) => r.at - subscribedAt).filter((_, i, a) => i === 0 || i === a.length - 1),
-            heartbeats: c.timed.filter((r) => r.api === 'Heartbeat').map((r) => r.at - subscribedAt).filter((_, i, a) => i === 0 || i === a.length - 1),
-          });
-          // eslint-disable-next-line no-console
-          console.log('DIAG-JOIN', JSON.stringify({ all: spy.consumers.map((c) => c.groupId), first: show(firstConsumer), second: show(secondConsumer), logs: logger.texts }, null, 1));
-          throw e;
+        await waitFor(() => firstConsumer.joins.length >= 2 && secondConsumer.joins.length >= 1, 'both instances in the group', 5000).catch((error: unknown) => {
+          // Seen in about 1 % of runs on the mock: the second consumer crashed in its first SyncGroup, yet subscribe resolved.
+          const crashes = [...firstConsumer.crashes.map((c) => `first: ${c}`), ...secondConsumer.crashes.map((c) => `second: ${c}`)];
+          throw new Error(`${(error as Error).message}; consumer crashes: ${crashes.join('; ') || 'none'}`);
         });
 
         const count = (ids: { messageId: string }[], instance: string) =>
@@ -286,24 +278,7 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         apps.splice(apps.indexOf(second.app), 1);
         expect(secondConsumer.requests).toContain('LeaveGroup');
         const batch2 = await Promise.all(Array.from({ length: 100 }, (_, i) => publish(first.broker, event, { i: 200 + i }, { key: `key-${i}` })));
-        const closedAt = Date.now();
-        await waitFor(() => batch2.every(({ messageId }) => handled.has(messageId)), 'all 100 messages after the second instance left', 15_000).catch((e: unknown) => {
-          const part = Partitioners.DefaultPartitioner();
-          const meta = [0, 1, 2, 3].map((p) => ({ partitionId: p, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
-          const missing = batch2.map((r, i) => ({ ...r, i })).filter(({ messageId }) => !handled.has(messageId));
-          // eslint-disable-next-line no-console
-          console.log('DIAG', JSON.stringify({
-            missing: missing.length,
-            parts: [...new Set(missing.map(({ i }) => part({ topic, partitionMetadata: meta, message: { key: `key-${i}`, value: null } })))],
-            joins: firstConsumer.joins.map((j) => j - closedAt),
-            reqs: firstConsumer.timed.filter((r) => r.at > closedAt - 200).map((r) => `${r.at - closedAt}:${r.api}`).filter((x) => !x.endsWith('Fetch') && !x.endsWith('Heartbeat')),
-            fetches: firstConsumer.timed.filter((r) => r.at > closedAt && r.api === 'Fetch').length,
-            lastFetch: Math.max(...firstConsumer.timed.filter((r) => r.api === 'Fetch').map((r) => r.at)) - closedAt,
-            heartbeats: firstConsumer.timed.filter((r) => r.at > closedAt && r.api === 'Heartbeat').length,
-            logs: logger.texts.slice(-20),
-          }));
-          throw e;
-        });
+        await waitFor(() => batch2.every(({ messageId }) => handled.has(messageId)), 'all 100 messages after the second instance left', 15_000);
         // The first instance rejoins alone (the rebalance the second one's leaving started).
         await waitFor(() => firstConsumer.joins.length > joinsBefore, 'the first instance to rejoin', 10_000);
         await sleep(500);

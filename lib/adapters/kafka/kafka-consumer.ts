@@ -71,9 +71,15 @@ export class KafkaSubscription implements AdapterConsumer {
       assignment = event.payload.memberAssignment;
       if (running) joinedOnce();
     });
+    let crashedForGood: (error: Error) => void = () => undefined;
+    const crashed = new Promise<never>((_, reject) => (crashedForGood = reject));
+    crashed.catch(() => undefined);
     consumer.on(consumer.events.CRASH, (event) => {
       const { error, restart } = event.payload;
-      this.logger.warn(`consumer group '${groupId}' crashed (${describeError(error)})${restart ? '; restarting' : ''}`);
+      if (restart) return this.logger.warn(`consumer group '${groupId}' crashed (${describeError(error)}); restarting`);
+      // kafkajs gave up on this consumer: nothing is consumed until the subscription is made again.
+      this.logger.error(`consumer group '${groupId}' stopped after an error kafkajs does not retry: ${describeError(error)}`);
+      crashedForGood(error);
     });
     await consumer.connect();
     // Partitions without a committed offset (a new group's were set to the end before) start at the beginning.
@@ -93,8 +99,11 @@ export class KafkaSubscription implements AdapterConsumer {
     // Once assigned, messages published from now on reach this member; a group busy rebalancing
     // around a long handler elsewhere is not waited for beyond joinWaitMs (its offsets are set).
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([joined, new Promise<void>((resolve) => (timer = setTimeout(resolve, joinWaitMs)))]);
-    clearTimeout(timer);
+    try {
+      await Promise.race([joined, crashed, new Promise<void>((resolve) => (timer = setTimeout(resolve, joinWaitMs)))]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**

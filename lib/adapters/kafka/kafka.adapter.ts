@@ -233,7 +233,7 @@ export class KafkaAdapter implements BrokerAdapter {
     // A new group starts at the end, as a new queue does: it gets what is published from now on.
     // Dead letters are kept from the start: a dead-letter subscription reads those already there.
     const startAt = messages ? await this.endsOfUncommitted(groupId, topics) : new Map<string, bigint>();
-    const subscription = new KafkaSubscription(
+    const create = () => new KafkaSubscription(
       this.kafka,
       {
         groupId,
@@ -256,11 +256,20 @@ export class KafkaAdapter implements BrokerAdapter {
       },
       this.logger,
     );
-    try {
-      await subscription.start();
-    } catch (error) {
-      await subscription.close();
-      throw new Error(`cannot start consumer group '${groupId}' on Kafka at ${this.endpoint}: ${describeError(error)}`);
+    let subscription = create();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await subscription.start();
+        break;
+      } catch (error) {
+        await subscription.close();
+        // A join that kafkajs gave up on (a rebalance that moved on without it, say) gets one more try.
+        if (attempt >= 2 || this.closing) {
+          throw new Error(`cannot start consumer group '${groupId}' on Kafka at ${this.endpoint}: ${describeError(error)}`);
+        }
+        this.logger.warn(`starting consumer group '${groupId}' failed (${describeError(error)}); trying once more`);
+        subscription = create();
+      }
     }
     if (this.closing) {
       await subscription.close();
