@@ -13,6 +13,7 @@ import type {
   InboundMessage,
   OutboundMessage,
 } from '../broker-adapter';
+import { OpenConsumers } from '../open-consumers';
 import { KafkaSubscription } from './kafka-consumer';
 import { CORRELATION_ID_HEADER, DUE_HEADER, inboundHeaders, MESSAGE_ID_HEADER } from './kafka-headers';
 import { consumerGroupId, deadLetterGroupId, deadLetterTopic, delayTopic, retryTopic } from './kafka-names';
@@ -64,7 +65,7 @@ export class KafkaAdapter implements BrokerAdapter {
   private producer?: Producer;
   private batching?: BatchingProducer;
   private admin?: Admin;
-  private readonly subscriptions = new Set<KafkaSubscription>();
+  private readonly subscriptions = new OpenConsumers();
   private readonly knownTopics = new Set<string>();
   private readonly creating = new Map<string, Promise<void>>();
   /** Set when the admin API could not create a topic (a mock cluster, restricted ACLs): auto-creation from then on. */
@@ -271,24 +272,12 @@ export class KafkaAdapter implements BrokerAdapter {
         subscription = create();
       }
     }
-    if (this.closing) {
-      await subscription.close();
-      throw new Error('the Kafka adapter closed while the consumer started');
-    }
-    this.subscriptions.add(subscription);
-    return {
-      stop: () => subscription.stop(),
-      close: async () => {
-        this.subscriptions.delete(subscription);
-        await subscription.close();
-      },
-    };
+    return this.subscriptions.adopt(subscription, 'Kafka');
   }
 
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.all([...this.subscriptions].map((subscription) => subscription.close()));
-    this.subscriptions.clear();
+    await this.subscriptions.closeAll();
     await this.batching?.drain();
     const clients = [this.producer, this.admin].filter((client) => client !== undefined);
     await Promise.all(clients.map((client) => client.disconnect().catch(() => undefined)));

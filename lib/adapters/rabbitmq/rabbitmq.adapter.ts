@@ -14,6 +14,7 @@ import type {
   InboundMessage,
   OutboundMessage,
 } from '../broker-adapter';
+import { OpenConsumers } from '../open-consumers';
 import { RabbitMqConsumer } from './rabbitmq-consumer';
 import { inboundHeaders } from './rabbitmq-headers';
 import { deadLetterQueue, groupDelayQueue, groupQueue, topicDelayQueue, topicExchange } from './rabbitmq-names';
@@ -66,7 +67,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
   private publishing?: AmqpConnectionManager;
   private consuming?: AmqpConnectionManager;
   private publisher?: RabbitMqPublisher;
-  private readonly consumers = new Set<RabbitMqConsumer>();
+  private readonly consumers = new OpenConsumers();
   private readonly declaredExchanges = new Set<string>();
   private readonly declaring = new Map<string, Promise<void>>();
   /** Delay queue → when this process last declared it (a declare keeps its idle expiry away). */
@@ -172,24 +173,12 @@ export class RabbitMqAdapter implements BrokerAdapter {
       this.logger,
     );
     await consumer.start();
-    if (this.closing) {
-      await consumer.close();
-      throw new Error('the RabbitMQ adapter closed while the consumer started');
-    }
-    this.consumers.add(consumer);
-    return {
-      stop: () => consumer.stop(),
-      close: async () => {
-        this.consumers.delete(consumer);
-        await consumer.close();
-      },
-    };
+    return this.consumers.adopt(consumer, 'RabbitMQ');
   }
 
   async close(): Promise<void> {
     this.closing = true;
-    await Promise.all([...this.consumers].map((consumer) => consumer.close()));
-    this.consumers.clear();
+    await this.consumers.closeAll();
     await this.publisher?.close();
     const managers = [this.publishing, this.consuming].filter((manager) => manager !== undefined);
     await Promise.all(managers.map((manager) => closeManager(manager)));
