@@ -135,6 +135,12 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
       if ((config.accessKeyId === undefined) !== (config.secretAccessKey === undefined)) {
         problems.push(`${path}: accessKeyId and secretAccessKey must be given together (or neither, for the default credential chain)`);
       }
+      if (config.sessionToken !== undefined && config.accessKeyId === undefined) problems.push(`${path}.sessionToken: needs accessKeyId and secretAccessKey`);
+      if (config.fanout !== undefined && config.fanout !== 'queue' && config.fanout !== 'sns') problems.push(`${path}.fanout: must be 'queue' or 'sns'`);
+      if (config.fifo !== undefined && typeof config.fifo !== 'boolean') problems.push(`${path}.fifo: must be a boolean`);
+      if (config.createMissing !== undefined && typeof config.createMissing !== 'boolean') problems.push(`${path}.createMissing: must be a boolean`);
+      integerIn(config.waitTimeSeconds, `${path}.waitTimeSeconds`, 1, 20, problems);
+      integerIn(config.visibilityTimeoutSeconds, `${path}.visibilityTimeoutSeconds`, 1, 43_200, problems);
       break;
     case 'nats':
       if (!Array.isArray(config.servers) || config.servers.length === 0 || !config.servers.every((s) => typeof s === 'string' && s !== '')) {
@@ -180,6 +186,8 @@ function topics(value: unknown, path: string, problems: Problems): void {
       }
     }
     if (topic.retry !== undefined) retryPolicy(topic.retry, `${at}.retry`, problems);
+    if (topic.fanout !== undefined && topic.fanout !== 'queue' && topic.fanout !== 'sns') problems.push(`${at}.fanout: must be 'queue' or 'sns'`);
+    if (topic.fifo !== undefined && typeof topic.fifo !== 'boolean') problems.push(`${at}.fifo: must be a boolean`);
   });
 }
 
@@ -254,4 +262,9 @@ function isObject(value: unknown): value is Obj {
 function shown(value: unknown): string {
   const text = typeof value === 'string' ? `'${redactSecrets(value)}'` : value === undefined ? 'undefined' : typeof value;
   return text.length > 60 ? `${text.slice(0, 57)}...'` : text;
+}
+
+function integerIn(value: unknown, path: string, min: number, max: number, problems: Problems): void {
+  if (value === undefined) return;
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) problems.push(`${path}: must be an integer from ${min} to ${max}`);
 }

@@ -240,7 +240,8 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   }
 
   private wrap(code: BrokerErrorCode, context: string, error: unknown): BrokerError {
-    if (error instanceof BrokerError && (error.code === code || error.code === 'CONFIG_INVALID')) return error;
+    // An adapter refuses what its broker cannot carry as INVALID_MESSAGE, before sending anything.
+    if (error instanceof BrokerError && (error.code === code || error.code === 'CONFIG_INVALID' || error.code === 'INVALID_MESSAGE')) return error;
     return new BrokerError(code, `${context}: ${describeError(error)}`, { cause: error });
   }
 }

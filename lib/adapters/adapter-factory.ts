@@ -3,6 +3,7 @@ import type { AdapterContext, BrokerAdapter } from './broker-adapter';
 import type * as MemoryAdapterModule from './memory';
 import type * as KafkaAdapterModule from './kafka';
 import type * as RabbitMqAdapterModule from './rabbitmq';
+import type * as SqsAdapterModule from './sqs';
 
 type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
 
@@ -28,6 +29,14 @@ const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
     return (env, context) => {
       if (env.type !== 'kafka') throw new Error(`expected a kafka config, got '${env.type}'`);
       return createKafkaAdapter(env.config, context);
+    };
+  },
+  sqs: () => {
+    // @aws-sdk/client-sns is loaded only by a topic in fan-out mode.
+    const { createSqsAdapter } = requireClient<typeof SqsAdapterModule>('./sqs', 'sqs', ['@aws-sdk/client-sqs']);
+    return (env, context) => {
+      if (env.type !== 'sqs') throw new Error(`expected an sqs config, got '${env.type}'`);
+      return createSqsAdapter(env.config, context);
     };
   },
 };

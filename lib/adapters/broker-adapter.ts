@@ -14,7 +14,11 @@ export interface BrokerAdapter {
   /** Opens connections. Rejects with a message that names the endpoint but never a credential. */
   connect(): Promise<void>;
 
-  /** Resolves once the broker has accepted the message for every subscription group of the topic. */
+  /**
+   * Resolves once the broker has accepted the message for every subscription group of the topic.
+   * Rejects with a BrokerError INVALID_MESSAGE, before sending anything, for a message this broker
+   * cannot carry (too large, a delay beyond its limit).
+   */
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void>;
 
   /** Puts a message in the queue of one group only, honouring `delayMs` (retries, reprocessed dead letters). */
@@ -99,6 +103,13 @@ export interface InboundDelivery extends InboundMessage {
    * not throw once the consumer is closed.
    */
   release(): Promise<void>;
+  /**
+   * Where the broker can hold this same delivery back and deliver it again (SQS: its visibility
+   * timeout), settles it for a retry in `delayMs`; the broker then counts the attempt itself, so
+   * an adapter offers it only on deliveries that carry `attempt`. Without it the delivery layer
+   * re-sends the message to the group (`sendToGroup`) and acks this delivery.
+   */
+  retryLater?(delayMs: number): Promise<void>;
 }
 
 export type DeliveryListener = (delivery: InboundDelivery) => Promise<void>;

@@ -127,6 +127,7 @@ export class SubscriptionRunner {
     const delayMs = backoffDelayMs(this.spec.retry, attempt);
     if (this.detached) return this.abandoned(envelope.id, error);
     this.logger.warn(`${this.name}: attempt ${attempt} of message ${envelope.id} failed (${describeError(error)}); retry in ${delayMs} ms`);
+    if (delivery.retryLater && delivery.attempt !== undefined) return delivery.retryLater(delayMs);
     const body = JSON.stringify({ ...envelope, attempt: attempt + 1 });
     // Re-sent to this group only, then acked: a crash in between duplicates, it never loses.
     await this.adapter.sendToGroup(this.spec.route.topic, this.spec.group, {

@@ -102,11 +102,26 @@ export interface SqsEnvConfig {
   type: 'sqs';
   config: {
     region: string;
+    /** Another SQS/SNS endpoint (a local emulator, a VPC endpoint); default: AWS's own for the region. */
     endpoint?: string;
+    /** Static credentials; without them the AWS SDK's default provider chain is used. Never logged. */
     accessKeyId?: string;
     secretAccessKey?: string;
     sessionToken?: string;
-    [option: string]: unknown;
+    /**
+     * How a topic reaches its groups, unless the topic says otherwise: 'queue' (default) makes the
+     * topic one queue whose consumers all compete; 'sns' makes it an SNS topic with one SQS queue
+     * per group subscribed to it, so every group gets every message.
+     */
+    fanout?: 'queue' | 'sns';
+    /** FIFO queues (and SNS topics) for every topic, unless the topic says otherwise (default false). */
+    fifo?: boolean;
+    /** Long-poll wait of each receive, 1 to 20 s (default 10); shutdown waits for an open poll to end rather than cut it. */
+    waitTimeSeconds?: number;
+    /** Visibility timeout of a received message, extended while its handler runs, 1 to 43200 s (default 30). */
+    visibilityTimeoutSeconds?: number;
+    /** Create missing queues, SNS topics and subscriptions on first use (default true); false expects them to exist. */
+    createMissing?: boolean;
   };
 }
 
@@ -140,6 +155,10 @@ export interface TopicConfig {
   name?: string | Record<string, string>;
   /** SQS: an existing queue per environment. */
   queueUrls?: { env_slug: string; url: string }[];
+  /** SQS: 'queue' (one queue, competing consumers) or 'sns' (an SNS topic and one queue per group); default: the env's. */
+  fanout?: 'queue' | 'sns';
+  /** SQS: a FIFO queue (and SNS topic); default: the env's, or true when its queue URL ends in `.fifo`. */
+  fifo?: boolean;
   /** Validates the message on publish and on receive. */
   schema?: StandardSchemaV1;
   /** Retry policy of every subscription on this topic, unless the subscription sets its own. */

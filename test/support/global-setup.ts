@@ -27,6 +27,7 @@ export default async function globalSetup(): Promise<void> {
   };
   await Promise.all([
     (async () => unavailable('kafka', await setUpKafka()))(),
+    (async () => unavailable('sqs', await setUpSqs()))(),
     ...Object.entries(PROBES).map(async ([broker, { host, port }]) => unavailable(broker, await probe(host, port))),
     ...Object.entries(TOOL_PROBES).map(async ([tool, command]) => unavailable(tool, await probeCommand(command))),
   ]);
@@ -48,7 +49,7 @@ interface KafkaMock {
   control?: string;
 }
 
-const state = globalThis as typeof globalThis & { __ductapeKafkaMock?: KafkaMock };
+const state = globalThis as typeof globalThis & { __ductapeKafkaMock?: KafkaMock; __ductapeSqsEmulator?: ChildProcess };
 
 async function setUpKafka(): Promise<string | undefined> {
   const external = process.env.KAFKA_BROKERS?.trim();
@@ -106,20 +107,29 @@ function makeFifo(): Promise<string | undefined> {
   return new Promise((resolve) => execFile('mkfifo', ['-m', '600', path], (error) => resolve(error ? undefined : path)));
 }
 
-function startKafkaMock(binary: string, control: string | undefined, timeoutMs = 10_000): Promise<{ child: ChildProcess; bootstrap: string }> {
+function startKafkaMock(binary: string, control: string | undefined): Promise<{ child: ChildProcess; bootstrap: string }> {
+  const args = [...(control ? ['-c', control] : []), String(MOCK_BROKERS)];
+  return spawnServer(binary, args, (line) => /^[^,\s]+:\d+(,[^,\s]+:\d+)*$/.test(line), 'a broker list').then(({ child, line }) => ({ child, bootstrap: line }));
+}
+
+/**
+ * Starts a test server that prints its address as the first line on stdout and stops when its
+ * standard input ends (this process keeps the other end: it never outlives the run, however the
+ * run ends). None of the handles holds this process open.
+ */
+function spawnServer(file: string, args: string[], valid: (line: string) => boolean, what: string, timeoutMs = 10_000): Promise<{ child: ChildProcess; line: string }> {
   return new Promise((resolve, reject) => {
-    const args = [...(control ? ['-c', control] : []), String(MOCK_BROKERS)];
-    const child = spawn(binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     const fail = (why: string) => {
       clearTimeout(timer);
       child.kill('SIGKILL');
-      reject(new Error(`${binary}: ${why}${stderr.trim() ? ` (${stderr.trim()})` : ''}`));
+      reject(new Error(`${file}: ${why}${stderr.trim() ? ` (${stderr.trim().slice(0, 2000)})` : ''}`));
     };
-    const timer = setTimeout(() => fail(`no bootstrap line within ${timeoutMs} ms`), timeoutMs);
+    const timer = setTimeout(() => fail(`no address line within ${timeoutMs} ms`), timeoutMs);
     child.once('error', (error) => fail(error.message));
-    child.once('exit', (code, signal) => fail(`exited (${signal ?? code}) before printing its brokers`));
+    child.once('exit', (code, signal) => fail(`exited (${signal ?? code}) before printing its address`));
     child.stderr.on('data', (chunk: Buffer) => void (stderr += chunk.toString()));
     child.stdout.on('data', function firstLine(chunk: Buffer) {
       stdout += chunk.toString();
@@ -129,18 +139,58 @@ function startKafkaMock(binary: string, control: string | undefined, timeoutMs =
       child.removeAllListeners('exit');
       child.removeAllListeners('error');
       child.stdout.off('data', firstLine);
-      // Keep draining its replies and log lines; none of these handles holds this process open.
+      // Keep draining its replies and log lines.
       child.stdout.resume();
       child.stderr.removeAllListeners('data');
       child.stderr.resume();
       child.on('error', () => undefined);
       child.unref();
       for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as { unref?: () => void }).unref?.();
-      const bootstrap = stdout.slice(0, newline).trim();
-      if (!/^[^,\s]+:\d+(,[^,\s]+:\d+)*$/.test(bootstrap)) return fail(`printed ${JSON.stringify(bootstrap)}, not a broker list`);
-      resolve({ child, bootstrap });
+      const line = stdout.slice(0, newline).trim();
+      if (!valid(line)) return fail(`printed ${JSON.stringify(line)}, not ${what}`);
+      resolve({ child, line });
     });
   });
+}
+
+/** Ends a server spawnServer started: EOF on its stdin, then SIGKILL if it lingers. */
+async function stopServer(child: ChildProcess, timeoutMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.stdin?.end();
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/**
+ * SQS and SNS: the endpoint in SQS_ENDPOINT when set (LocalStack, say; real AWS needs credentials
+ * of its own), else fauxqs 1.9.2 from npm (test/sqs/fauxqs-server.mjs). The workers get
+ * SQS_ENDPOINT, plus DUCTAPE_TEST_SQS_EMULATOR=fauxqs on the emulator.
+ */
+async function setUpSqs(): Promise<string | undefined> {
+  const external = process.env.SQS_ENDPOINT?.trim();
+  if (external) {
+    const { host, port } = endpointOf(external, external.startsWith('https:') ? 443 : 80);
+    const reason = await probe(host, port);
+    return reason && `SQS_ENDPOINT=${external}: ${reason}`;
+  }
+  try {
+    const { child, line } = await spawnServer(process.execPath, [join(__dirname, '..', 'sqs', 'fauxqs-server.mjs')], (text) => /^https?:\/\/\S+$/.test(text), 'a URL');
+    state.__ductapeSqsEmulator = child;
+    process.env.SQS_ENDPOINT = line;
+    process.env.DUCTAPE_TEST_SQS_EMULATOR = 'fauxqs';
+    return undefined;
+  } catch (error) {
+    return `no SQS: SQS_ENDPOINT is not set and the fauxqs emulator could not start (npm install?): ${(error as Error).message}`;
+  }
+}
+
+/** Stops the SQS emulator started by globalSetup (global-teardown.ts); a no-op without one. */
+export async function stopSqsEmulator(): Promise<void> {
+  const child = state.__ductapeSqsEmulator;
+  state.__ductapeSqsEmulator = undefined;
+  if (child) await stopServer(child);
 }
 
 /** Stops the mock started by globalSetup (global-teardown.ts); a no-op without one. */
@@ -149,13 +199,7 @@ export async function stopKafkaMock(timeoutMs = 5000): Promise<void> {
   if (!mock) return;
   state.__ductapeKafkaMock = undefined;
   const { child, control } = mock;
-  if (child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    child.stdin?.end(); // EOF: it destroys the cluster and exits
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    await exited;
-    clearTimeout(timer);
-  }
+  await stopServer(child, timeoutMs); // EOF: it destroys the cluster and exits
   if (control) rmSync(control, { force: true });
 }
 

@@ -1,6 +1,6 @@
-import { stopKafkaMock } from './global-setup';
+import { stopKafkaMock, stopSqsEmulator } from './global-setup';
 
 /** Stops what globalSetup started (Jest runs both in its parent process: state is on globalThis). */
 export default async function globalTeardown(): Promise<void> {
-  await stopKafkaMock();
+  await Promise.all([stopKafkaMock(), stopSqsEmulator()]);
 }

@@ -1,0 +1,321 @@
+import {
+  ChangeMessageVisibilityBatchCommand,
+  ChangeMessageVisibilityCommand,
+  DeleteMessageBatchCommand,
+  DeleteMessageCommand,
+  ReceiveMessageCommand,
+  type Message,
+  type SQSClient,
+} from '@aws-sdk/client-sqs';
+import { describeError } from '../../errors';
+import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
+import { fromAttributes } from './sqs-attributes';
+
+/** Most messages one receive may ask for (SQS's limit). */
+const MAX_RECEIVE = 10;
+/** Most receives a subscription keeps open at once, whatever its concurrency. */
+const MAX_POLLERS = 10;
+/** Longest visibility SQS allows (12 hours). */
+const MAX_VISIBILITY_SECONDS = 43_200;
+
+export interface SqsConsumerOptions {
+  queueUrl: string;
+  /** For logs: the queue's name, never a credential. */
+  queueName: string;
+  concurrency: number;
+  waitTimeSeconds: number;
+  visibilityTimeoutSeconds: number;
+  fifo: boolean;
+  /** Offer `retryLater` (retries through the visibility timeout): for a group's messages, not its dead letters. */
+  retryThroughVisibility: boolean;
+}
+
+/** One received message until it is deleted, released or given a later visibility. */
+interface InFlight {
+  readonly receiptHandle: string;
+  /** When its visibility was last set (ms). */
+  visibleSetAt: number;
+  settled: boolean;
+}
+
+/**
+ * Reads one queue for one subscription: long polls for up to 10 messages at a time while the
+ * subscription has free slots, keeps each message invisible while its handler runs (extending
+ * the visibility timeout), and deletes it only when the delivery layer acks it.
+ */
+export class SqsConsumer implements AdapterConsumer {
+  private readonly inFlight = new Map<string, InFlight>();
+  private readonly sleeps = new Set<AbortController>();
+  private readonly pollers: Promise<void>[] = [];
+  private readonly slotWaiters: (() => void)[] = [];
+  private readonly deletes: SqsDeleteBatcher;
+  private busy = 0;
+  private stopped = false;
+  private closed = false;
+  private extender?: NodeJS.Timeout;
+
+  constructor(
+    private readonly client: SQSClient,
+    private readonly options: SqsConsumerOptions,
+    private readonly listener: DeliveryListener,
+    private readonly logger: AdapterLogger,
+  ) {
+    this.deletes = new SqsDeleteBatcher(client, options.queueUrl);
+  }
+
+  start(): void {
+    const pollers = Math.min(MAX_POLLERS, Math.ceil(this.options.concurrency / MAX_RECEIVE));
+    for (let i = 0; i < pollers; i++) this.pollers.push(this.poll());
+    // Extend every message still being handled a third of the timeout before it would show again.
+    const everyMs = Math.max(500, (this.options.visibilityTimeoutSeconds * 1000) / 3);
+    this.extender = setInterval(() => void this.extendVisibility(everyMs), everyMs);
+    this.extender.unref();
+  }
+
+  /**
+   * Stops receiving; messages already handed over can still be acked, and stay invisible meanwhile.
+   * A receive waiting in its long poll is not cut: SQS may already have handed it messages that a
+   * cut connection would hide from everyone until their visibility timeout. It ends within
+   * waitTimeSeconds, and whatever it brings goes straight back (see close).
+   */
+  stop(): Promise<void> {
+    if (!this.stopped) {
+      this.stopped = true;
+      for (const abort of this.sleeps) abort.abort();
+      this.wakeSlotWaiters();
+    }
+    return Promise.resolve();
+  }
+
+  /** Detaches: every message not settled by now becomes visible again at once, for another consumer. */
+  async close(): Promise<void> {
+    await this.stop();
+    await Promise.all(this.pollers);
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.extender);
+    const unsettled = [...this.inFlight.values()].filter((entry) => !entry.settled);
+    this.inFlight.clear();
+    await this.changeVisibility(unsettled, 0).catch((error: unknown) =>
+      this.logger.warn(`SQS queue ${this.options.queueName}: could not make ${unsettled.length} unfinished message(s) visible again (${describeError(error)}); they show again when their visibility timeout ends`),
+    );
+  }
+
+  private async poll(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      const wanted = await this.reserveSlots();
+      if (wanted === 0) break;
+      let messages: Message[] = [];
+      try {
+        const output = await this.client.send(
+          new ReceiveMessageCommand({
+            QueueUrl: this.options.queueUrl,
+            MaxNumberOfMessages: wanted,
+            WaitTimeSeconds: this.options.waitTimeSeconds,
+            VisibilityTimeout: this.options.visibilityTimeoutSeconds,
+            MessageAttributeNames: ['All'],
+            MessageSystemAttributeNames: ['ApproximateReceiveCount', 'MessageGroupId'],
+          }),
+        );
+        messages = output.Messages ?? [];
+        failures = 0;
+      } catch (error) {
+        this.busy -= wanted;
+        if (this.stopped) break;
+        failures++;
+        if (failures === 1 || failures % 20 === 0) {
+          this.logger.warn(`SQS queue ${this.options.queueName}: receiving failed ${failures} time(s) in a row (${describeError(error)}); trying again`);
+        }
+        await this.sleep(Math.min(30_000, 250 * 2 ** Math.min(failures, 7)));
+        continue;
+      }
+      // Slots asked for but not filled go back; the received ones stay taken until settled.
+      this.busy -= wanted - messages.length;
+      this.wakeSlotWaiters();
+      if (this.stopped && messages.length > 0) {
+        // Received as intake stopped: straight back to the queue.
+        const entries = messages.map((message) => ({ receiptHandle: message.ReceiptHandle!, visibleSetAt: Date.now(), settled: false }));
+        this.busy -= messages.length;
+        await this.changeVisibility(entries, 0).catch(() => undefined);
+        break;
+      }
+      this.dispatch(messages);
+    }
+  }
+
+  /** Hands messages over; on a FIFO queue, those of one message group one after the other, in order. */
+  private dispatch(messages: Message[]): void {
+    if (!this.options.fifo) {
+      for (const message of messages) void this.deliver(message);
+      return;
+    }
+    const chains = new Map<string, Promise<void>>();
+    for (const message of messages) {
+      const group = message.Attributes?.MessageGroupId ?? '';
+      chains.set(group, (chains.get(group) ?? Promise.resolve()).then(() => this.deliver(message)));
+    }
+  }
+
+  private async deliver(message: Message): Promise<void> {
+    const receiptHandle = message.ReceiptHandle;
+    if (!receiptHandle) {
+      this.releaseSlot();
+      return;
+    }
+    const entry: InFlight = { receiptHandle, visibleSetAt: Date.now(), settled: false };
+    this.inFlight.set(receiptHandle, entry);
+    const receiveCount = Number(message.Attributes?.ApproximateReceiveCount);
+    const attempt = Number.isInteger(receiveCount) && receiveCount > 0 ? receiveCount : undefined;
+    const settle = (): boolean => {
+      if (this.closed || entry.settled) return false;
+      entry.settled = true;
+      this.inFlight.delete(receiptHandle);
+      return true;
+    };
+    const delivery: InboundDelivery = {
+      body: message.Body ?? '',
+      headers: fromAttributes(message.MessageAttributes),
+      raw: message,
+      attempt,
+      ack: async () => {
+        if (settle()) await this.deletes.delete(receiptHandle);
+      },
+      release: async () => {
+        if (settle()) await this.changeVisibility([entry], 0);
+      },
+      ...(this.options.retryThroughVisibility && attempt !== undefined
+        ? {
+            retryLater: async (delayMs: number) => {
+              // Whole seconds, rounded up: a retry never comes sooner than its backoff.
+              if (settle()) await this.changeVisibility([entry], Math.min(MAX_VISIBILITY_SECONDS, Math.ceil(delayMs / 1000)));
+            },
+          }
+        : {}),
+    };
+    try {
+      await this.listener(delivery);
+    } catch (error) {
+      this.logger.error(`SQS queue ${this.options.queueName}: a delivery failed unexpectedly (${describeError(error)}); it shows again after its visibility timeout`);
+    } finally {
+      this.releaseSlot();
+    }
+  }
+
+  private async extendVisibility(olderThanMs: number): Promise<void> {
+    const now = Date.now();
+    const due = [...this.inFlight.values()].filter((entry) => !entry.settled && now - entry.visibleSetAt >= olderThanMs - 50);
+    if (due.length === 0 || this.closed) return;
+    for (const entry of due) entry.visibleSetAt = now;
+    await this.changeVisibility(due, this.options.visibilityTimeoutSeconds).catch((error: unknown) =>
+      this.logger.warn(`SQS queue ${this.options.queueName}: extending the visibility of ${due.length} message(s) being handled failed (${describeError(error)})`),
+    );
+  }
+
+  /** ChangeMessageVisibility, ten at a time; rejects when any of them failed. */
+  private async changeVisibility(entries: InFlight[], seconds: number): Promise<void> {
+    const failures: string[] = [];
+    for (let i = 0; i < entries.length; i += MAX_RECEIVE) {
+      const chunk = entries.slice(i, i + MAX_RECEIVE);
+      if (chunk.length === 1) {
+        await this.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: this.options.queueUrl, ReceiptHandle: chunk[0].receiptHandle, VisibilityTimeout: seconds }));
+        continue;
+      }
+      const output = await this.client.send(
+        new ChangeMessageVisibilityBatchCommand({
+          QueueUrl: this.options.queueUrl,
+          Entries: chunk.map((entry, index) => ({ Id: String(index), ReceiptHandle: entry.receiptHandle, VisibilityTimeout: seconds })),
+        }),
+      );
+      for (const failed of output.Failed ?? []) failures.push(`${failed.Code ?? 'error'}: ${failed.Message ?? ''}`);
+    }
+    if (failures.length > 0) throw new Error(`${failures.length} visibility change(s) failed: ${failures[0]}`);
+  }
+
+  /** Waits for at least one free slot, then takes up to 10 of them for one receive; 0 once stopped. */
+  private async reserveSlots(): Promise<number> {
+    while (!this.stopped && this.busy >= this.options.concurrency) {
+      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+    }
+    if (this.stopped) return 0;
+    const wanted = Math.min(MAX_RECEIVE, this.options.concurrency - this.busy);
+    this.busy += wanted;
+    return wanted;
+  }
+
+  private releaseSlot(): void {
+    this.busy--;
+    this.wakeSlotWaiters();
+  }
+
+  private wakeSlotWaiters(): void {
+    for (const wake of this.slotWaiters.splice(0)) wake();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const abort = new AbortController();
+      const timer = setTimeout(() => {
+        this.sleeps.delete(abort);
+        resolve();
+      }, ms);
+      abort.signal.addEventListener('abort', () => {
+        clearTimeout(timer);
+        this.sleeps.delete(abort);
+        resolve();
+      });
+      this.sleeps.add(abort);
+    });
+  }
+}
+
+/**
+ * Deletes of one queue, gathered for a moment into DeleteMessageBatch requests of up to 10; each
+ * caller still learns whether its own delete succeeded.
+ */
+class SqsDeleteBatcher {
+  private pending: { receiptHandle: string; resolve: () => void; reject: (error: Error) => void }[] = [];
+  private scheduled = false;
+
+  constructor(
+    private readonly client: SQSClient,
+    private readonly queueUrl: string,
+  ) {}
+
+  delete(receiptHandle: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ receiptHandle, resolve, reject });
+      if (this.pending.length >= MAX_RECEIVE) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    while (this.pending.length > 0) void this.send(this.pending.splice(0, MAX_RECEIVE));
+  }
+
+  private async send(batch: SqsDeleteBatcher['pending']): Promise<void> {
+    try {
+      if (batch.length === 1) {
+        await this.client.send(new DeleteMessageCommand({ QueueUrl: this.queueUrl, ReceiptHandle: batch[0].receiptHandle }));
+        batch[0].resolve();
+        return;
+      }
+      const output = await this.client.send(
+        new DeleteMessageBatchCommand({ QueueUrl: this.queueUrl, Entries: batch.map((entry, index) => ({ Id: String(index), ReceiptHandle: entry.receiptHandle })) }),
+      );
+      const failed = new Map((output.Failed ?? []).map((entry) => [entry.Id, entry]));
+      batch.forEach((entry, index) => {
+        const failure = failed.get(String(index));
+        if (failure) entry.reject(new Error(`deleting the message failed: ${failure.Code ?? 'error'}: ${failure.Message ?? ''}`));
+        else entry.resolve();
+      });
+    } catch (error) {
+      for (const entry of batch) entry.reject(error instanceof Error ? error : new Error(String(error)));
+    }
+  }
+}

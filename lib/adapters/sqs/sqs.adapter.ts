@@ -1,0 +1,551 @@
+import { createHash, randomUUID } from 'node:crypto';
+import {
+  ChangeMessageVisibilityCommand,
+  CreateQueueCommand,
+  DeleteMessageCommand,
+  GetQueueAttributesCommand,
+  GetQueueUrlCommand,
+  ListQueuesCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  SetQueueAttributesCommand,
+  SQSClient,
+  type SQSClientConfig,
+} from '@aws-sdk/client-sqs';
+import { BrokerError, describeError, redactSecrets } from '../../errors';
+import type { SqsEnvConfig } from '../../interfaces/broker-options.interface';
+import type {
+  AdapterCapabilities,
+  AdapterConsumer,
+  AdapterContext,
+  AdapterLogger,
+  AdapterTopic,
+  BrokerAdapter,
+  ConsumeOptions,
+  DeliveryListener,
+  InboundMessage,
+  OutboundMessage,
+} from '../broker-adapter';
+import { OpenConsumers } from '../open-consumers';
+import { escapeForSqs, fromAttributes, MAX_MESSAGE_BYTES, MESSAGE_ID_ATTRIBUTE, messageBytes, toAttributes, type StringAttribute } from './sqs-attributes';
+import { SqsConsumer } from './sqs-consumer';
+import type * as SqsFanoutModule from './sqs-fanout';
+import type { SnsFanout } from './sqs-fanout';
+import { deadLetterQueueName, groupQueueName, isFifoName, parseQueueArn, queueNameOfUrl, snsTopicName, topicQueueName } from './sqs-names';
+
+type Config = SqsEnvConfig['config'];
+
+export const SQS_DEFAULTS = {
+  fanout: 'queue',
+  fifo: false,
+  waitTimeSeconds: 10,
+  visibilityTimeoutSeconds: 30,
+  createMissing: true,
+} as const;
+
+/** Longest per-message delay SQS takes (15 minutes). */
+export const MAX_DELAY_SECONDS = 900;
+/** The message group of FIFO messages published without a key: one group, so one order. */
+export const DEFAULT_MESSAGE_GROUP = 'default';
+
+/** What an SQS env guarantees for its default topic mode (queue or SNS fan-out, standard or FIFO). */
+export function sqsCapabilities(config: Pick<Config, 'fanout' | 'fifo'> = {}): AdapterCapabilities {
+  return {
+    // Queue mode: one queue, so one group; SNS gives every group's queue its own copy.
+    fanOut: config.fanout === 'sns',
+    // FIFO queues keep order per message group (the key); standard queues keep none.
+    orderingPerKey: config.fifo === true,
+    // DelaySeconds (up to 15 minutes) and visibility timeouts hold messages on SQS itself.
+    nativeDelay: true,
+    nativeDeadLetters: true,
+  };
+}
+
+interface TopicPlan {
+  mode: 'queue' | 'sns';
+  fifo: boolean;
+  /** Queue mode: the queue URL configured for this env, if any. */
+  queueUrl?: string;
+}
+
+/**
+ * AWS SQS through the AWS SDK v3. A topic is either one queue whose consumers all compete
+ * ('queue' mode, Ductape's shape), or an SNS topic with one queue per group subscribed to it with
+ * raw message delivery ('sns' mode, AWS's own fan-out). Retries wait out a visibility timeout on
+ * the same message; dead letters go to the queue's redrive target, or to `<queue>-dead-letters`.
+ */
+export class SqsAdapter implements BrokerAdapter {
+  readonly capabilities: AdapterCapabilities;
+  private readonly settings: Required<Pick<Config, 'fanout' | 'fifo' | 'waitTimeSeconds' | 'visibilityTimeoutSeconds' | 'createMissing'>>;
+  private readonly client: SQSClient;
+  private readonly clientConfig: SQSClientConfig;
+  private readonly secrets: string[];
+  private fanout?: SnsFanout;
+  private readonly consumers = new OpenConsumers();
+  private readonly queueUrls = new Map<string, Promise<string>>();
+  private readonly deadLetterUrls = new Map<string, Promise<string>>();
+  private readonly groupQueues = new Map<string, Promise<string>>();
+  /** Queue mode: the group consuming each topic in this process, and how many consumers it has. */
+  private readonly queueGroups = new Map<string, { group: string; consumers: number }>();
+  private closing = false;
+
+  constructor(
+    private readonly config: Config,
+    private readonly context: Pick<AdapterContext, 'envSlug'> & { logger: AdapterLogger },
+  ) {
+    this.settings = {
+      fanout: config.fanout ?? SQS_DEFAULTS.fanout,
+      fifo: config.fifo ?? SQS_DEFAULTS.fifo,
+      waitTimeSeconds: config.waitTimeSeconds ?? SQS_DEFAULTS.waitTimeSeconds,
+      visibilityTimeoutSeconds: config.visibilityTimeoutSeconds ?? SQS_DEFAULTS.visibilityTimeoutSeconds,
+      createMissing: config.createMissing ?? SQS_DEFAULTS.createMissing,
+    };
+    this.capabilities = sqsCapabilities(this.settings);
+    this.clientConfig = {
+      region: config.region,
+      endpoint: config.endpoint,
+      credentials:
+        config.accessKeyId !== undefined && config.secretAccessKey !== undefined
+          ? { accessKeyId: config.accessKeyId, secretAccessKey: config.secretAccessKey, sessionToken: config.sessionToken }
+          : undefined,
+      // A dead endpoint is reported in seconds, not after the OS's connect timeout.
+      requestHandler: { connectionTimeout: 5000 },
+    };
+    this.client = new SQSClient(this.clientConfig);
+    this.secrets = [config.secretAccessKey, config.sessionToken].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
+  }
+
+  /** Where requests go, for errors: the endpoint or AWS's regional one, never a credential. */
+  get endpoint(): string {
+    return redactSecrets(this.config.endpoint ?? `https://sqs.${this.config.region}.amazonaws.com`);
+  }
+
+  /**
+   * One cheap request, so that a wrong endpoint or rejected credentials fail at startup with a
+   * clear error. A refusal of ListQueues itself (AccessDenied) proves both and is fine.
+   */
+  async connect(): Promise<void> {
+    try {
+      await this.client.send(new ListQueuesCommand({ MaxResults: 1 }));
+    } catch (error) {
+      if (errorName(error) === 'AccessDenied' || errorName(error) === 'AccessDeniedException') return;
+      throw this.failure('cannot reach SQS', error);
+    }
+  }
+
+  async publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
+    const plan = this.plan(topic);
+    const prepared = this.prepare(topic, message, plan.fifo);
+    if (plan.mode === 'queue') {
+      const url = await this.workQueueUrl(topic, plan);
+      return this.send(url, prepared, message.messageId);
+    }
+    const fanout = this.requireFanout();
+    const topicArn = await fanout.topicArn(snsTopicName(topic.name, plan.fifo), plan.fifo);
+    if (prepared.delaySeconds === undefined) {
+      return fanout.publish(topicArn, prepared.body, prepared.attributes, plan.fifo ? fifoIds(message.key, message.messageId) : undefined);
+    }
+    // SNS has no per-message delay: a delayed message goes straight to each subscribed queue.
+    const queueArns = await fanout.subscribedQueueArns(topicArn);
+    const urls = await Promise.all(queueArns.map((arn) => this.queueUrlOfArn(arn)));
+    await Promise.all(urls.map((url) => this.send(url, prepared, message.messageId)));
+  }
+
+  async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
+    const plan = this.plan(topic);
+    const url = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.groupQueueUrl(topic, group, plan);
+    // A fresh deduplication id: the same message sent again (reprocessed) must not be dropped as a duplicate.
+    await this.send(url, this.prepare(topic, message, plan.fifo), randomUUID());
+  }
+
+  async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
+    const plan = this.plan(topic);
+    const url = await this.deadLetterQueueUrl(topic, group, plan);
+    const attributes = toAttributes(message.headers, message.messageId, message.correlationId);
+    const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
+    // An envelope is escaped like any publish; a poison body is kept exactly as it came.
+    const body = message.messageId ? escapeForSqs(text) : text;
+    await this.send(url, { body, attributes, key: message.key }, randomUUID());
+  }
+
+  async drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
+    const plan = this.plan(topic);
+    const url = await this.deadLetterQueueUrl(topic, group, plan);
+    const visited = new Set<string>();
+    let moved = 0;
+    while (moved < limit) {
+      const output = await this.request('ReceiveMessage', url, () =>
+        this.client.send(
+          new ReceiveMessageCommand({
+            QueueUrl: url,
+            MaxNumberOfMessages: Math.min(10, limit - moved),
+            // A short long poll: it asks every SQS server, where a receive without wait samples a few.
+            WaitTimeSeconds: 1,
+            VisibilityTimeout: this.settings.visibilityTimeoutSeconds,
+            MessageAttributeNames: ['All'],
+          }),
+        ),
+      );
+      const messages = output.Messages ?? [];
+      if (messages.length === 0) break;
+      for (let i = 0; i < messages.length; i++) {
+        const record = messages[i];
+        const headers = fromAttributes(record.MessageAttributes);
+        const identity = headers[MESSAGE_ID_ATTRIBUTE] || record.MessageId || String(i);
+        // A dead letter seen earlier in this drain came back (it failed again): only what was there at the start is moved.
+        const stop = visited.has(identity);
+        if (!stop) {
+          visited.add(identity);
+          try {
+            await visit({ body: record.Body ?? '', headers, raw: record });
+          } catch (error) {
+            await this.makeVisible(url, messages.slice(i));
+            throw error;
+          }
+        }
+        if (stop) {
+          await this.makeVisible(url, messages.slice(i));
+          return moved;
+        }
+        await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
+        moved++;
+      }
+    }
+    return moved;
+  }
+
+  async consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
+    if (this.closing) throw new Error('the SQS adapter is closed');
+    const plan = this.plan(topic);
+    const release = plan.mode === 'queue' ? this.claimQueueGroup(topic, options.group) : () => undefined;
+    try {
+      const url =
+        options.source === 'dead-letters'
+          ? await this.deadLetterQueueUrl(topic, options.group, plan)
+          : plan.mode === 'queue'
+            ? await this.workQueueUrl(topic, plan)
+            : await this.groupQueueUrl(topic, options.group, plan);
+      const consumer = new SqsConsumer(
+        this.client,
+        {
+          queueUrl: url,
+          queueName: queueNameOfUrl(url),
+          concurrency: options.concurrency,
+          waitTimeSeconds: this.settings.waitTimeSeconds,
+          visibilityTimeoutSeconds: this.settings.visibilityTimeoutSeconds,
+          fifo: plan.fifo,
+          retryThroughVisibility: options.source === 'messages',
+        },
+        listener,
+        this.context.logger,
+      );
+      consumer.start();
+      const adopted = await this.consumers.adopt(consumer, 'SQS');
+      let released = false;
+      return {
+        stop: () => adopted.stop(),
+        close: async () => {
+          await adopted.close();
+          if (!released) {
+            released = true;
+            release();
+          }
+        },
+      };
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.consumers.closeAll();
+    this.client.destroy();
+    this.fanout?.destroy();
+  }
+
+  /** How a topic is laid out for this env: its mode, whether FIFO, and a configured queue URL. */
+  private plan(topic: AdapterTopic): TopicPlan {
+    const config = topic.config;
+    const queueUrl = config?.queueUrls?.find((entry) => entry.env_slug === this.context.envSlug)?.url;
+    const mode = config?.fanout ?? this.settings.fanout;
+    if (queueUrl !== undefined && mode === 'sns') {
+      throw new BrokerError('CONFIG_INVALID', `topic '${topic.tag}': queueUrls name one queue (queue mode); with fanout 'sns' each group has its own queue`);
+    }
+    const fifo = config?.fifo ?? (queueUrl !== undefined ? isFifoName(queueNameOfUrl(queueUrl)) : this.settings.fifo);
+    return { mode, fifo, queueUrl };
+  }
+
+  /** Queue mode is point-to-point: one group per topic, or its groups would silently share messages. */
+  private claimQueueGroup(topic: AdapterTopic, group: string): () => void {
+    const claim = this.queueGroups.get(topic.name);
+    if (claim && claim.group !== group) {
+      throw new BrokerError(
+        'SUBSCRIBE_FAILED',
+        `topic '${topic.tag}' is one SQS queue (queue mode) and group '${claim.group}' already consumes it: group '${group}' would compete for the same messages instead of getting its own copy. ` +
+          `For every group to get every message, set fanout: 'sns' on the topic (or on the SQS env config)`,
+      );
+    }
+    if (claim) claim.consumers++;
+    else this.queueGroups.set(topic.name, { group, consumers: 1 });
+    return () => {
+      const current = this.queueGroups.get(topic.name);
+      if (current && --current.consumers === 0) this.queueGroups.delete(topic.name);
+    };
+  }
+
+  /** Checks what SQS would refuse, before anything is sent. */
+  private prepare(topic: AdapterTopic, message: OutboundMessage, fifo: boolean): PreparedMessage {
+    // Always our JSON envelope here.
+    const body = escapeForSqs(typeof message.body === 'string' ? message.body : message.body.toString('utf8'));
+    const attributes = toAttributes(message.headers, message.messageId, message.correlationId);
+    const bytes = messageBytes(body, attributes);
+    if (bytes > MAX_MESSAGE_BYTES) {
+      throw new BrokerError('INVALID_MESSAGE', `message is too large for SQS: ${bytes} bytes with its attributes, the limit is ${MAX_MESSAGE_BYTES} (256 KiB)`);
+    }
+    let delaySeconds: number | undefined;
+    if (message.delayMs !== undefined && message.delayMs > 0) {
+      delaySeconds = Math.ceil(message.delayMs / 1000);
+      if (delaySeconds > MAX_DELAY_SECONDS) {
+        throw new BrokerError('INVALID_MESSAGE', `delayMs ${message.delayMs} is beyond SQS's longest delay of ${MAX_DELAY_SECONDS} s (15 minutes)`);
+      }
+      if (fifo) {
+        throw new BrokerError('INVALID_MESSAGE', `topic '${topic.tag}' is a FIFO queue: SQS takes no per-message delay there (only a delay set on the queue)`);
+      }
+    }
+    return { body, attributes, delaySeconds, key: message.key };
+  }
+
+  private async send(url: string, message: PreparedMessage, deduplicationId: string): Promise<void> {
+    const fifo = isFifoName(queueNameOfUrl(url));
+    await this.request('SendMessage', url, () =>
+      this.client.send(
+        new SendMessageCommand({
+          QueueUrl: url,
+          MessageBody: message.body,
+          MessageAttributes: message.attributes,
+          DelaySeconds: fifo ? undefined : message.delaySeconds,
+          ...(fifo ? fifoIds(message.key, deduplicationId) : {}),
+        }),
+      ),
+    );
+  }
+
+  /** Queue mode: the configured queue URL, or the topic's own queue (created when allowed). */
+  private workQueueUrl(topic: AdapterTopic, plan: TopicPlan): Promise<string> {
+    if (plan.queueUrl !== undefined) return Promise.resolve(plan.queueUrl);
+    return this.queueUrl(topicQueueName(topic.name, plan.fifo), plan.fifo);
+  }
+
+  /** Fan-out mode: the group's queue, subscribed to the SNS topic with raw delivery (made on first use). */
+  private groupQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan): Promise<string> {
+    const name = groupQueueName(topic.name, group, plan.fifo);
+    return this.cached(this.groupQueues, name, async () => {
+      const fanout = this.requireFanout();
+      const topicArn = await fanout.topicArn(snsTopicName(topic.name, plan.fifo), plan.fifo);
+      const url = await this.queueUrl(name, plan.fifo);
+      if (this.settings.createMissing) {
+        const queueArn = await this.queueArn(url);
+        // SNS may write to the queue only when its policy lets it (real AWS enforces this).
+        const policy = {
+          Version: '2012-10-17',
+          Statement: [
+            {
+              Sid: 'ductape-sns-fanout',
+              Effect: 'Allow',
+              Principal: { Service: 'sns.amazonaws.com' },
+              Action: 'sqs:SendMessage',
+              Resource: queueArn,
+              Condition: { ArnEquals: { 'aws:SourceArn': topicArn } },
+            },
+          ],
+        };
+        await this.request('SetQueueAttributes', url, () =>
+          this.client.send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: { Policy: JSON.stringify(policy) } })),
+        );
+        await fanout.subscribeQueue(topicArn, queueArn);
+      }
+      return url;
+    });
+  }
+
+  /**
+   * The dead-letter queue of a topic (queue mode) or of a group (fan-out): the work queue's
+   * redrive target when it has a redrive policy, otherwise `<queue>-dead-letters`.
+   */
+  private async deadLetterQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan): Promise<string> {
+    const workUrl = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.groupQueueUrl(topic, group, plan);
+    return this.cached(this.deadLetterUrls, workUrl, async () => {
+      const output = await this.request('GetQueueAttributes', workUrl, () =>
+        this.client.send(new GetQueueAttributesCommand({ QueueUrl: workUrl, AttributeNames: ['RedrivePolicy'] })),
+      );
+      const redrive = parseRedrivePolicy(output.Attributes?.RedrivePolicy);
+      if (redrive) return this.queueUrlOfArn(redrive);
+      const workName = queueNameOfUrl(workUrl);
+      return this.queueUrl(deadLetterQueueName(workName), isFifoName(workName));
+    });
+  }
+
+  /** A queue's URL by name: created (idempotently) when allowed, otherwise looked up. */
+  private queueUrl(name: string, fifo: boolean): Promise<string> {
+    return this.cached(this.queueUrls, name, async () => {
+      if (this.settings.createMissing) {
+        try {
+          const output = await this.client.send(new CreateQueueCommand({ QueueName: name, Attributes: fifo ? { FifoQueue: 'true' } : undefined }));
+          if (output.QueueUrl) return output.QueueUrl;
+        } catch (error) {
+          // It exists with other attributes (made by someone else): use it as it is.
+          if (!['QueueAlreadyExists', 'QueueNameExists'].includes(errorName(error))) throw this.failure(`CreateQueue '${name}' failed`, error);
+        }
+      }
+      try {
+        const output = await this.client.send(new GetQueueUrlCommand({ QueueName: name }));
+        if (output.QueueUrl) return output.QueueUrl;
+        throw new Error('no QueueUrl in the answer');
+      } catch (error) {
+        if (isMissingQueue(error)) {
+          throw new Error(`SQS queue '${name}' does not exist at ${this.endpoint}${this.settings.createMissing ? '' : ' (createMissing is false, so the adapter does not create it)'}`);
+        }
+        throw this.failure(`GetQueueUrl '${name}' failed`, error);
+      }
+    });
+  }
+
+  private async queueUrlOfArn(arn: string): Promise<string> {
+    const parsed = parseQueueArn(arn);
+    if (!parsed) throw new Error(`'${arn}' is not an SQS queue ARN`);
+    return this.cached(this.queueUrls, `arn:${arn}`, async () => {
+      const output = await this.request('GetQueueUrl', parsed.name, () =>
+        this.client.send(new GetQueueUrlCommand({ QueueName: parsed.name, QueueOwnerAWSAccountId: parsed.account || undefined })),
+      );
+      if (!output.QueueUrl) throw new Error(`no URL for SQS queue ${arn}`);
+      return output.QueueUrl;
+    });
+  }
+
+  private async queueArn(url: string): Promise<string> {
+    const output = await this.request('GetQueueAttributes', url, () =>
+      this.client.send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['QueueArn'] })),
+    );
+    const arn = output.Attributes?.QueueArn;
+    if (!arn) throw new Error(`SQS returned no QueueArn for ${queueNameOfUrl(url)}`);
+    return arn;
+  }
+
+  private async makeVisible(url: string, messages: { ReceiptHandle?: string }[]): Promise<void> {
+    await Promise.all(
+      messages.map((message) =>
+        this.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: url, ReceiptHandle: message.ReceiptHandle, VisibilityTimeout: 0 })).catch(() => undefined),
+      ),
+    );
+  }
+
+  /** One promise per key while it succeeds; a failure is forgotten, so the next call tries again. */
+  private cached(map: Map<string, Promise<string>>, key: string, make: () => Promise<string>): Promise<string> {
+    let promise = map.get(key);
+    if (!promise) {
+      promise = make();
+      map.set(key, promise);
+      promise.catch(() => map.delete(key));
+    }
+    return promise;
+  }
+
+  /** An SQS request whose failure names the operation and the queue; a missing queue says so plainly. */
+  private async request<T>(operation: string, target: string, work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (error) {
+      if (isMissingQueue(error)) throw new Error(`SQS ${operation}: queue ${redactSecrets(target)} does not exist at ${this.endpoint}`);
+      throw this.failure(`SQS ${operation} on ${redactSecrets(target)} failed`, error);
+    }
+  }
+
+  /** An error that names the endpoint and the AWS error, with any configured secret cut out. */
+  private failure(context: string, error: unknown): Error {
+    const name = errorName(error);
+    const hint = CREDENTIAL_ERRORS.has(name) ? ' (the credentials were rejected)' : '';
+    let text = `${context} at ${this.endpoint}${hint}: ${describeError(error)}`;
+    for (const secret of this.secrets) text = text.split(secret).join('***');
+    return new Error(text);
+  }
+
+  private requireFanout(): SnsFanout {
+    if (!this.fanout) {
+      let module: typeof SqsFanoutModule;
+      try {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        module = require('./sqs-fanout') as typeof SqsFanoutModule;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' && String((error as Error).message).includes('@aws-sdk/client-sns')) {
+          throw new BrokerError('CONFIG_INVALID', "fanout 'sns' needs the package '@aws-sdk/client-sns': npm install @aws-sdk/client-sns");
+        }
+        throw error;
+      }
+      this.fanout = new module.SnsFanout(
+        { ...this.clientConfig, endpoint: this.config.endpoint },
+        { createMissing: this.settings.createMissing, failure: (context, error) => this.failure(context, error) },
+      );
+    }
+    return this.fanout;
+  }
+}
+
+interface PreparedMessage {
+  body: string;
+  attributes: Record<string, StringAttribute>;
+  delaySeconds?: number;
+  key?: string;
+}
+
+/** AWS error names that mean the credentials were refused. */
+const CREDENTIAL_ERRORS = new Set([
+  'InvalidClientTokenId',
+  'SignatureDoesNotMatch',
+  'UnrecognizedClientException',
+  'InvalidAccessKeyId',
+  'ExpiredToken',
+  'ExpiredTokenException',
+  'IncompleteSignature',
+  'CredentialsProviderError',
+  'InvalidSecurity',
+]);
+
+export function errorName(error: unknown): string {
+  if (typeof error !== 'object' || error === null) return '';
+  const candidate = error as { name?: unknown; Code?: unknown; code?: unknown };
+  const name = [candidate.Code, candidate.name, candidate.code].find((value) => typeof value === 'string');
+  return typeof name === 'string' ? name : '';
+}
+
+function isMissingQueue(error: unknown): boolean {
+  const name = errorName(error);
+  return name === 'QueueDoesNotExist' || name === 'AWS.SimpleQueueService.NonExistentQueue' || name === 'NonExistentQueue';
+}
+
+function parseRedrivePolicy(text: string | undefined): string | undefined {
+  if (!text) return undefined;
+  try {
+    const policy = JSON.parse(text) as { deadLetterTargetArn?: unknown };
+    return typeof policy.deadLetterTargetArn === 'string' ? policy.deadLetterTargetArn : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * FIFO ids: the key is the message group (one default group without a key), and the id the
+ * deduplication id. SQS takes up to 128 printable ASCII characters; anything else is hashed.
+ */
+export function fifoIds(key: string | undefined, deduplicationId: string): { MessageGroupId: string; MessageDeduplicationId: string } {
+  return { MessageGroupId: fifoId(key || DEFAULT_MESSAGE_GROUP), MessageDeduplicationId: fifoId(deduplicationId || randomUUID()) };
+}
+
+function fifoId(value: string): string {
+  return /^[!-~]{1,128}$/.test(value) ? value : createHash('sha256').update(value).digest('hex');
+}
+
+export function createSqsAdapter(config: Config, context: AdapterContext): BrokerAdapter {
+  return new SqsAdapter(config, context);
+}

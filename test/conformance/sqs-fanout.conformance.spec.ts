@@ -1,0 +1,14 @@
+import { sqsCapabilities } from '../../lib/adapters/sqs';
+import { rawPublishToSnsTopic, sqsEnv } from '../support/sqs';
+import { runConformanceSuite } from './conformance.suite';
+
+// Fan-out mode: an SNS topic per topic, and one SQS queue per group subscribed to it.
+runConformanceSuite({
+  broker: 'sqs',
+  capabilities: sqsCapabilities({ fanout: 'sns' }),
+  envConfig: (slug) => sqsEnv(slug, { fanout: 'sns' }),
+  // A foreign producer: the plain AWS SDK, publishing to the topic's SNS topic.
+  publishRaw: (topicName, body) => rawPublishToSnsTopic(topicName, body),
+  // Delays and retry backoffs are whole seconds on SQS.
+  deliveryTimeoutMs: 8000,
+});

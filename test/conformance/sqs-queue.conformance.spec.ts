@@ -1,0 +1,14 @@
+import { sqsCapabilities } from '../../lib/adapters/sqs';
+import { rawSendToTopicQueue, sqsEnv } from '../support/sqs';
+import { runConformanceSuite } from './conformance.suite';
+
+// Queue mode (Ductape's shape): a topic is one SQS queue, so there is no fan-out across groups.
+runConformanceSuite({
+  broker: 'sqs',
+  capabilities: sqsCapabilities({ fanout: 'queue' }),
+  envConfig: (slug) => sqsEnv(slug, { fanout: 'queue' }),
+  // A foreign producer: the plain AWS SDK, straight to the topic's queue.
+  publishRaw: (topicName, body) => rawSendToTopicQueue(topicName, body),
+  // Delays and retry backoffs are whole seconds on SQS.
+  deliveryTimeoutMs: 8000,
+});
