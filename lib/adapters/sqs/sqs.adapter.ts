@@ -225,6 +225,8 @@ export class SqsAdapter implements BrokerAdapter {
           : plan.mode === 'queue'
             ? await this.workQueueUrl(topic, plan)
             : await this.groupQueueUrl(topic, options.group, plan);
+      // A queue given by URL may not exist (or not be ours to read): say so now, not in a poller's log.
+      await this.queueArn(url);
       const consumer = new SqsConsumer(
         this.client,
         {

@@ -1,0 +1,552 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { INestApplication } from '@nestjs/common';
+import {
+  ChangeMessageVisibilityCommand,
+  GetQueueAttributesCommand,
+  GetQueueUrlCommand,
+  ReceiveMessageCommand,
+  SQSClient,
+  type Message,
+} from '@aws-sdk/client-sqs';
+import { GetSubscriptionAttributesCommand, ListSubscriptionsByTopicCommand, ListTopicsCommand } from '@aws-sdk/client-sns';
+import { BrokerError, DEAD_LETTER_HEADERS, type BrokerContext, type BrokerModuleOptions, type MessageBrokerService, type SqsEnvConfig, type TopicConfig } from '../../lib';
+import { OVERFLOW_ATTRIBUTE } from '../../lib/adapters/sqs';
+import { CapturingLogger, createBrokerApp } from '../support/app';
+import { describeWithBroker } from '../support/broker-availability';
+import { queueUrl, snsClient, sqsClient, sqsEnv } from '../support/sqs';
+import { gate, sleep, waitFor } from '../support/wait';
+
+const PRODUCT = 'sqs-adapter';
+
+interface Received {
+  message: unknown;
+  ctx: BrokerContext;
+}
+
+/** One SDK call the adapter made: the command's name and input, and its output once it resolved. */
+interface Call {
+  command: string;
+  input: Record<string, unknown>;
+  output?: Record<string, unknown>;
+}
+
+describeWithBroker('sqs', 'SQS adapter', () => {
+  const apps: INestApplication[] = [];
+  let calls: Call[] = [];
+
+  beforeEach(() => {
+    calls = [];
+    // A spy, not a mock: every request still goes to the SQS server; this only records them.
+    const send = SQSClient.prototype.send;
+    // eslint-disable-next-line @typescript-eslint/no-misused-promises -- send has overloads; this is the promise one
+    jest.spyOn(SQSClient.prototype, 'send').mockImplementation(function (this: SQSClient, ...args: Parameters<SQSClient['send']>) {
+      const [command] = args as unknown as [{ constructor: { name: string }; input: Record<string, unknown> }];
+      const call: Call = { command: command.constructor.name.replace(/Command$/, ''), input: command.input };
+      calls.push(call);
+      const result = (send as (...a: unknown[]) => Promise<Record<string, unknown>>).apply(this, args);
+      result.then(
+        (output) => void (call.output = output),
+        () => undefined,
+      );
+      return result as unknown as ReturnType<SQSClient['send']>;
+    } as SQSClient['send']);
+  });
+
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((app) => app.close()));
+    jest.restoreAllMocks();
+  });
+
+  function options(env: SqsEnvConfig, overrides: Partial<BrokerModuleOptions> = {}, topics?: TopicConfig[]): BrokerModuleOptions {
+    return {
+      env: 'prd',
+      product: PRODUCT,
+      brokers: [{ tag: 'sq', envs: [env], topics }],
+      retry: { maxAttempts: 3, initialDelayMs: 50 },
+      shutdownTimeoutMs: 5000,
+      ...overrides,
+    };
+  }
+
+  async function start(config: Partial<SqsEnvConfig['config']> = {}, overrides: Partial<BrokerModuleOptions> = {}, topics?: TopicConfig[]) {
+    const started = await createBrokerApp(options(sqsEnv('prd', config), overrides, topics));
+    apps.push(started.app);
+    return started;
+  }
+
+  function newTopic() {
+    const tag = `t-${randomUUID().slice(0, 8)}`;
+    return { tag, event: `sq:${tag}`, queue: `${PRODUCT}_prd_${tag}` };
+  }
+
+  function publish(broker: MessageBrokerService, event: string, message: unknown, input: Record<string, unknown> = {}) {
+    return broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message, ...input } });
+  }
+
+  function subscribe(broker: MessageBrokerService, event: string, callback: (message: unknown, ctx: BrokerContext) => unknown, input: Record<string, unknown> = {}) {
+    return broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback, ...input } });
+  }
+
+  function collector(into: Received[], behaviour?: (ctx: BrokerContext) => Promise<void> | void) {
+    return async (message: unknown, ctx: BrokerContext) => {
+      into.push({ message, ctx });
+      await behaviour?.(ctx);
+    };
+  }
+
+  /** Visible and in-flight message counts of a queue, as SQS reports them. */
+  async function counts(name: string): Promise<{ visible: number; inFlight: number; delayed: number }> {
+    const { QueueUrl } = await sqsClient().send(new GetQueueUrlCommand({ QueueName: name }));
+    const { Attributes = {} } = await sqsClient().send(
+      new GetQueueAttributesCommand({
+        QueueUrl,
+        AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible', 'ApproximateNumberOfMessagesDelayed'],
+      }),
+    );
+    return {
+      visible: Number(Attributes.ApproximateNumberOfMessages),
+      inFlight: Number(Attributes.ApproximateNumberOfMessagesNotVisible),
+      delayed: Number(Attributes.ApproximateNumberOfMessagesDelayed ?? 0),
+    };
+  }
+
+  /** Reads (and leaves hidden for a minute) what a queue holds, with a plain SDK client. */
+  async function rawReceive(name: string, max = 10): Promise<Message[]> {
+    const { QueueUrl } = await sqsClient().send(new GetQueueUrlCommand({ QueueName: name }));
+    const { Messages = [] } = await sqsClient().send(
+      new ReceiveMessageCommand({ QueueUrl, MaxNumberOfMessages: max, WaitTimeSeconds: 1, VisibilityTimeout: 60, MessageAttributeNames: ['All'] }),
+    );
+    return Messages;
+  }
+
+  /** Checks that `promise` rejects with a BrokerError of `code` whose message matches `text`. */
+  async function expectRefusal(promise: Promise<unknown>, code: string, text: string | RegExp): Promise<void> {
+    const error = await promise.then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe(code);
+    expect((error as BrokerError).message).toMatch(text);
+  }
+
+  function callsOf(command: string, queueName?: string): Call[] {
+    return calls.filter((call) => call.command === command && (queueName === undefined || String(call.input.QueueUrl).endsWith(`/${queueName}`)));
+  }
+
+  describe('receiving', () => {
+    it('long-polls for up to 10 messages at a time within the concurrency, and deletes each only after its handler resolved', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const received: Received[] = [];
+      const hold = gate();
+      let running = 0;
+      let peak = 0;
+      await subscribe(
+        broker,
+        event,
+        collector(received, async () => {
+          peak = Math.max(peak, ++running);
+          await hold.promise;
+          running--;
+        }),
+        { concurrency: 15 },
+      );
+      await Promise.all(Array.from({ length: 25 }, (_, i) => publish(broker, event, { i })));
+      await waitFor(() => received.length === 15, '15 handlers running', 5000);
+      await sleep(300);
+      // The concurrency caps what is taken off the queue: 15 in flight, 10 still waiting there.
+      expect(received).toHaveLength(15);
+      expect(await counts(queue)).toEqual({ visible: 10, inFlight: 15, delayed: 0 });
+      expect(callsOf('DeleteMessage', queue).length + callsOf('DeleteMessageBatch', queue).length).toBe(0);
+      hold.open();
+      await waitFor(() => received.length === 25, 'all 25', 5000);
+      await waitFor(() => running === 0, 'the handlers to finish', 5000);
+      await sleep(200);
+      expect(await counts(queue)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
+      expect(peak).toBe(15);
+
+      const receives = callsOf('ReceiveMessage', queue);
+      expect(receives.every((call) => call.input.WaitTimeSeconds === 1)).toBe(true);
+      expect(receives.every((call) => (call.input.MaxNumberOfMessages as number) <= 10)).toBe(true);
+      expect(Math.max(...receives.map((call) => ((call.output?.Messages as unknown[] | undefined) ?? []).length))).toBe(10);
+      const deleted =
+        callsOf('DeleteMessage', queue).length + callsOf('DeleteMessageBatch', queue).reduce((sum, call) => sum + (call.input.Entries as unknown[]).length, 0);
+      expect(deleted).toBe(25);
+      expect(callsOf('DeleteMessageBatch', queue).length).toBeGreaterThan(0);
+
+      // Idle, the pollers wait in long polls instead of spinning: 2 pollers, 1 s polls.
+      const before = callsOf('ReceiveMessage', queue).length;
+      await sleep(2500);
+      expect(callsOf('ReceiveMessage', queue).length - before).toBeLessThanOrEqual(8);
+    });
+
+    it('keeps a slow handler’s message invisible past its visibility timeout: no other consumer gets it, and it is deleted once done', async () => {
+      const slow = await start({ visibilityTimeoutSeconds: 2 });
+      const other = await start({ visibilityTimeoutSeconds: 2 });
+      const { event, queue } = newTopic();
+      const first: Received[] = [];
+      const second: Received[] = [];
+      let finished = false;
+      await subscribe(
+        slow.broker,
+        event,
+        collector(first, async () => {
+          await sleep(5000);
+          finished = true;
+        }),
+        { group: 'workers' },
+      );
+      await publish(slow.broker, event, { slow: true });
+      await waitFor(() => first.length === 1, 'the slow handler to start', 5000);
+      await subscribe(other.broker, event, collector(second), { group: 'workers' });
+      await waitFor(() => finished, 'the slow handler to finish', 8000);
+      await sleep(2500);
+      expect(first).toHaveLength(1);
+      expect(second).toHaveLength(0);
+      const extensions = [...callsOf('ChangeMessageVisibility', queue), ...callsOf('ChangeMessageVisibilityBatch', queue)];
+      expect(extensions.length).toBeGreaterThanOrEqual(2);
+      expect(await counts(queue)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
+    }, 20_000);
+  });
+
+  describe('retries and dead letters', () => {
+    it('retries through the visibility timeout with the backoff, then dead-letters into <queue>-dead-letters; reprocessDeadLetters moves it back', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const attempts: { attempt: number; at: number }[] = [];
+      let healthy = false;
+      await subscribe(
+        broker,
+        event,
+        (_message, ctx) => {
+          attempts.push({ attempt: ctx.attempt, at: Date.now() });
+          if (!healthy) throw new Error('payment service is down');
+        },
+        { retry: { maxAttempts: 3, initialDelayMs: 1000, multiplier: 2 } },
+      );
+      await publish(broker, event, { order: 1 }, { headers: { tenant: 'acme' } });
+      await waitFor(() => attempts.length === 3, 'three attempts', 8000);
+      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters`).length === 1, 'the dead letter', 3000);
+      expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3]);
+      expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(950);
+      expect(attempts[2].at - attempts[1].at).toBeGreaterThanOrEqual(1950);
+      // The same message waited out its visibility timeout: never sent again for a retry.
+      expect(callsOf('SendMessage', queue)).toHaveLength(1);
+      expect(callsOf('ChangeMessageVisibility', queue).map((call) => call.input.VisibilityTimeout)).toEqual([1, 2]);
+
+      const [dead] = await rawReceive(`${queue}-dead-letters`);
+      const attributes = Object.fromEntries(Object.entries(dead.MessageAttributes ?? {}).map(([name, value]) => [name, value.StringValue]));
+      expect(attributes).toMatchObject({
+        [DEAD_LETTER_HEADERS.attempts]: '3',
+        [DEAD_LETTER_HEADERS.reason]: 'max-attempts',
+        tenant: 'acme',
+      });
+      expect(attributes[DEAD_LETTER_HEADERS.error]).toContain('payment service is down');
+      expect(JSON.parse(dead.Body!)).toMatchObject({ message: { order: 1 } });
+      await sqsClient().send(
+        new ChangeMessageVisibilityCommand({ QueueUrl: await queueUrl(`${queue}-dead-letters`), ReceiptHandle: dead.ReceiptHandle, VisibilityTimeout: 0 }),
+      );
+
+      healthy = true;
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT })).toBe(1);
+      await waitFor(() => attempts.length === 4, 'the reprocessed message', 5000);
+      expect(attempts[3].attempt).toBe(1);
+      await sleep(300);
+      expect(await counts(`${queue}-dead-letters`)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
+      expect(await counts(queue)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
+    }, 20_000);
+
+    it("uses the queue's redrive policy target as its dead-letter queue, for a queue given by URL", async () => {
+      const id = randomUUID().slice(0, 8);
+      const targetUrl = await queueUrl(`custom-dlq-${id}`);
+      const { Attributes } = await sqsClient().send(new GetQueueAttributesCommand({ QueueUrl: targetUrl, AttributeNames: ['QueueArn'] }));
+      const workUrl = await queueUrl(`orders-${id}`, {
+        RedrivePolicy: JSON.stringify({ deadLetterTargetArn: Attributes!.QueueArn, maxReceiveCount: '10' }),
+      });
+      const { broker } = await start({}, {}, [{ tag: 'orders', queueUrls: [{ env_slug: 'prd', url: workUrl }] }]);
+      const attempts: number[] = [];
+      let healthy = false;
+      await subscribe(
+        broker,
+        'sq:orders',
+        (_message, ctx) => {
+          attempts.push(ctx.attempt);
+          if (!healthy) throw new Error('not yet');
+        },
+        { retry: { maxAttempts: 2, initialDelayMs: 0 } },
+      );
+      await publish(broker, 'sq:orders', { n: 1 });
+      await waitFor(() => callsOf('SendMessage', `custom-dlq-${id}`).length === 1, 'the dead letter in the redrive target', 5000);
+      expect(attempts).toEqual([1, 2]);
+      expect(await counts(`custom-dlq-${id}`)).toMatchObject({ visible: 1 });
+      // No queue of its own was made for dead letters.
+      const lookup = await sqsClient()
+        .send(new GetQueueUrlCommand({ QueueName: `orders-${id}-dead-letters` }))
+        .then(
+          () => 'exists',
+          (error: Error) => error.name,
+        );
+      expect(lookup).toBe('QueueDoesNotExist');
+      healthy = true;
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event: 'sq:orders', product_tag: PRODUCT })).toBe(1);
+      await waitFor(() => attempts.length === 3, 'the reprocessed message', 5000);
+      expect(attempts[2]).toBe(1);
+    }, 15_000);
+  });
+
+  describe('FIFO queues', () => {
+    it('makes the key the message group: order per key holds with concurrency; messageId deduplicates; a reprocessed message is not deduplicated away', async () => {
+      const { broker } = await start({ fifo: true });
+      const { event, queue } = newTopic();
+      const seen = new Map<string, number[]>();
+      let done = 0;
+      await subscribe(
+        broker,
+        event,
+        async (message, ctx) => {
+          const { seq } = message as { seq: number };
+          await sleep((seq * 7) % 5);
+          seen.set(ctx.key!, [...(seen.get(ctx.key!) ?? []), seq]);
+          done++;
+        },
+        { concurrency: 4 },
+      );
+      for (let seq = 0; seq < 30; seq++) await publish(broker, event, { seq }, { key: `key-${seq % 3}` });
+      await waitFor(() => done === 30, 'all 30', 10_000);
+      for (let k = 0; k < 3; k++) expect(seen.get(`key-${k}`)).toEqual(Array.from({ length: 10 }, (_, i) => i * 3 + k));
+      const sends = callsOf('SendMessage', `${queue}.fifo`);
+      expect(sends).toHaveLength(30);
+      expect(sends[0].input).toMatchObject({ MessageGroupId: 'key-0' });
+      expect(sends[0].input.MessageDeduplicationId).toEqual(expect.any(String));
+
+      // The same messageId twice: SQS keeps one.
+      await publish(broker, event, { seq: 100 }, { messageId: 'order-100', key: 'dup' });
+      await publish(broker, event, { seq: 101 }, { messageId: 'order-100', key: 'dup' });
+      await sleep(1500);
+      expect(seen.get('dup')).toEqual([100]);
+      // No key: one default group.
+      await publish(broker, event, { seq: 200 });
+      expect(callsOf('SendMessage', `${queue}.fifo`).pop()!.input).toMatchObject({ MessageGroupId: 'default' });
+    }, 20_000);
+
+    it('re-sends a reprocessed dead letter with a fresh deduplication id, and refuses delayMs on FIFO', async () => {
+      const { broker } = await start({ fifo: true });
+      const { event, queue } = newTopic();
+      const handled: Received[] = [];
+      let healthy = false;
+      await subscribe(
+        broker,
+        event,
+        collector(handled, () => {
+          if (!healthy) throw new Error('no');
+        }),
+        { retry: { maxAttempts: 1, initialDelayMs: 0 } },
+      );
+      await publish(broker, event, { n: 1 }, { messageId: 'fifo-1' });
+      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters.fifo`).length === 1, 'the dead letter', 5000);
+      healthy = true;
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT })).toBe(1);
+      await waitFor(() => handled.length === 2, 'the reprocessed message (same messageId, within the deduplication window)', 5000);
+      expect(handled[1].ctx.messageId).toBe('fifo-1');
+
+      const before = callsOf('SendMessage').length;
+      await expectRefusal(publish(broker, event, { late: true }, { delayMs: 2000 }), 'INVALID_MESSAGE', 'FIFO');
+      expect(callsOf('SendMessage').length).toBe(before);
+    }, 15_000);
+  });
+
+  describe('limits', () => {
+    it('maps delayMs to DelaySeconds and refuses a delay over 15 minutes with INVALID_MESSAGE, sending nothing', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const received: number[] = [];
+      await subscribe(broker, event, () => void received.push(Date.now()));
+      const sent = Date.now();
+      await publish(broker, event, { soon: true }, { delayMs: 1500 });
+      expect(callsOf('SendMessage', queue)[0].input.DelaySeconds).toBe(2);
+      await waitFor(() => received.length === 1, 'the delayed message', 5000);
+      expect(received[0] - sent).toBeGreaterThanOrEqual(1490);
+
+      await expectRefusal(publish(broker, event, { late: true }, { delayMs: 900_001 }), 'INVALID_MESSAGE', '900 s');
+      expect(callsOf('SendMessage', queue)).toHaveLength(1);
+      await publish(broker, event, { latest: true }, { delayMs: 900_000 });
+      expect(callsOf('SendMessage', queue).pop()!.input.DelaySeconds).toBe(900);
+    });
+
+    it('carries headers as message attributes while they fit (10), and beyond in the envelope and one overflow attribute', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const received: Received[] = [];
+      await subscribe(broker, event, collector(received));
+      const few = { tenant: 'acme', region: 'eu' };
+      const many = Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`h${i}`, `v${i}`]));
+      await publish(broker, event, 'few', { headers: few, correlationId: 'c-1' });
+      await publish(broker, event, 'many', { headers: many });
+      await waitFor(() => received.length === 2, 'both messages', 5000);
+      const byMessage = Object.fromEntries(received.map((r) => [r.message as string, r.ctx]));
+      expect(byMessage.few.headers).toEqual(few);
+      expect(byMessage.many.headers).toEqual(many);
+      const [fewSend, manySend] = callsOf('SendMessage', queue).map((call) => call.input.MessageAttributes as Record<string, { StringValue: string }>);
+      expect(Object.keys(fewSend).sort()).toEqual(['correlation-id', 'message-id', 'region', 'tenant']);
+      expect(Object.keys(manySend)).toHaveLength(10);
+      expect(manySend[OVERFLOW_ATTRIBUTE]).toBeDefined();
+      const overflow = JSON.parse(manySend[OVERFLOW_ATTRIBUTE].StringValue) as Record<string, string>;
+      expect(Object.keys(overflow)).toHaveLength(4);
+    });
+
+    it('refuses a message over 256 KiB with INVALID_MESSAGE before sending', async () => {
+      const { broker } = await start({}, { maxMessageBytes: 2 * 1024 * 1024 });
+      const { event, queue } = newTopic();
+      await subscribe(broker, event, () => undefined);
+      await expectRefusal(publish(broker, event, 'x'.repeat(256 * 1024)), 'INVALID_MESSAGE', '256 KiB');
+      expect(callsOf('SendMessage', queue)).toHaveLength(0);
+      await publish(broker, event, 'x'.repeat(250 * 1024));
+      expect(callsOf('SendMessage', queue)).toHaveLength(1);
+    });
+  });
+
+  describe('queue mode and fan-out', () => {
+    it('refuses a second group on a queue-mode topic with SUBSCRIBE_FAILED that says how to fan out', async () => {
+      const { broker } = await start();
+      const { event } = newTopic();
+      await subscribe(broker, event, () => undefined, { group: 'billing' });
+      await expectRefusal(subscribe(broker, event, () => undefined, { group: 'shipping' }), 'SUBSCRIBE_FAILED', "fanout: 'sns'");
+      // The same group again is fine: more competing consumers.
+      await subscribe(broker, event, () => undefined, { group: 'billing' });
+    });
+
+    it('fan-out: an SNS topic with one queue per group, subscribed with raw delivery; a delayed message reaches every group; publishing before any group is refused', async () => {
+      const { broker } = await start({ fanout: 'sns' });
+      const { event, queue } = newTopic();
+      await expectRefusal(publish(broker, event, { early: true }), 'PUBLISH_FAILED', 'no subscribed group');
+      const billing: Received[] = [];
+      const shipping: Received[] = [];
+      await subscribe(broker, event, collector(billing), { group: 'billing' });
+      await subscribe(broker, event, collector(shipping), { group: 'shipping' });
+      const { Topics = [] } = await snsClient().send(new ListTopicsCommand({}));
+      const topicArn = Topics.map((topic) => topic.TopicArn!).find((arn) => arn.endsWith(`:${queue}`))!;
+      expect(topicArn).toBeDefined();
+      const { Subscriptions = [] } = await snsClient().send(new ListSubscriptionsByTopicCommand({ TopicArn: topicArn }));
+      expect(Subscriptions.map((s) => s.Endpoint!.split(':').pop()).sort()).toEqual([`${queue}__billing`, `${queue}__shipping`]);
+      for (const subscription of Subscriptions) {
+        const { Attributes } = await snsClient().send(new GetSubscriptionAttributesCommand({ SubscriptionArn: subscription.SubscriptionArn }));
+        expect(Attributes?.RawMessageDelivery).toBe('true');
+      }
+      const sent = Date.now();
+      await publish(broker, event, { delayed: true }, { delayMs: 1000 });
+      await publish(broker, event, { now: true });
+      await waitFor(() => billing.length === 2 && shipping.length === 2, 'both messages in both groups', 5000);
+      const delayedAt = billing.find((r) => (r.message as { delayed?: boolean }).delayed)!;
+      expect(delayedAt.ctx.headers).toEqual({});
+      expect(Date.now() - sent).toBeGreaterThanOrEqual(990);
+      expect(shipping.map((r) => r.message)).toEqual(expect.arrayContaining([{ delayed: true }, { now: true }]));
+    });
+  });
+
+  describe('bad input and safety', () => {
+    const SECRET = 'wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY';
+
+    it('a wrong queue URL and a missing queue give clear errors', async () => {
+      const missingUrl = (await queueUrl(`exists-${randomUUID().slice(0, 8)}`)).replace(/exists-/, 'missing-');
+      const { broker } = await start({}, {}, [{ tag: 'orders', queueUrls: [{ env_slug: 'prd', url: missingUrl }] }, { tag: 'other' }]);
+      await expectRefusal(publish(broker, 'sq:orders', { n: 1 }), 'PUBLISH_FAILED', /queue .*missing-.* does not exist/);
+      await expectRefusal(subscribe(broker, 'sq:orders', () => undefined), 'SUBSCRIBE_FAILED', 'does not exist');
+
+      const strict = await start({ createMissing: false });
+      await expectRefusal(publish(strict.broker, 'sq:other', { n: 1 }), 'PUBLISH_FAILED', `SQS queue '${PRODUCT}_prd_other' does not exist`);
+      expect(callsOf('CreateQueue').filter((call) => call.input.QueueName === `${PRODUCT}_prd_other`)).toHaveLength(0);
+    });
+
+    it('an unreachable endpoint gives an error naming it, never the secret key', async () => {
+      const logger = new CapturingLogger();
+      const { app, broker } = await createBrokerApp(
+        options({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1', endpoint: 'http://127.0.0.1:1', accessKeyId: 'AKIDEXAMPLE', secretAccessKey: SECRET, waitTimeSeconds: 1 } }),
+        {},
+        logger,
+      );
+      apps.push(app);
+      const error = (await publish(broker, 'sq:anything', { n: 1 }).catch((thrown: unknown) => thrown)) as Error & { code: string };
+      expect(error.code).toBe('PUBLISH_FAILED');
+      expect(error.message).toContain('http://127.0.0.1:1');
+      expect(error.message).toContain('ECONNREFUSED');
+      expect(`${error.message} ${error.stack} ${logger.texts.join(' ')}`).not.toContain(SECRET);
+    });
+
+    it('rejected credentials give a clear error without the secret key (a stand-in server answers as AWS does: fauxqs checks no credentials)', async () => {
+      // fauxqs accepts any credentials, so this one HTTP server stands in for AWS refusing them,
+      // with the answer SQS's JSON protocol gives an unknown access key.
+      const seen: string[] = [];
+      const server: Server = createServer((request, response) => {
+        let body = '';
+        request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        request.on('end', () => {
+          seen.push(`${String(request.headers['x-amz-target'])} ${String(request.headers.authorization).slice(0, 40)} ${body}`);
+          response.writeHead(400, { 'content-type': 'application/x-amz-json-1.0', 'x-amzn-query-error': 'InvalidClientTokenId;Sender' });
+          response.end(JSON.stringify({ __type: 'com.amazon.coral.service#UnrecognizedClientException', message: 'The security token included in the request is invalid.' }));
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        const port = (server.address() as AddressInfo).port;
+        const logger = new CapturingLogger();
+        const { app, broker } = await createBrokerApp(
+          options({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1', endpoint: `http://127.0.0.1:${port}`, accessKeyId: 'AKIDEXAMPLE', secretAccessKey: SECRET, sessionToken: 'session-token-secret' } }),
+          {},
+          logger,
+        );
+        apps.push(app);
+        const error = (await publish(broker, 'sq:anything', { n: 1 }).catch((thrown: unknown) => thrown)) as Error & { code: string };
+        expect(error.code).toBe('PUBLISH_FAILED');
+        expect(error.message).toContain('credentials were rejected');
+        expect(error.message).toMatch(/InvalidClientTokenId|UnrecognizedClientException/);
+        const everything = `${error.message} ${error.stack} ${logger.texts.join(' ')}`;
+        expect(everything).not.toContain(SECRET);
+        expect(everything).not.toContain('session-token-secret');
+        expect(seen[0]).toContain('AmazonSQS.ListQueues');
+      } finally {
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+    });
+  });
+
+  describe('shutdown', () => {
+    it('stops polling, lets in-flight handlers finish and deletes their messages; what is still running becomes visible again at once', async () => {
+      const { app, broker } = await start({}, { shutdownTimeoutMs: 300 });
+      apps.splice(apps.indexOf(app), 1);
+      const { event, queue } = newTopic();
+      const quick = gate();
+      const stuck = gate();
+      const started: string[] = [];
+      await subscribe(
+        broker,
+        event,
+        async (message) => {
+          const { kind } = message as { kind: string };
+          started.push(kind);
+          await (kind === 'quick' ? quick.promise : stuck.promise);
+        },
+        { concurrency: 2 },
+      );
+      await publish(broker, event, { kind: 'quick' });
+      await publish(broker, event, { kind: 'stuck' });
+      await waitFor(() => started.length === 2, 'both handlers to start', 5000);
+      expect(await counts(queue)).toEqual({ visible: 0, inFlight: 2, delayed: 0 });
+      const closing = app.close();
+      await sleep(50);
+      quick.open();
+      await closing;
+      const receivesAfterClose = callsOf('ReceiveMessage', queue).length;
+      // The finished one is deleted; the stuck one is visible again now, not after its 30 s timeout.
+      expect(await counts(queue)).toEqual({ visible: 1, inFlight: 0, delayed: 0 });
+      await sleep(1500);
+      expect(callsOf('ReceiveMessage', queue).length).toBe(receivesAfterClose);
+      stuck.open();
+      const [left] = await rawReceive(queue);
+      expect(JSON.parse(left.Body!)).toMatchObject({ message: { kind: 'stuck' } });
+    });
+  });
+});
