@@ -11,7 +11,9 @@ export const DEFAULT_RABBITMQ_URL = 'amqp://guest:guest@127.0.0.1:5672';
 
 /**
  * The broker module options of the orders service, for the environment `env` (DUCTAPE_ENV, default 'dev').
- * dev and prd use the embedded broker, so `npm start` needs no server; `stg` runs the same code on RabbitMQ.
+ * dev uses the embedded broker, so `npm start` needs no server; `stg` runs the same code on RabbitMQ,
+ * and `prd` on AWS SQS (AWS_REGION, the SDK's default credentials, and SQS_ENDPOINT for a local
+ * emulator). Two listeners with their own groups share the topic, so on SQS it fans out through SNS.
  */
 export function brokerConfig(env: string = process.env.DUCTAPE_ENV ?? 'dev'): BrokerModuleOptions {
   return {
@@ -23,7 +25,11 @@ export function brokerConfig(env: string = process.env.DUCTAPE_ENV ?? 'dev'): Br
         tag: 'sqsbroker',
         envs: [
           { slug: 'dev', type: 'memory' },
-          { slug: 'prd', type: 'memory' },
+          {
+            slug: 'prd',
+            type: 'sqs',
+            config: { region: process.env.AWS_REGION ?? 'us-east-1', endpoint: process.env.SQS_ENDPOINT || undefined, fanout: 'sns' },
+          },
           { slug: 'stg', type: 'rabbitmq', config: { url: process.env.RABBITMQ_URL ?? DEFAULT_RABBITMQ_URL } },
         ],
         topics: [{ tag: 'new-orders' }],

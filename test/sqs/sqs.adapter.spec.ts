@@ -333,6 +333,34 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(callsOf('SendMessage', `${queue}.fifo`).pop()!.input).toMatchObject({ MessageGroupId: 'default' });
     }, 20_000);
 
+    it('with SNS fan-out: a FIFO topic and FIFO group queues keep order per key in every group', async () => {
+      const { broker } = await start({ fanout: 'sns', fifo: true });
+      const { event, queue } = newTopic();
+      const seen = { billing: new Map<string, number[]>(), shipping: new Map<string, number[]>() };
+      let done = 0;
+      for (const group of ['billing', 'shipping'] as const) {
+        await subscribe(
+          broker,
+          event,
+          async (message, ctx) => {
+            const { seq } = message as { seq: number };
+            await sleep((seq * 7) % 5);
+            seen[group].set(ctx.key!, [...(seen[group].get(ctx.key!) ?? []), seq]);
+            done++;
+          },
+          { group, concurrency: 4 },
+        );
+      }
+      for (let seq = 0; seq < 30; seq++) await publish(broker, event, { seq }, { key: `key-${seq % 3}` });
+      await waitFor(() => done === 60, 'all 30 in both groups', 10_000);
+      for (const group of ['billing', 'shipping'] as const) {
+        for (let k = 0; k < 3; k++) expect(seen[group].get(`key-${k}`)).toEqual(Array.from({ length: 10 }, (_, i) => i * 3 + k));
+      }
+      const { Topics = [] } = await snsClient().send(new ListTopicsCommand({}));
+      expect(Topics.some((topic) => topic.TopicArn!.endsWith(`:${queue}.fifo`))).toBe(true);
+      expect(callsOf('CreateQueue').map((call) => call.input.QueueName)).toEqual(expect.arrayContaining([`${queue}__billing.fifo`, `${queue}__shipping.fifo`]));
+    }, 20_000);
+
     it('re-sends a reprocessed dead letter with a fresh deduplication id, and refuses delayMs on FIFO', async () => {
       const { broker } = await start({ fifo: true });
       const { event, queue } = newTopic();

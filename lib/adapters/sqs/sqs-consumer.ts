@@ -15,6 +15,8 @@ import { fromAttributes } from './sqs-attributes';
 const MAX_RECEIVE = 10;
 /** Most receives a subscription keeps open at once, whatever its concurrency. */
 const MAX_POLLERS = 10;
+/** How long past its long poll a receive may take at close before it counts as stalled. */
+const STALLED_POLL_SLACK_MS = 5000;
 /** Longest visibility SQS allows (12 hours). */
 const MAX_VISIBILITY_SECONDS = 43_200;
 
@@ -46,6 +48,8 @@ interface InFlight {
 export class SqsConsumer implements AdapterConsumer {
   private readonly inFlight = new Map<string, InFlight>();
   private readonly sleeps = new Set<AbortController>();
+  /** Open receives: cut only when one outlives its long poll at close (a stalled connection). */
+  private readonly receives = new Set<AbortController>();
   private readonly pollers: Promise<void>[] = [];
   private readonly slotWaiters: (() => void)[] = [];
   private readonly deletes: SqsDeleteBatcher;
@@ -90,7 +94,19 @@ export class SqsConsumer implements AdapterConsumer {
   /** Detaches: every message not settled by now becomes visible again at once, for another consumer. */
   async close(): Promise<void> {
     await this.stop();
-    await Promise.all(this.pollers);
+    // An open poll ends within waitTimeSeconds; one that does not has a stalled connection, and is cut.
+    const polled = Promise.all(this.pollers);
+    let timer: NodeJS.Timeout | undefined;
+    const stalled = await Promise.race([
+      polled.then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.options.waitTimeSeconds * 1000 + STALLED_POLL_SLACK_MS))),
+    ]);
+    clearTimeout(timer);
+    if (stalled) {
+      this.logger.warn(`SQS queue ${this.options.queueName}: a receive did not end within its long poll; cutting it (what SQS handed it shows again after the visibility timeout)`);
+      for (const abort of this.receives) abort.abort();
+      await polled;
+    }
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.extender);
@@ -107,6 +123,8 @@ export class SqsConsumer implements AdapterConsumer {
       const wanted = await this.reserveSlots();
       if (wanted === 0) break;
       let messages: Message[] = [];
+      const abort = new AbortController();
+      this.receives.add(abort);
       try {
         const output = await this.client.send(
           new ReceiveMessageCommand({
@@ -117,6 +135,7 @@ export class SqsConsumer implements AdapterConsumer {
             MessageAttributeNames: ['All'],
             MessageSystemAttributeNames: ['ApproximateReceiveCount', 'MessageGroupId'],
           }),
+          { abortSignal: abort.signal },
         );
         messages = output.Messages ?? [];
         failures = 0;
@@ -129,6 +148,8 @@ export class SqsConsumer implements AdapterConsumer {
         }
         await this.sleep(Math.min(30_000, 250 * 2 ** Math.min(failures, 7)));
         continue;
+      } finally {
+        this.receives.delete(abort);
       }
       // Slots asked for but not filled go back; the received ones stay taken until settled.
       this.busy -= wanted - messages.length;
