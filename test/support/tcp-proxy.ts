@@ -11,6 +11,10 @@ export interface TcpProxy {
   dropOnClientMethod(classId: number, methodId: number): void;
   /** How many links were cut so far. */
   readonly drops: number;
+  /** Cuts every open link now. */
+  cutAll(): void;
+  /** While true, every new link is cut as soon as it opens: the server looks down. */
+  refuse(refusing: boolean): void;
   close(): void;
 }
 
@@ -18,7 +22,13 @@ export function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'): Pro
   const sockets = new Set<Socket>();
   let armed: { classId: number; methodId: number } | undefined;
   let drops = 0;
+  let refusing = false;
   const server = createServer((client) => {
+    if (refusing) {
+      client.on('error', () => undefined);
+      client.destroy();
+      return;
+    }
     const upstream = connect(targetPort, targetHost);
     for (const socket of [client, upstream]) {
       sockets.add(socket);
@@ -47,6 +57,10 @@ export function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'): Pro
         get drops() {
           return drops;
         },
+        cutAll: () => {
+          for (const socket of sockets) socket.destroy();
+        },
+        refuse: (value) => (refusing = value),
         close: () => {
           server.close();
           for (const socket of sockets) socket.destroy();
