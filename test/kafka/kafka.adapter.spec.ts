@@ -12,7 +12,7 @@ import {
 } from '../../lib';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
-import { committedOffsets, kafkaEnv, rawKafka, rawProduce, topicOffsets } from '../support/kafka';
+import { committedOffsets, createTopic, isKafkaMock, kafkaEnv, rawKafka, rawProduce, topicOffsets } from '../support/kafka';
 import { gate, sleep, waitFor } from '../support/wait';
 
 const PRODUCT = 'kafka-adapter';
@@ -116,6 +116,69 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         expect(await highWatermarks(topic)).toBe(200);
         // eslint-disable-next-line no-console
         console.log(`kafka batching: 200 publishes (maxBatchMessages 10) -> ${spy.stats.produce} Produce request(s)`);
+      } finally {
+        spy.restore();
+      }
+    });
+  });
+
+  describe('topic creation', () => {
+    /** kafkajs's Metadata request definition (the module its brokers build Metadata requests from). */
+    interface MetadataRequests {
+      protocol: (version: { version: number }) => (request: { topics: string[] | null; allowAutoTopicCreation?: boolean }) => unknown;
+    }
+
+    /**
+     * Records, per topic named, the allowAutoTopicCreation of every Metadata request any kafkajs
+     * client builds while installed. Not a mock: kafkajs's own request definition is wrapped and
+     * calls straight through. The flag is recorded even where the broker's Metadata version cannot
+     * carry it: the mock negotiates v2, where every metadata request auto-creates (which is why the
+     * mock alone does not show a request a real broker would refuse to create a topic for).
+     */
+    function watchMetadataRequests() {
+      const definition = jest.requireActual<MetadataRequests>('kafkajs/src/protocol/requests/metadata');
+      const original = definition.protocol;
+      const byTopic = new Map<string, boolean[]>();
+      definition.protocol = (version) => {
+        const build = original(version);
+        return (request) => {
+          for (const topic of request.topics ?? []) byTopic.set(topic, [...(byTopic.get(topic) ?? []), request.allowAutoTopicCreation ?? true]);
+          return build(request);
+        };
+      };
+      return { byTopic, restore: () => void (definition.protocol = original) };
+    }
+
+    const creating: [string, Partial<KafkaEnvConfig['config']>][] = [['auto', { topicCreation: 'auto' }]];
+    // The mock has no CreateTopics: there 'admin' falls back to auto-creation at once.
+    if (isKafkaMock()) creating.push(['admin, after the admin API failed', { topicCreation: 'admin' }]);
+
+    it.each(creating)('with topicCreation %s, subscribe asks for each new topic with a metadata request that allows auto-creation, and produces nothing', async (_name, config) => {
+      const spy = watchMetadataRequests();
+      try {
+        const { broker } = await start(config);
+        const { event, topic } = newTopic();
+        await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', callback: () => undefined } });
+        for (const name of [topic, `${topic}.delay`, `${topic}.g.retry`]) {
+          // The first request naming the topic is the one that creates it.
+          expect([name, spy.byTopic.get(name)?.[0]]).toEqual([name, true]);
+          expect(await highWatermarks(name)).toBe(0);
+        }
+      } finally {
+        spy.restore();
+      }
+    });
+
+    it("with topicCreation 'none', never asks for metadata that allows auto-creation", async () => {
+      const { event, topic } = newTopic();
+      await createTopic(topic, 2);
+      const spy = watchMetadataRequests();
+      try {
+        const { broker } = await start({ topicCreation: 'none' });
+        await publish(broker, event, 'to an existing topic');
+        expect(spy.byTopic.get(topic)?.length).toBeGreaterThan(0);
+        expect(spy.byTopic.get(topic)).not.toContain(true);
+        expect(await highWatermarks(topic)).toBe(1);
       } finally {
         spy.restore();
       }

@@ -341,10 +341,19 @@ export class KafkaAdapter implements BrokerAdapter {
         this.logger.warn(`creating topics with the Kafka admin API failed (${describeError(error)}); relying on the brokers' auto-creation from now on`);
       }
     }
-    // Metadata for a topic that does not exist makes a broker with auto.create.topics.enable create it;
-    // with topicCreation 'none' it must exist already, and this fails if it does not.
-    await withRetries(() => admin.fetchTopicMetadata({ topics: [topic] }), 10);
+    // With topicCreation 'none' the topic must exist already, and this fails if it does not.
+    // Otherwise a metadata request that allows auto-creation makes a broker with
+    // auto.create.topics.enable create it. kafkajs's admin never allows it (its Metadata requests
+    // say allowAutoTopicCreation: false); the producer does, and a send of no messages asks for
+    // the topic's metadata and produces nothing.
+    const producer = this.requireProducer();
+    await withRetries<unknown>(() => (topicCreation === 'none' ? admin.fetchTopicMetadata({ topics: [topic] }) : producer.send({ topic, messages: [] })), 10);
     this.knownTopics.add(topic);
+  }
+
+  private requireProducer(): Producer {
+    if (!this.producer || this.closing) throw new Error('the Kafka adapter is not connected');
+    return this.producer;
   }
 
   private requireBatching(): BatchingProducer {
