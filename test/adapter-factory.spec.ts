@@ -5,6 +5,7 @@ const context = { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {},
 describe('adapter factory', () => {
   afterEach(() => {
     jest.dontMock('amqplib');
+    jest.dontMock('@aws-sdk/client-sqs');
     jest.resetModules();
   });
 
@@ -28,5 +29,29 @@ describe('adapter factory', () => {
     const adapter = createAdapter({ slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://u:p@localhost:5672/v' } }, context);
     expect(adapter.capabilities.fanOut).toBe(true);
     expect((adapter as unknown as { endpoint: string }).endpoint).toBe('amqp://localhost:5672/v');
+  });
+
+  it('says which package to install when the AWS SDK SQS client is missing', () => {
+    // A mock, on purpose: the client is installed here, so its absence has to be simulated.
+    jest.isolateModules(() => {
+      jest.doMock('@aws-sdk/client-sqs', () => {
+        const error = new Error("Cannot find module '@aws-sdk/client-sqs' from 'lib/adapters/sqs/sqs.adapter.ts'") as NodeJS.ErrnoException;
+        error.code = 'MODULE_NOT_FOUND';
+        throw error;
+      });
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const factory = require('../lib/adapters/adapter-factory') as { createAdapter: typeof createAdapter };
+      expect(() => factory.createAdapter({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } }, context)).toThrow(
+        "broker type 'sqs' needs the package '@aws-sdk/client-sqs': npm install @aws-sdk/client-sqs",
+      );
+    });
+  });
+
+  it('loads the SQS adapter for an sqs env; its capabilities follow the env’s mode', () => {
+    const queue = createAdapter({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } }, context);
+    expect(queue.capabilities).toEqual({ fanOut: false, orderingPerKey: false, nativeDelay: true, nativeDeadLetters: true });
+    expect((queue as unknown as { endpoint: string }).endpoint).toBe('https://sqs.eu-west-1.amazonaws.com');
+    const fifoFanout = createAdapter({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1', fanout: 'sns', fifo: true } }, context);
+    expect(fifoFanout.capabilities).toMatchObject({ fanOut: true, orderingPerKey: true });
   });
 });

@@ -14,7 +14,7 @@ import {
 import { GetSubscriptionAttributesCommand, ListSubscriptionsByTopicCommand, ListTopicsCommand } from '@aws-sdk/client-sns';
 import { BrokerError, DEAD_LETTER_HEADERS, type BrokerContext, type BrokerModuleOptions, type MessageBrokerService, type SqsEnvConfig, type TopicConfig } from '../../lib';
 import { OVERFLOW_ATTRIBUTE } from '../../lib/adapters/sqs';
-import { CapturingLogger, createBrokerApp } from '../support/app';
+import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { queueUrl, snsClient, sqsClient, sqsEnv } from '../support/sqs';
 import { gate, sleep, waitFor } from '../support/wait';
@@ -477,6 +477,43 @@ describeWithBroker('sqs', 'SQS adapter', () => {
 
   describe('bad input and safety', () => {
     const SECRET = 'wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY';
+
+    it('refuses a malformed SQS config with CONFIG_INVALID naming each field, without echoing secrets', async () => {
+      const error = await startupError(
+        options(
+          {
+            slug: 'prd',
+            type: 'sqs',
+            config: {
+              region: '',
+              endpoint: 'ftp://sqs.local',
+              secretAccessKey: SECRET,
+              fanout: 'topic' as 'sns',
+              fifo: 'yes' as unknown as boolean,
+              waitTimeSeconds: 30,
+              visibilityTimeoutSeconds: 0,
+              createMissing: 1 as unknown as boolean,
+            },
+          },
+          {},
+          [{ tag: 'orders', fanout: 'kafka' as 'sns', fifo: 1 as unknown as boolean }],
+        ),
+      );
+      expect(error.code).toBe('CONFIG_INVALID');
+      expect(error.problems).toEqual([
+        'brokers[0].envs[0].config.region: must be a non-empty string',
+        "brokers[0].envs[0].config.endpoint: protocol must be 'http:' or 'https:' (got 'ftp:')",
+        'brokers[0].envs[0].config: accessKeyId and secretAccessKey must be given together (or neither, for the default credential chain)',
+        "brokers[0].envs[0].config.fanout: must be 'queue' or 'sns'",
+        'brokers[0].envs[0].config.fifo: must be a boolean',
+        'brokers[0].envs[0].config.createMissing: must be a boolean',
+        'brokers[0].envs[0].config.waitTimeSeconds: must be an integer from 1 to 20',
+        'brokers[0].envs[0].config.visibilityTimeoutSeconds: must be an integer from 1 to 43200',
+        "brokers[0].topics[0].fanout: must be 'queue' or 'sns'",
+        'brokers[0].topics[0].fifo: must be a boolean',
+      ]);
+      expect(error.message).not.toContain(SECRET);
+    });
 
     it('a wrong queue URL and a missing queue give clear errors', async () => {
       const missingUrl = (await queueUrl(`exists-${randomUUID().slice(0, 8)}`)).replace(/exists-/, 'missing-');
