@@ -276,9 +276,9 @@ describe('CONFIG_INVALID at startup', () => {
     const error = await configError({
       env: 'prd',
       product: 'p',
-      brokers: [{ tag: 'b', envs: [{ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } }] }],
+      brokers: [{ tag: 'b', envs: [{ slug: 'prd', type: 'redis', config: { url: 'redis://127.0.0.1:6379' } }] }],
     });
-    expect(error.problems).toEqual(["brokers[0].envs[0].type: 'sqs' has no adapter in this version (available: memory, rabbitmq, kafka)"]);
+    expect(error.problems).toEqual(["brokers[0].envs[0].type: 'redis' has no adapter in this version (available: memory, rabbitmq, kafka, sqs)"]);
   });
 
   it('refuses a missing broker list', async () => {
