@@ -1,139 +1,93 @@
 /**
- * npm run bench [-- --quick]
+ * npm run bench [-- --quick] [-- --only memory,rabbitmq,kafka,sqs]
  *
- * Runs each scenario and its baselines alternately in one process (A B A B ..., several rounds),
- * reports the median of each, one table per broker, and for --quick one machine-readable line per
- * figure: `ratio <name> <value>` (ours / baseline; higher is better for throughput). Full results
- * go to bench/results/ as JSON. Scenarios for real brokers join as their adapters land.
+ * Each scenario runs ours and its baselines alternately in one process (A B A B …, several
+ * rounds) and reports the median of each: one table per broker, the ratios with their targets, and
+ * with --quick one machine-readable line per figure: `ratio <name> <value>` (ours / baseline;
+ * higher is better for throughput, lower for latency). Full results go to bench/results/ as JSON.
+ * The Kafka mock cluster and the SQS emulator are the test suite's own (test/support/global-setup.ts).
  */
 import 'reflect-metadata';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { Test } from '@nestjs/testing';
-import { EventEmitter2, EventEmitterModule } from '@nestjs/event-emitter';
-import { DuctapeBrokerModule, MessageBrokerService } from '../lib';
+import globalSetup, { stopKafkaMock, stopSqsEmulator } from '../test/support/global-setup';
+import { met, printTable, type Ratio, type ScenarioResult } from './harness';
+import { benchMemory, type BenchOptions } from './memory.bench';
 
 /* eslint-disable no-console -- a benchmark reports on the console */
 
-const quick = process.argv.includes('--quick');
-const ROUNDS = quick ? 3 : 5;
-const MESSAGES = quick ? 100_000 : 500_000;
-const BATCH = 1000;
+type Suite = (options: BenchOptions) => Promise<{ results: ScenarioResult[]; ratios: Ratio[]; growth?: Record<string, number> }>;
 
-/** A 200-byte JSON message, as the benchmarks of the issue specify. */
-const MESSAGE = { orderId: 'ord-000000001', status: 'pending', amount: 1234.5, currency: 'EUR', customer: { id: 'cus-42', email: 'john@example.com' }, items: [{ sku: 'sku-1', qty: 2 }], note: 'x'.repeat(24) };
-
-interface Scenario {
-  name: string;
-  unit: 'msg/s';
-  run(): Promise<number>;
-}
-
-/** Ours: publish -> envelope -> JSON -> memory broker -> decode -> handler -> ack. */
-async function memoryBroker(): Promise<() => Promise<number>> {
-  const moduleRef = await Test.createTestingModule({
-    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'mem', envs: [{ slug: 'prd', type: 'memory', config: { maxQueueLength: MESSAGES + 1 } }] }] })],
-  }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.init();
-  const broker = app.get(MessageBrokerService);
-  let handled = 0;
-  let target = 0;
-  let done: () => void = () => undefined;
-  await broker.subscribe({
-    env: 'prd',
-    event: 'mem:orders',
-    product_tag: 'bench',
-    input: {
-      concurrency: BATCH,
-      callback: () => {
-        if (++handled === target) done();
-      },
-    },
-  });
-  return async () => {
-    handled = 0;
-    target = MESSAGES;
-    const finished = new Promise<void>((resolve) => (done = resolve));
-    const start = process.hrtime.bigint();
-    for (let sent = 0; sent < MESSAGES; sent += BATCH) {
-      const batch: Promise<unknown>[] = [];
-      for (let i = 0; i < BATCH; i++) batch.push(broker.publish({ env: 'prd', event: 'mem:orders', product_tag: 'bench', input: { message: MESSAGE } }));
-      await Promise.all(batch);
-    }
-    await finished;
-    return MESSAGES / (Number(process.hrtime.bigint() - start) / 1e9);
-  };
-}
-
-/** Baseline: @nestjs/event-emitter emitAsync to one @OnEvent-style listener (no copy, no ack). */
-async function eventEmitter(): Promise<() => Promise<number>> {
-  const moduleRef = await Test.createTestingModule({ imports: [EventEmitterModule.forRoot()] }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.init();
-  const emitter = app.get(EventEmitter2);
-  let handled = 0;
-  // An async listener, as a handler doing I/O would be; emitAsync awaits it.
-  const listener = (): Promise<void> => {
-    handled++;
-    return Promise.resolve();
-  };
-  emitter.on('orders', listener as () => void);
-  return async () => {
-    handled = 0;
-    const start = process.hrtime.bigint();
-    for (let sent = 0; sent < MESSAGES; sent += BATCH) {
-      const batch: Promise<unknown>[] = [];
-      for (let i = 0; i < BATCH; i++) batch.push(emitter.emitAsync('orders', MESSAGE));
-      await Promise.all(batch);
-    }
-    if (handled !== MESSAGES) throw new Error(`event-emitter handled ${handled} of ${MESSAGES}`);
-    return MESSAGES / (Number(process.hrtime.bigint() - start) / 1e9);
-  };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-}
+const SUITES: Record<string, () => Promise<Suite>> = {
+  memory: () => Promise.resolve(benchMemory),
+  rabbitmq: async () => (await import('./rabbitmq.bench')).benchRabbitMq,
+  kafka: async () => (await import('./kafka.bench')).benchKafka,
+  sqs: async () => (await import('./sqs.bench')).benchSqs,
+};
 
 async function main(): Promise<void> {
-  const scenarios: Scenario[] = [
-    { name: 'memory publish->handler (ours)', unit: 'msg/s', run: await memoryBroker() },
-    { name: '@nestjs/event-emitter emitAsync', unit: 'msg/s', run: await eventEmitter() },
-  ];
-  const samples = new Map<string, number[]>(scenarios.map((s) => [s.name, []]));
-  for (let round = 0; round < ROUNDS; round++) {
-    for (const scenario of scenarios) samples.get(scenario.name)!.push(await scenario.run());
+  const quick = process.argv.includes('--quick');
+  const onlyArg = process.argv.find((arg) => arg.startsWith('--only'));
+  const only = onlyArg ? (onlyArg.includes('=') ? onlyArg.split('=')[1] : process.argv[process.argv.indexOf(onlyArg) + 1]).split(',') : Object.keys(SUITES);
+  const options: BenchOptions = { quick, rounds: quick ? 3 : 5 };
+  await globalSetup();
+  const started = Date.now();
+  const report: Record<string, unknown> = {};
+  const allRatios: Ratio[] = [];
+  for (const name of only) {
+    const load = SUITES[name];
+    if (!load) throw new Error(`unknown suite '${name}' (known: ${Object.keys(SUITES).join(', ')})`);
+    const unavailable = process.env[`DUCTAPE_TEST_UNAVAILABLE_${name.toUpperCase()}`];
+    if (unavailable) {
+      console.log(`\n${name}: skipped (${unavailable})`);
+      report[name] = { skipped: unavailable };
+      continue;
+    }
+    const suiteStarted = Date.now();
+    const { results, ratios, growth } = await (await load())(options);
+    for (const result of results) {
+      printTable(
+        `${result.scenario} (${result.unit}, median of ${options.rounds})`,
+        Object.entries(result.medians).map(([contender, value]) => ({ contender, [result.unit]: result.unit === 'ms' ? Number(value.toFixed(2)) : Math.round(value) })),
+      );
+    }
+    if (growth) console.log(`${name} heap after GC: ${growth.heapBeforeMb.toFixed(1)} MB before, ${growth.heapAfterMb.toFixed(1)} MB after ${growth.messages} messages (growth ${growth.growthMb.toFixed(1)} MB; target < 50)`);
+    printTable(
+      `${name} ratios (ours / baseline)`,
+      ratios.map((ratio) => ({
+        ratio: ratio.name,
+        value: Number(ratio.value.toFixed(3)),
+        target: ratio.target === undefined ? '' : `${ratio.lowerIsBetter ? '<=' : '>='} ${ratio.target}`,
+        met: met(ratio) === undefined ? '' : met(ratio) ? 'yes' : 'NO',
+      })),
+    );
+    console.log(`${name}: ${((Date.now() - suiteStarted) / 1000).toFixed(1)} s`);
+    allRatios.push(...ratios);
+    if (growth) allRatios.push({ name: `${name}-heap-growth-mb-vs-50`, value: growth.growthMb / 50, target: 1, lowerIsBetter: true });
+    report[name] = { results, ratios, growth };
   }
-  const medians = Object.fromEntries([...samples].map(([name, values]) => [name, median(values)]));
-  const ratio = medians['memory publish->handler (ours)'] / medians['@nestjs/event-emitter emitAsync'];
-
-  console.log(`\nmemory broker: ${MESSAGES} messages of ${JSON.stringify(MESSAGE).length} bytes, ${ROUNDS} rounds, median`);
-  console.table(Object.entries(medians).map(([scenario, value]) => ({ scenario, 'msg/s': Math.round(value) })));
-  console.log(`target: ours >= 500000 msg/s (${medians['memory publish->handler (ours)'] >= 500_000 ? 'met' : 'missed'})`);
-  if (quick) {
-    console.log(`ratio memory-vs-event-emitter ${ratio.toFixed(3)}`);
-  }
+  if (quick) for (const ratio of allRatios) console.log(`ratio ${ratio.name} ${ratio.value.toFixed(3)}`);
+  console.log(`\ntotal: ${((Date.now() - started) / 1000).toFixed(1)} s`);
   const results = {
     date: new Date().toISOString(),
     machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version },
     quick,
-    rounds: ROUNDS,
-    messages: MESSAGES,
-    samples: Object.fromEntries(samples),
-    medians,
-    ratios: { 'memory-vs-event-emitter': ratio },
+    rounds: options.rounds,
+    report,
   };
   const dir = join(__dirname, 'results');
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, `bench-${quick ? 'quick' : 'full'}-${results.date.replace(/[:.]/g, '-')}.json`), JSON.stringify(results, null, 2));
-  process.exit(0);
 }
 
-main().catch((error: unknown) => {
-  console.error(error);
-  process.exit(1);
-});
+main()
+  .then(async () => {
+    await Promise.all([stopKafkaMock(), stopSqsEmulator()]);
+    process.exit(0);
+  })
+  .catch(async (error: unknown) => {
+    console.error(error);
+    await Promise.all([stopKafkaMock(), stopSqsEmulator()]);
+    process.exit(1);
+  });

@@ -1,0 +1,329 @@
+import 'reflect-metadata';
+import { performance } from 'node:perf_hooks';
+import { Controller, Module } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { ClientRMQ, Ctx, EventPattern, Payload, RmqContext, Transport, type MicroserviceOptions } from '@nestjs/microservices';
+import { AmqpConnection } from '@golevelup/nestjs-rabbitmq';
+import { connect, type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
+import { lastValueFrom } from 'rxjs';
+import { Test } from '@nestjs/testing';
+import { DuctapeBrokerModule, MessageBrokerService, type Subscription } from '../lib';
+import { alternate, countdown, heapAfterGcMb, MESSAGE, percentile, perSecond, sleep, within, type Ratio, type ScenarioResult } from './harness';
+import type { BenchOptions } from './memory.bench';
+
+const URL = process.env.RABBITMQ_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+const BATCH = 1000;
+const PREFETCH = 100;
+const TOPIC = 'bench.prd.orders';
+const GROUP = 'bench';
+const OUR_QUEUE = `${TOPIC}:${GROUP}`;
+const QUEUES = { raw: 'bench.raw', nest: 'bench.nest', golevelup: 'bench.golevelup' };
+const GOLEVELUP_EXCHANGE = 'bench.golevelup';
+
+async function ours() {
+  const moduleRef = await Test.createTestingModule({
+    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', service: GROUP, brokers: [{ tag: 'rmq', envs: [{ slug: 'prd', type: 'rabbitmq', config: { url: URL } }] }] })],
+  }).compile();
+  const app = moduleRef.createNestApplication({ logger: false });
+  await app.init();
+  const broker = app.get(MessageBrokerService);
+  // The group's queue must exist for publishes to be routed: subscribe once, then leave it.
+  await (await broker.subscribe({ env: 'prd', event: 'rmq:orders', product_tag: 'bench', input: { callback: () => undefined } })).unsubscribe();
+  const publish = (message: unknown) => broker.publish({ env: 'prd', event: 'rmq:orders', product_tag: 'bench', input: { message } });
+  return { app, broker, publish };
+}
+
+async function publishInWindows(count: number, publishOne: () => Promise<unknown>): Promise<void> {
+  for (let sent = 0; sent < count; sent += BATCH) {
+    const window: Promise<unknown>[] = [];
+    for (let i = 0; i < BATCH && sent + i < count; i++) window.push(publishOne());
+    await Promise.all(window);
+  }
+}
+
+/** Measures from the first handled message to the last, so each consumer's startup is left out. */
+function consumeClock(count: number) {
+  const handled = countdown(count);
+  let first = 0n;
+  let last = 0n;
+  return {
+    handled: () => {
+      last = process.hrtime.bigint();
+      if (first === 0n) first = last;
+      handled.tick();
+    },
+    done: handled.done,
+    rate: () => (count - 1) / (Number(last - first) / 1e9),
+  };
+}
+
+@Controller()
+class NestOrdersController {
+  static onOrder: () => void = () => undefined;
+
+  @EventPattern('orders')
+  handle(@Payload() _order: unknown, @Ctx() context: RmqContext): void {
+    // noAck: false, so the handler acks, as it must for at-least-once.
+    (context.getChannelRef() as Channel).ack(context.getMessage() as Parameters<Channel['ack']>[0]);
+    NestOrdersController.onOrder();
+  }
+}
+
+@Module({ controllers: [NestOrdersController] })
+class NestOrdersModule {}
+
+export async function benchRabbitMq(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[]; growth: Record<string, number> }> {
+  const publishCount = options.quick ? 5000 : 20_000;
+  const consumeCount = options.quick ? 5000 : 20_000;
+  const latencySeconds = options.quick ? 2 : 5;
+
+  const connection: ChannelModel = await connect(URL);
+  const admin = await connection.createChannel();
+  for (const queue of Object.values(QUEUES)) {
+    await admin.assertQueue(queue, { durable: true });
+    await admin.purgeQueue(queue);
+  }
+  await admin.assertExchange(GOLEVELUP_EXCHANGE, 'fanout', { durable: true });
+  await admin.bindQueue(QUEUES.golevelup, GOLEVELUP_EXCHANGE, '');
+  const confirm: ConfirmChannel = await connection.createConfirmChannel();
+
+  const mine = await ours();
+  await admin.purgeQueue(OUR_QUEUE);
+  const nestClient = new ClientRMQ({ urls: [URL], queue: QUEUES.nest, queueOptions: { durable: true }, persistent: true });
+  await nestClient.connect();
+  const golevelup = new AmqpConnection({ uri: URL, connectionInitOptions: { wait: true }, prefetchCount: PREFETCH });
+  await golevelup.init();
+  const purgeAll = async () => {
+    for (const queue of [...Object.values(QUEUES), OUR_QUEUE]) await admin.purgeQueue(queue);
+  };
+  const body = Buffer.from(JSON.stringify(MESSAGE));
+
+  // Publish, resolved on the broker's confirm, persistent messages on every side.
+  const publish = await alternate('rabbitmq publish (confirmed, persistent)', 'msg/s', options.rounds, [
+    {
+      name: 'ours',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        await publishInWindows(publishCount, () => mine.publish(MESSAGE));
+        const rate = perSecond(publishCount, start);
+        await purgeAll();
+        return rate;
+      },
+    },
+    {
+      name: 'raw amqplib ConfirmChannel (batches of 1000)',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        for (let sent = 0; sent < publishCount; sent += BATCH) {
+          for (let i = 0; i < BATCH && sent + i < publishCount; i++) confirm.sendToQueue(QUEUES.raw, body, { persistent: true, contentType: 'application/json' });
+          await confirm.waitForConfirms();
+        }
+        const rate = perSecond(publishCount, start);
+        await purgeAll();
+        return rate;
+      },
+    },
+    {
+      name: '@nestjs/microservices ClientRMQ.emit',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        await publishInWindows(publishCount, () => lastValueFrom(nestClient.emit('orders', MESSAGE), { defaultValue: undefined }));
+        const rate = perSecond(publishCount, start);
+        await purgeAll();
+        return rate;
+      },
+    },
+    {
+      name: '@golevelup/nestjs-rabbitmq publish',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        await publishInWindows(publishCount, () => golevelup.publish(GOLEVELUP_EXCHANGE, '', MESSAGE, { persistent: true }));
+        const rate = perSecond(publishCount, start);
+        await purgeAll();
+        return rate;
+      },
+    },
+  ]);
+
+  // Consume at prefetch 100, ack after the handler: each queue filled first (not timed).
+  const fill = async (queue: string, content: Buffer) => {
+    for (let sent = 0; sent < consumeCount; sent += BATCH) {
+      for (let i = 0; i < BATCH && sent + i < consumeCount; i++) confirm.sendToQueue(queue, content, { persistent: true });
+      await confirm.waitForConfirms();
+    }
+  };
+  const consume = await alternate('rabbitmq consume (prefetch 100, ack after handler)', 'msg/s', options.rounds, [
+    {
+      name: 'ours',
+      run: async () => {
+        await publishInWindows(consumeCount, () => mine.publish(MESSAGE));
+        const clock = consumeClock(consumeCount);
+        const subscription: Subscription = await mine.broker.subscribe({
+          env: 'prd',
+          event: 'rmq:orders',
+          product_tag: 'bench',
+          input: { concurrency: PREFETCH, callback: () => clock.handled() },
+        });
+        await within(clock.done, 60_000, 'ours consume');
+        await subscription.unsubscribe();
+        return clock.rate();
+      },
+    },
+    {
+      name: 'raw amqplib (prefetch 100)',
+      run: async () => {
+        await fill(QUEUES.raw, body);
+        const channel = await connection.createChannel();
+        await channel.prefetch(PREFETCH);
+        const clock = consumeClock(consumeCount);
+        await channel.consume(QUEUES.raw, (message) => {
+          if (!message) return;
+          JSON.parse(message.content.toString());
+          channel.ack(message);
+          clock.handled();
+        });
+        await within(clock.done, 60_000, 'raw consume');
+        await channel.close();
+        return clock.rate();
+      },
+    },
+    {
+      name: '@golevelup/nestjs-rabbitmq subscriber (@RabbitSubscribe)',
+      run: async () => {
+        await fill(QUEUES.golevelup, body);
+        const clock = consumeClock(consumeCount);
+        // What @RabbitSubscribe registers at bootstrap, made here so each round can start and stop it.
+        const { consumerTag } = await golevelup.createSubscriber(
+          () => {
+            clock.handled();
+            return Promise.resolve();
+          },
+          { queue: QUEUES.golevelup, createQueueIfNotExists: false },
+          'benchHandler',
+        );
+        await within(clock.done, 60_000, 'golevelup consume');
+        await golevelup.cancelConsumer(consumerTag);
+        return clock.rate();
+      },
+    },
+    {
+      name: '@nestjs/microservices @EventPattern (RMQ)',
+      run: async () => {
+        await fill(QUEUES.nest, Buffer.from(JSON.stringify({ pattern: 'orders', data: MESSAGE })));
+        const clock = consumeClock(consumeCount);
+        NestOrdersController.onOrder = clock.handled;
+        const server = await NestFactory.createMicroservice<MicroserviceOptions>(NestOrdersModule, {
+          transport: Transport.RMQ,
+          options: { urls: [URL], queue: QUEUES.nest, queueOptions: { durable: true }, prefetchCount: PREFETCH, noAck: false },
+          logger: false,
+        });
+        await server.listen();
+        await within(clock.done, 60_000, 'nest consume');
+        await server.close();
+        return clock.rate();
+      },
+    },
+  ]);
+
+  // End-to-end latency at a steady 2,000 msg/s: publish call to handler, same process.
+  const steady = async (send: (sentAt: number) => Promise<unknown>, received: number[]) => {
+    const total = latencySeconds * 2000;
+    let sent = 0;
+    const started = performance.now();
+    const pending: Promise<unknown>[] = [];
+    while (sent < total) {
+      // 10 messages every 5 ms, each on time.
+      const due = started + (sent / 2000) * 1000;
+      const wait = due - performance.now();
+      if (wait > 1) await sleep(wait);
+      for (let i = 0; i < 10; i++, sent++) pending.push(send(performance.now()));
+    }
+    await Promise.all(pending);
+    await within(
+      (async () => {
+        while (received.length < total) await sleep(5);
+      })(),
+      30_000,
+      'latency run',
+    );
+  };
+  const latencies: Record<string, { p50: number[]; p99: number[] }> = { ours: { p50: [], p99: [] }, raw: { p50: [], p99: [] } };
+  for (let round = 0; round < options.rounds; round++) {
+    {
+      const received: number[] = [];
+      const subscription = await mine.broker.subscribe({
+        env: 'prd',
+        event: 'rmq:orders',
+        product_tag: 'bench',
+        input: { concurrency: PREFETCH, callback: (message) => void received.push(performance.now() - (message as { sentAt: number }).sentAt) },
+      });
+      await steady((sentAt) => mine.publish({ ...MESSAGE, sentAt }), received);
+      await subscription.unsubscribe();
+      latencies.ours.p50.push(percentile(received, 50));
+      latencies.ours.p99.push(percentile(received, 99));
+    }
+    {
+      const received: number[] = [];
+      const channel = await connection.createChannel();
+      await channel.prefetch(PREFETCH);
+      await channel.consume(QUEUES.raw, (message) => {
+        if (!message) return;
+        const { sentAt } = JSON.parse(message.content.toString()) as { sentAt: number };
+        received.push(performance.now() - sentAt);
+        channel.ack(message);
+      });
+      const rawConfirm = await connection.createConfirmChannel();
+      await steady(
+        (sentAt) =>
+          new Promise<void>((resolve, reject) =>
+            rawConfirm.sendToQueue(QUEUES.raw, Buffer.from(JSON.stringify({ ...MESSAGE, sentAt })), { persistent: true }, (error) => (error ? reject(error as Error) : resolve())),
+          ),
+        received,
+      );
+      await channel.close();
+      await rawConfirm.close();
+      latencies.raw.p50.push(percentile(received, 50));
+      latencies.raw.p99.push(percentile(received, 99));
+    }
+  }
+  const latency: ScenarioResult = {
+    scenario: 'rabbitmq end-to-end latency at 2,000 msg/s',
+    unit: 'ms',
+    samples: { 'ours p50': latencies.ours.p50, 'ours p99': latencies.ours.p99, 'raw amqplib p50': latencies.raw.p50, 'raw amqplib p99': latencies.raw.p99 },
+    medians: {},
+  };
+  for (const [name, values] of Object.entries(latency.samples)) latency.medians[name] = [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
+  // Growth: 100,000 messages through ours (20,000 with --quick), published and consumed.
+  const growthCount = options.quick ? 20_000 : 100_000;
+  const before = heapAfterGcMb();
+  {
+    const clock = consumeClock(growthCount);
+    const subscription = await mine.broker.subscribe({ env: 'prd', event: 'rmq:orders', product_tag: 'bench', input: { concurrency: PREFETCH, callback: () => clock.handled() } });
+    await publishInWindows(growthCount, () => mine.publish(MESSAGE));
+    await within(clock.done, 120_000, 'growth run');
+    await subscription.unsubscribe();
+  }
+  const after = heapAfterGcMb();
+
+  await mine.app.close();
+  await nestClient.close();
+  await golevelup.managedConnection.close();
+  await purgeAll();
+  await connection.close();
+
+  const m = publish.medians;
+  const c = consume.medians;
+  const l = latency.medians;
+  const ratios: Ratio[] = [
+    { name: 'rabbitmq-publish-vs-raw-confirm-batches', value: m.ours / m['raw amqplib ConfirmChannel (batches of 1000)'], target: 1.0 },
+    { name: 'rabbitmq-publish-vs-nest-clientrmq-emit', value: m.ours / m['@nestjs/microservices ClientRMQ.emit'], target: 1.4 },
+    { name: 'rabbitmq-publish-vs-golevelup', value: m.ours / m['@golevelup/nestjs-rabbitmq publish'], target: 1.2 },
+    { name: 'rabbitmq-consume-vs-raw', value: c.ours / c['raw amqplib (prefetch 100)'], target: 0.95 },
+    { name: 'rabbitmq-consume-vs-golevelup', value: c.ours / c['@golevelup/nestjs-rabbitmq subscriber (@RabbitSubscribe)'], target: 1.1 },
+    { name: 'rabbitmq-consume-vs-nest-eventpattern', value: c.ours / c['@nestjs/microservices @EventPattern (RMQ)'], target: 1.1 },
+    { name: 'rabbitmq-latency-p50-vs-raw', value: l['ours p50'] / l['raw amqplib p50'], target: 1.3, lowerIsBetter: true },
+    { name: 'rabbitmq-latency-p99-vs-raw', value: l['ours p99'] / l['raw amqplib p99'], target: 1.3, lowerIsBetter: true },
+  ];
+  return { results: [publish, consume, latency], ratios, growth: { messages: growthCount, heapBeforeMb: before, heapAfterMb: after, growthMb: after - before } };
+}

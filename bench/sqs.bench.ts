@@ -1,0 +1,111 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import { CreateQueueCommand, DeleteMessageBatchCommand, PurgeQueueCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { Test } from '@nestjs/testing';
+import { DuctapeBrokerModule, MessageBrokerService } from '../lib';
+import { topicQueueName } from '../lib/adapters/sqs';
+import { sqsClient, sqsEnv } from '../test/support/sqs';
+import { alternate, countdown, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
+import type { BenchOptions } from './memory.bench';
+
+const WINDOW = 100;
+const CONCURRENCY = 10;
+
+async function inWindows(count: number, one: () => Promise<unknown>): Promise<void> {
+  for (let sent = 0; sent < count; sent += WINDOW) {
+    const window: Promise<unknown>[] = [];
+    for (let i = 0; i < WINDOW && sent + i < count; i++) window.push(one());
+    await Promise.all(window);
+  }
+}
+
+/**
+ * SQS on the test suite's endpoint (fauxqs unless SQS_ENDPOINT is set): publish with 100 in flight,
+ * and consume 10 at a time with delete after the handler, ours against the plain AWS SDK doing the
+ * same requests. On an emulator this mostly measures the emulator; the ratio is what counts.
+ */
+export async function benchSqs(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[] }> {
+  const count = options.quick ? 2000 : 10_000;
+  const tag = `bench-${randomUUID().slice(0, 8)}`;
+  const moduleRef = await Test.createTestingModule({
+    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'sq', envs: [sqsEnv('prd')] }] })],
+  }).compile();
+  const app = moduleRef.createNestApplication({ logger: false });
+  await app.init();
+  const broker = app.get(MessageBrokerService);
+  const event = `sq:${tag}`;
+  const client = sqsClient();
+  const ourQueue = (await client.send(new CreateQueueCommand({ QueueName: topicQueueName(`bench.prd.${tag}`, false) }))).QueueUrl!;
+  const rawQueue = (await client.send(new CreateQueueCommand({ QueueName: `bench-raw-${tag}` }))).QueueUrl!;
+  const body = JSON.stringify(MESSAGE);
+  const ourPublish = () => broker.publish({ env: 'prd', event, product_tag: 'bench', input: { message: MESSAGE } });
+  const rawSend = () => client.send(new SendMessageCommand({ QueueUrl: rawQueue, MessageBody: body }));
+  const purge = async () => {
+    await client.send(new PurgeQueueCommand({ QueueUrl: ourQueue }));
+    await client.send(new PurgeQueueCommand({ QueueUrl: rawQueue }));
+  };
+
+  const publish = await alternate('sqs publish (100 in flight)', 'msg/s', options.rounds, [
+    {
+      name: 'ours',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        await inWindows(count, ourPublish);
+        const rate = perSecond(count, start);
+        await purge();
+        return rate;
+      },
+    },
+    {
+      name: 'AWS SDK SendMessage',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        await inWindows(count, rawSend);
+        const rate = perSecond(count, start);
+        await purge();
+        return rate;
+      },
+    },
+  ]);
+
+  const consume = await alternate('sqs consume (10 at a time, delete after the handler)', 'msg/s', options.rounds, [
+    {
+      name: 'ours',
+      run: async () => {
+        await inWindows(count, ourPublish);
+        const handled = countdown(count);
+        const start = process.hrtime.bigint();
+        const subscription = await broker.subscribe({ env: 'prd', event, product_tag: 'bench', input: { concurrency: CONCURRENCY, callback: () => handled.tick() } });
+        await within(handled.done, 120_000, 'ours sqs consume');
+        const rate = perSecond(count, start);
+        await subscription.unsubscribe();
+        return rate;
+      },
+    },
+    {
+      name: 'AWS SDK receive 10, DeleteMessageBatch',
+      run: async () => {
+        await inWindows(count, rawSend);
+        let handled = 0;
+        const start = process.hrtime.bigint();
+        while (handled < count) {
+          const { Messages = [] } = await client.send(new ReceiveMessageCommand({ QueueUrl: rawQueue, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, MessageAttributeNames: ['All'], MessageSystemAttributeNames: ['ApproximateReceiveCount'] }));
+          for (const message of Messages) JSON.parse(message.Body!);
+          if (Messages.length > 0) {
+            await client.send(new DeleteMessageBatchCommand({ QueueUrl: rawQueue, Entries: Messages.map((message, i) => ({ Id: String(i), ReceiptHandle: message.ReceiptHandle })) }));
+          }
+          handled += Messages.length;
+        }
+        return perSecond(count, start);
+      },
+    },
+  ]);
+  await app.close();
+  return {
+    results: [publish, consume],
+    ratios: [
+      { name: 'sqs-publish-vs-aws-sdk', value: publish.medians.ours / publish.medians['AWS SDK SendMessage'], target: 0.9 },
+      { name: 'sqs-consume-vs-aws-sdk', value: consume.medians.ours / consume.medians['AWS SDK receive 10, DeleteMessageBatch'], target: 0.9 },
+    ],
+  };
+}
