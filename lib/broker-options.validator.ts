@@ -140,7 +140,9 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
       if (config.fifo !== undefined && typeof config.fifo !== 'boolean') problems.push(`${path}.fifo: must be a boolean`);
       if (config.createMissing !== undefined && typeof config.createMissing !== 'boolean') problems.push(`${path}.createMissing: must be a boolean`);
       integerIn(config.waitTimeSeconds, `${path}.waitTimeSeconds`, 1, 20, problems);
-      integerIn(config.visibilityTimeoutSeconds, `${path}.visibilityTimeoutSeconds`, 1, 43_200, problems);
+      // At least 2 s: the extension, every third of it, must land well before the message shows again.
+      integerIn(config.visibilityTimeoutSeconds, `${path}.visibilityTimeoutSeconds`, 2, 43_200, problems);
+      duration(config.requestTimeoutMs, `${path}.requestTimeoutMs`, problems, 1);
       break;
     case 'nats':
       if (!Array.isArray(config.servers) || config.servers.length === 0 || !config.servers.every((s) => typeof s === 'string' && s !== '')) {

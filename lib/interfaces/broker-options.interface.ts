@@ -118,8 +118,10 @@ export interface SqsEnvConfig {
     fifo?: boolean;
     /** Long-poll wait of each receive, 1 to 20 s (default 10); shutdown waits for an open poll to end rather than cut it. */
     waitTimeSeconds?: number;
-    /** Visibility timeout of a received message, extended while its handler runs, 1 to 43200 s (default 30). */
+    /** Visibility timeout of a received message, extended while its handler runs, 2 to 43200 s (default 30). */
     visibilityTimeoutSeconds?: number;
+    /** Longest wait for one SQS or SNS request (long polls excepted: theirs is their wait plus 5 s), retried by the AWS SDK (default 10000). */
+    requestTimeoutMs?: number;
     /** Create missing queues, SNS topics and subscriptions on first use (default true); false expects them to exist. */
     createMissing?: boolean;
   };

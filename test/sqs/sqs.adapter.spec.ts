@@ -508,7 +508,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
         'brokers[0].envs[0].config.fifo: must be a boolean',
         'brokers[0].envs[0].config.createMissing: must be a boolean',
         'brokers[0].envs[0].config.waitTimeSeconds: must be an integer from 1 to 20',
-        'brokers[0].envs[0].config.visibilityTimeoutSeconds: must be an integer from 1 to 43200',
+        'brokers[0].envs[0].config.visibilityTimeoutSeconds: must be an integer from 2 to 43200',
         "brokers[0].topics[0].fanout: must be 'queue' or 'sns'",
         'brokers[0].topics[0].fifo: must be a boolean',
       ]);

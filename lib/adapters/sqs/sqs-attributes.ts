@@ -28,7 +28,8 @@ export function toAttributes(headers: Readonly<Record<string, string>>, messageI
   }
   // Ours first, so the ones the delivery layer reads keep their own attribute.
   all.sort(([a], [b]) => rank(a) - rank(b));
-  const fitting = all.filter(([name, value]) => isAttributeName(name) && value !== '');
+  // A value SQS (or an emulator) could refuse goes in the overflow, JSON-escaped.
+  const fitting = all.filter(([name, value]) => isAttributeName(name) && value !== '' && !UNSAFE_TEXT.test(value));
   const attributes: Record<string, StringAttribute> = {};
   if (fitting.length === all.length && all.length <= MAX_ATTRIBUTES) {
     for (const [name, value] of all) attributes[name] = { DataType: 'String', StringValue: value };
@@ -38,7 +39,7 @@ export function toAttributes(headers: Readonly<Record<string, string>>, messageI
   const ownNames = new Set(own.map(([name]) => name));
   for (const [name, value] of own) attributes[name] = { DataType: 'String', StringValue: value };
   const rest = Object.fromEntries(all.filter(([name]) => !ownNames.has(name)));
-  attributes[OVERFLOW_ATTRIBUTE] = { DataType: 'String', StringValue: JSON.stringify(rest) };
+  attributes[OVERFLOW_ATTRIBUTE] = { DataType: 'String', StringValue: escapeForSqs(JSON.stringify(rest)) };
   return attributes;
 }
 
@@ -73,6 +74,10 @@ export function messageBytes(body: string, attributes: Record<string, StringAttr
   }
   return bytes;
 }
+
+/** Characters outside what every SQS takes in a string: controls, surrogates, U+FFFE/U+FFFF, and astral ones (emulators refuse those). */
+// eslint-disable-next-line no-control-regex -- the control characters SQS takes are the point
+const UNSAFE_TEXT = /[^\x09\x0A\x0D\x20-\uD7FF\uE000-\uFFFD]/;
 
 function rank(name: string): number {
   if (name === MESSAGE_ID_ATTRIBUTE || name === CORRELATION_ID_ATTRIBUTE) return 0;

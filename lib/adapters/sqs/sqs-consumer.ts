@@ -15,7 +15,7 @@ import { fromAttributes } from './sqs-attributes';
 const MAX_RECEIVE = 10;
 /** Most receives a subscription keeps open at once, whatever its concurrency. */
 const MAX_POLLERS = 10;
-/** How long past its long poll a receive may take at close before it counts as stalled. */
+/** How long past its long poll a receive may take before it counts as stalled (a dead connection). */
 const STALLED_POLL_SLACK_MS = 5000;
 /** Longest visibility SQS allows (12 hours). */
 const MAX_VISIBILITY_SECONDS = 43_200;
@@ -35,20 +35,24 @@ export interface SqsConsumerOptions {
 /** One received message until it is deleted, released or given a later visibility. */
 interface InFlight {
   readonly receiptHandle: string;
+  /** When it was received (ms): SQS's 12-hour visibility limit counts from there. */
+  readonly receivedAt: number;
   /** When its visibility was last set (ms). */
   visibleSetAt: number;
   settled: boolean;
+  /** A visibility change on its way: the next one waits for it, so they reach SQS in order. */
+  changing?: Promise<void>;
 }
 
 /**
  * Reads one queue for one subscription: long polls for up to 10 messages at a time while the
- * subscription has free slots, keeps each message invisible while its handler runs (extending
- * the visibility timeout), and deletes it only when the delivery layer acks it.
+ * subscription has free slots, keeps each message invisible while it waits or its handler runs
+ * (extending the visibility timeout), and deletes it only when the delivery layer acks it.
  */
 export class SqsConsumer implements AdapterConsumer {
   private readonly inFlight = new Map<string, InFlight>();
   private readonly sleeps = new Set<AbortController>();
-  /** Open receives: cut only when one outlives its long poll at close (a stalled connection). */
+  /** Open receives: cut when one outlives its long poll (a stalled connection). */
   private readonly receives = new Set<AbortController>();
   private readonly pollers: Promise<void>[] = [];
   private readonly slotWaiters: (() => void)[] = [];
@@ -56,6 +60,7 @@ export class SqsConsumer implements AdapterConsumer {
   private busy = 0;
   private stopped = false;
   private closed = false;
+  private extending = false;
   private extender?: NodeJS.Timeout;
 
   constructor(
@@ -70,8 +75,8 @@ export class SqsConsumer implements AdapterConsumer {
   start(): void {
     const pollers = Math.min(MAX_POLLERS, Math.ceil(this.options.concurrency / MAX_RECEIVE));
     for (let i = 0; i < pollers; i++) this.pollers.push(this.poll());
-    // Extend every message still being handled a third of the timeout before it would show again.
-    const everyMs = Math.max(500, (this.options.visibilityTimeoutSeconds * 1000) / 3);
+    // Extend every message still held a third of the timeout before it would show again.
+    const everyMs = (this.options.visibilityTimeoutSeconds * 1000) / 3;
     this.extender = setInterval(() => void this.extendVisibility(everyMs), everyMs);
     this.extender.unref();
   }
@@ -94,24 +99,15 @@ export class SqsConsumer implements AdapterConsumer {
   /** Detaches: every message not settled by now becomes visible again at once, for another consumer. */
   async close(): Promise<void> {
     await this.stop();
-    // An open poll ends within waitTimeSeconds; one that does not has a stalled connection, and is cut.
-    const polled = Promise.all(this.pollers);
-    let timer: NodeJS.Timeout | undefined;
-    const stalled = await Promise.race([
-      polled.then(() => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.options.waitTimeSeconds * 1000 + STALLED_POLL_SLACK_MS))),
-    ]);
-    clearTimeout(timer);
-    if (stalled) {
-      this.logger.warn(`SQS queue ${this.options.queueName}: a receive did not end within its long poll; cutting it (what SQS handed it shows again after the visibility timeout)`);
-      for (const abort of this.receives) abort.abort();
-      await polled;
-    }
+    // Receives carry their own deadline (see poll), so this ends within the long poll and its slack.
+    await Promise.all(this.pollers);
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.extender);
     const unsettled = [...this.inFlight.values()].filter((entry) => !entry.settled);
+    for (const entry of unsettled) entry.settled = true;
     this.inFlight.clear();
+    await Promise.all(unsettled.map((entry) => entry.changing ?? Promise.resolve()));
     await this.changeVisibility(unsettled, 0).catch((error: unknown) =>
       this.logger.warn(`SQS queue ${this.options.queueName}: could not make ${unsettled.length} unfinished message(s) visible again (${describeError(error)}); they show again when their visibility timeout ends`),
     );
@@ -125,6 +121,8 @@ export class SqsConsumer implements AdapterConsumer {
       let messages: Message[] = [];
       const abort = new AbortController();
       this.receives.add(abort);
+      // A receive that outlives its long poll by this much has a dead connection: cut it and poll again.
+      const deadline = setTimeout(() => abort.abort(), this.options.waitTimeSeconds * 1000 + STALLED_POLL_SLACK_MS);
       try {
         const output = await this.client.send(
           new ReceiveMessageCommand({
@@ -135,7 +133,8 @@ export class SqsConsumer implements AdapterConsumer {
             MessageAttributeNames: ['All'],
             MessageSystemAttributeNames: ['ApproximateReceiveCount', 'MessageGroupId'],
           }),
-          { abortSignal: abort.signal },
+          // The client's requestTimeout is for short requests; a long poll gets its own.
+          { abortSignal: abort.signal, requestTimeout: this.options.waitTimeSeconds * 1000 + STALLED_POLL_SLACK_MS },
         );
         messages = output.Messages ?? [];
         failures = 0;
@@ -144,93 +143,146 @@ export class SqsConsumer implements AdapterConsumer {
         if (this.stopped) break;
         failures++;
         if (failures === 1 || failures % 20 === 0) {
-          this.logger.warn(`SQS queue ${this.options.queueName}: receiving failed ${failures} time(s) in a row (${describeError(error)}); trying again`);
+          const why = abort.signal.aborted ? `no answer within ${this.options.waitTimeSeconds * 1000 + STALLED_POLL_SLACK_MS} ms` : describeError(error);
+          this.logger.warn(`SQS queue ${this.options.queueName}: receiving failed ${failures} time(s) in a row (${why}); trying again`);
         }
         await this.sleep(Math.min(30_000, 250 * 2 ** Math.min(failures, 7)));
         continue;
       } finally {
+        clearTimeout(deadline);
         this.receives.delete(abort);
       }
       // Slots asked for but not filled go back; the received ones stay taken until settled.
       this.busy -= wanted - messages.length;
       this.wakeSlotWaiters();
-      if (this.stopped && messages.length > 0) {
-        // Received as intake stopped: straight back to the queue.
-        const entries = messages.map((message) => ({ receiptHandle: message.ReceiptHandle!, visibleSetAt: Date.now(), settled: false }));
-        this.busy -= messages.length;
-        await this.changeVisibility(entries, 0).catch(() => undefined);
-        break;
-      }
-      this.dispatch(messages);
+      const now = Date.now();
+      // Every received message is held (and extended) from now on, also while it waits its turn.
+      const received = messages
+        .filter((message) => message.ReceiptHandle)
+        .map((message) => {
+          const entry: InFlight = { receiptHandle: message.ReceiptHandle!, receivedAt: now, visibleSetAt: now, settled: false };
+          this.inFlight.set(entry.receiptHandle, entry);
+          return { message, entry };
+        });
+      this.busy -= messages.length - received.length;
+      this.dispatch(received);
     }
   }
 
   /** Hands messages over; on a FIFO queue, those of one message group one after the other, in order. */
-  private dispatch(messages: Message[]): void {
-    if (!this.options.fifo) {
-      for (const message of messages) void this.deliver(message);
-      return;
-    }
+  private dispatch(received: { message: Message; entry: InFlight }[]): void {
     const chains = new Map<string, Promise<void>>();
-    for (const message of messages) {
+    for (const { message, entry } of received) {
+      const deliver = () => this.deliver(message, entry);
+      if (!this.options.fifo) {
+        void deliver();
+        continue;
+      }
       const group = message.Attributes?.MessageGroupId ?? '';
-      chains.set(group, (chains.get(group) ?? Promise.resolve()).then(() => this.deliver(message)));
+      chains.set(group, (chains.get(group) ?? Promise.resolve()).then(deliver));
     }
   }
 
-  private async deliver(message: Message): Promise<void> {
-    const receiptHandle = message.ReceiptHandle;
-    if (!receiptHandle) {
-      this.releaseSlot();
-      return;
-    }
-    const entry: InFlight = { receiptHandle, visibleSetAt: Date.now(), settled: false };
-    this.inFlight.set(receiptHandle, entry);
-    const receiveCount = Number(message.Attributes?.ApproximateReceiveCount);
-    const attempt = Number.isInteger(receiveCount) && receiveCount > 0 ? receiveCount : undefined;
-    const settle = (): boolean => {
-      if (this.closed || entry.settled) return false;
-      entry.settled = true;
-      this.inFlight.delete(receiptHandle);
-      return true;
-    };
-    const delivery: InboundDelivery = {
-      body: message.Body ?? '',
-      headers: fromAttributes(message.MessageAttributes),
-      raw: message,
-      attempt,
-      ack: async () => {
-        if (settle()) await this.deletes.delete(receiptHandle);
-      },
-      release: async () => {
-        if (settle()) await this.changeVisibility([entry], 0);
-      },
-      ...(this.options.retryThroughVisibility && attempt !== undefined
-        ? {
-            retryLater: async (delayMs: number) => {
-              // Whole seconds, rounded up: a retry never comes sooner than its backoff.
-              if (settle()) await this.changeVisibility([entry], Math.min(MAX_VISIBILITY_SECONDS, Math.ceil(delayMs / 1000)));
-            },
-          }
-        : {}),
-    };
+  /** Never rejects: every path settles the message or leaves it to close(). */
+  private async deliver(message: Message, entry: InFlight): Promise<void> {
     try {
+      if (this.stopped) {
+        // Intake stopped before its turn (received as it stopped, or waiting behind its group): back it goes.
+        if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
+        return;
+      }
+      const receiveCount = Number(message.Attributes?.ApproximateReceiveCount);
+      const attempt = Number.isInteger(receiveCount) && receiveCount > 0 ? receiveCount : undefined;
+      const delivery: InboundDelivery = {
+        body: message.Body ?? '',
+        headers: fromAttributes(message.MessageAttributes),
+        raw: message,
+        attempt,
+        ack: async () => {
+          if (!this.settle(entry)) return;
+          await entry.changing?.catch(() => undefined);
+          await this.deletes.delete(entry.receiptHandle);
+        },
+        release: async () => {
+          if (this.settle(entry)) await this.setVisibility(entry, 0);
+        },
+        ...(this.options.retryThroughVisibility && attempt !== undefined
+          ? {
+              retryLater: async (delayMs: number) => {
+                if (!this.settle(entry)) return;
+                // Whole seconds, rounded up (never sooner than the backoff), within SQS's 12 hours from receipt.
+                const left = MAX_VISIBILITY_SECONDS - Math.ceil((Date.now() - entry.receivedAt) / 1000) - 60;
+                try {
+                  await this.setVisibility(entry, Math.max(0, Math.min(left, Math.ceil(delayMs / 1000))));
+                } catch (error) {
+                  // Not settled after all: the delivery layer falls back to release() or sendToGroup.
+                  this.unsettle(entry);
+                  throw error;
+                }
+              },
+            }
+          : {}),
+      };
       await this.listener(delivery);
     } catch (error) {
-      this.logger.error(`SQS queue ${this.options.queueName}: a delivery failed unexpectedly (${describeError(error)}); it shows again after its visibility timeout`);
+      this.logger.error(`SQS queue ${this.options.queueName}: a delivery failed unexpectedly (${describeError(error)}); it goes back to the queue`);
+      if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
     } finally {
       this.releaseSlot();
     }
   }
 
-  private async extendVisibility(olderThanMs: number): Promise<void> {
-    const now = Date.now();
-    const due = [...this.inFlight.values()].filter((entry) => !entry.settled && now - entry.visibleSetAt >= olderThanMs - 50);
-    if (due.length === 0 || this.closed) return;
-    for (const entry of due) entry.visibleSetAt = now;
-    await this.changeVisibility(due, this.options.visibilityTimeoutSeconds).catch((error: unknown) =>
-      this.logger.warn(`SQS queue ${this.options.queueName}: extending the visibility of ${due.length} message(s) being handled failed (${describeError(error)})`),
+  /** Marks a message settled (no more extensions); false when it already was, or the consumer closed. */
+  private settle(entry: InFlight): boolean {
+    if (this.closed || entry.settled) return false;
+    entry.settled = true;
+    this.inFlight.delete(entry.receiptHandle);
+    return true;
+  }
+
+  private unsettle(entry: InFlight): void {
+    if (this.closed) return;
+    entry.settled = false;
+    this.inFlight.set(entry.receiptHandle, entry);
+  }
+
+  /** One visibility change of one message, after any still on its way. */
+  private setVisibility(entry: InFlight, seconds: number): Promise<void> {
+    const previous = entry.changing ?? Promise.resolve();
+    const change = previous
+      .catch(() => undefined)
+      .then(() => this.changeVisibility([entry], seconds));
+    entry.changing = change.then(
+      () => undefined,
+      () => undefined,
     );
+    return change;
+  }
+
+  private async extendVisibility(olderThanMs: number): Promise<void> {
+    if (this.extending || this.closed) return;
+    this.extending = true;
+    try {
+      const now = Date.now();
+      const due = [...this.inFlight.values()].filter((entry) => !entry.settled && now - entry.visibleSetAt >= olderThanMs - 50);
+      for (let i = 0; i < due.length; i += MAX_RECEIVE) {
+        // Settled meanwhile: its own change (delete, release, retry) must not be undone by this one.
+        const chunk = due.slice(i, i + MAX_RECEIVE).filter((entry) => !entry.settled);
+        if (chunk.length === 0) continue;
+        for (const entry of chunk) entry.visibleSetAt = now;
+        const change = this.changeVisibility(chunk, this.options.visibilityTimeoutSeconds);
+        const settledAfter = change.then(
+          () => undefined,
+          () => undefined,
+        );
+        for (const entry of chunk) entry.changing = settledAfter;
+        await change.catch((error: unknown) =>
+          this.logger.warn(`SQS queue ${this.options.queueName}: extending the visibility of ${chunk.length} message(s) being handled failed (${describeError(error)})`),
+        );
+      }
+    } finally {
+      this.extending = false;
+    }
   }
 
   /** ChangeMessageVisibility, ten at a time; rejects when any of them failed. */

@@ -27,7 +27,7 @@ import type {
   OutboundMessage,
 } from '../broker-adapter';
 import { OpenConsumers } from '../open-consumers';
-import { escapeForSqs, fromAttributes, MAX_MESSAGE_BYTES, MESSAGE_ID_ATTRIBUTE, messageBytes, toAttributes, type StringAttribute } from './sqs-attributes';
+import { escapeForSqs, fromAttributes, MAX_MESSAGE_BYTES, messageBytes, toAttributes, type StringAttribute } from './sqs-attributes';
 import { SqsConsumer } from './sqs-consumer';
 import type * as SqsFanoutModule from './sqs-fanout';
 import type { SnsFanout } from './sqs-fanout';
@@ -41,7 +41,11 @@ export const SQS_DEFAULTS = {
   waitTimeSeconds: 10,
   visibilityTimeoutSeconds: 30,
   createMissing: true,
+  requestTimeoutMs: 10_000,
 } as const;
+
+/** How long SQS keeps the dead letters of queues the adapter makes: its longest, 14 days. */
+const DEAD_LETTER_RETENTION_SECONDS = 1_209_600;
 
 /** Longest per-message delay SQS takes (15 minutes). */
 export const MAX_DELAY_SECONDS = 900;
@@ -76,7 +80,7 @@ interface TopicPlan {
  */
 export class SqsAdapter implements BrokerAdapter {
   readonly capabilities: AdapterCapabilities;
-  private readonly settings: Required<Pick<Config, 'fanout' | 'fifo' | 'waitTimeSeconds' | 'visibilityTimeoutSeconds' | 'createMissing'>>;
+  private readonly settings: Required<Pick<Config, 'fanout' | 'fifo' | 'waitTimeSeconds' | 'visibilityTimeoutSeconds' | 'createMissing' | 'requestTimeoutMs'>>;
   private readonly client: SQSClient;
   private readonly clientConfig: SQSClientConfig;
   private readonly secrets: string[];
@@ -99,6 +103,7 @@ export class SqsAdapter implements BrokerAdapter {
       waitTimeSeconds: config.waitTimeSeconds ?? SQS_DEFAULTS.waitTimeSeconds,
       visibilityTimeoutSeconds: config.visibilityTimeoutSeconds ?? SQS_DEFAULTS.visibilityTimeoutSeconds,
       createMissing: config.createMissing ?? SQS_DEFAULTS.createMissing,
+      requestTimeoutMs: config.requestTimeoutMs ?? SQS_DEFAULTS.requestTimeoutMs,
     };
     this.capabilities = sqsCapabilities(this.settings);
     this.clientConfig = {
@@ -108,8 +113,9 @@ export class SqsAdapter implements BrokerAdapter {
         config.accessKeyId !== undefined && config.secretAccessKey !== undefined
           ? { accessKeyId: config.accessKeyId, secretAccessKey: config.secretAccessKey, sessionToken: config.sessionToken }
           : undefined,
-      // A dead endpoint is reported in seconds, not after the OS's connect timeout.
-      requestHandler: { connectionTimeout: 5000 },
+      // A dead endpoint, or a connection that went silent, fails a request in seconds instead of
+      // never (the SDK sets no request timeout of its own); long polls get a longer one (see the consumer).
+      requestHandler: { connectionTimeout: 5000, requestTimeout: this.settings.requestTimeoutMs, throwOnRequestTimeout: true },
     };
     this.client = new SQSClient(this.clientConfig);
     this.secrets = [config.secretAccessKey, config.sessionToken].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
@@ -153,14 +159,14 @@ export class SqsAdapter implements BrokerAdapter {
 
   async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
-    const url = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.groupQueueUrl(topic, group, plan);
+    const url = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.existingGroupQueueUrl(topic, group, plan);
     // A fresh deduplication id: the same message sent again (reprocessed) must not be dropped as a duplicate.
     await this.send(url, this.prepare(topic, message, plan.fifo), randomUUID());
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
-    const url = await this.deadLetterQueueUrl(topic, group, plan);
+    const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
     const attributes = toAttributes(message.headers, message.messageId, message.correlationId);
     const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
     // An envelope is escaped like any publish; a poison body is kept exactly as it came.
@@ -170,8 +176,11 @@ export class SqsAdapter implements BrokerAdapter {
 
   async drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
     const plan = this.plan(topic);
-    const url = await this.deadLetterQueueUrl(topic, group, plan);
-    const visited = new Set<string>();
+    // Only a group that exists has dead letters: a mistyped group must not create a queue.
+    const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
+    // What was there when the call started: a dead letter sent after that (one that failed again,
+    // or any new one) ends the drain. SentTimestamp is SQS's clock; ours is assumed in step.
+    const startedAt = Date.now();
     let moved = 0;
     while (moved < limit) {
       const output = await this.request('ReceiveMessage', url, () =>
@@ -183,6 +192,7 @@ export class SqsAdapter implements BrokerAdapter {
             WaitTimeSeconds: 1,
             VisibilityTimeout: this.settings.visibilityTimeoutSeconds,
             MessageAttributeNames: ['All'],
+            MessageSystemAttributeNames: ['SentTimestamp'],
           }),
         ),
       );
@@ -190,24 +200,18 @@ export class SqsAdapter implements BrokerAdapter {
       if (messages.length === 0) break;
       for (let i = 0; i < messages.length; i++) {
         const record = messages[i];
-        const headers = fromAttributes(record.MessageAttributes);
-        const identity = headers[MESSAGE_ID_ATTRIBUTE] || record.MessageId || String(i);
-        // A dead letter seen earlier in this drain came back (it failed again): only what was there at the start is moved.
-        const stop = visited.has(identity);
-        if (!stop) {
-          visited.add(identity);
-          try {
-            await visit({ body: record.Body ?? '', headers, raw: record });
-          } catch (error) {
-            await this.makeVisible(url, messages.slice(i));
-            throw error;
-          }
-        }
-        if (stop) {
+        if (Number(record.Attributes?.SentTimestamp) > startedAt) {
           await this.makeVisible(url, messages.slice(i));
           return moved;
         }
-        await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
+        try {
+          await visit({ body: record.Body ?? '', headers: fromAttributes(record.MessageAttributes), raw: record });
+          await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
+        } catch (error) {
+          // The rest of this batch shows again at once, not after the visibility timeout.
+          await this.makeVisible(url, messages.slice(i));
+          throw error;
+        }
         moved++;
       }
     }
@@ -221,7 +225,7 @@ export class SqsAdapter implements BrokerAdapter {
     try {
       const url =
         options.source === 'dead-letters'
-          ? await this.deadLetterQueueUrl(topic, options.group, plan)
+          ? await this.deadLetterQueueUrl(topic, options.group, plan, 'create')
           : plan.mode === 'queue'
             ? await this.workQueueUrl(topic, plan)
             : await this.groupQueueUrl(topic, options.group, plan);
@@ -275,8 +279,15 @@ export class SqsAdapter implements BrokerAdapter {
     if (queueUrl !== undefined && mode === 'sns') {
       throw new BrokerError('CONFIG_INVALID', `topic '${topic.tag}': queueUrls name one queue (queue mode); with fanout 'sns' each group has its own queue`);
     }
-    const fifo = config?.fifo ?? (queueUrl !== undefined ? isFifoName(queueNameOfUrl(queueUrl)) : this.settings.fifo);
-    return { mode, fifo, queueUrl };
+    if (queueUrl !== undefined) {
+      // The queue is what it is: FIFO exactly when its name ends in .fifo.
+      const fifo = isFifoName(queueNameOfUrl(queueUrl));
+      if (config?.fifo !== undefined && config.fifo !== fifo) {
+        throw new BrokerError('CONFIG_INVALID', `topic '${topic.tag}': fifo is ${String(config.fifo)} but its queue URL for '${this.context.envSlug}' is ${fifo ? '' : 'not '}a FIFO queue`);
+      }
+      return { mode, fifo, queueUrl };
+    }
+    return { mode, fifo: config?.fifo ?? this.settings.fifo, queueUrl };
   }
 
   /** Queue mode is point-to-point: one group per topic, or its groups would silently share messages. */
@@ -349,35 +360,65 @@ export class SqsAdapter implements BrokerAdapter {
       const url = await this.queueUrl(name, plan.fifo);
       if (this.settings.createMissing) {
         const queueArn = await this.queueArn(url);
-        // SNS may write to the queue only when its policy lets it (real AWS enforces this).
-        const policy = {
-          Version: '2012-10-17',
-          Statement: [
-            {
-              Sid: 'ductape-sns-fanout',
-              Effect: 'Allow',
-              Principal: { Service: 'sns.amazonaws.com' },
-              Action: 'sqs:SendMessage',
-              Resource: queueArn,
-              Condition: { ArnEquals: { 'aws:SourceArn': topicArn } },
-            },
-          ],
-        };
-        await this.request('SetQueueAttributes', url, () =>
-          this.client.send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: { Policy: JSON.stringify(policy) } })),
-        );
+        await this.allowTopicToSend(url, queueArn, topicArn);
         await fanout.subscribeQueue(topicArn, queueArn);
       }
       return url;
     });
   }
 
+  /** Fan-out mode: the queue of a group that has subscribed at some point; never made here. */
+  private async existingGroupQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan): Promise<string> {
+    const name = groupQueueName(topic.name, group, plan.fifo);
+    const known = this.groupQueues.get(name);
+    if (known) return known;
+    try {
+      return await this.queueUrl(name, plan.fifo, 'existing');
+    } catch (error) {
+      throw new Error(`group '${group}' of topic '${topic.tag}' has no queue (it never subscribed): ${(error as Error).message}`);
+    }
+  }
+
+  /**
+   * SNS may write to a queue only when the queue's policy lets it (real AWS enforces this). Our
+   * statement is added or updated by its Sid; the rest of the policy is kept as it is.
+   */
+  private async allowTopicToSend(url: string, queueArn: string, topicArn: string): Promise<void> {
+    const output = await this.request('GetQueueAttributes', url, () => this.client.send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['Policy'] })));
+    const statement = {
+      Sid: `ductape-sns-${createHash('sha256').update(topicArn).digest('hex').slice(0, 16)}`,
+      Effect: 'Allow',
+      Principal: { Service: 'sns.amazonaws.com' },
+      Action: 'sqs:SendMessage',
+      Resource: queueArn,
+      Condition: { ArnEquals: { 'aws:SourceArn': topicArn } },
+    };
+    let policy: { Version?: string; Statement?: unknown[] } = { Version: '2012-10-17', Statement: [] };
+    if (output.Attributes?.Policy) {
+      try {
+        policy = JSON.parse(output.Attributes.Policy) as typeof policy;
+      } catch {
+        throw new Error(`SQS queue ${queueNameOfUrl(url)} has a policy that is not JSON; not touching it`);
+      }
+    }
+    const statements = Array.isArray(policy.Statement) ? policy.Statement : policy.Statement ? [policy.Statement] : [];
+    const existing = statements.find((candidate) => (candidate as { Sid?: unknown }).Sid === statement.Sid);
+    if (existing && JSON.stringify(existing) === JSON.stringify(statement)) return;
+    const updated = { ...policy, Version: policy.Version ?? '2012-10-17', Statement: [...statements.filter((candidate) => candidate !== existing), statement] };
+    await this.request('SetQueueAttributes', url, () => this.client.send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: { Policy: JSON.stringify(updated) } })));
+  }
+
   /**
    * The dead-letter queue of a topic (queue mode) or of a group (fan-out): the work queue's
    * redrive target when it has a redrive policy, otherwise `<queue>-dead-letters`.
    */
-  private async deadLetterQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan): Promise<string> {
-    const workUrl = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.groupQueueUrl(topic, group, plan);
+  private async deadLetterQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan, groupQueue: 'create' | 'existing'): Promise<string> {
+    const workUrl =
+      plan.mode === 'queue'
+        ? await this.workQueueUrl(topic, plan)
+        : groupQueue === 'create'
+          ? await this.groupQueueUrl(topic, group, plan)
+          : await this.existingGroupQueueUrl(topic, group, plan);
     return this.cached(this.deadLetterUrls, workUrl, async () => {
       const output = await this.request('GetQueueAttributes', workUrl, () =>
         this.client.send(new GetQueueAttributesCommand({ QueueUrl: workUrl, AttributeNames: ['RedrivePolicy'] })),
@@ -385,20 +426,22 @@ export class SqsAdapter implements BrokerAdapter {
       const redrive = parseRedrivePolicy(output.Attributes?.RedrivePolicy);
       if (redrive) return this.queueUrlOfArn(redrive);
       const workName = queueNameOfUrl(workUrl);
-      return this.queueUrl(deadLetterQueueName(workName), isFifoName(workName));
+      return this.queueUrl(deadLetterQueueName(workName), isFifoName(workName), 'create', { MessageRetentionPeriod: String(DEAD_LETTER_RETENTION_SECONDS) });
     });
   }
 
   /** A queue's URL by name: created (idempotently) when allowed, otherwise looked up. */
-  private queueUrl(name: string, fifo: boolean): Promise<string> {
+  private queueUrl(name: string, fifo: boolean, mode: 'create' | 'existing' = 'create', attributes: Record<string, string> = {}): Promise<string> {
     return this.cached(this.queueUrls, name, async () => {
-      if (this.settings.createMissing) {
+      if (this.settings.createMissing && mode === 'create') {
         try {
-          const output = await this.client.send(new CreateQueueCommand({ QueueName: name, Attributes: fifo ? { FifoQueue: 'true' } : undefined }));
+          const output = await this.client.send(new CreateQueueCommand({ QueueName: name, Attributes: { ...attributes, ...(fifo ? { FifoQueue: 'true' } : {}) } }));
           if (output.QueueUrl) return output.QueueUrl;
         } catch (error) {
-          // It exists with other attributes (made by someone else): use it as it is.
-          if (!['QueueAlreadyExists', 'QueueNameExists'].includes(errorName(error))) throw this.failure(`CreateQueue '${name}' failed`, error);
+          // It exists with other attributes (made by someone else), or we may not create queues: use it as it is.
+          if (!['QueueAlreadyExists', 'QueueNameExists', 'AccessDenied', 'AccessDeniedException'].includes(errorName(error))) {
+            throw this.failure(`CreateQueue '${name}' failed`, error);
+          }
         }
       }
       try {
@@ -407,7 +450,8 @@ export class SqsAdapter implements BrokerAdapter {
         throw new Error('no QueueUrl in the answer');
       } catch (error) {
         if (isMissingQueue(error)) {
-          throw new Error(`SQS queue '${name}' does not exist at ${this.endpoint}${this.settings.createMissing ? '' : ' (createMissing is false, so the adapter does not create it)'}`);
+          const why = mode === 'existing' ? '' : this.settings.createMissing ? '' : ' (createMissing is false, so the adapter does not create it)';
+          throw new Error(`SQS queue '${name}' does not exist at ${this.endpoint}${why}`);
         }
         throw this.failure(`GetQueueUrl '${name}' failed`, error);
       }
