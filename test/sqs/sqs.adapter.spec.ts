@@ -4,6 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { INestApplication } from '@nestjs/common';
 import {
+  SetQueueAttributesCommand,
   ChangeMessageVisibilityCommand,
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
@@ -16,7 +17,7 @@ import { BrokerError, DEAD_LETTER_HEADERS, type BrokerContext, type BrokerModule
 import { OVERFLOW_ATTRIBUTE } from '../../lib/adapters/sqs';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
-import { queueUrl, snsClient, sqsClient, sqsEnv } from '../support/sqs';
+import { queueUrl, rawSendToTopicQueue, snsClient, sqsClient, sqsEnv } from '../support/sqs';
 import { gate, sleep, waitFor } from '../support/wait';
 
 const PRODUCT = 'sqs-adapter';
@@ -296,6 +297,19 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       await waitFor(() => attempts.length === 3, 'the reprocessed message', 5000);
       expect(attempts[2]).toBe(1);
     }, 15_000);
+
+    it('reprocessDeadLetters ends while the group consumes, even when a dead letter fails again at once (a poison body)', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      await subscribe(broker, event, () => undefined);
+      await rawSendToTopicQueue(`${PRODUCT}.prd.${event.slice(3)}`, Buffer.from('not an envelope'));
+      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters`).length === 1, 'the poison dead letter', 5000);
+      // Sent back to the queue, it is dead-lettered again at once, as a new SQS message: only the first is moved.
+      const startedAt = Date.now();
+      expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT })).toBe(1);
+      expect(Date.now() - startedAt).toBeLessThan(5000);
+      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters`).length === 2, 'the poison dead-lettered again', 5000);
+    });
   });
 
   describe('FIFO queues', () => {
@@ -445,6 +459,38 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       await expectRefusal(subscribe(broker, event, () => undefined, { group: 'shipping' }), 'SUBSCRIBE_FAILED', "fanout: 'sns'");
       // The same group again is fine: more competing consumers.
       await subscribe(broker, event, () => undefined, { group: 'billing' });
+    });
+
+    it('fan-out: keeps the other statements of a group queue’s policy; reprocessing an unknown group makes no queue', async () => {
+      const { event, queue } = newTopic();
+      const url = await queueUrl(`${queue}__billing`);
+      const foreign = { Sid: 'operators', Effect: 'Allow', Principal: { AWS: 'arn:aws:iam::111122223333:root' }, Action: 'sqs:ReceiveMessage', Resource: '*' };
+      await sqsClient().send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: { Policy: JSON.stringify({ Version: '2012-10-17', Statement: [foreign] }) } }));
+      const { broker } = await start({ fanout: 'sns' });
+      await subscribe(broker, event, () => undefined, { group: 'billing' });
+      const { Attributes } = await sqsClient().send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['Policy'] }));
+      const statements = (JSON.parse(Attributes!.Policy!) as { Statement: { Sid: string; Principal: unknown }[] }).Statement;
+      expect(statements.map((statement) => statement.Sid)).toEqual(['operators', expect.stringMatching(/^ductape-sns-/)]);
+      expect(statements[1].Principal).toEqual({ Service: 'sns.amazonaws.com' });
+      // A second start finds its statement there and leaves the policy as it is.
+      const writes = callsOf('SetQueueAttributes', `${queue}__billing`).length;
+      const again = await start({ fanout: 'sns' });
+      await subscribe(again.broker, event, () => undefined, { group: 'billing' });
+      expect(callsOf('SetQueueAttributes', `${queue}__billing`)).toHaveLength(writes);
+
+      await expectRefusal(broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT, group: 'biling' }), 'PUBLISH_FAILED', 'never subscribed');
+      expect(callsOf('CreateQueue').filter((call) => String(call.input.QueueName).includes('__biling'))).toHaveLength(0);
+    });
+
+    it('takes FIFO from a queue URL, and refuses a topic whose fifo setting contradicts it', async () => {
+      const url = await queueUrl(`given-${randomUUID().slice(0, 8)}.fifo`, { FifoQueue: 'true' });
+      const { broker } = await start({}, {}, [
+        { tag: 'ordered', queueUrls: [{ env_slug: 'prd', url }] },
+        { tag: 'wrong', fifo: false, queueUrls: [{ env_slug: 'prd', url }] },
+      ]);
+      await publish(broker, 'sq:ordered', { n: 1 }, { key: 'k' });
+      expect(callsOf('SendMessage').pop()!.input).toMatchObject({ MessageGroupId: 'k' });
+      await expectRefusal(publish(broker, 'sq:wrong', { n: 1 }), 'CONFIG_INVALID', 'is a FIFO queue');
     });
 
     it('fan-out: an SNS topic with one queue per group, subscribed with raw delivery; a delayed message reaches every group; publishing before any group is refused', async () => {

@@ -4,7 +4,7 @@ import type { INestApplication } from '@nestjs/common';
 import { BrokerError, type BrokerModuleOptions } from '../../lib';
 import { CapturingLogger, createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
-import { SQS_ENDPOINT, sqsEnv } from '../support/sqs';
+import { rawSendToTopicQueue, SQS_ENDPOINT, sqsEnv } from '../support/sqs';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
 import { sleep, waitFor } from '../support/wait';
 
@@ -96,4 +96,33 @@ describeWithBroker('sqs', 'SQS adapter when the endpoint goes away', () => {
     expect(logger.entries.some((entry) => entry.level === 'warn' && entry.message.includes('receiving failed'))).toBe(true);
     expect(logger.texts.join(' ')).not.toContain('test-secret-key');
   }, 60_000);
+
+  it('a connection that goes silent (packets dropped, nothing cut) does not stop the consumer: its receive times out and polling goes on', async () => {
+    const logger = new CapturingLogger();
+    const tag = `t-${randomUUID().slice(0, 8)}`;
+    const event = `sq:${tag}`;
+    const started = await createBrokerApp(
+      {
+        env: 'prd',
+        product: PRODUCT,
+        brokers: [{ tag: 'sq', envs: [sqsEnv('prd', { endpoint: `http://127.0.0.1:${proxy.port}`, requestTimeoutMs: 2000 })] }],
+        shutdownTimeoutMs: 3000,
+      },
+      {},
+      logger,
+    );
+    app = started.app;
+    const handled: unknown[] = [];
+    await started.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: (message) => void handled.push(message) } });
+    await started.broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'before' } });
+    await waitFor(() => handled.length === 1, 'the first message', 5000);
+    proxy.blackhole(true);
+    await sleep(3000);
+    proxy.blackhole(false);
+    // Published around the consumer's stalled link, straight to the emulator.
+    await rawSendToTopicQueue(`${PRODUCT}.prd.${tag}`, Buffer.from(JSON.stringify({ v: 1, id: 'after-1', publishedAt: Date.now(), attempt: 1, headers: {}, message: 'after' })));
+    await waitFor(() => handled.length === 2, 'the message sent after the silence', 20_000);
+    expect(handled).toEqual(['before', 'after']);
+    expect(logger.entries.some((entry) => entry.level === 'warn' && /receiving failed/.test(entry.message))).toBe(true);
+  }, 40_000);
 });

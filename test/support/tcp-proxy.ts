@@ -15,6 +15,11 @@ export interface TcpProxy {
   cutAll(): void;
   /** While true, every new link is cut as soon as it opens: the server looks down. */
   refuse(refusing: boolean): void;
+  /**
+   * While true, nothing is forwarded either way, on open links and new ones, and nothing is cut:
+   * a network that silently drops packets. What was dropped is gone; links stay open and silent.
+   */
+  blackhole(dropping: boolean): void;
   close(): void;
 }
 
@@ -23,6 +28,7 @@ export function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'): Pro
   let armed: { classId: number; methodId: number } | undefined;
   let drops = 0;
   let refusing = false;
+  let dropping = false;
   const server = createServer((client) => {
     if (refusing) {
       client.on('error', () => undefined);
@@ -43,9 +49,11 @@ export function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'): Pro
         client.destroy();
         return;
       }
-      upstream.write(chunk);
+      if (!dropping) upstream.write(chunk);
     });
-    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    upstream.on('data', (chunk: Buffer) => {
+      if (!dropping) client.write(chunk);
+    });
     upstream.on('end', () => client.end());
     client.on('end', () => upstream.end());
   });
@@ -61,6 +69,7 @@ export function startTcpProxy(targetPort: number, targetHost = '127.0.0.1'): Pro
           for (const socket of sockets) socket.destroy();
         },
         refuse: (value) => (refusing = value),
+        blackhole: (value) => (dropping = value),
         close: () => {
           server.close();
           for (const socket of sockets) socket.destroy();
