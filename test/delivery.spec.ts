@@ -16,6 +16,23 @@ import { createBrokerApp } from './support/app';
 import { gate, sleep, waitFor } from './support/wait';
 
 describe('envelope codec', () => {
+  it('round-trips every envelope field, with and without the optional ones, through its JSON', () => {
+    const base: Envelope = { v: 1, id: 'id "quoted" \\ é 漢', event: 'b:t', env: 'prd', product: 'p', publishedAt: 1764400000123, attempt: 2, headers: { a: '1', 'x-"odd"': 'line\nbreak' }, message: null };
+    const cases: Envelope[] = [
+      base,
+      { ...base, correlationId: 'c-1', key: 'k\u2028' },
+      { ...base, message: { nested: [1, 'two', { three: true }], date: new Date(0) } },
+      { ...base, message: 'just a string' },
+      { ...base, message: 0 },
+    ];
+    for (const envelope of cases) {
+      const body = encodeEnvelope(envelope, 1024 * 1024);
+      expect(JSON.parse(body)).toEqual(JSON.parse(JSON.stringify(envelope)));
+      expect(decodeEnvelope(body)).toEqual(JSON.parse(JSON.stringify(envelope)));
+    }
+  });
+
+
   const envelope = (message: unknown): Envelope => ({
     v: 1,
     id: 'id-1',
