@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Controller, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
@@ -17,8 +18,9 @@ const PREFETCH = 100;
 const TOPIC = 'bench.prd.orders';
 const GROUP = 'bench';
 const OUR_QUEUE = `${TOPIC}:${GROUP}`;
-const QUEUES = { raw: 'bench.raw', nest: 'bench.nest', golevelup: 'bench.golevelup' };
+const QUEUES = { raw: 'bench.raw', nest: 'bench.nest', golevelup: 'bench.golevelup', sameWork: 'bench.same-work' };
 const GOLEVELUP_EXCHANGE = 'bench.golevelup';
+const SAME_WORK_EXCHANGE = 'bench.same-work';
 
 async function ours() {
   const moduleRef = await Test.createTestingModule({
@@ -84,6 +86,8 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     await admin.purgeQueue(queue);
   }
   await admin.assertExchange(GOLEVELUP_EXCHANGE, 'fanout', { durable: true });
+  await admin.assertExchange(SAME_WORK_EXCHANGE, 'fanout', { durable: true });
+  await admin.bindQueue(QUEUES.sameWork, SAME_WORK_EXCHANGE, '');
   await admin.bindQueue(QUEUES.golevelup, GOLEVELUP_EXCHANGE, '');
   const confirm: ConfirmChannel = await connection.createConfirmChannel();
 
@@ -97,6 +101,18 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     for (const queue of [...Object.values(QUEUES), OUR_QUEUE]) await admin.purgeQueue(queue);
   };
   const body = Buffer.from(JSON.stringify(MESSAGE));
+  // What ours puts on the wire for the same message: the envelope, and the properties it sets.
+  const envelopeOf = () =>
+    Buffer.from(JSON.stringify({ v: 1, id: randomUUID(), event: 'rmq:orders', env: 'prd', product: 'bench', publishedAt: Date.now(), attempt: 1, headers: {}, message: MESSAGE }));
+  let publishId = 0;
+  const sameWorkOptions = (id: string) => ({
+    persistent: true,
+    mandatory: true,
+    contentType: 'application/json',
+    messageId: id,
+    timestamp: Math.floor(Date.now() / 1000),
+    headers: { 'x-ductape-publish-id': String(++publishId) },
+  });
 
   // Publish, resolved on the broker's confirm, persistent messages on every side.
   const publish = await alternate('rabbitmq publish (confirmed, persistent)', 'msg/s', options.rounds, [
@@ -116,6 +132,22 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
         const start = process.hrtime.bigint();
         for (let sent = 0; sent < publishCount; sent += BATCH) {
           for (let i = 0; i < BATCH && sent + i < publishCount; i++) confirm.sendToQueue(QUEUES.raw, body, { persistent: true, contentType: 'application/json' });
+          await confirm.waitForConfirms();
+        }
+        const rate = perSecond(publishCount, start);
+        await purgeAll();
+        return rate;
+      },
+    },
+    {
+      name: 'raw amqplib doing ours’ work (envelope, properties; batches of 1000)',
+      run: async () => {
+        const start = process.hrtime.bigint();
+        for (let sent = 0; sent < publishCount; sent += BATCH) {
+          for (let i = 0; i < BATCH && sent + i < publishCount; i++) {
+            const id = randomUUID();
+            confirm.publish(SAME_WORK_EXCHANGE, '', envelopeOf(), sameWorkOptions(id));
+          }
           await confirm.waitForConfirms();
         }
         const rate = perSecond(publishCount, start);
@@ -183,6 +215,24 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
           clock.handled();
         });
         await within(clock.done, 60_000, 'raw consume');
+        await channel.close();
+        return clock.rate();
+      },
+    },
+    {
+      name: 'raw amqplib on ours’ messages (prefetch 100)',
+      run: async () => {
+        await publishInWindows(consumeCount, () => mine.publish(MESSAGE));
+        const channel = await connection.createChannel();
+        await channel.prefetch(PREFETCH);
+        const clock = consumeClock(consumeCount);
+        await channel.consume(OUR_QUEUE, (message) => {
+          if (!message) return;
+          JSON.parse(message.content.toString());
+          channel.ack(message);
+          clock.handled();
+        });
+        await within(clock.done, 60_000, 'raw consume of ours’ messages');
         await channel.close();
         return clock.rate();
       },
@@ -264,7 +314,9 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     }
     {
       const received: number[] = [];
-      const channel = await connection.createChannel();
+      // Consumer and publisher on connections of their own, as ours has.
+      const consuming = await connect(URL);
+      const channel = await consuming.createChannel();
       await channel.prefetch(PREFETCH);
       await channel.consume(QUEUES.raw, (message) => {
         if (!message) return;
@@ -281,6 +333,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
         received,
       );
       await channel.close();
+      await consuming.close();
       await rawConfirm.close();
       latencies.raw.p50.push(percentile(received, 50));
       latencies.raw.p99.push(percentile(received, 99));
@@ -317,9 +370,11 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
   const l = latency.medians;
   const ratios: Ratio[] = [
     { name: 'rabbitmq-publish-vs-raw-confirm-batches', value: m.ours / m['raw amqplib ConfirmChannel (batches of 1000)'], target: 1.0 },
+    { name: 'rabbitmq-publish-vs-raw-doing-ours-work', value: m.ours / m['raw amqplib doing ours’ work (envelope, properties; batches of 1000)'] },
     { name: 'rabbitmq-publish-vs-nest-clientrmq-emit', value: m.ours / m['@nestjs/microservices ClientRMQ.emit'], target: 1.4 },
     { name: 'rabbitmq-publish-vs-golevelup', value: m.ours / m['@golevelup/nestjs-rabbitmq publish'], target: 1.2 },
     { name: 'rabbitmq-consume-vs-raw', value: c.ours / c['raw amqplib (prefetch 100)'], target: 0.95 },
+    { name: 'rabbitmq-consume-vs-raw-on-ours-messages', value: c.ours / c['raw amqplib on ours’ messages (prefetch 100)'] },
     { name: 'rabbitmq-consume-vs-golevelup', value: c.ours / c['@golevelup/nestjs-rabbitmq subscriber (@RabbitSubscribe)'], target: 1.1 },
     { name: 'rabbitmq-consume-vs-nest-eventpattern', value: c.ours / c['@nestjs/microservices @EventPattern (RMQ)'], target: 1.1 },
     { name: 'rabbitmq-latency-p50-vs-raw', value: l['ours p50'] / l['raw amqplib p50'], target: 1.3, lowerIsBetter: true },
