@@ -129,11 +129,13 @@ export class KafkaAdapter implements BrokerAdapter {
     });
   }
 
-  async publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
+  publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
     const delayed = (message.delayMs ?? 0) > 0;
     const target = delayed ? delayTopic(topic.name) : topic.name;
-    await this.ensureTopics([target]);
-    await this.requireBatching().send(target, toKafkaMessage(message, delayed ? Date.now() + (message.delayMs ?? 0) : undefined));
+    const record = toKafkaMessage(message, delayed ? Date.now() + (message.delayMs ?? 0) : undefined);
+    // The hot path: a topic already known goes straight to the batch, without a promise of its own.
+    if (this.knownTopics.has(target)) return this.requireBatching().send(target, record);
+    return this.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
   }
 
   async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
@@ -372,7 +374,8 @@ function toKafkaMessage(message: OutboundMessage, dueAt?: number): Message {
   if (message.messageId) headers[MESSAGE_ID_HEADER] = message.messageId;
   if (message.correlationId) headers[CORRELATION_ID_HEADER] = message.correlationId;
   if (dueAt !== undefined) headers[DUE_HEADER] = String(dueAt);
-  return { key: message.key ?? null, value: typeof message.body === 'string' ? Buffer.from(message.body) : message.body, headers };
+  // kafkajs encodes a string value itself: no Buffer copy of the body first.
+  return { key: message.key ?? null, value: message.body, headers };
 }
 
 async function withRetries<T>(work: () => Promise<T>, attempts: number): Promise<T> {
