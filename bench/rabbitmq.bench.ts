@@ -75,9 +75,9 @@ class NestOrdersController {
 class NestOrdersModule {}
 
 export async function benchRabbitMq(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[]; growth: Record<string, number> }> {
-  const publishCount = options.quick ? 5000 : 20_000;
-  const consumeCount = options.quick ? 5000 : 20_000;
-  const latencySeconds = options.quick ? 2 : 5;
+  const publishCount = options.quick ? 4000 : 20_000;
+  const consumeCount = options.quick ? 4000 : 20_000;
+  const latencySeconds = options.quick ? 1.5 : 5;
 
   const connection: ChannelModel = await connect(URL);
   const admin = await connection.createChannel();
@@ -348,7 +348,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
   for (const [name, values] of Object.entries(latency.samples)) latency.medians[name] = [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
   // Growth: 100,000 messages through ours (20,000 with --quick), published and consumed.
-  const growthCount = options.quick ? 20_000 : 100_000;
+  const growthCount = options.quick ? 10_000 : 100_000;
   const before = heapAfterGcMb();
   {
     const clock = consumeClock(growthCount);

@@ -25,7 +25,7 @@ async function inWindows(count: number, one: () => Promise<unknown>): Promise<vo
  * same requests. On an emulator this mostly measures the emulator; the ratio is what counts.
  */
 export async function benchSqs(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[] }> {
-  const count = options.quick ? 2000 : 10_000;
+  const count = options.quick ? 1500 : 10_000;
   const tag = `bench-${randomUUID().slice(0, 8)}`;
   const moduleRef = await Test.createTestingModule({
     imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'sq', envs: [sqsEnv('prd')] }] })],
