@@ -115,9 +115,10 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
     async function spyOnConfirmChannels(hold?: Promise<void>) {
       const proto = await withRawConnection(async (connection) => Object.getPrototypeOf(await connection.createConfirmChannel()) as ConfirmChannel);
       const original = proto.publish;
-      const stats = { published: 0, confirmed: 0, maxOutstanding: 0, channels: new Set<ConfirmChannel>() };
+      const stats = { published: 0, confirmed: 0, maxOutstanding: 0, headerTables: 0, channels: new Set<ConfirmChannel>() };
       proto.publish = function (this: ConfirmChannel, exchange: string, key: string, content: Buffer, opts?: Options.Publish, cb?: (err: unknown, ok: Replies.Empty) => void) {
         stats.published++;
+        if (opts?.headers !== undefined) stats.headerTables++;
         stats.channels.add(this);
         stats.maxOutstanding = Math.max(stats.maxOutstanding, stats.published - stats.confirmed);
         return original.call(this, exchange, key, content, opts, (err: unknown, ok: Replies.Empty) => {
@@ -177,6 +178,40 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(error).toBeInstanceOf(BrokerError);
       expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
       expect((error as BrokerError).message).toMatch(/could not be routed.*NO_ROUTE/);
+    });
+
+    it('matches each returned message to its own publish among many in flight, with no header on the wire', async () => {
+      const broker = await start();
+      const routed = newTopic();
+      const unroutable = newTopic();
+      let received = 0;
+      await broker.subscribe({ env: 'prd', event: routed.event, product_tag: PRODUCT, input: { concurrency: 50, callback: () => void received++ } });
+      // Confirms are held back until every return has arrived, so all 600 are in flight when each
+      // return is matched: the oldest in flight is then rarely the returned one.
+      const confirms = gate();
+      const spy = await spyOnConfirmChannels(confirms.promise);
+      let results: PromiseSettledResult<unknown>[];
+      try {
+        // Interleaved: 300 to a topic with a group, 300 to one without, all at once.
+        const publishing = Promise.allSettled(
+          Array.from({ length: 600 }, (_, i) =>
+            broker.publish({ env: 'prd', event: (i % 2 === 0 ? routed : unroutable).event, product_tag: PRODUCT, input: { message: { i } } }),
+          ),
+        );
+        await waitFor(() => spy.stats.published === 600, 'all 600 written');
+        await sleep(500);
+        confirms.open();
+        results = await publishing;
+      } finally {
+        spy.restore();
+      }
+      results.forEach((result, i) => {
+        if (i % 2 === 0) expect(result.status).toBe('fulfilled');
+        else expect(String((result as PromiseRejectedResult).reason)).toMatch(/NO_ROUTE/);
+      });
+      expect(spy.stats.maxOutstanding).toBeGreaterThan(10);
+      expect(spy.stats.headerTables).toBe(0);
+      await waitFor(() => received === 300, 'the 300 routed messages', 10_000);
     });
 
     it('rejects with PUBLISH_FAILED a message the broker nacks', async () => {

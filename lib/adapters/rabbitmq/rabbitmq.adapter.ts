@@ -418,8 +418,14 @@ function publishOptions(message: OutboundMessage, json: boolean): Options.Publis
     messageId: shortString(message.messageId),
     correlationId: shortString(message.correlationId),
     timestamp: Math.floor(Date.now() / 1000),
-    headers: { ...message.headers },
+    // No header table at all when there are no headers: each costs the broker measurably.
+    headers: hasKeys(message.headers) ? { ...message.headers } : undefined,
   };
+}
+
+function hasKeys(record: Readonly<Record<string, string>>): boolean {
+  for (const _ in record) return true;
+  return false;
 }
 
 function shortString(value: string | undefined): string | undefined {
