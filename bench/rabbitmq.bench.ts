@@ -104,14 +104,12 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
   // What ours puts on the wire for the same message: the envelope, and the properties it sets.
   const envelopeOf = () =>
     Buffer.from(JSON.stringify({ v: 1, id: randomUUID(), event: 'rmq:orders', env: 'prd', product: 'bench', publishedAt: Date.now(), attempt: 1, headers: {}, message: MESSAGE }));
-  let publishId = 0;
   const sameWorkOptions = (id: string) => ({
     persistent: true,
     mandatory: true,
     contentType: 'application/json',
     messageId: id,
     timestamp: Math.floor(Date.now() / 1000),
-    headers: { 'x-ductape-publish-id': String(++publishId) },
   });
 
   // Publish, resolved on the broker's confirm, persistent messages on every side.
