@@ -91,6 +91,16 @@ describeWithBroker('sqs', 'SQS adapter', () => {
     return broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback, ...input } });
   }
 
+  /** Notes, per key, the order `seq` arrived in, after a jitter that would reorder an unordered queue. */
+  function orderRecorder(seen: Map<string, number[]>, onDone: () => void) {
+    return async (message: unknown, ctx: BrokerContext) => {
+      const { seq } = message as { seq: number };
+      await sleep((seq * 7) % 5);
+      seen.set(ctx.key!, [...(seen.get(ctx.key!) ?? []), seq]);
+      onDone();
+    };
+  }
+
   function collector(into: Received[], behaviour?: (ctx: BrokerContext) => Promise<void> | void) {
     return async (message: unknown, ctx: BrokerContext) => {
       into.push({ message, ctx });
@@ -321,12 +331,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       await subscribe(
         broker,
         event,
-        async (message, ctx) => {
-          const { seq } = message as { seq: number };
-          await sleep((seq * 7) % 5);
-          seen.set(ctx.key!, [...(seen.get(ctx.key!) ?? []), seq]);
-          done++;
-        },
+        orderRecorder(seen, () => done++),
         { concurrency: 4 },
       );
       for (let seq = 0; seq < 30; seq++) await publish(broker, event, { seq }, { key: `key-${seq % 3}` });
@@ -356,12 +361,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
         await subscribe(
           broker,
           event,
-          async (message, ctx) => {
-            const { seq } = message as { seq: number };
-            await sleep((seq * 7) % 5);
-            seen[group].set(ctx.key!, [...(seen[group].get(ctx.key!) ?? []), seq]);
-            done++;
-          },
+          orderRecorder(seen[group], () => done++),
           { group, concurrency: 4 },
         );
       }

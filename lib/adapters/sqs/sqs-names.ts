@@ -14,7 +14,7 @@ const GROUP_SEPARATOR = '__';
  * allowed there and becomes '_'. A name too long for its limit keeps its start and gets a hash of
  * the whole, so two long names never meet.
  */
-function fit(base: string, suffix: string, max: number): string {
+function fitName(base: string, suffix: string, max: number): string {
   const safe = base.replace(/[^A-Za-z0-9_-]/g, '_');
   if (safe.length + suffix.length <= max) return safe + suffix;
   const hash = createHash('sha256').update(base).digest('hex').slice(0, 10);
@@ -23,24 +23,24 @@ function fit(base: string, suffix: string, max: number): string {
 
 /** Queue mode: the topic's one queue. */
 export function topicQueueName(topic: string, fifo: boolean): string {
-  return fit(topic, fifo ? FIFO_SUFFIX : '', MAX_QUEUE_NAME);
+  return fitName(topic, fifo ? FIFO_SUFFIX : '', MAX_QUEUE_NAME);
 }
 
 /** Fan-out mode: the SNS topic. */
 export function snsTopicName(topic: string, fifo: boolean): string {
-  return fit(topic, fifo ? FIFO_SUFFIX : '', MAX_TOPIC_NAME);
+  return fitName(topic, fifo ? FIFO_SUFFIX : '', MAX_TOPIC_NAME);
 }
 
 /** Fan-out mode: the queue of one group, subscribed to the SNS topic. */
 export function groupQueueName(topic: string, group: string, fifo: boolean): string {
-  return fit(`${topic}${GROUP_SEPARATOR}${group}`, fifo ? FIFO_SUFFIX : '', MAX_QUEUE_NAME);
+  return fitName(`${topic}${GROUP_SEPARATOR}${group}`, fifo ? FIFO_SUFFIX : '', MAX_QUEUE_NAME);
 }
 
 /** The dead-letter queue the adapter manages next to a work queue that has no redrive policy. */
 export function deadLetterQueueName(workQueueName: string): string {
   const fifo = workQueueName.endsWith(FIFO_SUFFIX);
   const base = fifo ? workQueueName.slice(0, -FIFO_SUFFIX.length) : workQueueName;
-  return fit(base, `${DEAD_LETTER_SUFFIX}${fifo ? FIFO_SUFFIX : ''}`, MAX_QUEUE_NAME);
+  return fitName(base, `${DEAD_LETTER_SUFFIX}${fifo ? FIFO_SUFFIX : ''}`, MAX_QUEUE_NAME);
 }
 
 /** The queue name at the end of a queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`). */
