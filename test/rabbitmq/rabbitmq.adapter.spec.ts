@@ -12,6 +12,7 @@ import {
   type BrokerModuleOptions,
   type RabbitMqEnvConfig,
 } from '../../lib';
+import { createRabbitMqAdapter } from '../../lib/adapters/rabbitmq';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
@@ -212,6 +213,40 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(spy.stats.maxOutstanding).toBeGreaterThan(10);
       expect(spy.stats.headerTables).toBe(0);
       await waitFor(() => received === 300, 'the 300 routed messages', 10_000);
+    });
+
+    it('never takes a returned message for confirmed when another in flight has the same bytes (a retry re-sent twice, say)', async () => {
+      const adapter = createRabbitMqAdapter(rabbitEnv('prd').config, { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {} } });
+      await adapter.connect();
+      const { topic } = newTopic();
+      const queue = `${topic}:g`;
+      await withRawConnection(async (connection) => void (await (await connection.createChannel()).assertQueue(queue, { durable: true })));
+      const same = { body: '{"v":1,"id":"same","publishedAt":1,"attempt":2,"headers":{},"message":"x"}', messageId: 'same', headers: {} };
+      // A is written while its queue exists; its confirm is held back. Then the queue goes, and B,
+      // byte for byte the same, is returned: B must not resolve as if it had been routed.
+      const confirms = gate();
+      const spy = await spyOnConfirmChannels(confirms.promise);
+      try {
+        const first = adapter.sendToGroup({ name: topic, tag: 't' }, 'g', same).then(
+          () => 'confirmed',
+          (error: unknown) => String(error),
+        );
+        await waitFor(() => spy.stats.published === 1, 'the first publish to be written');
+        await withRawConnection(async (connection) => void (await (await connection.createChannel()).deleteQueue(queue)));
+        const second = adapter.sendToGroup({ name: topic, tag: 't' }, 'g', same).then(
+          () => 'confirmed',
+          (error: unknown) => String(error),
+        );
+        await waitFor(() => spy.stats.published === 2, 'the second publish to be written');
+        await sleep(300);
+        confirms.open();
+        expect(await second).toMatch(/NO_ROUTE/);
+        // The first may be taken for returned too: it is then sent again by its caller (a duplicate, never a loss).
+        expect(await first).toMatch(/confirmed|NO_ROUTE/);
+      } finally {
+        spy.restore();
+        await adapter.close();
+      }
     });
 
     it('rejects with PUBLISH_FAILED a message the broker nacks', async () => {

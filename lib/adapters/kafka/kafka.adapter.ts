@@ -134,7 +134,13 @@ export class KafkaAdapter implements BrokerAdapter {
     const target = delayed ? delayTopic(topic.name) : topic.name;
     const record = toKafkaMessage(message, delayed ? Date.now() + (message.delayMs ?? 0) : undefined);
     // The hot path: a topic already known goes straight to the batch, without a promise of its own.
-    if (this.knownTopics.has(target)) return this.requireBatching().send(target, record);
+    if (this.knownTopics.has(target)) {
+      try {
+        return this.requireBatching().send(target, record);
+      } catch (error) {
+        return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+      }
+    }
     return this.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
   }
 

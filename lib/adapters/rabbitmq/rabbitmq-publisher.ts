@@ -163,21 +163,21 @@ export class RabbitMqPublisher {
   /**
    * RabbitMQ sends a mandatory message's basic.return before its basic.ack, and returns in publish
    * order: the returned message is the oldest one in flight, not yet returned, sent to the same
-   * exchange and routing key with the same bytes (each envelope has its own id and time).
+   * exchange and routing key with the same bytes (each envelope has its own id and time). Two
+   * publishes can still carry the same bytes (a retry re-sent twice, a dead letter revived): then
+   * every one of them counts as returned, so they are all sent again, a duplicate at worst, and
+   * the unroutable one is never taken for confirmed.
    */
   private readonly onReturn = (message: Message): void => {
     const { exchange, routingKey } = message.fields;
-    let pending: Pending | undefined;
+    const reply = message.fields as { replyCode?: number; replyText?: string };
+    // The reply code and text of a basic.return, which amqplib's types leave out.
+    const returned = `${reply.replyCode ?? '?'} ${reply.replyText ?? 'returned'}`;
     for (const candidate of this.inFlight.values()) {
       if (candidate.returned === undefined && candidate.exchange === exchange && candidate.routingKey === routingKey && candidate.content.equals(message.content)) {
-        pending = candidate;
-        break;
+        candidate.returned = returned;
       }
     }
-    if (!pending) return;
-    // The reply code and text of a basic.return, which amqplib's types leave out.
-    const { replyCode, replyText } = message.fields as { replyCode?: number; replyText?: string };
-    pending.returned = `${replyCode ?? '?'} ${replyText ?? 'returned'}`;
   };
 
   /** Fails publishes whose deadline passed, written or not. */

@@ -40,6 +40,8 @@ interface InFlight {
   /** When its visibility was last set (ms). */
   visibleSetAt: number;
   settled: boolean;
+  /** Settled by a delete (the handler succeeded, or the message went to the dead letters). */
+  deleted?: boolean;
   /** A visibility change on its way: the next one waits for it, so they reach SQS in order. */
   changing?: Promise<void>;
 }
@@ -169,17 +171,35 @@ export class SqsConsumer implements AdapterConsumer {
     }
   }
 
-  /** Hands messages over; on a FIFO queue, those of one message group one after the other, in order. */
+  /**
+   * Hands messages over; on a FIFO queue, those of one message group one after the other, in order.
+   * When one of a group is not deleted (its retry waits, or it was given back), the ones behind it
+   * in this batch go back too: handling them now would put them ahead of it.
+   */
   private dispatch(received: { message: Message; entry: InFlight }[]): void {
+    if (!this.options.fifo) {
+      for (const { message, entry } of received) void this.deliver(message, entry);
+      return;
+    }
     const chains = new Map<string, Promise<void>>();
+    const broken = new Set<string>();
     for (const { message, entry } of received) {
-      const deliver = () => this.deliver(message, entry);
-      if (!this.options.fifo) {
-        void deliver();
-        continue;
-      }
       const group = message.Attributes?.MessageGroupId ?? '';
-      chains.set(group, (chains.get(group) ?? Promise.resolve()).then(deliver));
+      const next = async () => {
+        if (broken.has(group)) return this.giveBack(entry);
+        await this.deliver(message, entry);
+        if (!entry.deleted) broken.add(group);
+      };
+      chains.set(group, (chains.get(group) ?? Promise.resolve()).then(next));
+    }
+  }
+
+  /** A message not handed over: visible again at once, and its slot freed. */
+  private async giveBack(entry: InFlight): Promise<void> {
+    try {
+      if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
+    } finally {
+      this.releaseSlot();
     }
   }
 
@@ -202,6 +222,7 @@ export class SqsConsumer implements AdapterConsumer {
           if (!this.settle(entry)) return;
           await entry.changing?.catch(() => undefined);
           await this.deletes.delete(entry.receiptHandle);
+          entry.deleted = true;
         },
         release: async () => {
           if (this.settle(entry)) await this.setVisibility(entry, 0);
@@ -270,7 +291,8 @@ export class SqsConsumer implements AdapterConsumer {
         const chunk = due.slice(i, i + MAX_RECEIVE).filter((entry) => !entry.settled);
         if (chunk.length === 0) continue;
         for (const entry of chunk) entry.visibleSetAt = now;
-        const change = this.changeVisibility(chunk, this.options.visibilityTimeoutSeconds);
+        // Each attempt well inside the margin: one stuck request must not let every held message show again.
+        const change = this.changeVisibility(chunk, this.options.visibilityTimeoutSeconds, Math.max(1000, (this.options.visibilityTimeoutSeconds * 1000) / 6));
         const settledAfter = change.then(
           () => undefined,
           () => undefined,
@@ -286,12 +308,13 @@ export class SqsConsumer implements AdapterConsumer {
   }
 
   /** ChangeMessageVisibility, ten at a time; rejects when any of them failed. */
-  private async changeVisibility(entries: InFlight[], seconds: number): Promise<void> {
+  private async changeVisibility(entries: InFlight[], seconds: number, requestTimeout?: number): Promise<void> {
     const failures: string[] = [];
+    const options = requestTimeout === undefined ? undefined : { requestTimeout };
     for (let i = 0; i < entries.length; i += MAX_RECEIVE) {
       const chunk = entries.slice(i, i + MAX_RECEIVE);
       if (chunk.length === 1) {
-        await this.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: this.options.queueUrl, ReceiptHandle: chunk[0].receiptHandle, VisibilityTimeout: seconds }));
+        await this.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: this.options.queueUrl, ReceiptHandle: chunk[0].receiptHandle, VisibilityTimeout: seconds }), options);
         continue;
       }
       const output = await this.client.send(
@@ -299,6 +322,7 @@ export class SqsConsumer implements AdapterConsumer {
           QueueUrl: this.options.queueUrl,
           Entries: chunk.map((entry, index) => ({ Id: String(index), ReceiptHandle: entry.receiptHandle, VisibilityTimeout: seconds })),
         }),
+        options,
       );
       for (const failed of output.Failed ?? []) failures.push(`${failed.Code ?? 'error'}: ${failed.Message ?? ''}`);
     }

@@ -179,41 +179,46 @@ export class SqsAdapter implements BrokerAdapter {
     // Only a group that exists has dead letters: a mistyped group must not create a queue.
     const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
     // What was there when the call started: a dead letter sent after that (one that failed again,
-    // or any new one) ends the drain. SentTimestamp is SQS's clock; ours is assumed in step.
+    // or any new one) is passed over, held until the end so the drain does not meet it again, then
+    // shown again. SentTimestamp is SQS's clock; ours is assumed in step.
     const startedAt = Date.now();
+    const passedOver: { ReceiptHandle?: string }[] = [];
     let moved = 0;
-    while (moved < limit) {
-      const output = await this.request('ReceiveMessage', url, () =>
-        this.client.send(
-          new ReceiveMessageCommand({
-            QueueUrl: url,
-            MaxNumberOfMessages: Math.min(10, limit - moved),
-            // A short long poll: it asks every SQS server, where a receive without wait samples a few.
-            WaitTimeSeconds: 1,
-            VisibilityTimeout: this.settings.visibilityTimeoutSeconds,
-            MessageAttributeNames: ['All'],
-            MessageSystemAttributeNames: ['SentTimestamp'],
-          }),
-        ),
-      );
-      const messages = output.Messages ?? [];
-      if (messages.length === 0) break;
-      for (let i = 0; i < messages.length; i++) {
-        const record = messages[i];
-        if (Number(record.Attributes?.SentTimestamp) > startedAt) {
-          await this.makeVisible(url, messages.slice(i));
-          return moved;
+    try {
+      while (moved < limit) {
+        const output = await this.request('ReceiveMessage', url, () =>
+          this.client.send(
+            new ReceiveMessageCommand({
+              QueueUrl: url,
+              MaxNumberOfMessages: Math.min(10, limit - moved),
+              // A short long poll: it asks every SQS server, where a receive without wait samples a few.
+              WaitTimeSeconds: 1,
+              VisibilityTimeout: this.settings.visibilityTimeoutSeconds,
+              MessageAttributeNames: ['All'],
+              MessageSystemAttributeNames: ['SentTimestamp'],
+            }),
+          ),
+        );
+        const messages = output.Messages ?? [];
+        const old = messages.filter((record) => !(Number(record.Attributes?.SentTimestamp) > startedAt));
+        passedOver.push(...messages.filter((record) => !old.includes(record)));
+        // Nothing left, or only newer ones: done.
+        if (old.length === 0) break;
+        for (let i = 0; i < old.length; i++) {
+          const record = old[i];
+          try {
+            await visit({ body: record.Body ?? '', headers: fromAttributes(record.MessageAttributes), raw: record });
+            await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
+          } catch (error) {
+            // The rest of this batch shows again at once, not after the visibility timeout.
+            await this.makeVisible(url, old.slice(i));
+            throw error;
+          }
+          moved++;
         }
-        try {
-          await visit({ body: record.Body ?? '', headers: fromAttributes(record.MessageAttributes), raw: record });
-          await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
-        } catch (error) {
-          // The rest of this batch shows again at once, not after the visibility timeout.
-          await this.makeVisible(url, messages.slice(i));
-          throw error;
-        }
-        moved++;
       }
+    } finally {
+      await this.makeVisible(url, passedOver);
     }
     return moved;
   }
@@ -432,7 +437,8 @@ export class SqsAdapter implements BrokerAdapter {
 
   /** A queue's URL by name: created (idempotently) when allowed, otherwise looked up. */
   private queueUrl(name: string, fifo: boolean, mode: 'create' | 'existing' = 'create', attributes: Record<string, string> = {}): Promise<string> {
-    return this.cached(this.queueUrls, name, async () => {
+    // A lookup and a creation of one queue do not share a promise: a creation must not fail as a lookup.
+    return this.cached(this.queueUrls, `${mode}:${name}`, async () => {
       if (this.settings.createMissing && mode === 'create') {
         try {
           const output = await this.client.send(new CreateQueueCommand({ QueueName: name, Attributes: { ...attributes, ...(fifo ? { FifoQueue: 'true' } : {}) } }));
