@@ -15,6 +15,12 @@ export interface ConformanceTarget {
   /** Upper bound for one delivery to arrive, in ms (real brokers with polling need more). */
   deliveryTimeoutMs?: number;
   /**
+   * Upper bound, in ms, for closing an application whose handler is stuck past shutdownTimeoutMs
+   * (default 1500): it shows close does not wait for the handler. A client that leaves a consumer
+   * group on close (Kafka) needs a few round trips more, more still on a loaded machine.
+   */
+  closeWithinMs?: number;
+  /**
    * Tests this target's test broker cannot pass although the real broker would, by title, with
    * the reason: skipped with the reason printed. Only for a stand-in (a mock), never to hide a defect.
    */
