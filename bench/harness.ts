@@ -1,4 +1,19 @@
+import 'reflect-metadata';
+import type { INestApplication } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import { DuctapeBrokerModule, MessageBrokerService, type BrokerEnvConfig } from '../lib';
+
 /* eslint-disable no-console -- a benchmark reports on the console */
+
+/** The module as a service would run it, on one broker env (slug 'prd', product 'bench'), without logs. */
+export async function benchApp(brokerTag: string, env: BrokerEnvConfig, service?: string): Promise<{ app: INestApplication; broker: MessageBrokerService }> {
+  const moduleRef = await Test.createTestingModule({
+    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', ...(service ? { service } : {}), brokers: [{ tag: brokerTag, envs: [env] }] })],
+  }).compile();
+  const app = moduleRef.createNestApplication({ logger: false });
+  await app.init();
+  return { app, broker: app.get(MessageBrokerService) };
+}
 
 /** One contender of a scenario: ours or a baseline. `run` measures one round and returns its figure. */
 export interface Contender {

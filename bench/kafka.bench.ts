@@ -1,12 +1,10 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import { ClientKafka } from '@nestjs/microservices';
-import { Test } from '@nestjs/testing';
 import { Partitioners, type Producer } from 'kafkajs';
 import { lastValueFrom } from 'rxjs';
-import { DuctapeBrokerModule, MessageBrokerService } from '../lib';
 import { KAFKA_BROKERS, kafkaEnv, rawKafka } from '../test/support/kafka';
-import { alternate, MESSAGE, perSecond, type Ratio, type ScenarioResult } from './harness';
+import { alternate, benchApp, MESSAGE, perSecond, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 /**
@@ -17,12 +15,7 @@ import type { BenchOptions } from './memory.bench';
 export async function benchKafka(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[] }> {
   const count = options.quick ? 10_000 : 50_000;
   const tag = `bench-${randomUUID().slice(0, 8)}`;
-  const moduleRef = await Test.createTestingModule({
-    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'kf', envs: [kafkaEnv('prd')] }] })],
-  }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.init();
-  const broker = app.get(MessageBrokerService);
+  const { app, broker } = await benchApp('kf', kafkaEnv('prd'));
   const event = `kf:${tag}`;
   const ourTopic = `bench.prd.${tag}`;
   const rawTopic = `${ourTopic}.raw`;

@@ -1,8 +1,7 @@
 import 'reflect-metadata';
 import { Test } from '@nestjs/testing';
 import { EventEmitter2, EventEmitterModule } from '@nestjs/event-emitter';
-import { DuctapeBrokerModule, MessageBrokerService } from '../lib';
-import { alternate, countdown, heapAfterGcMb, MESSAGE, perSecond, type Ratio, type ScenarioResult } from './harness';
+import { alternate, benchApp, countdown, heapAfterGcMb, MESSAGE, perSecond, type Ratio, type ScenarioResult } from './harness';
 
 const BATCH = 1000;
 
@@ -13,12 +12,7 @@ export interface BenchOptions {
 
 /** Ours: publish -> envelope -> JSON -> memory broker -> decode -> handler -> ack, 1000 publishes awaited at a time. */
 async function memoryBroker(messages: number) {
-  const moduleRef = await Test.createTestingModule({
-    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'mem', envs: [{ slug: 'prd', type: 'memory', config: { maxQueueLength: messages + 1 } }] }] })],
-  }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.init();
-  const broker = app.get(MessageBrokerService);
+  const { app, broker } = await benchApp('mem', { slug: 'prd', type: 'memory', config: { maxQueueLength: messages + 1 } });
   let tick: () => void = () => undefined;
   await broker.subscribe({ env: 'prd', event: 'mem:orders', product_tag: 'bench', input: { concurrency: BATCH, callback: () => tick() } });
   const send = async (count: number) => {

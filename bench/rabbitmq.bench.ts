@@ -7,9 +7,8 @@ import { ClientRMQ, Ctx, EventPattern, Payload, RmqContext, Transport, type Micr
 import { AmqpConnection } from '@golevelup/nestjs-rabbitmq';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { lastValueFrom } from 'rxjs';
-import { Test } from '@nestjs/testing';
-import { DuctapeBrokerModule, MessageBrokerService, type Subscription } from '../lib';
-import { alternate, countdown, heapAfterGcMb, MESSAGE, percentile, perSecond, sleep, within, type Ratio, type ScenarioResult } from './harness';
+import type { Subscription } from '../lib';
+import { alternate, benchApp, countdown, heapAfterGcMb, MESSAGE, percentile, perSecond, sleep, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const URL = process.env.RABBITMQ_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -23,12 +22,7 @@ const GOLEVELUP_EXCHANGE = 'bench.golevelup';
 const SAME_WORK_EXCHANGE = 'bench.same-work';
 
 async function ours() {
-  const moduleRef = await Test.createTestingModule({
-    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', service: GROUP, brokers: [{ tag: 'rmq', envs: [{ slug: 'prd', type: 'rabbitmq', config: { url: URL } }] }] })],
-  }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.init();
-  const broker = app.get(MessageBrokerService);
+  const { app, broker } = await benchApp('rmq', { slug: 'prd', type: 'rabbitmq', config: { url: URL } }, GROUP);
   // The group's queue must exist for publishes to be routed: subscribe once, then leave it.
   await (await broker.subscribe({ env: 'prd', event: 'rmq:orders', product_tag: 'bench', input: { callback: () => undefined } })).unsubscribe();
   const publish = (message: unknown) => broker.publish({ env: 'prd', event: 'rmq:orders', product_tag: 'bench', input: { message } });
@@ -112,75 +106,62 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     timestamp: Math.floor(Date.now() / 1000),
   });
 
+  /** Writes `count` messages on the raw confirm channel, 1000 at a time, each thousand confirmed before the next. */
+  const confirmInBatches = async (count: number, sendOne: () => void) => {
+    for (let sent = 0; sent < count; sent += BATCH) {
+      for (let i = 0; i < BATCH && sent + i < count; i++) sendOne();
+      await confirm.waitForConfirms();
+    }
+  };
+  /** One publish round: its rate, then every queue emptied for the next contender. */
+  const publishRound = async (work: () => Promise<void>) => {
+    const start = process.hrtime.bigint();
+    await work();
+    const rate = perSecond(publishCount, start);
+    await purgeAll();
+    return rate;
+  };
+
   // Publish, resolved on the broker's confirm, persistent messages on every side.
   const publish = await alternate('rabbitmq publish (confirmed, persistent)', 'msg/s', options.rounds, [
     {
       name: 'ours',
-      run: async () => {
-        const start = process.hrtime.bigint();
-        await publishInWindows(publishCount, () => mine.publish(MESSAGE));
-        const rate = perSecond(publishCount, start);
-        await purgeAll();
-        return rate;
-      },
+      run: () => publishRound(() => publishInWindows(publishCount, () => mine.publish(MESSAGE))),
     },
     {
       name: 'raw amqplib ConfirmChannel (batches of 1000)',
-      run: async () => {
-        const start = process.hrtime.bigint();
-        for (let sent = 0; sent < publishCount; sent += BATCH) {
-          for (let i = 0; i < BATCH && sent + i < publishCount; i++) confirm.sendToQueue(QUEUES.raw, body, { persistent: true, contentType: 'application/json' });
-          await confirm.waitForConfirms();
-        }
-        const rate = perSecond(publishCount, start);
-        await purgeAll();
-        return rate;
-      },
+      run: () => publishRound(() => confirmInBatches(publishCount, () => confirm.sendToQueue(QUEUES.raw, body, { persistent: true, contentType: 'application/json' }))),
     },
     {
       name: 'raw amqplib doing ours’ work (envelope, properties; batches of 1000)',
-      run: async () => {
-        const start = process.hrtime.bigint();
-        for (let sent = 0; sent < publishCount; sent += BATCH) {
-          for (let i = 0; i < BATCH && sent + i < publishCount; i++) {
-            const id = randomUUID();
-            confirm.publish(SAME_WORK_EXCHANGE, '', envelopeOf(), sameWorkOptions(id));
-          }
-          await confirm.waitForConfirms();
-        }
-        const rate = perSecond(publishCount, start);
-        await purgeAll();
-        return rate;
-      },
+      run: () => publishRound(() => confirmInBatches(publishCount, () => confirm.publish(SAME_WORK_EXCHANGE, '', envelopeOf(), sameWorkOptions(randomUUID())))),
     },
     {
       name: '@nestjs/microservices ClientRMQ.emit',
-      run: async () => {
-        const start = process.hrtime.bigint();
-        await publishInWindows(publishCount, () => lastValueFrom(nestClient.emit('orders', MESSAGE), { defaultValue: undefined }));
-        const rate = perSecond(publishCount, start);
-        await purgeAll();
-        return rate;
-      },
+      run: () => publishRound(() => publishInWindows(publishCount, () => lastValueFrom(nestClient.emit('orders', MESSAGE), { defaultValue: undefined }))),
     },
     {
       name: '@golevelup/nestjs-rabbitmq publish',
-      run: async () => {
-        const start = process.hrtime.bigint();
-        await publishInWindows(publishCount, () => golevelup.publish(GOLEVELUP_EXCHANGE, '', MESSAGE, { persistent: true }));
-        const rate = perSecond(publishCount, start);
-        await purgeAll();
-        return rate;
-      },
+      run: () => publishRound(() => publishInWindows(publishCount, () => golevelup.publish(GOLEVELUP_EXCHANGE, '', MESSAGE, { persistent: true }))),
     },
   ]);
 
   // Consume at prefetch 100, ack after the handler: each queue filled first (not timed).
-  const fill = async (queue: string, content: Buffer) => {
-    for (let sent = 0; sent < consumeCount; sent += BATCH) {
-      for (let i = 0; i < BATCH && sent + i < consumeCount; i++) confirm.sendToQueue(queue, content, { persistent: true });
-      await confirm.waitForConfirms();
-    }
+  const fill = (queue: string, content: Buffer) => confirmInBatches(consumeCount, () => confirm.sendToQueue(queue, content, { persistent: true }));
+  /** A raw amqplib consumer at prefetch 100 that parses and acks `consumeCount` messages of `queue`. */
+  const rawConsume = async (queue: string): Promise<number> => {
+    const channel = await connection.createChannel();
+    await channel.prefetch(PREFETCH);
+    const clock = consumeClock(consumeCount);
+    await channel.consume(queue, (message) => {
+      if (!message) return;
+      JSON.parse(message.content.toString());
+      channel.ack(message);
+      clock.handled();
+    });
+    await within(clock.done, 60_000, `raw consume of ${queue}`);
+    await channel.close();
+    return clock.rate();
   };
   const consume = await alternate('rabbitmq consume (prefetch 100, ack after handler)', 'msg/s', options.rounds, [
     {
@@ -203,36 +184,14 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
       name: 'raw amqplib (prefetch 100)',
       run: async () => {
         await fill(QUEUES.raw, body);
-        const channel = await connection.createChannel();
-        await channel.prefetch(PREFETCH);
-        const clock = consumeClock(consumeCount);
-        await channel.consume(QUEUES.raw, (message) => {
-          if (!message) return;
-          JSON.parse(message.content.toString());
-          channel.ack(message);
-          clock.handled();
-        });
-        await within(clock.done, 60_000, 'raw consume');
-        await channel.close();
-        return clock.rate();
+        return rawConsume(QUEUES.raw);
       },
     },
     {
       name: 'raw amqplib on ours’ messages (prefetch 100)',
       run: async () => {
         await publishInWindows(consumeCount, () => mine.publish(MESSAGE));
-        const channel = await connection.createChannel();
-        await channel.prefetch(PREFETCH);
-        const clock = consumeClock(consumeCount);
-        await channel.consume(OUR_QUEUE, (message) => {
-          if (!message) return;
-          JSON.parse(message.content.toString());
-          channel.ack(message);
-          clock.handled();
-        });
-        await within(clock.done, 60_000, 'raw consume of ours’ messages');
-        await channel.close();
-        return clock.rate();
+        return rawConsume(OUR_QUEUE);
       },
     },
     {

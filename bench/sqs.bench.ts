@@ -1,11 +1,9 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import { CreateQueueCommand, DeleteMessageBatchCommand, PurgeQueueCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { Test } from '@nestjs/testing';
-import { DuctapeBrokerModule, MessageBrokerService } from '../lib';
 import { topicQueueName } from '../lib/adapters/sqs';
 import { sqsClient, sqsEnv } from '../test/support/sqs';
-import { alternate, countdown, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
+import { alternate, benchApp, countdown, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const WINDOW = 100;
@@ -27,12 +25,7 @@ async function inWindows(count: number, one: () => Promise<unknown>): Promise<vo
 export async function benchSqs(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[] }> {
   const count = options.quick ? 1500 : 10_000;
   const tag = `bench-${randomUUID().slice(0, 8)}`;
-  const moduleRef = await Test.createTestingModule({
-    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'sq', envs: [sqsEnv('prd')] }] })],
-  }).compile();
-  const app = moduleRef.createNestApplication({ logger: false });
-  await app.init();
-  const broker = app.get(MessageBrokerService);
+  const { app, broker } = await benchApp('sq', sqsEnv('prd'));
   const event = `sq:${tag}`;
   const client = sqsClient();
   const ourQueue = (await client.send(new CreateQueueCommand({ QueueName: topicQueueName(`bench.prd.${tag}`, false) }))).QueueUrl!;

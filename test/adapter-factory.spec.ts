@@ -1,3 +1,4 @@
+import type { BrokerEnvConfig } from '../lib';
 import { createAdapter } from '../lib/adapters/adapter-factory';
 
 const context = { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {} } };
@@ -9,20 +10,29 @@ describe('adapter factory', () => {
     jest.resetModules();
   });
 
-  it('says which package to install when a broker client is missing', () => {
-    // A mock, on purpose: the client is installed here, so its absence has to be simulated.
+  /**
+   * A mock, on purpose: the client is installed here, so its absence has to be simulated. Loads
+   * the factory afresh with `missing` failing to load, and returns what creating `env` throws.
+   */
+  function createWithout(missing: string, env: BrokerEnvConfig): () => unknown {
+    let create: () => unknown = () => undefined;
     jest.isolateModules(() => {
-      jest.doMock('amqplib', () => {
-        const error = new Error("Cannot find module 'amqplib' from 'node_modules/amqp-connection-manager'") as NodeJS.ErrnoException;
+      jest.doMock(missing, () => {
+        const error = new Error(`Cannot find module '${missing}' from 'lib/adapters'`) as NodeJS.ErrnoException;
         error.code = 'MODULE_NOT_FOUND';
         throw error;
       });
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const factory = require('../lib/adapters/adapter-factory') as { createAdapter: typeof createAdapter };
-      expect(() => factory.createAdapter({ slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://localhost' } }, context)).toThrow(
-        "broker type 'rabbitmq' needs the package 'amqplib': npm install amqplib amqp-connection-manager",
-      );
+      create = () => factory.createAdapter(env, context);
     });
+    return create;
+  }
+
+  it('says which package to install when a broker client is missing', () => {
+    expect(createWithout('amqplib', { slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://localhost' } })).toThrow(
+      "broker type 'rabbitmq' needs the package 'amqplib': npm install amqplib amqp-connection-manager",
+    );
   });
 
   it('loads the RabbitMQ adapter only when a rabbitmq env is used', () => {
@@ -32,19 +42,9 @@ describe('adapter factory', () => {
   });
 
   it('says which package to install when the AWS SDK SQS client is missing', () => {
-    // A mock, on purpose: the client is installed here, so its absence has to be simulated.
-    jest.isolateModules(() => {
-      jest.doMock('@aws-sdk/client-sqs', () => {
-        const error = new Error("Cannot find module '@aws-sdk/client-sqs' from 'lib/adapters/sqs/sqs.adapter.ts'") as NodeJS.ErrnoException;
-        error.code = 'MODULE_NOT_FOUND';
-        throw error;
-      });
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const factory = require('../lib/adapters/adapter-factory') as { createAdapter: typeof createAdapter };
-      expect(() => factory.createAdapter({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } }, context)).toThrow(
-        "broker type 'sqs' needs the package '@aws-sdk/client-sqs': npm install @aws-sdk/client-sqs",
-      );
-    });
+    expect(createWithout('@aws-sdk/client-sqs', { slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } })).toThrow(
+      "broker type 'sqs' needs the package '@aws-sdk/client-sqs': npm install @aws-sdk/client-sqs",
+    );
   });
 
   it('loads the SQS adapter for an sqs env; its capabilities follow the env’s mode', () => {
