@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
-import type { ConfirmChannel, Options, Replies } from 'amqplib';
+import type { Channel, ConfirmChannel, Message, Options, Replies } from 'amqplib';
 import {
   BrokerError,
   DEAD_LETTER_HEADERS,
@@ -16,7 +16,7 @@ import { createRabbitMqAdapter } from '../../lib/adapters/rabbitmq';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
-import { deleteTopology, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, withRawConnection } from '../support/rabbitmq';
+import { deleteTopology, listQueues, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, withRawConnection } from '../support/rabbitmq';
 import { gate, sleep, waitFor } from '../support/wait';
 
 const PRODUCT = 'rmq-adapter';
@@ -352,6 +352,81 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'fine' } });
       await waitFor(() => handled.length === 1, 'the next message', 5000);
       expect(handled).toEqual(['fine']);
+    });
+  });
+
+  describe('acks', () => {
+    /**
+     * Spies on amqplib's Channel.prototype.ack, the real method (every ack still goes to the
+     * server). The prototype is taken from a live channel of the same amqplib module.
+     */
+    async function spyOnAcks() {
+      const proto = await withRawConnection(async (connection) => Object.getPrototypeOf(Object.getPrototypeOf(await connection.createConfirmChannel())) as Channel);
+      const original = proto.ack;
+      const calls: { tag: number; allUpTo: boolean }[] = [];
+      proto.ack = function (this: Channel, message: Message, allUpTo?: boolean) {
+        calls.push({ tag: message.fields.deliveryTag, allUpTo: allUpTo === true });
+        return original.call(this, message, allUpTo);
+      };
+      return { calls, restore: () => (proto.ack = original) };
+    }
+
+    async function queueCounts(queue: string) {
+      return (await listQueues()).find((entry) => entry.name === queue);
+    }
+
+    it('coalesces the acks of a busy consumer into multiple-acks, and every message ends acked', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const spy = await spyOnAcks();
+      try {
+        let handled = 0;
+        await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'busy', concurrency: 50, callback: () => void handled++ } });
+        await Promise.all(Array.from({ length: 500 }, (_, i) => broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i } } })));
+        await waitFor(() => handled === 500, 'all 500 messages', 10_000);
+        await waitFor(async () => (await queueCounts(`${topic}:busy`))?.unacked === 0, 'no unacked message left on the broker', 10_000);
+      } finally {
+        spy.restore();
+      }
+      expect(await queueCounts(`${topic}:busy`)).toMatchObject({ ready: 0, unacked: 0 });
+      // One ack frame per message would be 500 calls.
+      expect(spy.calls.length).toBeLessThan(250);
+      expect(spy.calls.some((call) => call.allUpTo)).toBe(true);
+    });
+
+    it('never lets a multiple-ack cover a delivery whose handler still runs, and acks those behind it one by one', async () => {
+      const broker = await start({}, { shutdownTimeoutMs: 300 });
+      const { event, topic } = newTopic();
+      const stuck = gate();
+      const handled: number[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: PRODUCT,
+        input: {
+          group: 'gap',
+          concurrency: 5,
+          callback: async (message: { i: number }) => {
+            if (message.i === 0) await stuck.promise;
+            handled.push(message.i);
+          },
+        },
+      });
+      for (let i = 0; i < 20; i++) await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i } } });
+      // With prefetch 5 and message 0 held, the other 19 only arrive if their acks went out.
+      await waitFor(() => handled.length === 19, 'the 19 messages behind the held one', 10_000);
+      await waitFor(async () => (await queueCounts(`${topic}:gap`))?.unacked === 1, 'only the held message unacked', 10_000);
+      expect(await queueCounts(`${topic}:gap`)).toMatchObject({ ready: 0, unacked: 1 });
+
+      // Shutdown gives up on the held handler: its message goes back, and the next instance gets it.
+      await Promise.all(apps.splice(0).map((app) => app.close()));
+      const next = await start();
+      const redelivered: number[] = [];
+      await next.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'gap', callback: (message: { i: number }) => void redelivered.push(message.i) } });
+      await waitFor(() => redelivered.length === 1, 'the held message, redelivered', 5000);
+      stuck.open();
+      await sleep(200);
+      expect(redelivered).toEqual([0]);
     });
   });
 

@@ -2,6 +2,7 @@ import type { Channel, ConsumeMessage } from 'amqplib';
 import type { AmqpConnectionManager } from 'amqp-connection-manager';
 import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
+import { RabbitMqAckBatcher } from './rabbitmq-acks';
 import { isClosed, ManagedChannel } from './rabbitmq-channels';
 import { inboundHeaders } from './rabbitmq-headers';
 
@@ -28,6 +29,8 @@ export interface RabbitMqConsumerSpec {
 export class RabbitMqConsumer implements AdapterConsumer {
   private managed?: ManagedChannel<Channel>;
   private current?: { channel: Channel; consumerTag: string };
+  /** The acks of each open consumer channel; flushed before the channel closes. */
+  private readonly acks = new Map<Channel, RabbitMqAckBatcher>();
   private stopped = false;
   private attached?: { resolve: () => void; reject: (error: Error) => void };
 
@@ -89,7 +92,9 @@ export class RabbitMqConsumer implements AdapterConsumer {
   async close(): Promise<void> {
     this.stopped = true;
     this.current = undefined;
-    // Closing the channel gives every unacked delivery back to the broker.
+    // Acks given so far go out first; closing the channel gives every unacked delivery back to the broker.
+    for (const acks of this.acks.values()) acks.flush();
+    this.acks.clear();
     await this.managed?.close();
   }
 
@@ -97,7 +102,15 @@ export class RabbitMqConsumer implements AdapterConsumer {
     if (this.stopped) return;
     await this.spec.declare(channel);
     await channel.prefetch(this.spec.concurrency);
-    const { consumerTag } = await channel.consume(this.spec.queue, (message) => this.onMessage(channel, message), { noAck: false });
+    let acks = this.acks.get(channel);
+    if (!acks) {
+      const batcher = new RabbitMqAckBatcher(channel);
+      this.acks.set(channel, batcher);
+      channel.once('close', () => this.acks.delete(channel));
+      acks = batcher;
+    }
+    const channelAcks = acks;
+    const { consumerTag } = await channel.consume(this.spec.queue, (message) => this.onMessage(channel, channelAcks, message), { noAck: false });
     if (this.stopped) {
       await channel.cancel(consumerTag).catch(() => undefined);
       return;
@@ -106,7 +119,7 @@ export class RabbitMqConsumer implements AdapterConsumer {
     this.attached?.resolve();
   }
 
-  private onMessage(channel: Channel, message: ConsumeMessage | null): void {
+  private onMessage(channel: Channel, acks: RabbitMqAckBatcher, message: ConsumeMessage | null): void {
     if (message === null) {
       // The broker cancelled the consumer (its queue was deleted): declare it again and go on.
       this.logger.warn(`the broker cancelled the consumer of '${this.spec.queue}'; attaching again`);
@@ -119,16 +132,17 @@ export class RabbitMqConsumer implements AdapterConsumer {
       settle(channel, () => channel.nack(message, false, true));
       return;
     }
+    const entry = acks.track(message);
     const delivery: InboundDelivery = {
       body: message.content,
       headers: inboundHeaders(message),
       raw: message,
       ack: () => {
-        settle(channel, () => channel.ack(message));
+        acks.ack(entry);
         return Promise.resolve();
       },
       release: () => {
-        settle(channel, () => channel.nack(message, false, true));
+        acks.release(entry);
         return Promise.resolve();
       },
     };
