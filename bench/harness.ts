@@ -68,6 +68,25 @@ export function countdown(count: number): { done: Promise<void>; tick: () => voi
   return { done, tick: () => void (--left === 0 && resolve()) };
 }
 
+/**
+ * Counts `count` handled messages and measures from the first to the last, so each consumer's
+ * startup (queue lookups, declarations, joining a group) is left out of its throughput.
+ */
+export function consumeClock(count: number) {
+  const handled = countdown(count);
+  let first = 0n;
+  let last = 0n;
+  return {
+    handled: () => {
+      last = process.hrtime.bigint();
+      if (first === 0n) first = last;
+      handled.tick();
+    },
+    done: handled.done,
+    rate: () => (count - 1) / (Number(last - first) / 1e9),
+  };
+}
+
 /** Fails after `ms` with `what`, so a stuck round does not hang the run. */
 export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;

@@ -66,7 +66,7 @@ export async function benchKafka(options: BenchOptions): Promise<{ results: Scen
         for (let sent = 0; sent < count; sent += 1000) {
           const messages = Array.from({ length: Math.min(1000, count - sent) }, () => {
             const id = randomUUID();
-            const envelope = { v: 1, id, event, env: 'prd', product: 'bench', publishedAt: Date.now(), attempt: 1, headers: {}, message: MESSAGE };
+            const envelope = { v: 1, id, publishedAt: Date.now(), attempt: 1, headers: {}, message: MESSAGE };
             return { key: null, value: Buffer.from(JSON.stringify(envelope)), headers: { 'message-id': id } };
           });
           batches.push(producer.send({ topic: rawTopic, acks: -1, messages }));

@@ -8,7 +8,7 @@ import { AmqpConnection } from '@golevelup/nestjs-rabbitmq';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { lastValueFrom } from 'rxjs';
 import type { Subscription } from '../lib';
-import { alternate, benchApp, countdown, heapAfterGcMb, MESSAGE, percentile, perSecond, sleep, within, type Ratio, type ScenarioResult } from './harness';
+import { alternate, benchApp, consumeClock, heapAfterGcMb, MESSAGE, percentile, perSecond, sleep, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const URL = process.env.RABBITMQ_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -35,22 +35,6 @@ async function publishInWindows(count: number, publishOne: () => Promise<unknown
     for (let i = 0; i < BATCH && sent + i < count; i++) window.push(publishOne());
     await Promise.all(window);
   }
-}
-
-/** Measures from the first handled message to the last, so each consumer's startup is left out. */
-function consumeClock(count: number) {
-  const handled = countdown(count);
-  let first = 0n;
-  let last = 0n;
-  return {
-    handled: () => {
-      last = process.hrtime.bigint();
-      if (first === 0n) first = last;
-      handled.tick();
-    },
-    done: handled.done,
-    rate: () => (count - 1) / (Number(last - first) / 1e9),
-  };
 }
 
 @Controller()
@@ -97,7 +81,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
   const body = Buffer.from(JSON.stringify(MESSAGE));
   // What ours puts on the wire for the same message: the envelope, and the properties it sets.
   const envelopeOf = () =>
-    Buffer.from(JSON.stringify({ v: 1, id: randomUUID(), event: 'rmq:orders', env: 'prd', product: 'bench', publishedAt: Date.now(), attempt: 1, headers: {}, message: MESSAGE }));
+    Buffer.from(JSON.stringify({ v: 1, id: randomUUID(), publishedAt: Date.now(), attempt: 1, headers: {}, message: MESSAGE }));
   const sameWorkOptions = (id: string) => ({
     persistent: true,
     mandatory: true,

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { CreateQueueCommand, DeleteMessageBatchCommand, PurgeQueueCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { topicQueueName } from '../lib/adapters/sqs';
 import { sqsClient, sqsEnv } from '../test/support/sqs';
-import { alternate, benchApp, countdown, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
+import { alternate, benchApp, consumeClock, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const WINDOW = 100;
@@ -66,30 +66,31 @@ export async function benchSqs(options: BenchOptions): Promise<{ results: Scenar
       name: 'ours',
       run: async () => {
         await inWindows(count, ourPublish);
-        const handled = countdown(count);
-        const start = process.hrtime.bigint();
-        const subscription = await broker.subscribe({ env: 'prd', event, product_tag: 'bench', input: { concurrency: CONCURRENCY, callback: () => handled.tick() } });
-        await within(handled.done, 120_000, 'ours sqs consume');
-        const rate = perSecond(count, start);
+        const clock = consumeClock(count);
+        const subscription = await broker.subscribe({ env: 'prd', event, product_tag: 'bench', input: { concurrency: CONCURRENCY, callback: clock.handled } });
+        await within(clock.done, 120_000, 'ours sqs consume');
         await subscription.unsubscribe();
-        return rate;
+        return clock.rate();
       },
     },
     {
       name: 'AWS SDK receive 10, DeleteMessageBatch',
       run: async () => {
         await inWindows(count, rawSend);
+        const clock = consumeClock(count);
         let handled = 0;
-        const start = process.hrtime.bigint();
         while (handled < count) {
           const { Messages = [] } = await client.send(new ReceiveMessageCommand({ QueueUrl: rawQueue, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, MessageAttributeNames: ['All'], MessageSystemAttributeNames: ['ApproximateReceiveCount'] }));
-          for (const message of Messages) JSON.parse(message.Body!);
+          for (const message of Messages) {
+            JSON.parse(message.Body!);
+            clock.handled();
+          }
           if (Messages.length > 0) {
             await client.send(new DeleteMessageBatchCommand({ QueueUrl: rawQueue, Entries: Messages.map((message, i) => ({ Id: String(i), ReceiptHandle: message.ReceiptHandle })) }));
           }
           handled += Messages.length;
         }
-        return perSecond(count, start);
+        return clock.rate();
       },
     },
   ]);

@@ -80,9 +80,6 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     const envelope: Envelope = {
       v: 1,
       id: messageId,
-      event: route.event,
-      env: route.env,
-      product: route.product,
       publishedAt: Date.now(),
       attempt: 1,
       headers: input.headers ?? {},

@@ -16,8 +16,13 @@ import { createBrokerApp } from './support/app';
 import { gate, sleep, waitFor } from './support/wait';
 
 describe('envelope codec', () => {
+  it('decodes an envelope of an earlier version, which also carried event, env and product', () => {
+    const earlier = { v: 1, id: 'old-1', event: 'b:t', env: 'prd', product: 'p', publishedAt: 5, attempt: 2, headers: {}, message: { n: 1 } };
+    expect(decodeEnvelope(JSON.stringify(earlier))).toMatchObject({ id: 'old-1', attempt: 2, message: { n: 1 } });
+  });
+
   it('round-trips every envelope field, with and without the optional ones, through its JSON', () => {
-    const base: Envelope = { v: 1, id: 'id "quoted" \\ é 漢', event: 'b:t', env: 'prd', product: 'p', publishedAt: 1764400000123, attempt: 2, headers: { a: '1', 'x-"odd"': 'line\nbreak' }, message: null };
+    const base: Envelope = { v: 1, id: 'id "quoted" \\ é 漢', publishedAt: 1764400000123, attempt: 2, headers: { a: '1', 'x-"odd"': 'line\nbreak' }, message: null };
     const cases: Envelope[] = [
       base,
       { ...base, correlationId: 'c-1', key: 'k\u2028' },
@@ -36,9 +41,6 @@ describe('envelope codec', () => {
   const envelope = (message: unknown): Envelope => ({
     v: 1,
     id: 'id-1',
-    event: 'b:t',
-    env: 'prd',
-    product: 'p',
     publishedAt: 0,
     attempt: 1,
     headers: { h: 'v' },

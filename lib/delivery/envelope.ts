@@ -1,13 +1,15 @@
 import { BrokerError } from '../errors';
 
-/** What travels on the wire: the message and everything a handler's BrokerContext is made of. */
+/**
+ * What travels on the wire: the message and what a handler's BrokerContext needs besides its route.
+ * The event, env and product are not carried: a topic's queues belong to one product and env, and
+ * the consumer knows its route (they cost every message about 50 bytes of JSON for nothing).
+ * Envelopes that still carry them, from earlier versions, decode the same.
+ */
 export interface Envelope<T = unknown> {
   /** Format version. */
   v: 1;
   id: string;
-  event: string;
-  env: string;
-  product: string;
   /** Epoch milliseconds (a number: no date formatting or parsing on the hot path). */
   publishedAt: number;
   /** 1-based delivery attempt this body is for. */

@@ -177,7 +177,7 @@ export class SubscriptionRunner {
       envelope = undefined;
     }
     const attempt = Number(delivery.headers[DEAD_LETTER_HEADERS.attempts] ?? envelope?.attempt ?? 1);
-    const source = envelope ?? rawEnvelope(delivery, this.spec.route);
+    const source = envelope ?? rawEnvelope(delivery);
     try {
       await this.spec.handler(source.message, this.context(source, attempt, delivery));
     } catch (error) {
@@ -243,14 +243,11 @@ export class SubscriptionRunner {
 }
 
 /** Stands in for the envelope of a dead letter that never was one (a poison body). */
-function rawEnvelope(delivery: InboundDelivery, route: Route): Envelope {
+function rawEnvelope(delivery: InboundDelivery): Envelope {
   const text = typeof delivery.body === 'string' ? delivery.body : delivery.body.toString('utf8');
   return {
     v: 1,
     id: delivery.headers['message-id'] ?? '',
-    event: route.event,
-    env: route.env,
-    product: route.product,
     publishedAt: Date.parse(delivery.headers[DEAD_LETTER_HEADERS.failedAt] ?? '') || Date.now(),
     attempt: 1,
     headers: { ...delivery.headers },

@@ -104,7 +104,10 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(got.properties.messageId).toBe('m-1');
       expect(got.properties.correlationId).toBe('c-1');
       expect(got.properties.contentType).toBe('application/json');
-      expect(JSON.parse(got.content.toString())).toMatchObject({ id: 'm-1', message: { n: 1 }, attempt: 1 });
+      const envelope = JSON.parse(got.content.toString()) as Record<string, unknown>;
+      expect(envelope).toMatchObject({ v: 1, id: 'm-1', correlationId: 'c-1', message: { n: 1 }, attempt: 1, headers: {} });
+      // The route is the queue's own: the envelope does not repeat the event, env or product.
+      expect(Object.keys(envelope).sort()).toEqual(['attempt', 'correlationId', 'headers', 'id', 'message', 'publishedAt', 'v']);
     });
   });
 
