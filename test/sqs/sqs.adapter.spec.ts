@@ -37,9 +37,12 @@ interface Call {
 describeWithBroker('sqs', 'SQS adapter', () => {
   const apps: INestApplication[] = [];
   let calls: Call[] = [];
+  /** While set, delete requests wait for it before they go to the server. */
+  let deletesHeld: Promise<void> | undefined;
 
   beforeEach(() => {
     calls = [];
+    deletesHeld = undefined;
     // A spy, not a mock: every request still goes to the SQS server; this only records them.
     const send = SQSClient.prototype.send;
     // eslint-disable-next-line @typescript-eslint/no-misused-promises -- send has overloads; this is the promise one
@@ -47,7 +50,8 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       const [command] = args as unknown as [{ constructor: { name: string }; input: Record<string, unknown> }];
       const call: Call = { command: command.constructor.name.replace(/Command$/, ''), input: command.input };
       calls.push(call);
-      const result = (send as (...a: unknown[]) => Promise<Record<string, unknown>>).apply(this, args);
+      const sendNow = () => (send as (...a: unknown[]) => Promise<Record<string, unknown>>).apply(this, args);
+      const result = deletesHeld && call.command.startsWith('DeleteMessage') ? deletesHeld.then(sendNow) : sendNow();
       result.then(
         (output) => void (call.output = output),
         () => undefined,
@@ -193,6 +197,35 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       const before = callsOf('ReceiveMessage', queue).length;
       await sleep(2500);
       expect(callsOf('ReceiveMessage', queue).length - before).toBeLessThanOrEqual(8);
+    });
+
+    it('frees a slot once the handler is done, without waiting for its delete, and never runs more handlers than the concurrency', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const deletes = gate();
+      deletesHeld = deletes.promise;
+      let handled = 0;
+      let running = 0;
+      let peak = 0;
+      await subscribe(
+        broker,
+        event,
+        async () => {
+          peak = Math.max(peak, ++running);
+          await sleep(20);
+          running--;
+          handled++;
+        },
+        { concurrency: 2 },
+      );
+      await Promise.all(Array.from({ length: 8 }, (_, i) => publish(broker, event, { i })));
+      // Every delete is held: had each slot waited for its delete, only 2 messages would be handled.
+      await waitFor(() => handled === 8, 'all 8 handled while their deletes wait', 5000);
+      expect(peak).toBeLessThanOrEqual(2);
+      expect(await counts(queue)).toEqual({ visible: 0, inFlight: 8, delayed: 0 });
+      deletes.open();
+      await waitFor(async () => (await counts(queue)).inFlight === 0, 'the deletes to land', 5000);
+      expect(await counts(queue)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
     });
 
     it('keeps a slow handler’s message invisible past its visibility timeout: no other consumer gets it, and it is deleted once done', async () => {

@@ -44,6 +44,8 @@ interface InFlight {
   deleted?: boolean;
   /** A visibility change on its way: the next one waits for it, so they reach SQS in order. */
   changing?: Promise<void>;
+  /** Its slot is free again: its handler is done, though its delete may still be on its way. */
+  slotFreed?: boolean;
 }
 
 /**
@@ -199,7 +201,7 @@ export class SqsConsumer implements AdapterConsumer {
     try {
       if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
     } finally {
-      this.releaseSlot();
+      this.freeSlot(entry);
     }
   }
 
@@ -220,6 +222,8 @@ export class SqsConsumer implements AdapterConsumer {
         attempt,
         ack: async () => {
           if (!this.settle(entry)) return;
+          // The handler is done: the next receive need not wait for this delete's round trip.
+          this.freeSlot(entry);
           await entry.changing?.catch(() => undefined);
           await this.deletes.delete(entry.receiptHandle);
           entry.deleted = true;
@@ -249,7 +253,7 @@ export class SqsConsumer implements AdapterConsumer {
       this.logger.error(`SQS queue ${this.options.queueName}: a delivery failed unexpectedly (${describeError(error)}); it goes back to the queue`);
       if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
     } finally {
-      this.releaseSlot();
+      this.freeSlot(entry);
     }
   }
 
@@ -340,7 +344,9 @@ export class SqsConsumer implements AdapterConsumer {
     return wanted;
   }
 
-  private releaseSlot(): void {
+  private freeSlot(entry: InFlight): void {
+    if (entry.slotFreed) return;
+    entry.slotFreed = true;
     this.busy--;
     this.wakeSlotWaiters();
   }
