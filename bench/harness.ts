@@ -30,13 +30,18 @@ export interface ScenarioResult {
 }
 
 /**
- * Runs contenders alternately (A B C A B C …) for `rounds` rounds, so drift of the machine (another
- * process, the broker's own housekeeping) reaches all of them alike; reports medians.
+ * Runs contenders alternately for `rounds` rounds, so drift of the machine (another process, the
+ * broker's own housekeeping) reaches all of them alike; reports medians. Each round starts one
+ * contender later (A B C, B C A, C A B, …): whatever the previous round left the broker doing
+ * (cleaning up purged messages, say) does not always fall on the same contender.
  */
 export async function alternate(scenario: string, unit: string, rounds: number, contenders: Contender[]): Promise<ScenarioResult> {
   const samples: Record<string, number[]> = Object.fromEntries(contenders.map((c) => [c.name, []]));
   for (let round = 0; round < rounds; round++) {
-    for (const contender of contenders) samples[contender.name].push(await contender.run());
+    for (let i = 0; i < contenders.length; i++) {
+      const contender = contenders[(round + i) % contenders.length];
+      samples[contender.name].push(await contender.run());
+    }
   }
   const medians = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, median(values)]));
   return { scenario, unit, samples, medians };

@@ -2,8 +2,8 @@ import { BrokerError } from '../errors';
 
 /**
  * What travels on the wire: the message and what a handler's BrokerContext needs besides its route.
- * The event, env and product are not carried: a topic's queues belong to one product and env, and
- * the consumer knows its route (they cost every message about 50 bytes of JSON for nothing).
+ * The event, env and product are not carried: the consumer's context takes them from its own route,
+ * as it always did (they cost every message about 50 bytes of JSON for nothing).
  * Envelopes that still carry them, from earlier versions, decode the same.
  */
 export interface Envelope<T = unknown> {

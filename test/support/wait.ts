@@ -1,9 +1,12 @@
 /** Polls until `predicate` holds, or fails with `what` after `timeoutMs`. */
 export async function waitFor(predicate: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
+  for (;;) {
+    const result = predicate();
+    if (typeof result === 'boolean' ? result : await result) return;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await sleep(5);
+    // An asynchronous check asks a server (rabbitmqctl, an SQS request): not every 5 ms.
+    await sleep(typeof result === 'boolean' ? 5 : 100);
   }
 }
 

@@ -1,11 +1,14 @@
-import type { Channel, ConsumeMessage } from 'amqplib';
+import type { Channel, Message } from 'amqplib';
 import { isClosed } from './rabbitmq-channels';
 
+/** Settled deliveries at the front of the list are dropped once there are this many. */
+const TRIM_AT = 64;
 /** Outstanding deliveries kept before the settled ones among them are dropped. */
 const COMPACT_AT = 4096;
 
-interface Tracked {
-  readonly message: ConsumeMessage;
+/** One delivery, by its tag only: a settled message's body must not stay in memory. */
+export interface TrackedDelivery {
+  readonly deliveryTag: number;
   /** pending: its handler runs; acked: to be acked at the next flush; settled: the broker has its ack or nack. */
   state: 'pending' | 'acked' | 'settled';
 }
@@ -22,63 +25,58 @@ interface Tracked {
  */
 export class RabbitMqAckBatcher {
   /** Outstanding deliveries, oldest (lowest tag) first; `head` is the first one not yet dropped. */
-  private tracked: Tracked[] = [];
+  private tracked: TrackedDelivery[] = [];
   private head = 0;
   /** Acked since the last flush (some may sit behind a pending delivery). */
-  private acked: Tracked[] = [];
+  private acked: TrackedDelivery[] = [];
   private flushScheduled = false;
   private compactAt = COMPACT_AT;
 
   constructor(private readonly channel: Channel) {}
 
   /** Registers a delivery in the order the broker gave it; returns the handle to settle it with. */
-  track(message: ConsumeMessage): Tracked {
-    const entry: Tracked = { message, state: 'pending' };
+  track(deliveryTag: number): TrackedDelivery {
+    const entry: TrackedDelivery = { deliveryTag, state: 'pending' };
     this.tracked.push(entry);
     return entry;
   }
 
-  ack(entry: Tracked): void {
+  ack(entry: TrackedDelivery): void {
     if (entry.state !== 'pending') return;
     entry.state = 'acked';
     this.acked.push(entry);
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(this.flush);
-    }
+    this.scheduleFlush();
   }
 
-  release(entry: Tracked): void {
+  release(entry: TrackedDelivery): void {
     if (entry.state !== 'pending') return;
     entry.state = 'settled';
-    this.send(() => this.channel.nack(entry.message, false, true));
+    this.send(entry.deliveryTag, (message) => this.channel.nack(message, false, true));
+    // Only to drop it from the list: a channel that only ever releases must not grow it.
+    this.scheduleFlush();
   }
 
   /** Sends the acks given so far; called by the scheduled flush, and before the channel closes. */
   readonly flush = (): void => {
     this.flushScheduled = false;
-    if (this.acked.length === 0) return;
-    let lastOfRun: Tracked | undefined;
+    let lastOfRun: TrackedDelivery | undefined;
     while (this.head < this.tracked.length && this.tracked[this.head].state !== 'pending') {
       const entry = this.tracked[this.head++];
       if (entry.state === 'acked') lastOfRun = entry;
       entry.state = 'settled';
     }
-    if (this.head > 1024 && this.head * 2 > this.tracked.length) {
-      this.tracked = this.tracked.slice(this.head);
-      this.head = 0;
-    }
-    if (lastOfRun) {
-      const upTo = lastOfRun;
-      this.send(() => this.channel.ack(upTo.message, true));
-    }
+    if (lastOfRun) this.send(lastOfRun.deliveryTag, (message) => this.channel.ack(message, true));
     // Acked behind a delivery still in its handler: one ack each, so they free their prefetch slots now.
     for (const entry of this.acked) {
       if (entry.state !== 'acked') continue;
       entry.state = 'settled';
-      this.send(() => this.channel.ack(entry.message, false));
+      this.send(entry.deliveryTag, (message) => this.channel.ack(message, false));
     }
     this.acked = [];
+    if (this.head >= TRIM_AT && this.head * 2 >= this.tracked.length) {
+      this.tracked = this.tracked.slice(this.head);
+      this.head = 0;
+    }
     // Behind a handler that runs for long, settled deliveries pile up: drop them now and then.
     if (this.tracked.length - this.head > this.compactAt) {
       this.tracked = this.tracked.slice(this.head).filter((entry) => entry.state !== 'settled');
@@ -87,10 +85,17 @@ export class RabbitMqAckBatcher {
     }
   };
 
-  private send(operation: () => void): void {
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(this.flush);
+  }
+
+  private send(deliveryTag: number, operation: (message: Message) => void): void {
     if (isClosed(this.channel)) return;
     try {
-      operation();
+      // amqplib reads only the delivery tag of the message it acks.
+      operation({ fields: { deliveryTag } } as Message);
     } catch {
       // The channel is closing: the broker redelivers what was not acked.
     }

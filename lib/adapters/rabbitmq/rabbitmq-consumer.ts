@@ -132,10 +132,11 @@ export class RabbitMqConsumer implements AdapterConsumer {
       settle(channel, () => channel.nack(message, false, true));
       return;
     }
-    const entry = acks.track(message);
+    const headers = inboundHeaders(message);
+    const entry = acks.track(message.fields.deliveryTag);
     const delivery: InboundDelivery = {
       body: message.content,
-      headers: inboundHeaders(message),
+      headers,
       raw: message,
       ack: () => {
         acks.ack(entry);

@@ -62,6 +62,8 @@ export class SqsConsumer implements AdapterConsumer {
   private readonly slotWaiters: (() => void)[] = [];
   private readonly deletes: SqsDeleteBatcher;
   private busy = 0;
+  /** Deletes on their way whose handler is done. */
+  private deleting = 0;
   private stopped = false;
   private closed = false;
   private extending = false;
@@ -222,11 +224,17 @@ export class SqsConsumer implements AdapterConsumer {
         attempt,
         ack: async () => {
           if (!this.settle(entry)) return;
-          // The handler is done: the next receive need not wait for this delete's round trip.
-          this.freeSlot(entry);
-          await entry.changing?.catch(() => undefined);
-          await this.deletes.delete(entry.receiptHandle);
-          entry.deleted = true;
+          // The handler is done: the next receive need not wait for this delete's round trip,
+          // unless deletes pile up (a slow endpoint), which then slows intake again.
+          if (this.deleting < this.options.concurrency) this.freeSlot(entry);
+          this.deleting++;
+          try {
+            await entry.changing?.catch(() => undefined);
+            await this.deletes.delete(entry.receiptHandle);
+            entry.deleted = true;
+          } finally {
+            this.deleting--;
+          }
         },
         release: async () => {
           if (this.settle(entry)) await this.setVisibility(entry, 0);
