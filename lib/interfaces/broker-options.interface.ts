@@ -47,7 +47,7 @@ export interface RabbitMqEnvConfig {
     heartbeatSeconds?: number;
     /** Type of the group and dead-letter queues (default 'classic'; 'quorum' for replicated queues). */
     queueType?: 'classic' | 'quorum';
-    /** Socket and TLS options handed to amqplib (ca, cert, key, servername, ...). */
+    /** Socket and TLS options handed to amqplib (ca, cert, key, servername, ...); `noDelay` defaults to true. */
     socketOptions?: Record<string, unknown>;
   };
 }

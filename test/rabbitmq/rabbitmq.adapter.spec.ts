@@ -1,5 +1,6 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
+import { Socket } from 'node:net';
 import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import type { Channel, ConfirmChannel, Message, Options, Replies } from 'amqplib';
@@ -438,6 +439,28 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
   });
 
   describe('bad input and safety', () => {
+    it('turns TCP_NODELAY on for its connections, unless socketOptions turn it off', async () => {
+      // A spy on the real sockets amqplib opens: each call still reaches the socket.
+      const setNoDelay = jest.spyOn(Socket.prototype, 'setNoDelay');
+      try {
+        // Connections open on first use of the env.
+        const broker = await start();
+        await broker.subscribe({ env: 'prd', event: newTopic().event, product_tag: PRODUCT, input: { callback: () => undefined } });
+        const byDefault = setNoDelay.mock.calls.map(([noDelay]) => noDelay);
+        setNoDelay.mockClear();
+        const withoutNoDelay = await start({ socketOptions: { noDelay: false } });
+        await withoutNoDelay.subscribe({ env: 'prd', event: newTopic().event, product_tag: PRODUCT, input: { callback: () => undefined } });
+        const turnedOff = setNoDelay.mock.calls.map(([noDelay]) => noDelay);
+        // One publishing and one consuming connection each.
+        expect(byDefault.length).toBeGreaterThanOrEqual(2);
+        expect(byDefault.every((noDelay) => noDelay === true)).toBe(true);
+        expect(turnedOff.length).toBeGreaterThanOrEqual(2);
+        expect(turnedOff.every((noDelay) => noDelay === false)).toBe(true);
+      } finally {
+        setNoDelay.mockRestore();
+      }
+    });
+
     it('names host and port but never the password when the broker is unreachable at startup', async () => {
       const logger = new CapturingLogger();
       const config = options([{ slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://ductape:s3cr3t-pw@127.0.0.1:1/orders', connectTimeoutMs: 500 } }]);

