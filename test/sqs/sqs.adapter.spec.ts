@@ -152,6 +152,11 @@ describeWithBroker('sqs', 'SQS adapter', () => {
     return calls.filter((call) => call.command === command && (queueName === undefined || String(call.input.QueueUrl).endsWith(`/${queueName}`)));
   }
 
+  /** Messages sent to a queue that the server has answered for: on the queue, not just on their way. */
+  function sentTo(queueName: string): Call[] {
+    return callsOf('SendMessage', queueName).filter((call) => call.output !== undefined);
+  }
+
   describe('receiving', () => {
     it('long-polls for up to 10 messages at a time within the concurrency, and deletes each only after its handler resolved', async () => {
       const { broker } = await start();
@@ -281,7 +286,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       );
       await publish(broker, event, { order: 1 }, { headers: { tenant: 'acme' } });
       await waitFor(() => attempts.length === 3, 'three attempts', 8000);
-      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters`).length === 1, 'the dead letter', 3000);
+      await waitFor(() => sentTo(`${queue}-dead-letters`).length === 1, 'the dead letter', 3000);
       expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3]);
       expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(950);
       expect(attempts[2].at - attempts[1].at).toBeGreaterThanOrEqual(1950);
@@ -331,7 +336,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
         { retry: { maxAttempts: 2, initialDelayMs: 0 } },
       );
       await publish(broker, 'sq:orders', { n: 1 });
-      await waitFor(() => callsOf('SendMessage', `custom-dlq-${id}`).length === 1, 'the dead letter in the redrive target', 5000);
+      await waitFor(() => sentTo(`custom-dlq-${id}`).length === 1, 'the dead letter in the redrive target', 5000);
       expect(attempts).toEqual([1, 2]);
       expect(await counts(`custom-dlq-${id}`)).toMatchObject({ visible: 1 });
       // No queue of its own was made for dead letters.
@@ -353,12 +358,12 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       const { event, queue } = newTopic();
       await subscribe(broker, event, () => undefined);
       await rawSendToTopicQueue(`${PRODUCT}.prd.${event.slice(3)}`, Buffer.from('not an envelope'));
-      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters`).length === 1, 'the poison dead letter', 5000);
+      await waitFor(() => sentTo(`${queue}-dead-letters`).length === 1, 'the poison dead letter', 5000);
       // Sent back to the queue, it is dead-lettered again at once, as a new SQS message: only the first is moved.
       const startedAt = Date.now();
       expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT })).toBe(1);
       expect(Date.now() - startedAt).toBeLessThan(5000);
-      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters`).length === 2, 'the poison dead-lettered again', 5000);
+      await waitFor(() => sentTo(`${queue}-dead-letters`).length === 2, 'the poison dead-lettered again', 5000);
     });
   });
 
@@ -429,7 +434,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
         { retry: { maxAttempts: 1, initialDelayMs: 0 } },
       );
       await publish(broker, event, { n: 1 }, { messageId: 'fifo-1' });
-      await waitFor(() => callsOf('SendMessage', `${queue}-dead-letters.fifo`).length === 1, 'the dead letter', 5000);
+      await waitFor(() => sentTo(`${queue}-dead-letters.fifo`).length === 1, 'the dead letter', 5000);
       healthy = true;
       expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT })).toBe(1);
       await waitFor(() => handled.length === 2, 'the reprocessed message (same messageId, within the deduplication window)', 5000);
