@@ -102,21 +102,25 @@ export class RabbitMqConsumer implements AdapterConsumer {
     if (this.stopped) return;
     await this.spec.declare(channel);
     await channel.prefetch(this.spec.concurrency);
-    let acks = this.acks.get(channel);
-    if (!acks) {
-      const batcher = new RabbitMqAckBatcher(channel);
-      this.acks.set(channel, batcher);
-      channel.once('close', () => this.acks.delete(channel));
-      acks = batcher;
-    }
-    const channelAcks = acks;
-    const { consumerTag } = await channel.consume(this.spec.queue, (message) => this.onMessage(channel, channelAcks, message), { noAck: false });
+    const acks = this.acksOf(channel);
+    const { consumerTag } = await channel.consume(this.spec.queue, (message) => this.onMessage(channel, acks, message), { noAck: false });
     if (this.stopped) {
       await channel.cancel(consumerTag).catch(() => undefined);
       return;
     }
     this.current = { channel, consumerTag };
     this.attached?.resolve();
+  }
+
+  /** One batcher per channel: delivery tags count per channel, and a re-attach on the same channel goes on counting. */
+  private acksOf(channel: Channel): RabbitMqAckBatcher {
+    let acks = this.acks.get(channel);
+    if (!acks) {
+      acks = new RabbitMqAckBatcher(channel);
+      this.acks.set(channel, acks);
+      channel.once('close', () => this.acks.delete(channel));
+    }
+    return acks;
   }
 
   private onMessage(channel: Channel, acks: RabbitMqAckBatcher, message: ConsumeMessage | null): void {
