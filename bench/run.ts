@@ -68,9 +68,16 @@ function runSuiteInChild(name: string, quick: boolean, out: string): Promise<Sui
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...process.execArgv, __filename, '--suite', name, '--out', out, ...(quick ? ['--quick'] : [])], { stdio: 'inherit' });
     child.on('error', reject);
-    child.on('exit', (code) => {
-      if (code !== 0) return reject(new Error(`the ${name} suite exited with ${code}`));
-      resolve(JSON.parse(readFileSync(out, 'utf8')) as SuiteReport);
+    child.on('exit', (code, signal) => {
+      if (code !== 0) return reject(new Error(`the ${name} suite exited with ${signal ?? code}`));
+      try {
+        const report = JSON.parse(readFileSync(out, 'utf8')) as SuiteReport;
+        // JSON has no Infinity or NaN: a ratio over a zero baseline comes back as null.
+        for (const ratio of report.ratios) ratio.value ??= Number.NaN;
+        resolve(report);
+      } catch (error) {
+        reject(new Error(`the ${name} suite left no report: ${(error as Error).message}`));
+      }
     });
   });
 }

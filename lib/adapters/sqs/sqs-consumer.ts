@@ -62,7 +62,7 @@ export class SqsConsumer implements AdapterConsumer {
   private readonly slotWaiters: (() => void)[] = [];
   private readonly deletes: SqsDeleteBatcher;
   private busy = 0;
-  /** Deletes on their way whose handler is done. */
+  /** Deletes of acked messages on their way (their slots may already be free). */
   private deleting = 0;
   private stopped = false;
   private closed = false;
