@@ -36,7 +36,6 @@ export class UnroutableError extends Error {
 }
 
 interface Pending {
-  readonly id: string;
   readonly exchange: string;
   readonly routingKey: string;
   readonly content: Buffer;
@@ -45,7 +44,59 @@ interface Pending {
   readonly resolve: () => void;
   readonly reject: (error: Error) => void;
   returned?: string;
+  /** Its promise has resolved or rejected. */
   settled: boolean;
+  /** Written on a channel, and that channel has not answered for it yet (confirm, nack or close). */
+  written: boolean;
+}
+
+/**
+ * The written publishes, oldest first, in an array. A finished one's slot is cleared once every
+ * older one has finished too (confirms come in order, so almost always at once).
+ *
+ * Not a Map: with a Map here, each young-generation collection promoted about twice as much
+ * (2 MB instead of 1 at 2,000 msg/s, measured with --trace-gc), and full collections, which set
+ * the latency p99, came about twice as often. The likely cause: a Map that many entries pass
+ * through keeps replacing its hash table, and a replaced table, once promoted, still points at its
+ * entries and at the table after it until the next full collection.
+ */
+export class WrittenPublishes {
+  private slots: (Pending | undefined)[] = [];
+  private head = 0;
+  size = 0;
+
+  add(pending: Pending): void {
+    pending.written = true;
+    this.slots.push(pending);
+    this.size++;
+  }
+
+  /** The broker answered for it: it leaves the queue once everything older has too. */
+  remove(pending: Pending): void {
+    if (!pending.written) return;
+    pending.written = false;
+    this.size--;
+    // Written and failed at once (the channel was closing): it is the last one, and may be written again.
+    if (this.slots[this.slots.length - 1] === pending) this.slots.pop();
+    while (this.head < this.slots.length && !this.slots[this.head]?.written) this.slots[this.head++] = undefined;
+    if (this.head === this.slots.length) {
+      this.slots.length = 0;
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.slots.length) {
+      const rest = this.slots.slice(this.head);
+      // Emptied before it is dropped, so it pins nothing if it was promoted.
+      this.slots.length = 0;
+      this.slots = rest;
+      this.head = 0;
+    }
+  }
+
+  *[Symbol.iterator](): IterableIterator<Pending> {
+    for (let i = this.head; i < this.slots.length; i++) {
+      const pending = this.slots[i];
+      if (pending?.written) yield pending;
+    }
+  }
 }
 
 /**
@@ -60,14 +111,13 @@ interface Pending {
  */
 export class RabbitMqPublisher {
   private readonly managed: ManagedChannel<ConfirmChannel>;
-  /** Written, awaiting their confirm, by publish id. */
-  private readonly inFlight = new Map<string, Pending>();
+  /** Written, awaiting their confirm. */
+  private readonly inFlight = new WrittenPublishes();
   /** Waiting for a channel, or for the channel to drain. */
   private waiting: Pending[] = [];
   private writable = true;
   private flushing = false;
   private sweepTimer?: NodeJS.Timeout;
-  private sequence = 0;
   private closed = false;
   private readonly closeErrors = new WeakMap<ConfirmChannel, Error>();
 
@@ -105,8 +155,7 @@ export class RabbitMqPublisher {
   publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish, deadline: number): Promise<void> {
     if (this.closed) return Promise.reject(new Error('the RabbitMQ adapter is closed'));
     return new Promise((resolve, reject) => {
-      const id = String(++this.sequence);
-      const pending: Pending = { id, exchange, routingKey, content, options: { ...options, mandatory: true }, deadline, resolve, reject, settled: false };
+      const pending: Pending = { exchange, routingKey, content, options: { ...options, mandatory: true }, deadline, resolve, reject, settled: false, written: false };
       if (this.waiting.length === 0 && this.writable && this.managed.channel) this.write(this.managed.channel, pending);
       else this.waiting.push(pending);
       this.sweepTimer ??= setInterval(this.sweep, DEADLINE_SWEEP_MS);
@@ -116,22 +165,22 @@ export class RabbitMqPublisher {
   async close(): Promise<void> {
     this.closed = true;
     const error = new Error('the RabbitMQ adapter closed before the broker confirmed the message');
-    for (const pending of [...this.waiting, ...this.inFlight.values()]) this.settle(pending, error);
+    for (const pending of [...this.waiting, ...this.inFlight]) this.settle(pending, error);
     this.waiting = [];
     await this.managed.close();
   }
 
   private write(channel: ConfirmChannel, pending: Pending): void {
-    this.inFlight.set(pending.id, pending);
+    this.inFlight.add(pending);
     try {
       this.writable = channel.publish(pending.exchange, pending.routingKey, pending.content, pending.options, (error: unknown) => {
-        this.inFlight.delete(pending.id);
+        this.inFlight.remove(pending);
         if (error) this.settle(pending, isNack(error) ? new Error(`the broker refused the message (nack) on ${target(pending)}`) : new ChannelLostError(this.closeErrors.get(channel)));
         else if (pending.returned !== undefined) this.settle(pending, new UnroutableError(target(pending), pending.returned));
         else this.settle(pending);
       });
     } catch (error) {
-      this.inFlight.delete(pending.id);
+      this.inFlight.remove(pending);
       if (isClosing(error)) {
         // Nothing was sent: it waits for the next channel.
         this.waiting.unshift(pending);
@@ -173,7 +222,7 @@ export class RabbitMqPublisher {
     const reply = message.fields as { replyCode?: number; replyText?: string };
     // The reply code and text of a basic.return, which amqplib's types leave out.
     const returned = `${reply.replyCode ?? '?'} ${reply.replyText ?? 'returned'}`;
-    for (const candidate of this.inFlight.values()) {
+    for (const candidate of this.inFlight) {
       if (candidate.returned === undefined && candidate.exchange === exchange && candidate.routingKey === routingKey && candidate.content.equals(message.content)) {
         candidate.returned = returned;
       }
@@ -185,7 +234,7 @@ export class RabbitMqPublisher {
     const now = Date.now();
     const expired = (pending: Pending) => !pending.settled && pending.deadline <= now;
     for (const pending of this.waiting) if (expired(pending)) this.settle(pending, this.timeoutError(pending));
-    for (const pending of this.inFlight.values()) if (expired(pending)) this.settle(pending, this.timeoutError(pending));
+    for (const pending of this.inFlight) if (expired(pending)) this.settle(pending, this.timeoutError(pending));
     this.waiting = this.waiting.filter((pending) => !pending.settled);
     if (this.waiting.length === 0 && this.inFlight.size === 0) {
       clearInterval(this.sweepTimer);
@@ -201,7 +250,7 @@ export class RabbitMqPublisher {
   }
 
   private timeoutError(pending: Pending): Error {
-    const where = this.inFlight.has(pending.id) ? 'no confirm from RabbitMQ' : 'no connection to RabbitMQ to send it';
+    const where = pending.written ? 'no confirm from RabbitMQ' : 'no connection to RabbitMQ to send it';
     return new Error(`${where} within ${this.publishTimeoutMs} ms (publishTimeoutMs), for ${target(pending)}; the broker may be unreachable`);
   }
 }

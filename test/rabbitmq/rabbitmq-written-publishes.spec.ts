@@ -1,0 +1,81 @@
+import { WrittenPublishes } from '../../lib/adapters/rabbitmq/rabbitmq-publisher';
+
+// The publisher's queue of written publishes, on its own (no broker): the real publisher's paths
+// through it (confirms, returns, timeouts, lost channels) are tested against RabbitMQ in
+// rabbitmq.adapter.spec.ts and rabbitmq.resilience.spec.ts.
+type Entry = Parameters<WrittenPublishes['add']>[0] & { n: number };
+
+function entry(n: number): Entry {
+  return {
+    n,
+    exchange: 'x',
+    routingKey: '',
+    content: Buffer.from(String(n)),
+    options: {},
+    deadline: 0,
+    resolve: () => undefined,
+    reject: () => undefined,
+    settled: false,
+    written: false,
+  };
+}
+
+const numbers = (queue: WrittenPublishes) => [...queue].map((pending) => (pending as Entry).n);
+const slotCount = (queue: WrittenPublishes) => (queue as unknown as { slots: unknown[] }).slots.length;
+
+describe('RabbitMQ publisher: written publishes', () => {
+  it('lists the unfinished ones oldest first, whatever order they finish in', () => {
+    const queue = new WrittenPublishes();
+    const entries = [0, 1, 2, 3, 4].map(entry);
+    for (const pending of entries) queue.add(pending);
+    queue.remove(entries[2]);
+    queue.remove(entries[0]);
+    expect(numbers(queue)).toEqual([1, 3, 4]);
+    expect(queue.size).toBe(3);
+    expect(entries[2].written).toBe(false);
+    expect(entries[1].written).toBe(true);
+    // Removing twice changes nothing.
+    queue.remove(entries[2]);
+    expect(queue.size).toBe(3);
+    for (const pending of [entries[1], entries[3], entries[4]]) queue.remove(pending);
+    expect(numbers(queue)).toEqual([]);
+    expect(queue.size).toBe(0);
+    expect(slotCount(queue)).toBe(0);
+  });
+
+  it('holds one slot for a publish that failed as it was written and is written again', () => {
+    const queue = new WrittenPublishes();
+    const first = entry(1);
+    const again = entry(2);
+    queue.add(first);
+    queue.add(again);
+    queue.remove(again);
+    queue.add(again);
+    expect(numbers(queue)).toEqual([1, 2]);
+    expect(slotCount(queue)).toBe(2);
+  });
+
+  it('does not grow without bound while an old publish waits for its confirm', () => {
+    const queue = new WrittenPublishes();
+    const entries = Array.from({ length: 5000 }, (_, n) => entry(n));
+    for (const pending of entries.slice(0, 3000)) queue.add(pending);
+    for (const pending of entries.slice(0, 2000)) queue.remove(pending);
+    expect(slotCount(queue)).toBeLessThan(2000);
+    for (const pending of entries.slice(3000)) queue.add(pending);
+    for (const pending of entries.slice(2000, 4999)) queue.remove(pending);
+    expect(numbers(queue)).toEqual([4999]);
+    expect(slotCount(queue)).toBeLessThan(1100);
+    // One stuck in the middle: the slots behind it are kept, and cleared once it finishes.
+    const stuck = entry(-1);
+    queue.add(stuck);
+    for (let n = 0; n < 50; n++) {
+      const pending = entry(10_000 + n);
+      queue.add(pending);
+      queue.remove(pending);
+    }
+    queue.remove(entries[4999]);
+    expect(numbers(queue)).toEqual([-1]);
+    queue.remove(stuck);
+    expect(slotCount(queue)).toBe(0);
+  });
+});
