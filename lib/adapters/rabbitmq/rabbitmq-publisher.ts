@@ -71,19 +71,21 @@ export class WrittenPublishes {
     this.size++;
   }
 
-  /** The broker answered for it: it leaves the queue once everything older has too. */
+  /** Answered for (confirm, nack, closed channel) or never sent: its slot is cleared once every older one's is. */
   remove(pending: Pending): void {
     if (!pending.written) return;
     pending.written = false;
     this.size--;
-    // Written and failed at once (the channel was closing): it is the last one, and may be written again.
+    // The newest one (the usual confirm at low rates, or a write that threw): its slot goes at once.
     if (this.slots[this.slots.length - 1] === pending) this.slots.pop();
     while (this.head < this.slots.length && !this.slots[this.head]?.written) this.slots[this.head++] = undefined;
     if (this.head === this.slots.length) {
       this.slots.length = 0;
       this.head = 0;
-    } else if (this.head >= 1024 && this.head * 2 >= this.slots.length) {
-      const rest = this.slots.slice(this.head);
+    } else if (this.slots.length > 2 * this.size + 1024) {
+      // Mostly finished slots: behind the head, or behind one old publish still waiting for its
+      // confirm. Kept at most about twice what is in flight (amortised: each rebuild halves it).
+      const rest = this.slots.filter((slot) => slot?.written);
       // Emptied before it is dropped, so it pins nothing if it was promoted.
       this.slots.length = 0;
       this.slots = rest;
