@@ -185,6 +185,22 @@ describe('the memory adapter', () => {
       expect(next.bodies).toEqual(['a', 'retry-1']);
     });
 
+    it('is not reached by a publisher that only awaits its publishes while a consumer keeps up', async () => {
+      // A loop of `await publish()` never lets a macrotask run. The queue puts its consumers' turn
+      // off to one every 1000 dispatches (so a busy queue cannot starve I/O); if the publisher did
+      // not wait for that turn, the consumer would stop and the queue fill until publishing failed.
+      const { adapter } = adapterWith({ maxQueueLength: 500 });
+      const { bodies } = await collect(adapter, 'steady');
+      let deepest = 0;
+      for (let n = 0; n < 5000; n++) {
+        await adapter.publish(topic, message(String(n)));
+        deepest = Math.max(deepest, adapter.server.depth(topic.name, 'steady'));
+      }
+      await waitFor(() => bodies.length === 5000, 'every message handled');
+      expect(bodies).toEqual(Array.from({ length: 5000 }, (_, n) => String(n)));
+      expect(deepest).toBeLessThan(500);
+    });
+
     it('counts messages waiting for their delay (retries, delayMs) against the bound', async () => {
       const { adapter } = adapterWith({ maxQueueLength: 2 });
       const stalled = await collect(adapter, 'stalled');

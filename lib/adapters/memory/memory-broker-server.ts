@@ -83,8 +83,10 @@ export class MemoryBrokerServer {
   /**
    * Delivers to every group subscribed to the topic, or keeps it until the first group subscribes.
    * The limits are the publisher's: each module instance sharing a server keeps its own bounds.
+   * Returns, when a receiving queue has put off its consumers' turn, a promise of that turn: the
+   * publisher waits for it, as a real broker holds back a publisher its consumers cannot follow.
    */
-  publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
+  publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): Promise<void> | undefined {
     const topic = this.topic(topicName);
     for (const [name, group] of topic.groups) if (group.member) this.assertRoom(topicName, name, topic, group, limits);
     this.stats.published++;
@@ -92,8 +94,9 @@ export class MemoryBrokerServer {
     topic.delayed++;
     this.later(delayMs, () => {
       topic.delayed--;
-      this.route(topicName, topic, message, limits);
+      void this.route(topicName, topic, message, limits);
     });
+    return undefined;
   }
 
   /** To one group only (a retry, a reprocessed dead letter); it does not subscribe the group. */
@@ -153,7 +156,7 @@ export class MemoryBrokerServer {
 
   /** Publishes bytes that bypass the module (tests: a poison message from a foreign producer). */
   publishRaw(topicName: string, body: string | Buffer, headers: Record<string, string> = {}): void {
-    this.publish(topicName, { body, headers, messageId: `raw-${this.stats.published}` });
+    void this.publish(topicName, { body, headers, messageId: `raw-${this.stats.published}` });
   }
 
   /** Cancels delayed deliveries (a private server closing with its module); says how many were lost. */
@@ -165,7 +168,7 @@ export class MemoryBrokerServer {
     this.timers.clear();
   }
 
-  private route(topicName: string, topic: MemoryTopic, message: MemoryMessage, limits: MemoryBrokerLimits): void {
+  private route(topicName: string, topic: MemoryTopic, message: MemoryMessage, limits: MemoryBrokerLimits): Promise<void> | undefined {
     if (topic.members === 0) {
       topic.unrouted.push(message);
       if (topic.unrouted.length > limits.maxUnroutedPerTopic) {
@@ -175,9 +178,15 @@ export class MemoryBrokerServer {
           `memory broker: ${topicName} has no subscriber and holds ${limits.maxUnroutedPerTopic} messages; the oldest was dropped`,
         );
       }
-      return;
+      return undefined;
     }
-    for (const group of topic.groups.values()) if (group.member) group.messages.enqueue(message);
+    let consumersTurn: Promise<void> | undefined;
+    for (const group of topic.groups.values()) {
+      if (!group.member) continue;
+      group.messages.enqueue(message);
+      consumersTurn ??= group.messages.consumersTurn;
+    }
+    return consumersTurn;
   }
 
   /** Refuses, before anything is enqueued, a message that a full queue could not take. */

@@ -31,6 +31,8 @@ export class MemoryQueue {
   private nextConsumer = 0;
   private dispatchScheduled = false;
   private microtaskDispatches = 0;
+  /** Set while a dispatch put off to the next turn of the event loop has not run yet. */
+  private deferredDispatch?: Promise<void>;
 
   constructor(private readonly hooks: MemoryQueueHooks) {}
 
@@ -41,6 +43,16 @@ export class MemoryQueue {
 
   get consumerCount(): number {
     return this.consumers.length;
+  }
+
+  /**
+   * Resolves once a dispatch put off to the next turn of the event loop has run; undefined when
+   * none is waiting. A publisher that only awaits promises (a loop of `await publish()`) never
+   * lets that turn come: without waiting for it, it would fill the queue while the consumers
+   * starve, until publishing failed on a full queue.
+   */
+  get consumersTurn(): Promise<void> | undefined {
+    return this.deferredDispatch;
   }
 
   /** The oldest message that no consumer holds a key of, without removing it. */
@@ -132,7 +144,16 @@ export class MemoryQueue {
       queueMicrotask(() => this.dispatch());
     } else {
       this.microtaskDispatches = 0;
-      setImmediate(() => this.dispatch());
+      this.deferredDispatch = new Promise((resolve) =>
+        setImmediate(() => {
+          this.deferredDispatch = undefined;
+          try {
+            this.dispatch();
+          } finally {
+            resolve();
+          }
+        }),
+      );
     }
   }
 

@@ -99,10 +99,10 @@ export class MemoryAdapter implements BrokerAdapter {
 }
 
 /** Runs a synchronous step as a promise: a full queue rejects it instead of throwing from the call. */
-function settled(step: () => void): Promise<void> {
+/** The step's outcome as a promise: its throw a rejection, and the turn it asks to wait for, if any. */
+function settled(step: () => Promise<void> | undefined | void): Promise<void> {
   try {
-    step();
-    return Promise.resolve();
+    return step() ?? Promise.resolve();
   } catch (error) {
     return Promise.reject(error instanceof Error ? error : new Error(String(error)));
   }
