@@ -185,20 +185,40 @@ describe('the memory adapter', () => {
       expect(next.bodies).toEqual(['a', 'retry-1']);
     });
 
-    it('is not reached by a publisher that only awaits its publishes while a consumer keeps up', async () => {
-      // A loop of `await publish()` never lets a macrotask run. The queue puts its consumers' turn
-      // off to one every 1000 dispatches (so a busy queue cannot starve I/O); if the publisher did
-      // not wait for that turn, the consumer would stop and the queue fill until publishing failed.
+    it.each([
+      ['publish', (adapter: MemoryAdapter, n: number) => adapter.publish(topic, message(String(n)))],
+      ['sendToGroup (a retry, a reprocessed dead letter)', (adapter: MemoryAdapter, n: number) => adapter.sendToGroup(topic, 'steady', message(String(n)))],
+    ])('is not reached by a loop that only awaits %s while a consumer keeps up', async (_, send) => {
+      // A loop of awaits never lets a macrotask run. The queue puts its consumers' turn off to the
+      // next turn of the event loop now and then (so a busy queue cannot starve I/O); if the sender
+      // did not wait for that turn, the consumer would stop and the queue fill until sending failed.
       const { adapter } = adapterWith({ maxQueueLength: 500 });
       const { bodies } = await collect(adapter, 'steady');
       let deepest = 0;
       for (let n = 0; n < 5000; n++) {
-        await adapter.publish(topic, message(String(n)));
+        await send(adapter, n);
         deepest = Math.max(deepest, adapter.server.depth(topic.name, 'steady'));
       }
       await waitFor(() => bodies.length === 5000, 'every message handled');
       expect(bodies).toEqual(Array.from({ length: 5000 }, (_, n) => String(n)));
       expect(deepest).toBeLessThan(500);
+    });
+
+    it('lets publishes below that backlog resolve under fake timers that fake setImmediate', async () => {
+      jest.useFakeTimers({ doNotFake: ['queueMicrotask', 'nextTick'] });
+      try {
+        const { adapter } = adapterWith({});
+        const { bodies } = await collect(adapter, 'faked');
+        // About 500 are handled before the consumers' turn is put off to a (faked) setImmediate;
+        // the rest wait in the queue, below the backlog at which a publish waits for that turn.
+        for (let n = 0; n < 1200; n++) await adapter.publish(topic, message(String(n)));
+        expect(bodies.length).toBeLessThan(1200);
+        expect(adapter.server.depth(topic.name, 'faked')).toBeLessThan(1000);
+        for (let turn = 0; turn < 20 && bodies.length < 1200; turn++) await jest.advanceTimersByTimeAsync(0);
+        expect(bodies.length).toBe(1200);
+      } finally {
+        jest.useRealTimers();
+      }
     });
 
     it('counts messages waiting for their delay (retries, delayMs) against the bound', async () => {

@@ -7,6 +7,16 @@ export interface MemoryBrokerLimits {
   maxDeadLettersPerGroup: number;
 }
 
+/**
+ * How many messages a queue may hold, waiting for consumers whose turn was put off to the next
+ * turn of the event loop, before a publish to it waits for that turn (half of maxQueueLength when
+ * that is smaller). A publisher that only awaits promises (a loop of `await publish()`) never
+ * lets the event loop turn: without this wait it kept the consumers starved and filled the queue
+ * until publishing failed. Below it, nothing waits: a test that fakes setImmediate still gets its
+ * publishes resolved.
+ */
+const BACKLOG_BEFORE_CONSUMERS_TURN = 1000;
+
 export const DEFAULT_MEMORY_LIMITS: MemoryBrokerLimits = {
   maxQueueLength: 100_000,
   maxUnroutedPerTopic: 1_000,
@@ -83,8 +93,8 @@ export class MemoryBrokerServer {
   /**
    * Delivers to every group subscribed to the topic, or keeps it until the first group subscribes.
    * The limits are the publisher's: each module instance sharing a server keeps its own bounds.
-   * Returns, when a receiving queue has put off its consumers' turn, a promise of that turn: the
-   * publisher waits for it, as a real broker holds back a publisher its consumers cannot follow.
+   * Returns a promise to wait for when a receiving queue holds a backlog and has put its consumers'
+   * turn off to the next turn of the event loop (see BACKLOG_BEFORE_CONSUMERS_TURN).
    */
   publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): Promise<void> | undefined {
     const topic = this.topic(topicName);
@@ -100,16 +110,20 @@ export class MemoryBrokerServer {
   }
 
   /** To one group only (a retry, a reprocessed dead letter); it does not subscribe the group. */
-  sendToGroup(topicName: string, groupName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): void {
+  sendToGroup(topicName: string, groupName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): Promise<void> | undefined {
     const topic = this.topic(topicName);
     const group = this.group(topic, groupName);
     this.assertRoom(topicName, groupName, topic, group, limits);
-    if (delayMs <= 0) return group.messages.enqueue(message);
+    if (delayMs <= 0) {
+      group.messages.enqueue(message);
+      return consumersTurn(group.messages, limits);
+    }
     group.delayed++;
     this.later(delayMs, () => {
       group.delayed--;
       group.messages.enqueue(message);
     });
+    return undefined;
   }
 
   sendToDeadLetters(topicName: string, groupName: string, message: MemoryMessage, limits = DEFAULT_MEMORY_LIMITS): void {
@@ -180,13 +194,13 @@ export class MemoryBrokerServer {
       }
       return undefined;
     }
-    let consumersTurn: Promise<void> | undefined;
+    let turn: Promise<void> | undefined;
     for (const group of topic.groups.values()) {
       if (!group.member) continue;
       group.messages.enqueue(message);
-      consumersTurn ??= group.messages.consumersTurn;
+      turn ??= consumersTurn(group.messages, limits);
     }
-    return consumersTurn;
+    return turn;
   }
 
   /** Refuses, before anything is enqueued, a message that a full queue could not take. */
@@ -223,4 +237,10 @@ export class MemoryBrokerServer {
     }
     return group;
   }
+}
+
+/** The consumers' turn a publish to `queue` waits for, if its backlog calls for it. */
+function consumersTurn(queue: MemoryQueue, limits: MemoryBrokerLimits): Promise<void> | undefined {
+  const turn = queue.consumersTurn;
+  return turn && queue.length >= Math.min(BACKLOG_BEFORE_CONSUMERS_TURN, Math.ceil(limits.maxQueueLength / 2)) ? turn : undefined;
 }

@@ -47,9 +47,7 @@ export class MemoryQueue {
 
   /**
    * Resolves once a dispatch put off to the next turn of the event loop has run; undefined when
-   * none is waiting. A publisher that only awaits promises (a loop of `await publish()`) never
-   * lets that turn come: without waiting for it, it would fill the queue while the consumers
-   * starve, until publishing failed on a full queue.
+   * none is waiting (see scheduleDispatch).
    */
   get consumersTurn(): Promise<void> | undefined {
     return this.deferredDispatch;

@@ -98,8 +98,10 @@ export class MemoryAdapter implements BrokerAdapter {
   }
 }
 
-/** Runs a synchronous step as a promise: a full queue rejects it instead of throwing from the call. */
-/** The step's outcome as a promise: its throw a rejection, and the turn it asks to wait for, if any. */
+/**
+ * Runs a synchronous step as a promise: a full queue rejects it instead of throwing from the call,
+ * and a step that returns a turn to wait for (see MemoryBrokerServer.publish) resolves after it.
+ */
 function settled(step: () => Promise<void> | undefined | void): Promise<void> {
   try {
     return step() ?? Promise.resolve();
