@@ -60,7 +60,14 @@ export function redactSecrets(text: string): string {
 
 /** A short, safe description of any thrown value, for logs and error messages. */
 export function describeError(error: unknown): string {
-  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  let text: string;
+  try {
+    text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  } catch {
+    // Not every thrown value becomes a string (a null-prototype object, a throwing toString):
+    // this must not throw, or the retry and dead-letter paths that call it fail with it.
+    text = `an unprintable thrown value (${Object.prototype.toString.call(error)})`;
+  }
   // Cut before redacting: an error may carry a whole payload, and logs need only its start.
   return redactSecrets(text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
 }

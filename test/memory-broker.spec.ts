@@ -110,6 +110,21 @@ describe('the memory adapter', () => {
       expect(phantom.bodies).toEqual(['own']);
     });
 
+    it('bound delayed publishes too: beyond maxUnroutedPerTopic waiting, a delayed publish is refused', async () => {
+      const { adapter } = adapterWith({ maxUnroutedPerTopic: 3 });
+      for (const n of [1, 2, 3]) await adapter.publish(topic, message(`later-${n}`, 100));
+      await expect((async () => adapter.publish(topic, message('later-4', 100)))()).rejects.toThrow(/no subscriber.*3 delayed messages/);
+      // A message without delay is still kept (the oldest unrouted one dropped past the bound).
+      await adapter.publish(topic, message('now'));
+      // Once the delays are over, they are unrouted messages like any other, and delays fit again.
+      await sleep(150);
+      await adapter.publish(topic, message('later-5', 100));
+      const { bodies } = await collect(adapter, 'first');
+      await waitFor(() => bodies.length === 3, 'the 3 kept messages');
+      await waitFor(() => bodies.includes('later-5'), 'the last delayed message');
+      expect(bodies.slice(0, 3)).toEqual(['later-1', 'later-2', 'later-3']);
+    });
+
     it('keep 1000 by default', async () => {
       const { adapter, logs } = adapterWith(undefined);
       for (let i = 1; i <= 1000; i++) await adapter.publish(topic, message(`m${i}`));

@@ -42,6 +42,9 @@ function options(overrides: Partial<BrokerModuleOptions> = {}, memory: MemoryEnv
           { tag: 'module-over-default' },
           { tag: 'default-policy' },
           { tag: 'capped' },
+          { tag: 'undefined-sub' },
+          { tag: 'undefined-module' },
+          { tag: 'unprintable' },
           { tag: 'dl-retry' },
           { tag: 'dl-unsub' },
           { tag: 'drain' },
@@ -158,6 +161,54 @@ describe('maxDelayMs', () => {
     const capped = attempts[2].at - attempts[1].at;
     expect(capped).toBeGreaterThanOrEqual(70);
     expect(capped).toBeLessThan(400);
+  });
+});
+
+describe('a retry policy with fields set to undefined', () => {
+  // Config built as `{ maxDelayMs: settings.maxDelay }` leaves fields undefined: they take the
+  // defaults. Spread over the defaults they made every backoff NaN, run by a timer at once.
+  it('keeps the backoff when a subscription leaves multiplier and maxDelayMs undefined', async () => {
+    const { broker } = await start(options());
+    const retry: RetryPolicy = { maxAttempts: 3, initialDelayMs: 150, multiplier: undefined, maxDelayMs: undefined };
+    const { attempts } = await attemptsUntilDeadLetter(broker, 'undefined-sub', retry);
+    expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3]);
+    expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(140);
+    // The default multiplier, 2.
+    expect(attempts[2].at - attempts[1].at).toBeGreaterThanOrEqual(290);
+  });
+
+  it('keeps the backoff when the module retry leaves them undefined', async () => {
+    const { broker } = await start(options({ retry: { maxAttempts: 2, initialDelayMs: 200, multiplier: undefined, maxDelayMs: undefined } }));
+    const { attempts } = await attemptsUntilDeadLetter(broker, 'undefined-module', undefined);
+    expect(attempts.map((a) => a.attempt)).toEqual([1, 2]);
+    expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(190);
+  });
+});
+
+describe('a handler that throws a value with no string form', () => {
+  it('is retried and dead-lettered like any failure, with the value described', async () => {
+    const { broker } = await start(options());
+    const attempts: number[] = [];
+    const dead: BrokerContext[] = [];
+    const base = { env: 'prd', event: 'bk:unprintable', product_tag: PRODUCT } as const;
+    await broker.subscribe({
+      ...base,
+      input: {
+        group: 'failing',
+        retry: { maxAttempts: 2, initialDelayMs: 5 },
+        callback: (_message, ctx) => {
+          attempts.push(ctx.attempt);
+          // String() of a null-prototype object throws.
+          throw Object.create(null) as unknown as Error;
+        },
+      },
+    });
+    await broker.subscribe({ ...base, input: { group: 'failing', deadLetter: true, callback: (_message, ctx) => void dead.push(ctx) } });
+    await publish(broker, 'unprintable', { n: 1 });
+    await waitFor(() => dead.length === 1, 'the dead letter');
+    expect(attempts).toEqual([1, 2]);
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toMatch(/unprintable thrown value \(\[object Object\]\)/);
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('max-attempts');
   });
 });
 

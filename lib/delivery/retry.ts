@@ -7,10 +7,19 @@ export const DEFAULT_RETRY_POLICY: Readonly<Required<RetryPolicy>> = {
   maxDelayMs: 30_000,
 };
 
-/** The first policy given, with defaults for what it leaves out. */
+/**
+ * The first policy given, with defaults for what it leaves out. A field set to `undefined` (config
+ * built as `{ maxDelayMs: settings.maxDelay }`, say) counts as left out: spread over the defaults
+ * it would make every backoff NaN, which a timer takes as about 1 ms.
+ */
 export function resolveRetryPolicy(...policies: (RetryPolicy | undefined)[]): Required<RetryPolicy> {
   const policy = policies.find((candidate) => candidate !== undefined);
-  return { ...DEFAULT_RETRY_POLICY, ...policy };
+  return {
+    maxAttempts: policy?.maxAttempts ?? DEFAULT_RETRY_POLICY.maxAttempts,
+    initialDelayMs: policy?.initialDelayMs ?? DEFAULT_RETRY_POLICY.initialDelayMs,
+    multiplier: policy?.multiplier ?? DEFAULT_RETRY_POLICY.multiplier,
+    maxDelayMs: policy?.maxDelayMs ?? DEFAULT_RETRY_POLICY.maxDelayMs,
+  };
 }
 
 /** Delay before the delivery that follows failed attempt `attempt` (1-based). */

@@ -1,3 +1,4 @@
+import { describeError } from '../../errors';
 import type { AdapterLogger } from '../broker-adapter';
 import { MemoryQueue, type MemoryMessage, type MemoryQueueHooks } from './memory-queue';
 
@@ -70,7 +71,7 @@ export class MemoryBrokerServer {
       onDelivered: () => stats.delivered++,
       onAcked: () => stats.acked++,
       onRequeued: (count) => (stats.requeued += count),
-      onListenerError: (error) => this.logger?.error(`memory broker: a delivery listener failed: ${String(error)}`),
+      onListenerError: (error) => this.logger?.error(`memory broker: a delivery listener failed: ${describeError(error)}`),
     };
   }
 
@@ -99,6 +100,12 @@ export class MemoryBrokerServer {
   publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): Promise<void> | undefined {
     const topic = this.topic(topicName);
     for (const [name, group] of topic.groups) if (group.member) this.assertRoom(topicName, name, topic, group, limits);
+    // With no group to count them against, delayed messages count against the unrouted bound.
+    if (delayMs > 0 && topic.members === 0 && topic.delayed >= limits.maxUnroutedPerTopic) {
+      throw new Error(
+        `memory broker: ${topicName} has no subscriber and already holds ${limits.maxUnroutedPerTopic} delayed messages (maxUnroutedPerTopic)`,
+      );
+    }
     this.stats.published++;
     if (delayMs <= 0) return this.route(topicName, topic, message, limits);
     topic.delayed++;
