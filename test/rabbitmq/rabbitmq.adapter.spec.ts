@@ -461,6 +461,52 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       }
     });
 
+    it("refuses an application header named CC or BCC with INVALID_MESSAGE, and the publishes around it go through", async () => {
+      // RabbitMQ reads CC and BCC as routing keys and closes the channel over a string one, which
+      // failed the publishes in flight beside it too.
+      const broker = await start();
+      const { event } = newTopic();
+      const handled: unknown[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: (message) => void handled.push(message) } });
+      const publish = (n: number, headers?: Record<string, string>) => broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n }, headers } });
+      const results = await Promise.allSettled([
+        ...Array.from({ length: 10 }, (_, n) => publish(n)),
+        publish(100, { CC: 'finance@example.com' }),
+        publish(101, { BCC: 'audit' }),
+        ...Array.from({ length: 10 }, (_, n) => publish(10 + n)),
+      ]);
+      const refused = results.filter((result) => result.status === 'rejected').map((result) => (result as PromiseRejectedResult).reason as BrokerError);
+      expect(refused.map((error) => error.code)).toEqual(['INVALID_MESSAGE', 'INVALID_MESSAGE']);
+      expect(refused[0].message).toMatch(/header 'CC' is reserved by RabbitMQ/);
+      await waitFor(() => handled.length === 20, 'the 20 other messages');
+      await sleep(200);
+      expect(handled).toHaveLength(20);
+    });
+
+    it('does not pass on the CC header of a delivery, so a message routed with CC can be retried', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const seen: { attempt: number }[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: PRODUCT,
+        input: {
+          callback: (_message, ctx) => {
+            seen.push({ attempt: ctx.attempt });
+            if (ctx.attempt === 1) throw new Error('first attempt fails');
+          },
+        },
+      });
+      // From a producer that uses sender-selected distribution (a valid, array CC).
+      const envelope = { v: 1, id: randomUUID(), publishedAt: Date.now(), attempt: 1, headers: {}, message: { n: 1 } };
+      await rawPublish(topic, '', Buffer.from(JSON.stringify(envelope)), { CC: ['elsewhere'] });
+      // The retry is sent with the delivery's headers: a CC among them, as a string, made the
+      // broker refuse it, and the message came back at attempt 1 again, and again.
+      await waitFor(() => seen.some((entry) => entry.attempt === 2), 'the retry', 8000);
+      expect(seen.map((entry) => entry.attempt)).toEqual([1, 2]);
+    });
+
     it('names host and port but never the password when the broker is unreachable at startup', async () => {
       const logger = new CapturingLogger();
       const config = options([{ slug: 'prd', type: 'rabbitmq', config: { url: 'amqp://ductape:s3cr3t-pw@127.0.0.1:1/orders', connectTimeoutMs: 500 } }]);

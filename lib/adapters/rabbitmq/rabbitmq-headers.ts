@@ -5,13 +5,21 @@ import { PUBLISH_ID_HEADER } from './rabbitmq-publisher';
 const BROKER_HEADERS = /^x-(death|first-death-|last-death-)/;
 
 /**
+ * RabbitMQ reads these as extra routing keys ("sender-selected distribution") and closes the
+ * channel (406) when one is not an array. An application header of that name is refused on
+ * publish; on a delivery it is routing, not application data, and is not passed on: carried as a
+ * string into a retry it would make the broker refuse the retry, and every one after it.
+ */
+export const ROUTING_HEADERS: ReadonlySet<string> = new Set(['CC', 'BCC']);
+
+/**
  * A message's AMQP headers as the strings the delivery layer carries. The message id, when set,
  * is given as `message-id`, which names a poison message among the dead letters.
  */
 export function inboundHeaders(message: Message): Record<string, string> {
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(message.properties.headers ?? {})) {
-    if (name === PUBLISH_ID_HEADER || BROKER_HEADERS.test(name) || value === undefined || value === null) continue;
+    if (name === PUBLISH_ID_HEADER || BROKER_HEADERS.test(name) || ROUTING_HEADERS.has(name) || value === undefined || value === null) continue;
     headers[name] = headerText(value);
   }
   const messageId: unknown = message.properties.messageId;

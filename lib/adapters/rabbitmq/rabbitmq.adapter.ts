@@ -1,6 +1,6 @@
 import type { Channel, ChannelModel, Options } from 'amqplib';
 import { AmqpConnectionManagerClass, type AmqpConnectionManager } from 'amqp-connection-manager';
-import { describeError } from '../../errors';
+import { BrokerError, describeError } from '../../errors';
 import type { RabbitMqEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
   AdapterCapabilities,
@@ -16,7 +16,7 @@ import type {
 } from '../broker-adapter';
 import { OpenConsumers } from '../open-consumers';
 import { RabbitMqConsumer } from './rabbitmq-consumer';
-import { inboundHeaders } from './rabbitmq-headers';
+import { inboundHeaders, ROUTING_HEADERS } from './rabbitmq-headers';
 import { deadLetterQueue, groupDelayQueue, groupQueue, topicDelayQueue, topicExchange } from './rabbitmq-names';
 import { ChannelLostError, RabbitMqPublisher, UnroutableError } from './rabbitmq-publisher';
 import { closeChannel } from './rabbitmq-channels';
@@ -103,6 +103,13 @@ export class RabbitMqAdapter implements BrokerAdapter {
   }
 
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
+    for (const name of ROUTING_HEADERS) {
+      if (message.headers[name] !== undefined) {
+        return Promise.reject(
+          new BrokerError('INVALID_MESSAGE', `header '${name}' is reserved by RabbitMQ, which reads CC and BCC as extra routing keys: give it another name`),
+        );
+      }
+    }
     const deadline = Date.now() + this.settings.publishTimeoutMs;
     const exchange = topicExchange(topic.name);
     const delayMs = wholeDelay(message.delayMs);
