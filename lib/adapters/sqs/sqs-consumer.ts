@@ -19,6 +19,8 @@ const MAX_POLLERS = 10;
 const STALLED_POLL_SLACK_MS = 5000;
 /** Longest visibility SQS allows (12 hours). */
 const MAX_VISIBILITY_SECONDS = 43_200;
+/** Messages whose hand-backs are remembered (the oldest is forgotten beyond it). */
+const MAX_HANDED_BACK = 10_000;
 
 export interface SqsConsumerOptions {
   queueUrl: string;
@@ -55,6 +57,14 @@ interface InFlight {
  */
 export class SqsConsumer implements AdapterConsumer {
   private readonly inFlight = new Map<string, InFlight>();
+  /**
+   * Receives of a message that this consumer gave back without handing it over (FIFO: it came
+   * behind one of its group whose retry waits), by message id. SQS counts them in
+   * ApproximateReceiveCount, the attempt number: real SQS can return several messages of one group
+   * in a receive, so every retry of the first would use up an attempt of each one behind it, which
+   * then reached the dead letters without a retry of its own. Kept in this process only.
+   */
+  private readonly handedBack = new Map<string, number>();
   private readonly sleeps = new Set<AbortController>();
   /** Open receives: cut when one outlives its long poll (a stalled connection). */
   private readonly receives = new Set<AbortController>();
@@ -190,7 +200,7 @@ export class SqsConsumer implements AdapterConsumer {
     for (const { message, entry } of received) {
       const group = message.Attributes?.MessageGroupId ?? '';
       const next = async () => {
-        if (broken.has(group)) return this.giveBack(entry);
+        if (broken.has(group)) return this.giveBack(entry, message.MessageId);
         await this.deliver(message, entry);
         if (!entry.deleted) broken.add(group);
       };
@@ -199,9 +209,17 @@ export class SqsConsumer implements AdapterConsumer {
   }
 
   /** A message not handed over: visible again at once, and its slot freed. */
-  private async giveBack(entry: InFlight): Promise<void> {
+  private async giveBack(entry: InFlight, messageId: string | undefined): Promise<void> {
     try {
-      if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
+      if (this.settle(entry)) {
+        if (messageId !== undefined) {
+          const count = this.handedBack.get(messageId) ?? 0;
+          this.handedBack.delete(messageId);
+          this.handedBack.set(messageId, count + 1);
+          if (this.handedBack.size > MAX_HANDED_BACK) this.handedBack.delete(this.handedBack.keys().next().value as string);
+        }
+        await this.setVisibility(entry, 0).catch(() => undefined);
+      }
     } finally {
       this.freeSlot(entry);
     }
@@ -216,7 +234,8 @@ export class SqsConsumer implements AdapterConsumer {
         return;
       }
       const receiveCount = Number(message.Attributes?.ApproximateReceiveCount);
-      const attempt = Number.isInteger(receiveCount) && receiveCount > 0 ? receiveCount : undefined;
+      const handedBack = message.MessageId === undefined ? 0 : (this.handedBack.get(message.MessageId) ?? 0);
+      const attempt = Number.isInteger(receiveCount) && receiveCount > 0 ? Math.max(1, receiveCount - handedBack) : undefined;
       const delivery: InboundDelivery = {
         body: message.Body ?? '',
         headers: fromAttributes(message.MessageAttributes),
@@ -224,6 +243,7 @@ export class SqsConsumer implements AdapterConsumer {
         attempt,
         ack: async () => {
           if (!this.settle(entry)) return;
+          if (message.MessageId !== undefined) this.handedBack.delete(message.MessageId);
           // The handler is done: the next receive need not wait for this delete's round trip,
           // unless deletes pile up (a slow endpoint), which then slows intake again.
           if (this.deleting < this.options.concurrency) this.freeSlot(entry);
