@@ -490,10 +490,49 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       const { event, queue } = newTopic();
       await subscribe(broker, event, () => undefined);
       await expectRefusal(publish(broker, event, 'x'.repeat(256 * 1024)), 'INVALID_MESSAGE', '256 KiB');
+      // 4 KiB are kept for the headers a dead letter gains.
+      await expectRefusal(publish(broker, event, 'x'.repeat(253 * 1024)), 'INVALID_MESSAGE', 'kept for the headers of a dead letter');
       expect(callsOf('SendMessage', queue)).toHaveLength(0);
       await publish(broker, event, 'x'.repeat(250 * 1024));
       expect(callsOf('SendMessage', queue)).toHaveLength(1);
     });
+
+    it('dead-letters a message published near the limit into a dead-letter queue of 256 KiB', async () => {
+      // SQS refused the dead letter (its headers come twice, in the envelope and as attributes), and
+      // the handler ran on, once a second. The redrive target has the long-standing 256 KiB limit.
+      const id = randomUUID().slice(0, 8);
+      const targetUrl = await queueUrl(`small-dlq-${id}`, { MaximumMessageSize: String(256 * 1024) });
+      const { Attributes } = await sqsClient().send(new GetQueueAttributesCommand({ QueueUrl: targetUrl, AttributeNames: ['QueueArn'] }));
+      const workUrl = await queueUrl(`big-${id}`, { RedrivePolicy: JSON.stringify({ deadLetterTargetArn: Attributes!.QueueArn, maxReceiveCount: '100' }) });
+      const { broker } = await start({}, { maxMessageBytes: 2 * 1024 * 1024 }, [{ tag: 'orders', queueUrls: [{ env_slug: 'prd', url: workUrl }] }]);
+      let calls = 0;
+      await subscribe(
+        broker,
+        'sq:orders',
+        () => {
+          calls++;
+          // The longest error text a dead letter carries (1000 characters), each one 3 bytes.
+          throw new Error('é€'.repeat(600));
+        },
+        { retry: { maxAttempts: 1, initialDelayMs: 0 } },
+      );
+      // Up to as close to the limit as publish allows (the last one is refused).
+      let accepted = 0;
+      for (let size = 252 * 1024 - 600; ; size += 200) {
+        const refused = await publish(broker, 'sq:orders', 'x'.repeat(size)).then(
+          () => false,
+          () => true,
+        );
+        if (refused) break;
+        accepted++;
+      }
+      expect(accepted).toBeGreaterThanOrEqual(2);
+      await waitFor(async () => (await counts(`small-dlq-${id}`)).visible === accepted, 'every dead letter in the 256 KiB queue', 10_000);
+      await sleep(1500);
+      // Each handled once (maxAttempts 1), none again.
+      expect(calls).toBe(accepted);
+      expect(await counts(`big-${id}`)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
+    }, 20_000);
   });
 
   describe('queue mode and fan-out', () => {

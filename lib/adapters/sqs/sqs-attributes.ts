@@ -2,6 +2,13 @@
 export const MAX_ATTRIBUTES = 10;
 /** SQS's and SNS's limit of one message, body and attributes together. */
 export const MAX_MESSAGE_BYTES = 256 * 1024;
+/**
+ * Kept free on publish: a dead letter carries its x-ductape-* headers twice (inside the envelope
+ * and as attributes), about 2.3 KB with the longest ASCII error text. A message published up to
+ * the very limit could not be dead-lettered (SQS refuses it), and its handler would run on, once a
+ * second. With a longer (non-ASCII) error text, the attribute's copy is cut to fit.
+ */
+export const DEAD_LETTER_HEADROOM_BYTES = 4 * 1024;
 export const MESSAGE_ID_ATTRIBUTE = 'message-id';
 export const CORRELATION_ID_ATTRIBUTE = 'correlation-id';
 /** Holds, as JSON, the headers that did not fit in attributes of their own. */

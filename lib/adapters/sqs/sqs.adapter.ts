@@ -12,6 +12,7 @@ import {
   SQSClient,
   type SQSClientConfig,
 } from '@aws-sdk/client-sqs';
+import { DEAD_LETTER_HEADERS } from '../../constants';
 import { BrokerError, describeError, redactSecrets } from '../../errors';
 import type { SqsEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
@@ -27,7 +28,7 @@ import type {
   OutboundMessage,
 } from '../broker-adapter';
 import { OpenConsumers } from '../open-consumers';
-import { escapeForSqs, fromAttributes, MAX_MESSAGE_BYTES, messageBytes, toAttributes, type StringAttribute } from './sqs-attributes';
+import { DEAD_LETTER_HEADROOM_BYTES, escapeForSqs, fromAttributes, MAX_MESSAGE_BYTES, messageBytes, toAttributes, type StringAttribute } from './sqs-attributes';
 import { SqsConsumer } from './sqs-consumer';
 import type * as SqsFanoutModule from './sqs-fanout';
 import type { SnsFanout } from './sqs-fanout';
@@ -141,7 +142,7 @@ export class SqsAdapter implements BrokerAdapter {
 
   async publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
-    const prepared = this.prepare(topic, message, plan.fifo);
+    const prepared = this.prepare(topic, message, plan.fifo, MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM_BYTES);
     if (plan.mode === 'queue') {
       const url = await this.workQueueUrl(topic, plan);
       return this.send(url, prepared, message.messageId);
@@ -167,10 +168,19 @@ export class SqsAdapter implements BrokerAdapter {
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
     const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
-    const attributes = toAttributes(message.headers, message.messageId, message.correlationId);
     const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
     // An envelope is escaped like any publish; a poison body is kept exactly as it came.
     const body = message.messageId ? escapeForSqs(text) : text;
+    let attributes = toAttributes(message.headers, message.messageId, message.correlationId);
+    const over = messageBytes(body, attributes) - MAX_MESSAGE_BYTES;
+    const error = message.headers[DEAD_LETTER_HEADERS.error];
+    if (over > 0 && error !== undefined) {
+      // Too big to keep the error text whole (a message near the limit, from a producer that left
+      // no room): the attribute is cut first; an envelope holds the text in full anyway.
+      // A character is at least one byte: cutting `over` of them, and 3 for the ellipsis, is enough.
+      const kept = error.slice(0, Math.max(0, error.length - over - 3)).replace(/[\uD800-\uDBFF]$/, '');
+      attributes = toAttributes({ ...message.headers, [DEAD_LETTER_HEADERS.error]: `${kept}…` }, message.messageId, message.correlationId);
+    }
     await this.send(url, { body, attributes, key: message.key }, randomUUID());
   }
 
@@ -314,13 +324,14 @@ export class SqsAdapter implements BrokerAdapter {
   }
 
   /** Checks what SQS would refuse, before anything is sent. */
-  private prepare(topic: AdapterTopic, message: OutboundMessage, fifo: boolean): PreparedMessage {
+  private prepare(topic: AdapterTopic, message: OutboundMessage, fifo: boolean, maxBytes = MAX_MESSAGE_BYTES): PreparedMessage {
     // Always our JSON envelope here.
     const body = escapeForSqs(typeof message.body === 'string' ? message.body : message.body.toString('utf8'));
     const attributes = toAttributes(message.headers, message.messageId, message.correlationId);
     const bytes = messageBytes(body, attributes);
-    if (bytes > MAX_MESSAGE_BYTES) {
-      throw new BrokerError('INVALID_MESSAGE', `message is too large for SQS: ${bytes} bytes with its attributes, the limit is ${MAX_MESSAGE_BYTES} (256 KiB)`);
+    if (bytes > maxBytes) {
+      const room = maxBytes < MAX_MESSAGE_BYTES ? ` (SQS's 256 KiB less ${MAX_MESSAGE_BYTES - maxBytes} bytes kept for the headers of a dead letter)` : ' (256 KiB)';
+      throw new BrokerError('INVALID_MESSAGE', `message is too large for SQS: ${bytes} bytes with its attributes, the limit is ${maxBytes}${room}`);
     }
     let delaySeconds: number | undefined;
     if (message.delayMs !== undefined && message.delayMs > 0) {
