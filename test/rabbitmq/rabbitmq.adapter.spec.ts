@@ -475,7 +475,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
         publish(101, { BCC: 'audit' }),
         ...Array.from({ length: 10 }, (_, n) => publish(10 + n)),
       ]);
-      const refused = results.filter((result) => result.status === 'rejected').map((result) => (result as PromiseRejectedResult).reason as BrokerError);
+      const refused = results.filter((result) => result.status === 'rejected').map((result) => result.reason as BrokerError);
       expect(refused.map((error) => error.code)).toEqual(['INVALID_MESSAGE', 'INVALID_MESSAGE']);
       expect(refused[0].message).toMatch(/header 'CC' is reserved by RabbitMQ/);
       await waitFor(() => handled.length === 20, 'the 20 other messages');
