@@ -2,7 +2,7 @@ import { Logger } from '@nestjs/common';
 import type { AdapterConsumer, BrokerAdapter, DeliveryListener, InboundDelivery } from '../lib';
 import { SubscriptionRunner } from '../lib/delivery/subscription-runner';
 import { resolveRetryPolicy } from '../lib/delivery/retry';
-import type { Route } from '../lib/routing/route-resolver';
+import { testRoute } from './support/route';
 import { gate, waitFor } from './support/wait';
 
 /**
@@ -44,15 +44,7 @@ function recordingAdapter() {
   return { adapter, calls, deliver };
 }
 
-const route: Route = {
-  event: 'b:t',
-  env: 'prd',
-  product: 'p',
-  brokerTag: 'b',
-  topicTag: 't',
-  brokerEnv: { slug: 'prd', type: 'memory' },
-  topic: { name: 'p.prd.t', tag: 't' },
-};
+const route = testRoute();
 const logger = new Logger('test');
 beforeAll(() => {
   Logger.overrideLogger(false);

@@ -4,7 +4,7 @@ import type { AdapterConsumer, BrokerAdapter, OutboundMessage } from '../../lib'
 import { SqsConsumer } from '../../lib/adapters/sqs/sqs-consumer';
 import { resolveRetryPolicy } from '../../lib/delivery/retry';
 import { SubscriptionRunner } from '../../lib/delivery/subscription-runner';
-import type { Route } from '../../lib/routing/route-resolver';
+import { testRoute } from '../support/route';
 import { waitFor } from '../support/wait';
 
 /**
@@ -83,15 +83,7 @@ function fifoStandIn(messages: StoredMessage[]): SQSClient {
   return { send } as unknown as SQSClient;
 }
 
-const route: Route = {
-  event: 'b:t',
-  env: 'prd',
-  product: 'p',
-  brokerTag: 'b',
-  topicTag: 't',
-  brokerEnv: { slug: 'prd', type: 'memory' },
-  topic: { name: 'p.prd.t.fifo', tag: 't' },
-};
+const route = testRoute('p.prd.t.fifo');
 
 beforeAll(() => {
   Logger.overrideLogger(false);
