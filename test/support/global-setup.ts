@@ -67,6 +67,8 @@ async function setUpKafka(): Promise<string | undefined> {
     state.__ductapeKafkaMock = { child, control };
     process.env.KAFKA_BROKERS = bootstrap;
     process.env.DUCTAPE_TEST_KAFKA_MOCK = '1';
+    // For a test that needs a cluster of its own (round-trip delays that would slow every other suite).
+    process.env.DUCTAPE_TEST_KAFKA_MOCK_BINARY = binary;
     if (control) process.env.DUCTAPE_TEST_KAFKA_MOCK_CONTROL = control;
     return undefined;
   } catch (error) {

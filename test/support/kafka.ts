@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
 import { Kafka, logLevel, Partitioners, type Admin, type IHeaders } from 'kafkajs';
 import type { KafkaEnvConfig } from '../../lib';
@@ -134,4 +135,38 @@ export function kafkaMockControl(command: string): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * A mock cluster of the test's own (3 brokers), from the binary the global setup built: for a test
+ * that slows its brokers down, which the shared one must not be. `control` takes the commands of
+ * kafkaMockControl; `stop` closes its stdin, which ends it.
+ */
+export async function startPrivateKafkaMock(): Promise<{ brokers: string[]; control: (command: string) => void; stop: () => Promise<void> }> {
+  const binary = process.env.DUCTAPE_TEST_KAFKA_MOCK_BINARY;
+  if (!binary) throw new Error('no Kafka mock binary (KAFKA_BROKERS points at a real cluster)');
+  const child = spawn(binary, ['3'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const bootstrap = await new Promise<string>((resolve, reject) => {
+    let seen = '';
+    const timer = setTimeout(() => reject(new Error('the private Kafka mock printed no broker list within 10 s')), 10_000);
+    child.stdout.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      const end = seen.indexOf('\n');
+      if (end >= 0) {
+        clearTimeout(timer);
+        resolve(seen.slice(0, end).trim());
+      }
+    });
+  });
+  return {
+    brokers: bootstrap.split(','),
+    control: (command) => void child.stdin.write(`${command}\n`),
+    stop: async () => {
+      child.stdin.end();
+      const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
 }

@@ -140,12 +140,16 @@ export class KafkaSubscription implements AdapterConsumer {
     const heartbeat = () => payload.heartbeat();
     const startAt = this.skipBelow.get(`${batch.topic}:${batch.partition}`);
     let resolved = false;
+    let passedOver = false;
     for (const message of batch.messages) {
       if (this.stopped || !payload.isRunning() || payload.isStale()) break;
       if (startAt !== undefined && BigInt(message.offset) < startAt) {
-        // Published before this new group existed.
-        payload.resolveOffset(message.offset);
-        resolved = true;
+        // Published before this new group existed (kafkajs fetched before the start was committed).
+        // Resolved at once up to the start: resolving them one by one committed offsets below the
+        // start the group had committed, and a member that took the partition meanwhile (a restart,
+        // a second replica) handled them all.
+        if (!passedOver) payload.resolveOffset((startAt - 1n).toString());
+        passedOver = resolved = true;
         continue;
       }
       if (this.spec.dueTopics.has(batch.topic)) {
@@ -160,7 +164,7 @@ export class KafkaSubscription implements AdapterConsumer {
       if (outcome === 'abandoned') {
         // Closing: ending the batch with an error keeps kafkajs from heartbeating (and so from
         // rejoining a group it is about to leave) after it.
-        if (resolved) await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets()).catch(() => undefined);
+        if (resolved) await payload.commitOffsetsIfNecessary(ownOffsets(payload)).catch(() => undefined);
         throw new Error('the consumer closed with a handler still running; its message is not committed');
       }
       if (outcome === 'released') {
@@ -171,7 +175,7 @@ export class KafkaSubscription implements AdapterConsumer {
       resolved = true;
     }
     // Committed here, after the handlers resolved (kafkajs's own auto-commit is off).
-    if (resolved) await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets());
+    if (resolved) await payload.commitOffsetsIfNecessary(ownOffsets(payload));
   };
 
   /** Hands one message to the delivery layer and waits until it is acked or given back. */
@@ -242,4 +246,23 @@ export class KafkaSubscription implements AdapterConsumer {
     timer.unref();
     this.timers.add(timer);
   }
+}
+
+/**
+ * The batch's own partition's offsets to commit. kafkajs's uncommittedOffsets() has every assigned
+ * partition's: for one a new group has not read yet, that is the beginning, where kafkajs started
+ * (the group had no offsets when it joined), and committing it moved the group back from the start
+ * it had committed: a member that took the partition then (a restart, a second replica) handled
+ * the whole history.
+ */
+function ownOffsets(payload: EachBatchPayload): ReturnType<EachBatchPayload['uncommittedOffsets']> {
+  const { topic, partition } = payload.batch;
+  const { topics } = payload.uncommittedOffsets();
+  return {
+    topics: topics
+      .filter((entry) => entry.topic === topic)
+      // kafkajs keys its offsets by partition as object keys: strings, whatever its types say.
+      .map((entry) => ({ topic, partitions: entry.partitions.filter((offset) => Number(offset.partition) === partition) }))
+      .filter((entry) => entry.partitions.length > 0),
+  };
 }
