@@ -487,6 +487,34 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         await mock.stop();
       }
     }, 60_000);
+
+    onTheMock('commits where it starts on a later join when its first join fails, and handles none of the history', async () => {
+      const mock = await startPrivateKafkaMock();
+      const opened: INestApplication[] = [];
+      const open = async () => {
+        const started = await createBrokerApp(options(kafkaEnv('prd', { brokers: mock.brokers })));
+        opened.push(started.app);
+        return started.broker;
+      };
+      try {
+        const { event } = newTopic();
+        const publisher = await open();
+        await Promise.all(Array.from({ length: 300 }, (_, n) => publish(publisher, event, { old: n })));
+        // The next 40 JoinGroup requests fail (COORDINATOR_NOT_AVAILABLE): kafkajs gives up the
+        // first join inside run() and restarts the consumer, which joins later.
+        mock.control('errors 11 40 15');
+        const consumer = await open();
+        const handled: unknown[] = [];
+        await consumer.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'late-join', callback: (message) => void handled.push(message) } });
+        await publish(publisher, event, { marker: true });
+        await waitFor(() => handled.some((message) => (message as { marker?: boolean }).marker), 'the marker', 30_000);
+        await sleep(300);
+        expect(handled.filter((message) => (message as { old?: number }).old !== undefined)).toHaveLength(0);
+      } finally {
+        for (const app of opened.reverse()) await app.close().catch(() => undefined);
+        await mock.stop();
+      }
+    }, 60_000);
   });
 
   describe('bad input and safety', () => {

@@ -11,6 +11,7 @@
  * cluster; the reply ("ok" or "error: ...") goes to stdout:
  *   topic NAME PARTITIONS    create a topic         down ID | up ID   a broker (-1: all)
  *   rtt ID MS                broker round-trip delay
+ *   errors APIKEY COUNT CODE the next COUNT requests of APIKEY (11: JoinGroup) fail with error CODE
  *
  * Build: gcc -O2 -o mock-cluster test/kafka/mock-cluster.c -lrdkafka
  */
@@ -33,12 +34,18 @@ static int replicas = 1;
 
 static void command(char *line) {
         char name[256];
-        int a, b;
+        int a, b, c;
         rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__INVALID_ARG;
         if (sscanf(line, "topic %255s %d", name, &a) == 2) err = rd_kafka_mock_topic_create(mc, name, a, replicas);
         else if (sscanf(line, "down %d", &a) == 1) err = rd_kafka_mock_broker_set_down(mc, a);
         else if (sscanf(line, "up %d", &a) == 1) err = rd_kafka_mock_broker_set_up(mc, a);
         else if (sscanf(line, "rtt %d %d", &a, &b) == 2) err = rd_kafka_mock_broker_set_rtt(mc, a, b);
+        else if (sscanf(line, "errors %d %d %d", &a, &b, &c) == 3 && b > 0 && b <= 1000) {
+                rd_kafka_resp_err_t errors[1000];
+                for (int i = 0; i < b; i++) errors[i] = (rd_kafka_resp_err_t)c;
+                rd_kafka_mock_push_request_errors_array(mc, (int16_t)a, (size_t)b, errors);
+                err = RD_KAFKA_RESP_ERR_NO_ERROR;
+        }
         if (err) printf("error: %s: %s\n", line, rd_kafka_err2str(err));
         else printf("ok\n");
         fflush(stdout);

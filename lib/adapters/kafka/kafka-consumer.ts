@@ -67,9 +67,25 @@ export class KafkaSubscription implements AdapterConsumer {
     const joined = new Promise<void>((resolve) => (joinedOnce = resolve));
     let running = false;
     let assignment: Record<string, number[]> = {};
+    let startCommitted = false;
+    const commitStart = async (): Promise<void> => {
+      await this.commitStartOffsets(assignment);
+      if (Object.keys(assignment).length > 0) startCommitted = true;
+    };
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       assignment = event.payload.memberAssignment;
-      if (running) joinedOnce();
+      if (!running) return;
+      if (!startCommitted) {
+        // The first join failed inside run() (kafkajs restarts the consumer and joins again): the
+        // start is committed on this join, before any batch. Without it the group read the whole
+        // history, having no offsets.
+        let ready: () => void = () => undefined;
+        this.startReady = new Promise<void>((resolve) => (ready = resolve));
+        void commitStart()
+          .catch((error: unknown) => this.logger.error(`${describeError(error)}; messages published before the subscription may be delivered`))
+          .finally(ready);
+      }
+      joinedOnce();
     });
     let crashedForGood: (error: Error) => void = () => undefined;
     const crashed = new Promise<never>((_, reject) => (crashedForGood = reject));
@@ -91,7 +107,7 @@ export class KafkaSubscription implements AdapterConsumer {
     // run() resolves once the first join is done (kafkajs joins before it starts fetching); the
     // batches wait until this member has committed where a new group starts.
     try {
-      await this.commitStartOffsets(assignment);
+      await commitStart();
     } finally {
       startReady();
     }
