@@ -497,7 +497,10 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(callsOf('SendMessage', queue)).toHaveLength(1);
     });
 
-    it('dead-letters a message published near the limit into a dead-letter queue of 256 KiB', async () => {
+    it.each([
+      ['the longest error text, 3 bytes a character', 'é€'.repeat(600)],
+      ['an error text of control characters, 6 bytes each in JSON', '\u0001'.repeat(1000)],
+    ])('dead-letters a message published near the limit into a dead-letter queue of 256 KiB (%s)', async (_title, errorText) => {
       // SQS refused the dead letter (its headers come twice, in the envelope and as attributes), and
       // the handler ran on, once a second. The redrive target has the long-standing 256 KiB limit.
       const id = randomUUID().slice(0, 8);
@@ -511,8 +514,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
         'sq:orders',
         () => {
           calls++;
-          // The longest error text a dead letter carries (1000 characters), each one 3 bytes.
-          throw new Error('é€'.repeat(600));
+          throw new Error(errorText);
         },
         { retry: { maxAttempts: 1, initialDelayMs: 0 } },
       );

@@ -168,20 +168,7 @@ export class SqsAdapter implements BrokerAdapter {
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
     const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
-    const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
-    // An envelope is escaped like any publish; a poison body is kept exactly as it came.
-    const body = message.messageId ? escapeForSqs(text) : text;
-    let attributes = toAttributes(message.headers, message.messageId, message.correlationId);
-    const over = messageBytes(body, attributes) - MAX_MESSAGE_BYTES;
-    const error = message.headers[DEAD_LETTER_HEADERS.error];
-    if (over > 0 && error !== undefined) {
-      // Too big to keep the error text whole (a message near the limit, from a producer that left
-      // no room): the attribute is cut first; an envelope holds the text in full anyway.
-      // A character is at least one byte: cutting `over` of them, and 3 for the ellipsis, is enough.
-      const kept = error.slice(0, Math.max(0, error.length - over - 3)).replace(/[\uD800-\uDBFF]$/, '');
-      attributes = toAttributes({ ...message.headers, [DEAD_LETTER_HEADERS.error]: `${kept}…` }, message.messageId, message.correlationId);
-    }
-    await this.send(url, { body, attributes, key: message.key }, randomUUID());
+    await this.send(url, { ...deadLetterFitting(message), key: message.key }, randomUUID());
   }
 
   async drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
@@ -611,4 +598,39 @@ function fifoId(value: string): string {
 
 export function createSqsAdapter(config: Config, context: AdapterContext): BrokerAdapter {
   return new SqsAdapter(config, context);
+}
+
+/**
+ * A dead letter as SQS takes it: its body (an envelope escaped like any publish; a poison body kept
+ * exactly as it came) and attributes, within SQS's size. A message near the limit, from a producer
+ * that left no room, may not fit with its error text carried twice (in the envelope and as an
+ * attribute), escaped (a control character takes 6 bytes of JSON): the text is cut, the
+ * attribute's copy first, then the envelope's. Without it, SQS refused the dead letter and the
+ * handler ran again, once a second.
+ */
+function deadLetterFitting(message: OutboundMessage): { body: string; attributes: Record<string, StringAttribute> } {
+  const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
+  const encode = (headers: Readonly<Record<string, string>>, body: string) => ({
+    body: message.messageId ? escapeForSqs(body) : body,
+    attributes: toAttributes(headers, message.messageId, message.correlationId),
+  });
+  let fitting = encode(message.headers, text);
+  const error = message.headers[DEAD_LETTER_HEADERS.error];
+  let over = messageBytes(fitting.body, fitting.attributes) - MAX_MESSAGE_BYTES;
+  if (over <= 0 || error === undefined) return fitting;
+  // Each character takes at least one byte: cutting `over` of them (and 3 for the ellipsis) is enough.
+  const cut = (value: string, bytes: number) => `${value.slice(0, Math.max(0, value.length - bytes - 3)).replace(/[\uD800-\uDBFF]$/, '')}…`;
+  const headers = { ...message.headers, [DEAD_LETTER_HEADERS.error]: cut(error, over) };
+  fitting = encode(headers, text);
+  over = messageBytes(fitting.body, fitting.attributes) - MAX_MESSAGE_BYTES;
+  if (over <= 0 || !message.messageId) return fitting;
+  try {
+    const envelope = JSON.parse(text) as { headers?: Record<string, unknown> };
+    const inside = envelope.headers?.[DEAD_LETTER_HEADERS.error];
+    if (typeof inside !== 'string') return fitting;
+    envelope.headers = { ...envelope.headers, [DEAD_LETTER_HEADERS.error]: cut(inside, over) };
+    return encode(headers, JSON.stringify(envelope));
+  } catch {
+    return fitting;
+  }
 }
