@@ -436,59 +436,8 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
           it.skip(`${name} (skipped: needs the librdkafka mock cluster)`, fn, timeout);
         }) as unknown as typeof it.only);
 
-    onTheMock('never commits below where it starts, so an instance that takes over does not handle the history', async () => {
-      const mock = await startPrivateKafkaMock();
-      const env = kafkaEnv('prd', { brokers: mock.brokers });
-      const admin = new Kafka({ brokers: mock.brokers, logLevel: 0 }).admin();
-      const opened: INestApplication[] = [];
-      const open = async () => {
-        const started = await createBrokerApp(options(env));
-        opened.push(started.app);
-        return started.broker;
-      };
-      try {
-        await admin.connect();
-        const { event, topic } = newTopic();
-        const publisher = await open();
-        const body = 'x'.repeat(1000);
-        for (let sent = 0; sent < 3000; sent += 500) {
-          await Promise.all(Array.from({ length: 500 }, (_, n) => publish(publisher, event, { old: sent + n, body })));
-        }
-        const ends = Object.fromEntries((await admin.fetchTopicOffsets(topic)).map(({ partition, high }) => [partition, Number(high)]));
-        for (const id of [1, 2, 3]) mock.control(`rtt ${id} 50`);
-
-        const groupId = `${topic}:fresh`;
-        const lowest: Record<number, number> = { ...ends };
-        const watchCommits = async () => {
-          const [result] = await admin.fetchOffsets({ groupId, topics: [topic] });
-          for (const { partition, offset } of result.partitions) if (offset !== '-1') lowest[partition] = Math.min(lowest[partition], Number(offset));
-        };
-        const first = await open();
-        await first.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'fresh', callback: () => undefined } });
-        for (let n = 0; n < 6; n++) {
-          await watchCommits();
-          await sleep(100);
-        }
-        // The instance stops (a deploy) and another takes the group over.
-        await opened[1].close();
-        await watchCommits();
-        expect(lowest).toEqual(ends);
-
-        const next = await open();
-        const handled: unknown[] = [];
-        await next.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'fresh', callback: (message) => void handled.push(message) } });
-        await publish(next, event, { marker: true });
-        await waitFor(() => handled.some((message) => (message as { marker?: boolean }).marker), 'the marker', 20_000);
-        await sleep(300);
-        expect(handled.filter((message) => (message as { old?: number }).old !== undefined)).toHaveLength(0);
-      } finally {
-        for (const app of opened.reverse()) await app.close().catch(() => undefined);
-        await admin.disconnect();
-        await mock.stop();
-      }
-    }, 60_000);
-
-    onTheMock('commits where it starts on a later join when its first join fails, and handles none of the history', async () => {
+    /** Runs `body` with a mock cluster of its own and applications on it; all are closed after. */
+    async function onPrivateCluster(body: (cluster: { mock: Awaited<ReturnType<typeof startPrivateKafkaMock>>; open: () => Promise<MessageBrokerService>; opened: INestApplication[] }) => Promise<void>): Promise<void> {
       const mock = await startPrivateKafkaMock();
       const opened: INestApplication[] = [];
       const open = async () => {
@@ -497,24 +446,72 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         return started.broker;
       };
       try {
+        await body({ mock, open, opened });
+      } finally {
+        for (const app of [...opened].reverse()) await app.close().catch(() => undefined);
+        await mock.stop();
+      }
+    }
+
+    /** Subscribes `group`, publishes a marker after, and resolves with the old messages handled until the marker came. */
+    async function oldMessagesHandled(consumer: MessageBrokerService, publisher: MessageBrokerService, event: string, group: string, timeoutMs: number): Promise<unknown[]> {
+      const handled: unknown[] = [];
+      await consumer.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group, callback: (message) => void handled.push(message) } });
+      await publish(publisher, event, { marker: true });
+      await waitFor(() => handled.some((message) => (message as { marker?: boolean }).marker), 'the marker', timeoutMs);
+      await sleep(300);
+      return handled.filter((message) => (message as { old?: number }).old !== undefined);
+    }
+
+    onTheMock('never commits below where it starts, so an instance that takes over does not handle the history', () =>
+      onPrivateCluster(async ({ mock, open, opened }) => {
+        const admin = new Kafka({ brokers: mock.brokers, logLevel: 0 }).admin();
+        await admin.connect();
+        try {
+          const { event, topic } = newTopic();
+          const publisher = await open();
+          const body = 'x'.repeat(1000);
+          for (let sent = 0; sent < 3000; sent += 500) {
+            await Promise.all(Array.from({ length: 500 }, (_, n) => publish(publisher, event, { old: sent + n, body })));
+          }
+          const ends = Object.fromEntries((await admin.fetchTopicOffsets(topic)).map(({ partition, high }) => [partition, Number(high)]));
+          for (const id of [1, 2, 3]) mock.control(`rtt ${id} 50`);
+
+          const groupId = `${topic}:fresh`;
+          const lowest: Record<number, number> = { ...ends };
+          const watchCommits = async () => {
+            const [result] = await admin.fetchOffsets({ groupId, topics: [topic] });
+            for (const { partition, offset } of result.partitions) if (offset !== '-1') lowest[partition] = Math.min(lowest[partition], Number(offset));
+          };
+          const first = await open();
+          await first.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'fresh', callback: () => undefined } });
+          for (let n = 0; n < 6; n++) {
+            await watchCommits();
+            await sleep(100);
+          }
+          // The instance stops (a deploy) and another takes the group over.
+          await opened[1].close();
+          await watchCommits();
+          expect(lowest).toEqual(ends);
+
+          expect(await oldMessagesHandled(await open(), publisher, event, 'fresh', 20_000)).toHaveLength(0);
+        } finally {
+          await admin.disconnect();
+        }
+      }),
+    60_000);
+
+    onTheMock('commits where it starts on a later join when its first join fails, and handles none of the history', () =>
+      onPrivateCluster(async ({ mock, open }) => {
         const { event } = newTopic();
         const publisher = await open();
         await Promise.all(Array.from({ length: 300 }, (_, n) => publish(publisher, event, { old: n })));
         // The next 40 JoinGroup requests fail (COORDINATOR_NOT_AVAILABLE): kafkajs gives up the
         // first join inside run() and restarts the consumer, which joins later.
         mock.control('errors 11 40 15');
-        const consumer = await open();
-        const handled: unknown[] = [];
-        await consumer.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'late-join', callback: (message) => void handled.push(message) } });
-        await publish(publisher, event, { marker: true });
-        await waitFor(() => handled.some((message) => (message as { marker?: boolean }).marker), 'the marker', 30_000);
-        await sleep(300);
-        expect(handled.filter((message) => (message as { old?: number }).old !== undefined)).toHaveLength(0);
-      } finally {
-        for (const app of opened.reverse()) await app.close().catch(() => undefined);
-        await mock.stop();
-      }
-    }, 60_000);
+        expect(await oldMessagesHandled(await open(), publisher, event, 'late-join', 30_000)).toHaveLength(0);
+      }),
+    60_000);
   });
 
   describe('bad input and safety', () => {
