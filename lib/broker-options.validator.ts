@@ -69,6 +69,7 @@ function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: P
       problems.push(`${at}.type: unknown broker type ${shown(env.type)} (expected one of ${BROKER_TYPES.join(', ')})`);
       return;
     }
+    whenNoGroup(env.whenNoGroup, `${at}.whenNoGroup`, problems);
     connection(env.type as (typeof BROKER_TYPES)[number], env.config, `${at}.config`, problems);
     // A type without an adapter yet is refused only where this process would need it.
     if (env.slug === moduleEnv && !hasAdapter(env.type)) {
@@ -190,7 +191,12 @@ function topics(value: unknown, path: string, problems: Problems): void {
     if (topic.retry !== undefined) retryPolicy(topic.retry, `${at}.retry`, problems);
     if (topic.fanout !== undefined && topic.fanout !== 'queue' && topic.fanout !== 'sns') problems.push(`${at}.fanout: must be 'queue' or 'sns'`);
     if (topic.fifo !== undefined && typeof topic.fifo !== 'boolean') problems.push(`${at}.fifo: must be a boolean`);
+    whenNoGroup(topic.whenNoGroup, `${at}.whenNoGroup`, problems);
   });
+}
+
+function whenNoGroup(value: unknown, path: string, problems: Problems): void {
+  if (value !== undefined && value !== 'accept' && value !== 'reject') problems.push(`${path}: must be 'accept' or 'reject'`);
 }
 
 /** Checks a retry policy; also used for subscription options. */

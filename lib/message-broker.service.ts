@@ -18,7 +18,8 @@ import {
   NAME_PATTERN,
 } from './constants';
 import { reprocessDeadLetters } from './delivery/dead-letters';
-import { encodeEnvelope, type Envelope } from './delivery/envelope';
+import { JSON_CONTENT_TYPE } from './adapters/cloudevents';
+import { encodeMessage } from './delivery/message-codec';
 import { resolveRetryPolicy } from './delivery/retry';
 import { SubscriptionRunner } from './delivery/subscription-runner';
 import { BrokerError, describeError, type BrokerErrorCode } from './errors';
@@ -77,27 +78,23 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     checkPublishInput(input, route.event);
     const messageId = input.messageId ?? randomUUID();
     if (route.schema) await this.validateSchema(route, input.message);
-    const envelope: Envelope = {
-      v: 1,
-      id: messageId,
-      publishedAt: Date.now(),
-      attempt: 1,
-      headers: input.headers ?? {},
-      correlationId: input.correlationId,
-      key: input.key,
-      message: input.message,
-    };
-    const body = encodeEnvelope(envelope, this.maxMessageBytes);
+    const headers = input.headers ?? NO_HEADERS;
+    const body = encodeMessage(input.message, this.maxMessageBytes - headerBytes(headers));
     if (this.state === 'closed') throw new BrokerError('PUBLISH_FAILED', `publish '${route.event}': the broker module is shut down`);
     const adapter = this.adapters.connected(route.brokerEnv) ?? (await this.adapterFor(route, 'PUBLISH_FAILED'));
     try {
       await adapter.publish(route.topic, {
         body,
         messageId,
+        publishedAt: Date.now(),
+        type: route.event,
+        source: route.source,
+        contentType: JSON_CONTENT_TYPE,
+        attempt: 1,
         key: input.key,
         correlationId: input.correlationId,
         delayMs: input.delayMs,
-        headers: envelope.headers,
+        headers,
       });
     } catch (error) {
       throw this.wrap('PUBLISH_FAILED', `publish '${route.event}' [${route.env}] failed`, error);
@@ -174,7 +171,7 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     }
     const adapter = await this.adapterFor(route, 'PUBLISH_FAILED');
     try {
-      return await reprocessDeadLetters(adapter, route.topic, group, limit);
+      return await reprocessDeadLetters(adapter, route, group, limit);
     } catch (error) {
       throw this.wrap('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}' [${route.env}] group ${group} failed`, error);
     }
@@ -241,6 +238,15 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     if (error instanceof BrokerError && (error.code === code || error.code === 'CONFIG_INVALID' || error.code === 'INVALID_MESSAGE')) return error;
     return new BrokerError(code, `${context}: ${describeError(error)}`, { cause: error });
   }
+}
+
+const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
+
+/** What the headers take of the message size limit (their UTF-16 length: close enough for a bound). */
+function headerBytes(headers: Readonly<Record<string, string>>): number {
+  let bytes = 0;
+  for (const name in headers) bytes += name.length + headers[name].length;
+  return bytes;
 }
 
 function checkPublishInput(input: PublishRequest['input'], event: string): void {

@@ -1,11 +1,12 @@
-import type { TopicConfig } from '../interfaces/broker-options.interface';
+import type { TopicConfig, WhenNoGroup } from '../interfaces/broker-options.interface';
 
 /**
  * The one interface every broker adapter implements.
  *
- * Adapters move bytes. Everything that makes delivery reliable and uniform (the envelope, JSON,
- * attempts, backoff, when to dead-letter, acking only after the handler, draining on shutdown)
- * lives in lib/delivery and is written once. An adapter provides a few primitives on physical
+ * Adapters move bytes and map metadata to their broker's native fields. Everything that makes
+ * delivery reliable and uniform (reading any producer's message, JSON, attempts, backoff, when to
+ * dead-letter, acking only after the handler, draining on shutdown) lives in lib/delivery and is
+ * written once. An adapter provides a few primitives on physical
  * topics and per-group queues, and describes what its broker guarantees in `capabilities`.
  */
 export interface BrokerAdapter {
@@ -15,8 +16,9 @@ export interface BrokerAdapter {
   connect(): Promise<void>;
 
   /**
-   * Resolves once the broker has accepted the message for every subscription group of the topic.
-   * Rejects with a BrokerError INVALID_MESSAGE, before sending anything, for a message this broker
+   * Resolves once the broker has accepted the message for every subscription group of the topic,
+   * and, when the topic has no group, once the broker accepted it (none created later receives it;
+   * see AdapterTopic.whenNoGroup). Rejects with a BrokerError INVALID_MESSAGE, before sending anything, for a message this broker
    * cannot carry (too large, a delay beyond its limit).
    */
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void>;
@@ -60,6 +62,11 @@ export interface AdapterCapabilities {
   nativeDelay: boolean;
   /** Dead letters live on the broker (a queue, a topic), not in this process. */
   nativeDeadLetters: boolean;
+  /**
+   * A publish finds out cheaply that its topic has no group yet (a RabbitMQ return, an SNS topic
+   * without subscriptions): it then logs a warning, and `whenNoGroup: 'reject'` fails it.
+   */
+  detectsNoGroup: boolean;
 }
 
 /** A topic as an adapter sees it. */
@@ -69,31 +76,82 @@ export interface AdapterTopic {
   readonly tag: string;
   /** The topic's configuration, for adapter-specific options (queue URLs, FIFO, fan-out mode). */
   readonly config?: TopicConfig;
+  /**
+   * A publish (not a retry or a dead letter) while no group has subscribed to the topic: 'accept'
+   * resolves, logging a warning where the broker can tell cheaply (at most once per topic per
+   * minute, see NoGroupWarnings); 'reject' fails it where the broker can tell. Default 'accept'.
+   */
+  readonly whenNoGroup?: WhenNoGroup;
 }
 
+/**
+ * A message to put on the broker. The body is the bytes consumers read: the message's JSON for a
+ * publish, and the bytes as they came for a retry or a dead letter (never a wrapper). Everything
+ * else is metadata, which each adapter carries in its broker's native fields and headers after the
+ * CloudEvents 1.0 binary content mode and that broker's binding (see lib/adapters/cloudevents.ts).
+ */
 export interface OutboundMessage {
-  /** The encoded envelope: UTF-8 JSON. */
   readonly body: string | Buffer;
+  /** CloudEvents `id`; also the broker's own message id field where it has one (AMQP message-id). */
   readonly messageId: string;
+  /** CloudEvents `time`, epoch milliseconds. */
+  readonly publishedAt: number;
+  /** CloudEvents `type`: the event, `brokerTag:topicTag`. */
+  readonly type: string;
+  /** CloudEvents `source`: `/<product>/<env>/<service>` of the publisher. */
+  readonly source: string;
+  /** CloudEvents `datacontenttype`: 'application/json' for what this module encoded; undefined when unknown (a poison body kept as it came). */
+  readonly contentType?: string;
+  /** 1-based delivery attempt this copy is for; carried (as the `ductapeattempt` extension) only above 1. */
+  readonly attempt: number;
+  /** Ordering key (CloudEvents `partitionkey`; Kafka's record key, SQS FIFO's group id). */
   readonly key?: string;
+  /** CloudEvents extension `correlationid`; also the broker's own correlation field where it has one. */
   readonly correlationId?: string;
   /** Deliver no sooner than this. */
   readonly delayMs?: number;
-  /** Transport headers; adapters carry them natively where the broker has headers. */
+  /** Application headers: the user's, and the delivery layer's `x-ductape-*` ones; plain native headers. */
   readonly headers: Readonly<Record<string, string>>;
+}
+
+/**
+ * What a delivery's native fields say of its message, read back by the adapter after its binding.
+ * Any field may be missing: a message from another producer may carry none of them.
+ */
+export interface InboundMetadata {
+  /** CloudEvents `specversion`, when the message was sent as a CloudEvent in binary mode. */
+  readonly specversion?: string;
+  /** CloudEvents `id`, or the broker's message-id field when that is what carries it (AMQP). */
+  readonly id?: string;
+  /** CloudEvents `time`, epoch milliseconds. */
+  readonly time?: number;
+  readonly type?: string;
+  readonly source?: string;
+  /** The content type (CloudEvents `datacontenttype` in binary mode; `application/cloudevents+json` in structured mode). */
+  readonly contentType?: string;
+  readonly correlationId?: string;
+  readonly key?: string;
+  /** The `ductapeattempt` extension: the attempt a retry was sent for. */
+  readonly attempt?: number;
+  /** The broker's own id of this message, the same on every redelivery (SQS MessageId, Kafka `topic/partition/offset`). */
+  readonly brokerMessageId?: string;
+  /** The broker's own timestamp of this message, epoch milliseconds. */
+  readonly brokerTime?: number;
 }
 
 /** A message as read back from the broker. */
 export interface InboundMessage {
+  /** The bytes as they are on the broker. */
   readonly body: string | Buffer;
-  /** Transport headers. */
+  /** Application headers, without the CloudEvents attributes and broker fields that `metadata` holds. */
   readonly headers: Readonly<Record<string, string>>;
+  readonly metadata: InboundMetadata;
   /** The client library's own message object. */
   readonly raw: unknown;
 }
 
 export interface InboundDelivery extends InboundMessage {
-  /** Delivery count when the broker tracks it itself; otherwise the envelope's attempt is used. */
+  /** Delivery count when the broker tracks it itself; otherwise `metadata.attempt`, else 1. */
   readonly attempt?: number;
   /** Settles the delivery. Must not throw once the consumer is closed (a late ack is a no-op). */
   ack(): Promise<void>;

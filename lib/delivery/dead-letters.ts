@@ -1,7 +1,8 @@
-import type { AdapterTopic, BrokerAdapter, InboundMessage } from '../adapters/broker-adapter';
+import type { BrokerAdapter, InboundMessage, OutboundMessage } from '../adapters/broker-adapter';
 import { DEAD_LETTER_HEADERS } from '../constants';
 import { describeError } from '../errors';
-import { decodeEnvelope } from './envelope';
+import type { Route } from '../routing/route-resolver';
+import { decodeInbound, outboundOf, undecoded, type DecodedMessage } from './message-codec';
 
 export type DeadLetterReason = 'max-attempts' | 'poison' | 'schema';
 
@@ -20,21 +21,20 @@ export function deadLetterHeaders(error: unknown, attempts: number, reason: Dead
  * attempts without their dead-letter headers. Each is removed from the dead letters only after it
  * was accepted by the group's queue, so a failure midway duplicates nothing and loses nothing.
  */
-export function reprocessDeadLetters(adapter: BrokerAdapter, topic: AdapterTopic, group: string, limit: number): Promise<number> {
-  return adapter.drainDeadLetters(topic, group, limit, (record) => adapter.sendToGroup(topic, group, revive(record)));
+export function reprocessDeadLetters(adapter: BrokerAdapter, route: Route, group: string, limit: number): Promise<number> {
+  return adapter.drainDeadLetters(route.topic, group, limit, (record) => adapter.sendToGroup(route.topic, group, revive(record, route)));
 }
 
-function revive(record: InboundMessage) {
-  const headers = withoutDeadLetterHeaders(record.headers);
+/** The same bytes and id as a first attempt, without the dead-letter headers. */
+function revive(record: InboundMessage, route: Route): OutboundMessage {
+  let decoded: DecodedMessage;
   try {
-    const envelope = decodeEnvelope(record.body);
-    envelope.attempt = 1;
-    envelope.headers = withoutDeadLetterHeaders(envelope.headers);
-    return { body: JSON.stringify(envelope), messageId: envelope.id, key: envelope.key, correlationId: envelope.correlationId, headers };
+    decoded = decodeInbound(record);
   } catch {
-    // Not our envelope (a poison message): it goes back as it came, and will be dead-lettered again.
-    return { body: record.body, messageId: headers['message-id'] ?? '', headers };
+    // Not a message (a poison body): it goes back as it came, and will be dead-lettered again.
+    decoded = undecoded(record);
   }
+  return outboundOf(decoded, route, 1, withoutDeadLetterHeaders(decoded.headers));
 }
 
 function withoutDeadLetterHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {

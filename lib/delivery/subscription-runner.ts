@@ -6,7 +6,7 @@ import type { RetryPolicy } from '../interfaces/broker-options.interface';
 import type { BrokerContext, BrokerMessageHandler } from '../interfaces/message-broker.interface';
 import type { Route } from '../routing/route-resolver';
 import { deadLetterHeaders, type DeadLetterReason } from './dead-letters';
-import { decodeEnvelope, type Envelope } from './envelope';
+import { decodeInbound, outboundOf, undecoded, type DecodedMessage } from './message-codec';
 import { backoffDelayMs } from './retry';
 
 /** Pause before a message that could not be settled goes back, and before a failed dead letter is put back. */
@@ -23,7 +23,7 @@ export interface SubscriptionSpec {
 }
 
 /**
- * Runs one subscription: decodes each delivery, calls the handler, and only after it resolves
+ * Runs one subscription: reads each delivery (any producer's JSON), calls the handler, and only after it resolves
  * acks; on failure retries with backoff, then dead-letters. Written once for every adapter.
  */
 export class SubscriptionRunner {
@@ -92,104 +92,90 @@ export class SubscriptionRunner {
   };
 
   private async handleMessage(delivery: InboundDelivery): Promise<void> {
-    let envelope: Envelope;
+    let decoded: DecodedMessage;
     try {
-      envelope = decodeEnvelope(delivery.body);
+      decoded = decodeInbound(delivery);
     } catch (error) {
-      return this.deadLetter(delivery, delivery.body, error, delivery.attempt ?? 1, 'poison');
+      const poison = undecoded(delivery);
+      return this.deadLetter(delivery, poison, error, delivery.attempt ?? poison.attempt, 'poison');
     }
-    const attempt = delivery.attempt ?? envelope.attempt;
-    let message = envelope.message;
+    const attempt = delivery.attempt ?? decoded.attempt;
+    let message = decoded.message;
     const schema = this.spec.route.schema;
     if (schema) {
       let result: Awaited<ReturnType<typeof schema['~standard']['validate']>>;
       try {
         result = await schema['~standard'].validate(message);
       } catch (error) {
-        return this.deadLetter(delivery, envelope, error, attempt, 'schema');
+        return this.deadLetter(delivery, decoded, error, attempt, 'schema');
       }
       if (result.issues) {
         const issues = result.issues.map((issue) => issue.message).join('; ');
-        return this.deadLetter(delivery, envelope, new Error(`message fails its schema: ${issues}`), attempt, 'schema');
+        return this.deadLetter(delivery, decoded, new Error(`message fails its schema: ${issues}`), attempt, 'schema');
       }
       message = result.value;
     }
     try {
-      await this.spec.handler(message, this.context(envelope, attempt, delivery));
+      await this.spec.handler(message, this.context(decoded, attempt, delivery));
     } catch (error) {
-      if (attempt >= this.spec.retry.maxAttempts) return this.deadLetter(delivery, envelope, error, attempt, 'max-attempts');
-      return this.retry(delivery, envelope, attempt, error);
+      if (attempt >= this.spec.retry.maxAttempts) return this.deadLetter(delivery, decoded, error, attempt, 'max-attempts');
+      return this.retry(delivery, decoded, attempt, error);
     }
     if (!this.detached) await delivery.ack();
   }
 
-  private async retry(delivery: InboundDelivery, envelope: Envelope, attempt: number, error: unknown): Promise<void> {
+  private async retry(delivery: InboundDelivery, decoded: DecodedMessage, attempt: number, error: unknown): Promise<void> {
     const delayMs = backoffDelayMs(this.spec.retry, attempt);
-    if (this.detached) return this.abandoned(envelope.id, error);
-    this.logger.warn(`${this.name}: attempt ${attempt} of message ${envelope.id} failed (${describeError(error)}); retry in ${delayMs} ms`);
+    if (this.detached) return this.abandoned(decoded.id, error);
+    this.logger.warn(`${this.name}: attempt ${attempt} of message ${decoded.id} failed (${describeError(error)}); retry in ${delayMs} ms`);
     if (delivery.retryLater && delivery.attempt !== undefined) return delivery.retryLater(delayMs);
-    const body = JSON.stringify({ ...envelope, attempt: attempt + 1 });
-    // Re-sent to this group only, then acked: a crash in between duplicates, it never loses.
-    await this.adapter.sendToGroup(this.spec.route.topic, this.spec.group, {
-      body,
-      messageId: envelope.id,
-      key: envelope.key,
-      correlationId: envelope.correlationId,
-      headers: delivery.headers,
-      delayMs,
-    });
+    // The same bytes to this group only, with the next attempt in the metadata, then acked: a
+    // crash in between duplicates, it never loses.
+    await this.adapter.sendToGroup(this.spec.route.topic, this.spec.group, outboundOf(decoded, this.spec.route, attempt + 1, decoded.headers, delayMs));
     await delivery.ack();
   }
 
   private async deadLetter(
     delivery: InboundDelivery,
-    payload: Envelope | string | Buffer,
+    decoded: DecodedMessage,
     error: unknown,
     attempt: number,
     reason: DeadLetterReason,
   ): Promise<void> {
-    const isEnvelope = typeof payload === 'object' && !Buffer.isBuffer(payload);
-    if (this.detached) return this.abandoned(isEnvelope ? payload.id : '(undecodable)', error);
+    if (this.detached) return this.abandoned(decoded.id, error);
     const headers = deadLetterHeaders(error, attempt, reason);
     this.logger.error(
-      `${this.name}: message ${isEnvelope ? payload.id : '(undecodable)'} dead-lettered after ${attempt} attempt(s) (${reason}): ${headers[DEAD_LETTER_HEADERS.error]}`,
+      `${this.name}: message ${decoded.id} dead-lettered after ${attempt} attempt(s) (${reason}): ${headers[DEAD_LETTER_HEADERS.error]}`,
     );
-    await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
-      // A poison body is kept exactly as it came; our own envelope also carries the headers inside.
-      body: isEnvelope ? JSON.stringify({ ...payload, headers: { ...payload.headers, ...headers } }) : payload,
-      messageId: isEnvelope ? payload.id : '',
-      key: isEnvelope ? payload.key : undefined,
-      correlationId: isEnvelope ? payload.correlationId : undefined,
-      headers: { ...delivery.headers, ...headers },
-    });
+    // The bytes as they came (a poison body too), the reason in headers.
+    await this.adapter.sendToDeadLetters(
+      this.spec.route.topic,
+      this.spec.group,
+      outboundOf(decoded, this.spec.route, attempt, { ...decoded.headers, ...headers }),
+    );
     await delivery.ack();
   }
 
   /**
-   * A dead-letter subscription's handler: a message that is not our envelope is given as its text.
+   * A dead-letter subscription's handler: a message that is not JSON is given as its text.
    * On failure the dead letter is kept (put back at the end after a pause), never dropped.
    */
   private async handleDeadLetter(delivery: InboundDelivery): Promise<void> {
-    let envelope: Envelope | undefined;
+    let decoded: DecodedMessage;
     try {
-      envelope = decodeEnvelope(delivery.body);
+      decoded = decodeInbound(delivery);
     } catch {
-      envelope = undefined;
+      decoded = undecoded(delivery);
     }
-    const attempt = Number(delivery.headers[DEAD_LETTER_HEADERS.attempts] ?? envelope?.attempt ?? 1);
-    const source = envelope ?? rawEnvelope(delivery);
+    const attempt = Number(delivery.headers[DEAD_LETTER_HEADERS.attempts] ?? decoded.attempt);
     try {
-      await this.spec.handler(source.message, this.context(source, attempt, delivery));
+      await this.spec.handler(decoded.message, this.context(decoded, attempt, delivery));
     } catch (error) {
       this.logger.warn(`${this.name}: dead-letter handler failed (${describeError(error)}); the dead letter is kept`);
       await this.pause(Math.max(SETTLE_FAILURE_PAUSE_MS, backoffDelayMs(this.spec.retry, 1)));
       if (this.detached) return;
-      await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
-        body: delivery.body,
-        messageId: envelope?.id ?? '',
-        key: envelope?.key,
-        headers: { ...delivery.headers, [DEAD_LETTER_HEADERS.error]: describeError(error).slice(0, 1000) },
-      });
+      const headers = { ...decoded.headers, [DEAD_LETTER_HEADERS.error]: describeError(error).slice(0, 1000) };
+      await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, outboundOf(decoded, this.spec.route, attempt, headers));
     }
     if (!this.detached) await delivery.ack();
   }
@@ -199,17 +185,17 @@ export class SubscriptionRunner {
     this.logger.warn(`${this.name}: message ${messageId} failed after shutdown gave up on it (${describeError(error)}); it will be delivered again`);
   }
 
-  private context(envelope: Envelope, attempt: number, delivery: InboundDelivery): BrokerContext {
+  private context(decoded: DecodedMessage, attempt: number, delivery: InboundDelivery): BrokerContext {
     return {
-      messageId: envelope.id,
+      messageId: decoded.id,
       event: this.spec.route.event,
       env: this.spec.route.env,
       product: this.spec.route.product,
       attempt,
-      headers: envelope.headers,
-      correlationId: envelope.correlationId,
-      key: envelope.key,
-      publishedAt: new Date(envelope.publishedAt),
+      headers: decoded.headers,
+      correlationId: decoded.correlationId,
+      key: decoded.key,
+      publishedAt: new Date(decoded.publishedAt),
       raw: delivery.raw,
     };
   }
@@ -240,17 +226,4 @@ export class SubscriptionRunner {
       this.pauses.add(pause);
     });
   }
-}
-
-/** Stands in for the envelope of a dead letter that never was one (a poison body). */
-function rawEnvelope(delivery: InboundDelivery): Envelope {
-  const text = typeof delivery.body === 'string' ? delivery.body : delivery.body.toString('utf8');
-  return {
-    v: 1,
-    id: delivery.headers['message-id'] ?? '',
-    publishedAt: Date.parse(delivery.headers[DEAD_LETTER_HEADERS.failedAt] ?? '') || Date.now(),
-    attempt: 1,
-    headers: { ...delivery.headers },
-    message: text,
-  };
 }

@@ -12,9 +12,24 @@ export interface RetryPolicy {
   maxDelayMs?: number;
 }
 
-/** The embedded broker: in this process only, nothing on disk. */
-export interface MemoryEnvConfig {
+/**
+ * What a publish to a topic that no subscription group has subscribed to yet does. 'accept' (the
+ * default): it resolves once the broker accepted it, no group created later receives it, and a
+ * warning is logged where the broker can tell cheaply. 'reject': it fails with PUBLISH_FAILED
+ * where the broker can tell (the strict behaviour of 0.1.0).
+ */
+export type WhenNoGroup = 'accept' | 'reject';
+
+/** What every env entry of a broker has, whatever its type. */
+export interface BrokerEnvCommon {
+  /** The environment slug this entry serves ('dev', 'stg', 'prd', ...). */
   slug: string;
+  /** Default for the topics of this broker in this env; a topic's own setting wins (default 'accept'). */
+  whenNoGroup?: WhenNoGroup;
+}
+
+/** The embedded broker: in this process only, nothing on disk. */
+export interface MemoryEnvConfig extends BrokerEnvCommon {
   type: 'memory';
   config?: {
     /**
@@ -22,17 +37,24 @@ export interface MemoryEnvConfig {
      * (two Nest applications in one test, say). Without it, each module instance has its own.
      */
     server?: string;
-    /** Messages a subscription group may hold before publish fails with PUBLISH_FAILED (default 100000). */
+    /**
+     * Messages a subscription group's queue may hold (default 100000); also the most delayed
+     * publishes a topic holds at once. A publish to a full queue drops that group's oldest message
+     * with an error log naming the group, and still reaches the other groups; a retry into a full
+     * queue fails and the delivery is given back.
+     */
     maxQueueLength?: number;
-    /** Messages kept for a topic no group has subscribed to yet; beyond it the oldest are dropped with a warning (default 1000). */
+    /**
+     * @deprecated Ignored since 0.2: a topic that no group has subscribed to keeps no message
+     * (DESIGN.md §2), so there is nothing left for it to bound. Still accepted, so configs of 0.1 start.
+     */
     maxUnroutedPerTopic?: number;
     /** Dead letters kept per topic and group; beyond it the oldest are dropped with an error log (default 10000). */
     maxDeadLettersPerGroup?: number;
   };
 }
 
-export interface RabbitMqEnvConfig {
-  slug: string;
+export interface RabbitMqEnvConfig extends BrokerEnvCommon {
   type: 'rabbitmq';
   config: {
     /** `amqp://user:pass@host:5672/vhost` or `amqps://…`; the password never reaches a log or an error. */
@@ -52,8 +74,7 @@ export interface RabbitMqEnvConfig {
   };
 }
 
-export interface KafkaEnvConfig {
-  slug: string;
+export interface KafkaEnvConfig extends BrokerEnvCommon {
   type: 'kafka';
   config: {
     /** `host:port` of one or more brokers. */
@@ -97,8 +118,7 @@ export interface KafkaEnvConfig {
   };
 }
 
-export interface SqsEnvConfig {
-  slug: string;
+export interface SqsEnvConfig extends BrokerEnvCommon {
   type: 'sqs';
   config: {
     region: string;
@@ -127,14 +147,12 @@ export interface SqsEnvConfig {
   };
 }
 
-export interface RedisEnvConfig {
-  slug: string;
+export interface RedisEnvConfig extends BrokerEnvCommon {
   type: 'redis';
   config: { url: string; [option: string]: unknown };
 }
 
-export interface NatsEnvConfig {
-  slug: string;
+export interface NatsEnvConfig extends BrokerEnvCommon {
   type: 'nats';
   config: { servers: string[]; token?: string; user?: string; pass?: string; [option: string]: unknown };
 }
@@ -165,6 +183,8 @@ export interface TopicConfig {
   schema?: StandardSchemaV1;
   /** Retry policy of every subscription on this topic, unless the subscription sets its own. */
   retry?: RetryPolicy;
+  /** A publish while no group has subscribed to the topic: see WhenNoGroup (default: the env entry's, else 'accept'). */
+  whenNoGroup?: WhenNoGroup;
 }
 
 export interface BrokerConfig {

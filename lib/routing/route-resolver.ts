@@ -17,6 +17,8 @@ export interface Route {
   readonly product: string;
   readonly brokerTag: string;
   readonly topicTag: string;
+  /** CloudEvents `source` of what this service publishes: `/<product>/<env>/<service>`. */
+  readonly source: string;
   readonly brokerEnv: BrokerEnvConfig;
   readonly topic: AdapterTopic;
   readonly schema?: StandardSchemaV1;
@@ -95,8 +97,14 @@ export class RouteResolver {
       product,
       brokerTag,
       topicTag,
+      source: `/${product}/${env}/${this.options.service ?? product}`,
       brokerEnv,
-      topic: { name: physicalTopicName(product, env, topicTag, topicConfig?.name), tag: topicTag, config: topicConfig },
+      topic: {
+        name: physicalTopicName(product, env, topicTag, topicConfig?.name),
+        tag: topicTag,
+        config: topicConfig,
+        whenNoGroup: topicConfig?.whenNoGroup ?? brokerEnv.whenNoGroup ?? 'accept',
+      },
       schema: topicConfig?.schema,
       retry: topicConfig?.retry,
     };

@@ -10,8 +10,23 @@ export interface ConformanceTarget {
    * the same broker (the memory target names a shared server), as replicas of a service would.
    */
   envConfig(slug: string): BrokerEnvConfig;
-  /** Sends bytes that are not an envelope straight to a topic, as a foreign producer would. */
-  publishRaw(topicName: string, body: Buffer): Promise<void>;
+  /**
+   * Sends bytes straight to a topic with the plain client, as a producer that does not use this
+   * module would: the body, the application headers given, and none of this module's metadata.
+   */
+  publishRaw(topicName: string, body: Buffer, headers?: Record<string, string>): Promise<void>;
+  /**
+   * Starts reading a topic with the plain client, as a consumer that does not use this module
+   * would (its own queue, consumer group or subscription), from the messages published after it
+   * resolves. Without it, the tests that read our messages with a plain client are skipped, with
+   * the reason printed.
+   */
+  rawReader?(topicName: string): Promise<RawReader>;
+  /**
+   * The topic is itself the one group's queue (SQS queue mode): a message published before any
+   * consumer subscribed is kept for the first one, and there is never "no group".
+   */
+  keepsMessagesWithoutGroup?: boolean;
   /** Upper bound for one delivery to arrive, in ms (real brokers with polling need more). */
   deliveryTimeoutMs?: number;
   /**
@@ -25,4 +40,21 @@ export interface ConformanceTarget {
    * the reason: skipped with the reason printed. Only for a stand-in (a mock), never to hide a defect.
    */
   knownLimitations?: Readonly<Record<string, string>>;
+}
+
+/** A plain client's reader of one topic. */
+export interface RawReader {
+  /** The next message, as a plain client reads it; rejects after `timeoutMs` without one. */
+  next(timeoutMs: number): Promise<RawRecord>;
+  /** Stops reading and deletes what the reader created on the broker. */
+  close(): Promise<void>;
+}
+
+/** A message as a plain client sees it. */
+export interface RawRecord {
+  body: Buffer;
+  /** The message id where this broker's plain client finds it (AMQP message-id, Kafka `ce_id`, ...). */
+  id: string | undefined;
+  /** Its headers or attributes, as strings, under the names the broker gives them. */
+  headers: Record<string, string>;
 }

@@ -247,7 +247,7 @@ export function runConformanceSuite(target: ConformanceTarget): void {
       expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: 'conformance', group: 'g', limit: 5 })).toBe(1);
     });
 
-    it('sends a poison (undecodable) message straight to the dead letters and keeps consuming', async () => {
+    it('sends a poison (non-JSON) message straight to the dead letters, its bytes as they came, and keeps consuming', async () => {
       const broker = await startApp();
       const { event, topicTag } = newEvent();
       const handled: Received[] = [];
@@ -255,16 +255,121 @@ export function runConformanceSuite(target: ConformanceTarget): void {
       await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'eater', callback: collector(handled) } });
       await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'eater', deadLetter: true, callback: collector(dead) } });
       await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from('{"this is": not json'));
-      await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from(JSON.stringify({ some: 'other format' })));
+      await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from('plain text, not JSON'));
       await waitFor(() => dead.length === 2, 'two poison messages in the dead letters', timeout);
       expect(handled).toHaveLength(0);
-      expect(dead.map((d) => d.message).sort()).toEqual(['{"some":"other format"}', '{"this is": not json'].sort());
+      expect(dead.map((d) => d.message).sort()).toEqual(['{"this is": not json', 'plain text, not JSON'].sort());
       expect(dead.every((d) => d.ctx.headers[DEAD_LETTER_HEADERS.reason] === 'poison')).toBe(true);
+      expect(dead.every((d) => /not JSON/.test(d.ctx.headers[DEAD_LETTER_HEADERS.error]))).toBe(true);
       expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
       await publish(broker, event, { after: 'poison' });
       await waitFor(() => handled.length === 1, 'the next good message', timeout);
       expect(handled[0].message).toEqual({ after: 'poison' });
     });
+
+    it("handles a plain client's JSON (none of our metadata) as a message, with one id on every delivery of it", async () => {
+      const broker = await startApp();
+      const { event, topicTag } = newEvent();
+      const received: Received[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: 'conformance',
+        input: { group: 'foreign', callback: collector(received, (ctx) => (ctx.attempt === 1 ? Promise.reject(new Error('once')) : undefined)) },
+      });
+      const before = Date.now();
+      await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from(JSON.stringify({ orderId: 'j-1', from: 'java' })), { 'x-origin': 'billing-java' });
+      await waitFor(() => received.length === 2, 'the first delivery and its retry', timeout);
+      const [first, second] = received;
+      expect(first.message).toEqual({ orderId: 'j-1', from: 'java' });
+      expect(second.message).toEqual({ orderId: 'j-1', from: 'java' });
+      expect([first.ctx.attempt, second.ctx.attempt]).toEqual([1, 2]);
+      expect(typeof first.ctx.messageId).toBe('string');
+      expect(first.ctx.messageId).not.toBe('');
+      expect(second.ctx.messageId).toBe(first.ctx.messageId);
+      expect(first.ctx.headers['x-origin']).toBe('billing-java');
+      expect(second.ctx.headers['x-origin']).toBe('billing-java');
+      expect(first.ctx.publishedAt.getTime()).toBeGreaterThanOrEqual(before - 5000);
+      expect(first.ctx).toMatchObject({ event, env: 'prd', product: 'conformance' });
+    });
+
+    it('reads a message written by 0.1.0 (its v: 1 envelope, still on a queue during an upgrade) as before', async () => {
+      const broker = await startApp();
+      const { event, topicTag } = newEvent();
+      const received: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'upgrade', callback: collector(received) } });
+      const envelope = {
+        v: 1,
+        id: 'old-1',
+        publishedAt: 1_700_000_000_000,
+        attempt: 1,
+        headers: { tenant: 'acme' },
+        correlationId: 'corr-old',
+        key: 'k-old',
+        message: { orderId: 'o-1' },
+      };
+      await target.publishRaw(`conformance.prd.${topicTag}`, Buffer.from(JSON.stringify(envelope)));
+      await waitFor(() => received.length === 1, 'the 0.1.0 message', timeout);
+      expect(received[0].message).toEqual({ orderId: 'o-1' });
+      expect(received[0].ctx).toMatchObject({ messageId: 'old-1', attempt: 1, correlationId: 'corr-old', key: 'k-old' });
+      expect(received[0].ctx.headers.tenant).toBe('acme');
+      expect(received[0].ctx.publishedAt.getTime()).toBe(1_700_000_000_000);
+    });
+
+    it(
+      target.keepsMessagesWithoutGroup
+        ? 'keeps a message published before any consumer for the first one (the topic is the queue)'
+        : 'resolves a publish to a topic with no group, and a group subscribing later never receives it',
+      async () => {
+        const broker = await startApp();
+        const { event } = newEvent();
+        await publish(broker, event, { n: 'before any group' });
+        const received: Received[] = [];
+        await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'late', callback: collector(received) } });
+        await publish(broker, event, { n: 'after' });
+        const expected = target.keepsMessagesWithoutGroup ? [{ n: 'before any group' }, { n: 'after' }] : [{ n: 'after' }];
+        await waitFor(() => received.length >= expected.length, 'the messages the group should get', timeout);
+        await sleep(300);
+        expect(received.map((r) => r.message)).toEqual(expected);
+      },
+    );
+
+    itIf(target.capabilities.detectsNoGroup && !target.keepsMessagesWithoutGroup, 'detectsNoGroup')(
+      "fails a publish to a topic with no group under whenNoGroup: 'reject', and not once a group subscribed",
+      async () => {
+        const tag = `t-${randomUUID().slice(0, 8)}`;
+        const broker = await startApp({
+          brokers: [{ tag: 'bk', envs: [target.envConfig('prd'), target.envConfig('stg')], topics: [{ tag, whenNoGroup: 'reject' }] }],
+        });
+        const event = `bk:${tag}`;
+        await expect(publish(broker, event, { n: 1 })).rejects.toMatchObject({ code: 'PUBLISH_FAILED', message: expect.stringMatching(/no subscription group/) });
+        const received: Received[] = [];
+        await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'strict', callback: collector(received) } });
+        await publish(broker, event, { n: 2 });
+        await waitFor(() => received.length === 1, 'the message published once the group existed', timeout);
+        await sleep(200);
+        expect(received.map((r) => r.message)).toEqual([{ n: 2 }]);
+      },
+    );
+
+    (target.rawReader ? global.it : itIf(false, 'a raw reader in its conformance target'))(
+      'puts the bare message JSON on the wire, with its id where a plain client of the broker finds it',
+      async () => {
+        const broker = await startApp();
+        const { event, topicTag } = newEvent();
+        const reader = await target.rawReader!(`conformance.prd.${topicTag}`);
+        try {
+          const message = { orderId: '12345', status: 'pending', unicode: 'é 漢字 🎉' };
+          const { messageId } = await publish(broker, event, message, { headers: { tenant: 'acme' }, correlationId: 'corr-raw' });
+          const record = await reader.next(timeout);
+          expect(record.body.toString('utf8')).toBe(JSON.stringify(message));
+          expect(record.id).toBe(messageId);
+          expect(record.headers.tenant).toBe('acme');
+        } finally {
+          await reader.close();
+        }
+      },
+    );
 
     it('honours the concurrency limit of a subscription', async () => {
       const broker = await startApp();

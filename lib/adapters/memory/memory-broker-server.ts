@@ -1,10 +1,9 @@
 import { describeError } from '../../errors';
-import type { AdapterLogger } from '../broker-adapter';
+import type { AdapterLogger, InboundMetadata } from '../broker-adapter';
 import { MemoryQueue, type MemoryMessage, type MemoryQueueHooks } from './memory-queue';
 
 export interface MemoryBrokerLimits {
   maxQueueLength: number;
-  maxUnroutedPerTopic: number;
   maxDeadLettersPerGroup: number;
 }
 
@@ -17,10 +16,11 @@ export interface MemoryBrokerLimits {
  * publishes resolved.
  */
 const BACKLOG_BEFORE_CONSUMERS_TURN = 1000;
+/** A group's full queue is logged at most this often. */
+const QUEUE_FULL_LOG_INTERVAL_MS = 60_000;
 
 export const DEFAULT_MEMORY_LIMITS: MemoryBrokerLimits = {
   maxQueueLength: 100_000,
-  maxUnroutedPerTopic: 1_000,
   maxDeadLettersPerGroup: 10_000,
 };
 
@@ -41,14 +41,14 @@ interface MemoryGroup {
   member: boolean;
   /** Retries and reprocessed dead letters waiting for their delay, counted against maxQueueLength. */
   delayed: number;
+  /** When the queue-full error was last logged for this group. */
+  fullLoggedAt?: number;
 }
 
 interface MemoryTopic {
   readonly groups: Map<string, MemoryGroup>;
   members: number;
-  /** Messages published before any group subscribed; handed to the first group that does. */
-  readonly unrouted: MemoryMessage[];
-  /** Delayed publishes not yet routed, counted against every member's maxQueueLength. */
+  /** Delayed publishes not yet routed, at most maxQueueLength. */
   delayed: number;
 }
 
@@ -92,22 +92,23 @@ export class MemoryBrokerServer {
   }
 
   /**
-   * Delivers to every group subscribed to the topic, or keeps it until the first group subscribes.
-   * The limits are the publisher's: each module instance sharing a server keeps its own bounds.
-   * Returns a promise to wait for when a receiving queue holds a backlog and has put its consumers'
-   * turn off to the next turn of the event loop (see BACKLOG_BEFORE_CONSUMERS_TURN).
+   * Delivers to every group subscribed to the topic; with none, the message is accepted and kept
+   * by no one (no group created later receives it). A group whose queue is full loses its oldest
+   * message, with an error log naming it; the other groups are not affected. The limits are the
+   * publisher's: each module instance sharing a server keeps its own bounds. Returns a promise to
+   * wait for when a receiving queue holds a backlog and has put its consumers' turn off to the
+   * next turn of the event loop (see BACKLOG_BEFORE_CONSUMERS_TURN).
    */
   publish(topicName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): Promise<void> | undefined {
     const topic = this.topic(topicName);
-    for (const [name, group] of topic.groups) if (group.member) this.assertRoom(topicName, name, topic, group, limits);
-    // With no group to count them against, delayed messages count against the unrouted bound.
-    if (delayMs > 0 && topic.members === 0 && topic.delayed >= limits.maxUnroutedPerTopic) {
-      throw new Error(
-        `memory broker: ${topicName} has no subscriber and already holds ${limits.maxUnroutedPerTopic} delayed messages (maxUnroutedPerTopic)`,
-      );
-    }
     this.stats.published++;
     if (delayMs <= 0) return this.route(topicName, topic, message, limits);
+    // Published with no group: no group may receive it, whenever it is due.
+    if (topic.members === 0) return undefined;
+    if (topic.delayed >= limits.maxQueueLength) {
+      this.stats.published--;
+      throw new Error(`memory broker: ${topicName} already holds ${limits.maxQueueLength} delayed messages (maxQueueLength)`);
+    }
     topic.delayed++;
     this.later(delayMs, () => {
       topic.delayed--;
@@ -116,11 +117,16 @@ export class MemoryBrokerServer {
     return undefined;
   }
 
+  /** Whether any group has subscribed to the topic (its queue was asked for, as a declare and bind would). */
+  hasGroups(topicName: string): boolean {
+    return (this.topics.get(topicName)?.members ?? 0) > 0;
+  }
+
   /** To one group only (a retry, a reprocessed dead letter); it does not subscribe the group. */
   sendToGroup(topicName: string, groupName: string, message: MemoryMessage, delayMs = 0, limits = DEFAULT_MEMORY_LIMITS): Promise<void> | undefined {
     const topic = this.topic(topicName);
     const group = this.group(topic, groupName);
-    this.assertRoom(topicName, groupName, topic, group, limits);
+    this.assertRoom(topicName, groupName, group, limits);
     if (delayMs <= 0) {
       group.messages.enqueue(message);
       return consumersTurn(group.messages, limits);
@@ -147,7 +153,7 @@ export class MemoryBrokerServer {
 
   /**
    * The queue of a group's messages or dead letters. Asking for its messages subscribes the group
-   * to the topic (as declaring and binding a queue would); the first one gets the unrouted messages.
+   * to the topic (as declaring and binding a queue would): it gets every message published from then on.
    */
   queue(topicName: string, groupName: string, source: 'messages' | 'dead-letters'): MemoryQueue {
     const topic = this.topic(topicName);
@@ -155,7 +161,7 @@ export class MemoryBrokerServer {
     if (source === 'dead-letters') return group.deadLetters;
     if (!group.member) {
       group.member = true;
-      if (topic.members++ === 0) for (const message of topic.unrouted.splice(0)) group.messages.enqueue(message);
+      topic.members++;
     }
     return group.messages;
   }
@@ -175,9 +181,12 @@ export class MemoryBrokerServer {
     return this.topics.get(topicName)?.groups.get(group)?.deadLetters.length ?? 0;
   }
 
-  /** Publishes bytes that bypass the module (tests: a poison message from a foreign producer). */
-  publishRaw(topicName: string, body: string | Buffer, headers: Record<string, string> = {}): void {
-    void this.publish(topicName, { body, headers, messageId: `raw-${this.stats.published}` });
+  /**
+   * Publishes bytes that bypass the module, with no metadata: what another producer would send
+   * (tests: a foreign or a poison message). `metadata` stands for the broker fields such a producer set.
+   */
+  publishRaw(topicName: string, body: string | Buffer, headers: Record<string, string> = {}, metadata: InboundMetadata = {}): void {
+    void this.publish(topicName, { body, headers, metadata, messageId: metadata.id ?? '' });
   }
 
   /** Cancels delayed deliveries (a private server closing with its module); says how many were lost. */
@@ -190,29 +199,34 @@ export class MemoryBrokerServer {
   }
 
   private route(topicName: string, topic: MemoryTopic, message: MemoryMessage, limits: MemoryBrokerLimits): Promise<void> | undefined {
-    if (topic.members === 0) {
-      topic.unrouted.push(message);
-      if (topic.unrouted.length > limits.maxUnroutedPerTopic) {
-        topic.unrouted.shift();
-        this.stats.dropped++;
-        this.logger?.warn(
-          `memory broker: ${topicName} has no subscriber and holds ${limits.maxUnroutedPerTopic} messages; the oldest was dropped`,
-        );
-      }
-      return undefined;
-    }
     let turn: Promise<void> | undefined;
-    for (const group of topic.groups.values()) {
+    for (const [name, group] of topic.groups) {
       if (!group.member) continue;
+      if (group.messages.length + group.delayed >= limits.maxQueueLength) {
+        this.stats.dropped++;
+        this.queueFull(topicName, name, group, limits);
+        // Nothing to drop when retries waiting for their delay fill it: this message is the one lost.
+        if (!group.messages.dropOldest()) continue;
+      }
       group.messages.enqueue(message);
       turn ??= consumersTurn(group.messages, limits);
     }
     return turn;
   }
 
+  /** A full group's queue, once a minute at most per group: its consumers are gone or too slow. */
+  private queueFull(topicName: string, name: string, group: MemoryGroup, limits: MemoryBrokerLimits): void {
+    const now = Date.now();
+    if (group.fullLoggedAt !== undefined && now - group.fullLoggedAt < QUEUE_FULL_LOG_INTERVAL_MS) return;
+    group.fullLoggedAt = now;
+    this.logger?.error(
+      `memory broker: the queue of ${topicName} / group ${name} is full (${limits.maxQueueLength} messages; is its consumer running?): its oldest messages are dropped; other groups are not affected`,
+    );
+  }
+
   /** Refuses, before anything is enqueued, a message that a full queue could not take. */
-  private assertRoom(topicName: string, name: string, topic: MemoryTopic, group: MemoryGroup, limits: MemoryBrokerLimits): void {
-    if (group.messages.length + group.delayed + (group.member ? topic.delayed : 0) >= limits.maxQueueLength) {
+  private assertRoom(topicName: string, name: string, group: MemoryGroup, limits: MemoryBrokerLimits): void {
+    if (group.messages.length + group.delayed >= limits.maxQueueLength) {
       throw new Error(`memory broker: the queue of ${topicName} / ${name} is full (${limits.maxQueueLength} messages); is its consumer running?`);
     }
   }
@@ -230,7 +244,7 @@ export class MemoryBrokerServer {
   private topic(name: string): MemoryTopic {
     let topic = this.topics.get(name);
     if (!topic) {
-      topic = { groups: new Map(), members: 0, unrouted: [], delayed: 0 };
+      topic = { groups: new Map(), members: 0, delayed: 0 };
       this.topics.set(name, topic);
     }
     return topic;

@@ -1,9 +1,13 @@
-import type { DeliveryListener, InboundDelivery } from '../broker-adapter';
+import type { DeliveryListener, InboundDelivery, InboundMetadata } from '../broker-adapter';
 
-/** One message held by the in-memory broker. */
+/**
+ * One message held by the in-memory broker: its bytes, its application headers, and its metadata
+ * as the broker's own fields (there is no wire to map it onto; a foreign message has none).
+ */
 export interface MemoryMessage {
   readonly body: string | Buffer;
   readonly headers: Readonly<Record<string, string>>;
+  readonly metadata: InboundMetadata;
   readonly key?: string;
   readonly messageId: string;
 }
@@ -284,6 +288,10 @@ class MemoryDelivery implements InboundDelivery {
 
   get headers(): Readonly<Record<string, string>> {
     return this.message.headers;
+  }
+
+  get metadata(): InboundMetadata {
+    return this.message.metadata;
   }
 
   get raw(): unknown {

@@ -7,8 +7,11 @@ import type {
   ConsumeOptions,
   DeliveryListener,
   InboundMessage,
+  InboundMetadata,
   OutboundMessage,
 } from '../broker-adapter';
+import { CLOUDEVENTS_SPEC_VERSION } from '../cloudevents';
+import { NoGroupWarnings } from '../no-group-warnings';
 import type { MemoryEnvConfig } from '../../interfaces/broker-options.interface';
 import { DEFAULT_MEMORY_LIMITS, MemoryBrokerServer, type MemoryBrokerLimits } from './memory-broker-server';
 import type { MemoryMessage } from './memory-queue';
@@ -18,6 +21,7 @@ export const MEMORY_CAPABILITIES: AdapterCapabilities = {
   orderingPerKey: true,
   nativeDelay: true,
   nativeDeadLetters: true,
+  detectsNoGroup: true,
 };
 
 /** The embedded broker adapter: a MemoryBrokerServer of its own, or a shared one named in the config. */
@@ -27,11 +31,12 @@ export class MemoryAdapter implements BrokerAdapter {
   private readonly consumers = new Set<AdapterConsumer>();
   private readonly ownsServer: boolean;
   private readonly limits: MemoryBrokerLimits;
+  private readonly noGroup: NoGroupWarnings;
 
   constructor(config: MemoryEnvConfig['config'], context: AdapterContext) {
+    this.noGroup = new NoGroupWarnings(context.logger, context.envSlug);
     this.limits = {
       maxQueueLength: config?.maxQueueLength ?? DEFAULT_MEMORY_LIMITS.maxQueueLength,
-      maxUnroutedPerTopic: config?.maxUnroutedPerTopic ?? DEFAULT_MEMORY_LIMITS.maxUnroutedPerTopic,
       maxDeadLettersPerGroup: config?.maxDeadLettersPerGroup ?? DEFAULT_MEMORY_LIMITS.maxDeadLettersPerGroup,
     };
     this.ownsServer = config?.server === undefined;
@@ -45,7 +50,14 @@ export class MemoryAdapter implements BrokerAdapter {
   }
 
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
-    return settled(() => this.server.publish(topic.name, toMemoryMessage(message), message.delayMs, this.limits));
+    return settled(() => {
+      if (!this.server.hasGroups(topic.name)) {
+        // No group yet: accepted and dropped (no group created later receives it), or refused.
+        if (topic.whenNoGroup === 'reject') throw this.noGroup.error(topic.name);
+        this.noGroup.warn(topic.name);
+      }
+      return this.server.publish(topic.name, toMemoryMessage(message), message.delayMs, this.limits);
+    });
   }
 
   sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
@@ -68,7 +80,7 @@ export class MemoryAdapter implements BrokerAdapter {
     for (let visited = 0; visited < count; visited++) {
       const message = deadLetters.peekOldest();
       if (!message) break;
-      await visit({ body: message.body, headers: message.headers, raw: message });
+      await visit({ body: message.body, headers: message.headers, metadata: message.metadata, raw: message });
       // A consumer of the dead letters may have taken it meanwhile: count only what this call removed.
       if (deadLetters.removeOldest(message)) removed++;
     }
@@ -111,7 +123,18 @@ function settled(step: () => Promise<void> | undefined | void): Promise<void> {
 }
 
 function toMemoryMessage(message: OutboundMessage): MemoryMessage {
-  return { body: message.body, headers: message.headers, key: message.key, messageId: message.messageId };
+  const metadata: InboundMetadata = {
+    specversion: CLOUDEVENTS_SPEC_VERSION,
+    id: message.messageId,
+    time: message.publishedAt,
+    type: message.type,
+    source: message.source,
+    contentType: message.contentType,
+    correlationId: message.correlationId,
+    key: message.key,
+    attempt: message.attempt,
+  };
+  return { body: message.body, headers: message.headers, metadata, key: message.key, messageId: message.messageId };
 }
 
 export function createMemoryAdapter(config: MemoryEnvConfig['config'], context: AdapterContext): BrokerAdapter {
