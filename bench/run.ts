@@ -3,7 +3,7 @@
  *
  * Each scenario runs ours and its baselines alternately in one process (A B A B …, several
  * rounds) and reports the median of each: one table per broker, the ratios with their targets, and
- * with --quick one machine-readable line per figure: `ratio <name> <value>` (ours / baseline;
+ * at the end one machine-readable line per figure: `ratio <name> <value>` (ours / baseline;
  * higher is better for throughput, lower for latency). Full results go to bench/results/ as JSON.
  * The Kafka mock cluster and the SQS emulator are the test suite's own (test/support/global-setup.ts).
  *
@@ -116,7 +116,8 @@ async function main(): Promise<void> {
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
-  if (quick) for (const ratio of allRatios) console.log(`ratio ${ratio.name} ${ratio.value.toFixed(3)}`);
+  console.log('');
+  for (const ratio of allRatios) console.log(`ratio ${ratio.name} ${ratio.value.toFixed(3)}`);
   console.log(`\ntotal: ${((Date.now() - started) / 1000).toFixed(1)} s`);
   const results = {
     date: new Date().toISOString(),

@@ -8,65 +8,103 @@ import {
   type BrokerModuleOptions,
   type MessageBrokerService,
 } from '../lib';
-import { decodeEnvelope, encodeEnvelope, type Envelope } from '../lib/delivery/envelope';
+import type { InboundMessage, InboundMetadata } from '../lib/adapters/broker-adapter';
+import { readCloudEventHeaders, writeCloudEventHeaders } from '../lib/adapters/cloudevents';
+import { decodeInbound, encodeMessage, outboundOf, undecoded } from '../lib/delivery/message-codec';
 import { backoffDelayMs, resolveRetryPolicy } from '../lib/delivery/retry';
 import { describeError, redactSecrets } from '../lib/errors';
 import type { StandardSchemaV1 } from '../lib/interfaces/standard-schema.interface';
 import { createBrokerApp } from './support/app';
 import { gate, sleep, waitFor } from './support/wait';
 
-describe('envelope codec', () => {
-  it('decodes an envelope of an earlier version, which also carried event, env and product', () => {
-    const earlier = { v: 1, id: 'old-1', event: 'b:t', env: 'prd', product: 'p', publishedAt: 5, attempt: 2, headers: {}, message: { n: 1 } };
-    expect(decodeEnvelope(JSON.stringify(earlier))).toMatchObject({ id: 'old-1', attempt: 2, message: { n: 1 } });
+describe('message codec (wire format 2)', () => {
+  const inbound = (body: string | Buffer, metadata: InboundMetadata = {}, headers: Record<string, string> = {}): InboundMessage => ({
+    body,
+    headers,
+    metadata,
+    raw: undefined,
   });
 
-  it('round-trips every envelope field, with and without the optional ones, through its JSON', () => {
-    const base: Envelope = { v: 1, id: 'id "quoted" \\ é 漢', publishedAt: 1764400000123, attempt: 2, headers: { a: '1', 'x-"odd"': 'line\nbreak' }, message: null };
-    const cases: Envelope[] = [
-      base,
-      { ...base, correlationId: 'c-1', key: 'k\u2028' },
-      { ...base, message: { nested: [1, 'two', { three: true }], date: new Date(0) } },
-      { ...base, message: 'just a string' },
-      { ...base, message: 0 },
-    ];
-    for (const envelope of cases) {
-      const body = encodeEnvelope(envelope, 1024 * 1024);
-      expect(JSON.parse(body)).toEqual(JSON.parse(JSON.stringify(envelope)));
-      expect(decodeEnvelope(body)).toEqual(JSON.parse(JSON.stringify(envelope)));
+  it('encodes the message itself: the bytes JSON.stringify gives, nothing around them', () => {
+    const cases: unknown[] = [{ nested: [1, 'two', { three: true }], date: new Date(0) }, 'just a string', 0, null, [1, 2], { u: 'é 漢字 🎉\u2028' }];
+    for (const message of cases) expect(encodeMessage(message, 1 << 20)).toBe(JSON.stringify(message));
+  });
+
+  it('refuses what JSON cannot carry, with INVALID_MESSAGE', () => {
+    const circular: Record<string, unknown> = {};
+    circular.self = circular;
+    for (const bad of [undefined, () => 1, Symbol('s'), circular, { n: BigInt(1) }]) {
+      expect(() => encodeMessage(bad, 1 << 20)).toThrow(expect.objectContaining({ code: 'INVALID_MESSAGE' }) as Error);
     }
   });
 
-
-  const envelope = (message: unknown): Envelope => ({
-    v: 1,
-    id: 'id-1',
-    publishedAt: 0,
-    attempt: 1,
-    headers: { h: 'v' },
-    message,
-  });
-
-  it('round-trips through JSON', () => {
-    const body = encodeEnvelope(envelope({ a: [1, 'two', null], d: new Date(0) }), 1024);
-    expect(decodeEnvelope(Buffer.from(body))).toEqual(envelope({ a: [1, 'two', null], d: '1970-01-01T00:00:00.000Z' }));
-  });
-
-  it('refuses bodies that are not an envelope', () => {
-    expect(() => decodeEnvelope('not json')).toThrow('body is not JSON');
-    expect(() => decodeEnvelope('{"v":2}')).toThrow('not a Ductape envelope');
-    expect(() => decodeEnvelope('null')).toThrow('not a Ductape envelope');
-    const { message: _dropped, ...withoutMessage } = envelope(1);
-    expect(() => decodeEnvelope(JSON.stringify(withoutMessage))).toThrow('not a Ductape envelope');
-  });
-
   it('counts the limit in UTF-8 bytes, exactly at the boundary', () => {
-    const overhead = encodeEnvelope(envelope(''), 1 << 20).length;
-    expect(() => encodeEnvelope(envelope('é'.repeat(100)), overhead + 200)).not.toThrow();
-    // 'é' is one UTF-16 unit but two UTF-8 bytes.
-    expect(() => encodeEnvelope(envelope('é'.repeat(100)), overhead + 199)).toThrow(
-      `message is too large: ${overhead + 200} bytes encoded, the limit is ${overhead + 199}`,
+    const message = 'é'.repeat(100); // 100 UTF-16 units, 200 UTF-8 bytes, plus 2 quotes
+    expect(() => encodeMessage(message, 202)).not.toThrow();
+    expect(() => encodeMessage(message, 201)).toThrow('message is too large: 202 bytes encoded, the limit is 201');
+  });
+
+  it('reads a binary-mode message: the body is the message, the context from the metadata', () => {
+    const decoded = decodeInbound(
+      inbound('{"orderId":"1"}', { specversion: '1.0', id: 'm-1', time: 1_764_000_000_000, type: 'b:t', source: '/p/prd/s', contentType: 'application/json', correlationId: 'c', key: 'k', attempt: 2 }, { tenant: 'acme' }),
     );
+    expect(decoded).toMatchObject({ message: { orderId: '1' }, id: 'm-1', publishedAt: 1_764_000_000_000, attempt: 2, correlationId: 'c', key: 'k', headers: { tenant: 'acme' } });
+    expect(decoded.body).toBe('{"orderId":"1"}');
+  });
+
+  it("reads any producer's JSON: the id is the broker's own, else a digest of the bytes (the same on every delivery); the time the broker's", () => {
+    expect(decodeInbound(inbound('{"a":1}', { brokerMessageId: 'topic/0/42', brokerTime: 5 }))).toMatchObject({ message: { a: 1 }, id: 'topic/0/42', publishedAt: 5, attempt: 1 });
+    const first = decodeInbound(inbound(Buffer.from('[1,2]')));
+    const again = decodeInbound(inbound(Buffer.from('[1,2]')));
+    expect(first.id).toMatch(/^sha256:[0-9a-f]{32}$/);
+    expect(again.id).toBe(first.id);
+    expect(decodeInbound(inbound('[1,3]')).id).not.toBe(first.id);
+  });
+
+  it('refuses a body that is not JSON (the delivery is then poison), and describes it all the same', () => {
+    expect(() => decodeInbound(inbound('not json'))).toThrow('body is not JSON');
+    expect(() => decodeInbound(inbound(''))).toThrow('body is not JSON');
+    const poison = undecoded(inbound(Buffer.from('not json'), { id: 'p-1' }));
+    expect(poison).toMatchObject({ message: 'not json', id: 'p-1', contentType: undefined });
+    expect(Buffer.isBuffer(poison.body) && poison.body.toString()).toBe('not json');
+  });
+
+  it('reads a 0.1.0 envelope by its shape, and goes on with the message itself (a retry is in the new format)', () => {
+    const earlier = { v: 1, id: 'old-1', event: 'b:t', env: 'prd', product: 'p', publishedAt: 5, attempt: 2, headers: { h: 'v' }, correlationId: 'c', message: { n: 1 } };
+    const decoded = decodeInbound(inbound(JSON.stringify(earlier), {}, { native: 'x' }));
+    expect(decoded).toMatchObject({ message: { n: 1 }, id: 'old-1', publishedAt: 5, attempt: 2, correlationId: 'c', headers: { h: 'v', native: 'x' } });
+    expect(decoded.body).toBe('{"n":1}');
+    // With CloudEvents metadata it is a message of that shape, not an envelope.
+    expect(decodeInbound(inbound(JSON.stringify(earlier), { specversion: '1.0', id: 'new' })).message).toEqual(earlier);
+  });
+
+  it('unwraps a structured-mode CloudEvent to its data and attributes', () => {
+    const event = { specversion: '1.0', id: 'ce-1', source: '/billing', type: 'com.example.paid', time: '2026-01-02T03:04:05.000Z', correlationid: 'c-9', traceparent: '00-ab-cd-01', data: { paid: true } };
+    const decoded = decodeInbound(inbound(JSON.stringify(event), { contentType: 'application/cloudevents+json; charset=utf-8' }));
+    expect(decoded).toMatchObject({ message: { paid: true }, id: 'ce-1', publishedAt: Date.parse(event.time), correlationId: 'c-9', type: 'com.example.paid', headers: { traceparent: '00-ab-cd-01' } });
+    const base64 = { specversion: '1.0', id: 'ce-2', source: '/s', type: 't', data_base64: Buffer.from('{"x":1}').toString('base64') };
+    expect(decodeInbound(inbound(JSON.stringify(base64), { contentType: 'application/cloudevents+json' })).message).toEqual({ x: 1 });
+    expect(() => decodeInbound(inbound('{"data":1}', { contentType: 'application/cloudevents+json' }))).toThrow(/without specversion/);
+  });
+
+  it('sends a retry or a dead letter with the same bytes and id, and the new attempt', () => {
+    const body = Buffer.from('{"a":1}');
+    const decoded = decodeInbound(inbound(body, { brokerMessageId: 'q/7' }, { h: '1' }));
+    const out = outboundOf(decoded, { event: 'b:t', source: '/p/prd/s' }, 3, { h: '1', x: '2' }, 100);
+    expect(out).toMatchObject({ messageId: 'q/7', attempt: 3, type: 'b:t', source: '/p/prd/s', contentType: 'application/json', delayMs: 100, headers: { h: '1', x: '2' } });
+    expect(out.body).toBe(body);
+  });
+});
+
+describe('CloudEvents headers', () => {
+  it('writes the attributes with a prefix, the attempt only above 1, and reads them back apart from the other headers', () => {
+    const message = { body: '{}', messageId: 'id-1', publishedAt: 0, type: 'b:t', source: '/p/prd/s', attempt: 1, correlationId: 'c', key: 'k', headers: {} };
+    const written = writeCloudEventHeaders('ce_', message, {});
+    expect(written).toEqual({ ce_specversion: '1.0', ce_id: 'id-1', ce_source: '/p/prd/s', ce_type: 'b:t', ce_time: '1970-01-01T00:00:00.000Z', ce_correlationid: 'c', ce_partitionkey: 'k' });
+    expect(writeCloudEventHeaders('ce_', { ...message, attempt: 2 }, {}, { omitKey: true })).toMatchObject({ ce_ductapeattempt: '2' });
+    const read = readCloudEventHeaders(['ce_'], { ...(written as Record<string, string>), ce_ductapeattempt: '2', ce_traceparent: 't', plain: 'p' });
+    expect(read.metadata).toEqual({ specversion: '1.0', id: 'id-1', source: '/p/prd/s', type: 'b:t', time: 0, correlationId: 'c', key: 'k', attempt: 2 });
+    expect(read.headers).toEqual({ ce_traceparent: 't', plain: 'p' });
   });
 });
 

@@ -3,7 +3,7 @@ import type { INestApplication } from '@nestjs/common';
 import { BrokerError, MemoryBrokerServer, type BrokerErrorCode, type BrokerModuleOptions, type MessageBrokerService } from '../lib';
 import type { StandardSchemaV1 } from '../lib/interfaces/standard-schema.interface';
 import { createBrokerApp, startupError } from './support/app';
-import { sleep } from './support/wait';
+import { sleep, waitFor } from './support/wait';
 
 /**
  * Every error code of DESIGN.md, produced from bad input. Each test also proves that nothing was
@@ -34,7 +34,7 @@ const options = (overrides: Partial<BrokerModuleOptions> = {}): BrokerModuleOpti
     { tag: 'sqsbroker', envs: [{ slug: 'prd', type: 'memory', config: { server: SERVER } }] },
     {
       tag: 'strict',
-      envs: [{ slug: 'prd', type: 'memory', config: { server: SERVER, maxQueueLength: 2 } }],
+      envs: [{ slug: 'prd', type: 'memory', whenNoGroup: 'reject', config: { server: SERVER, maxQueueLength: 2 } }],
       topics: [{ tag: 'orders', schema: orderSchema }, { tag: 'small' }],
     },
   ],
@@ -160,13 +160,22 @@ describe('error codes from bad input, with nothing published', () => {
     );
   });
 
-  it('PUBLISH_FAILED when the group queue is full, and nothing of that message is enqueued', async () => {
+  it("PUBLISH_FAILED for a topic with no group under the env's whenNoGroup: 'reject', naming the topic and env; nothing kept for a later group", async () => {
+    await expectRefused('PUBLISH_FAILED', () => publish({ event: 'strict:small' }), /topic 'my_product\.prd\.small' \[prd\] has no subscription group yet/);
+    const got: unknown[] = [];
+    await broker.subscribe({ env: 'prd', event: 'strict:small', product_tag: 'my_product', input: { group: 'late', callback: (m) => void got.push(m) } });
+    expect(server().depth('my_product.prd.small', 'late')).toBe(0);
+    await publish({ event: 'strict:small' });
+    await waitFor(() => got.length === 1, 'the message published once the group existed');
+  });
+
+  it("a publish still reaches every other group when one group's queue is full (its consumers left)", async () => {
     const sub = await broker.subscribe({ env: 'prd', event: 'strict:small', product_tag: 'my_product', input: { group: 'stalled', callback: () => undefined } });
     await sub.unsubscribe();
-    await publish({ event: 'strict:small' });
-    await publish({ event: 'strict:small' });
-    expect(server().depth('my_product.prd.small', 'stalled')).toBe(2);
-    await expectRefused('PUBLISH_FAILED', () => publish({ event: 'strict:small' }), /queue of my_product\.prd\.small \/ stalled is full/);
+    const live: unknown[] = [];
+    await broker.subscribe({ env: 'prd', event: 'strict:small', product_tag: 'my_product', input: { group: 'live', callback: (m) => void live.push(m) } });
+    for (let i = 0; i < 3; i++) await publish({ event: 'strict:small' });
+    await waitFor(() => live.length === 3, 'the live group to get all three');
     expect(server().depth('my_product.prd.small', 'stalled')).toBe(2);
   });
 

@@ -29,7 +29,17 @@ function capturingLogger(): { logger: AdapterLogger; logs: CapturedLogs } {
 }
 
 const topic: AdapterTopic = { name: 'shop.prd.orders', tag: 'orders' };
-const message = (body: string, delayMs?: number): OutboundMessage => ({ body, messageId: body, headers: {}, delayMs });
+const message = (body: string, delayMs?: number): OutboundMessage => ({
+  body,
+  messageId: body,
+  publishedAt: Date.now(),
+  type: 'bk:orders',
+  source: '/shop/prd/shop',
+  contentType: 'application/json',
+  attempt: 1,
+  headers: {},
+  delayMs,
+});
 const text = (delivery: { body: string | Buffer }): string => (typeof delivery.body === 'string' ? delivery.body : delivery.body.toString('utf8'));
 
 describe('the memory adapter', () => {
@@ -56,87 +66,57 @@ describe('the memory adapter', () => {
     await Promise.all(adapters.splice(0).map((adapter) => adapter.close()));
   });
 
-  describe('messages published before any group subscribed', () => {
-    it('are kept, up to maxUnroutedPerTopic, and handed to the first group that subscribes only', async () => {
-      const { adapter, logs } = adapterWith({ maxUnroutedPerTopic: 3 });
+  describe('a topic no group has subscribed to', () => {
+    it('keeps nothing: the publish resolves, a warning names the topic at most once a minute, and the first group gets only what follows', async () => {
+      const { adapter, logs } = adapterWith(undefined);
       for (const body of ['m1', 'm2', 'm3']) await adapter.publish(topic, message(body));
-      // Exactly at the bound: nothing dropped, nothing logged.
-      expect(adapter.server.stats.dropped).toBe(0);
-      expect(logs.warn).toEqual([]);
+      expect(logs.warn).toHaveLength(1);
+      expect(logs.warn[0]).toContain(topic.name);
+      expect(logs.warn[0]).toContain('[prd]');
+      expect(logs.warn[0]).toMatch(/no subscription group/);
 
       const first = await collect(adapter, 'first');
-      await waitFor(() => first.bodies.length === 3, 'the first group to get the 3 unrouted messages');
-      expect(first.bodies).toEqual(['m1', 'm2', 'm3']);
-
-      const second = await collect(adapter, 'second');
       await adapter.publish(topic, message('m4'));
-      await waitFor(() => first.bodies.length === 4 && second.bodies.length === 1, 'both groups to get m4');
+      await waitFor(() => first.bodies.length === 1, 'the message published after the group subscribed');
       await sleep(20);
-      // The unrouted messages went to the first group only; the second group gets what follows.
-      expect(second.bodies).toEqual(['m4']);
-      expect(first.bodies).toEqual(['m1', 'm2', 'm3', 'm4']);
+      expect(first.bodies).toEqual(['m4']);
+      expect(logs.warn).toHaveLength(1);
     });
 
-    it('beyond maxUnroutedPerTopic, drop the oldest with a logged warning and keep the newest', async () => {
-      const { adapter, logs } = adapterWith({ maxUnroutedPerTopic: 3 });
-      for (const body of ['m1', 'm2', 'm3', 'm4', 'm5']) await adapter.publish(topic, message(body));
-      expect(adapter.server.stats.dropped).toBe(2);
-      expect(logs.warn).toHaveLength(2);
-      for (const warning of logs.warn) {
-        expect(warning).toContain(topic.name);
-        expect(warning).toMatch(/oldest/);
-      }
-      expect(logs.error).toEqual([]);
-
+    it("refuses under whenNoGroup: 'reject', naming the topic, and enqueues nothing", async () => {
+      const { adapter } = adapterWith(undefined);
+      const strict: AdapterTopic = { ...topic, whenNoGroup: 'reject' };
+      const refused = await adapter.publish(strict, message('m1')).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: 'PUBLISH_FAILED' });
+      expect((refused as Error).message).toContain(topic.name);
       const first = await collect(adapter, 'first');
-      await waitFor(() => first.bodies.length === 3, 'the 3 newest unrouted messages');
+      await adapter.publish(strict, message('m2'));
+      await waitFor(() => first.bodies.length === 1, 'the message published once a group existed');
       await sleep(20);
-      expect(first.bodies).toEqual(['m3', 'm4', 'm5']);
+      expect(first.bodies).toEqual(['m2']);
     });
 
-    it('are not taken by a group that only got dead letters or a message of its own', async () => {
-      const { adapter } = adapterWith({ maxUnroutedPerTopic: 10 });
-      await adapter.publish(topic, message('m1'));
+    it('is not given a group by dead letters or a message sent to one group', async () => {
+      const { adapter } = adapterWith(undefined);
       await adapter.sendToDeadLetters(topic, 'phantom', message('dead'));
       await adapter.sendToGroup(topic, 'phantom', message('own'));
-      await adapter.publish(topic, message('m2'));
-
-      const first = await collect(adapter, 'first');
-      await waitFor(() => first.bodies.length === 2, 'the first subscribed group to get both unrouted messages');
+      await adapter.publish(topic, message('m1'));
       const phantom = await collect(adapter, 'phantom');
       await waitFor(() => phantom.bodies.length === 1, "the phantom group's own message");
+      await adapter.publish(topic, message('m2'));
+      await waitFor(() => phantom.bodies.length === 2, 'the message published after it subscribed');
       await sleep(20);
-      expect(first.bodies).toEqual(['m1', 'm2']);
-      expect(phantom.bodies).toEqual(['own']);
+      expect(phantom.bodies).toEqual(['own', 'm2']);
     });
 
-    it('bound delayed publishes too: beyond maxUnroutedPerTopic waiting, a delayed publish is refused', async () => {
-      const { adapter } = adapterWith({ maxUnroutedPerTopic: 3 });
-      for (const n of [1, 2, 3]) await adapter.publish(topic, message(`later-${n}`, 100));
-      await expect((async () => adapter.publish(topic, message('later-4', 100)))()).rejects.toThrow(/no subscriber.*3 delayed messages/);
-      // A message without delay is still kept (the oldest unrouted one dropped past the bound).
-      await adapter.publish(topic, message('now'));
-      // Once the delays are over, they are unrouted messages like any other, and delays fit again.
-      await sleep(150);
-      await adapter.publish(topic, message('later-5', 100));
-      const { bodies } = await collect(adapter, 'first');
-      await waitFor(() => bodies.length === 3, 'the 3 kept messages');
-      await waitFor(() => bodies.includes('later-5'), 'the last delayed message');
-      expect(bodies.slice(0, 3)).toEqual(['later-1', 'later-2', 'later-3']);
-    });
-
-    it('keep 1000 by default', async () => {
-      const { adapter, logs } = adapterWith(undefined);
-      for (let i = 1; i <= 1000; i++) await adapter.publish(topic, message(`m${i}`));
-      expect(adapter.server.stats.dropped).toBe(0);
-      await adapter.publish(topic, message('m1001'));
-      expect(adapter.server.stats.dropped).toBe(1);
-      expect(logs.warn).toHaveLength(1);
-
+    it('never delivers a delayed publish made while it had no group, even to a group subscribing before it is due', async () => {
+      const { adapter } = adapterWith(undefined);
+      await adapter.publish(topic, message('later', 50));
       const first = await collect(adapter, 'first');
-      await waitFor(() => first.bodies.length === 1000, 'the 1000 newest unrouted messages');
-      expect(first.bodies[0]).toBe('m2');
-      expect(first.bodies[999]).toBe('m1001');
+      await adapter.publish(topic, message('after', 50));
+      await waitFor(() => first.bodies.length === 1, 'the delayed message published after the group subscribed');
+      await sleep(100);
+      expect(first.bodies).toEqual(['after']);
     });
   });
 
@@ -236,27 +216,39 @@ describe('the memory adapter', () => {
       }
     });
 
-    it('counts messages waiting for their delay (retries, delayMs) against the bound', async () => {
+    it('counts retries waiting for their delay against the bound', async () => {
       const { adapter } = adapterWith({ maxQueueLength: 2 });
       const stalled = await collect(adapter, 'stalled');
       await stalled.consumer.close();
 
       await adapter.sendToGroup(topic, 'stalled', message('retry-later', 150));
-      await adapter.publish(topic, message('publish-later', 150));
+      await adapter.sendToGroup(topic, 'stalled', message('retry-later-2', 150));
       expect(adapter.server.depth(topic.name, 'stalled')).toBe(0);
       await expect((async () => adapter.sendToGroup(topic, 'stalled', message('retry-now')))()).rejects.toThrow(/full/);
-      await expect((async () => adapter.publish(topic, message('publish-now')))()).rejects.toThrow(/full/);
 
       await waitFor(() => adapter.server.depth(topic.name, 'stalled') === 2, 'the delayed messages to arrive');
-      await sleep(20);
-      expect(adapter.server.depth(topic.name, 'stalled')).toBe(2);
-
       // Once arrived, they count as queued, not as delayed: when the queue drains there is room again.
       const drained = await collect(adapter, 'stalled');
       await waitFor(() => drained.bodies.length === 2, 'the queue to drain');
-      await adapter.publish(topic, message('fits-again'));
-      await adapter.sendToGroup(topic, 'stalled', message('fits-too'));
-      await waitFor(() => drained.bodies.length === 4, 'the two new messages');
+      await adapter.sendToGroup(topic, 'stalled', message('fits-again'));
+      await waitFor(() => drained.bodies.length === 3, 'the new message');
+    });
+
+    it("a full group's queue loses its oldest message, with an error log naming the group, and other groups still get every message", async () => {
+      const { adapter, logs } = adapterWith({ maxQueueLength: 2 });
+      const stalled = await collect(adapter, 'stalled');
+      await stalled.consumer.close();
+      const live = await collect(adapter, 'live');
+      for (const body of ['a', 'b', 'c', 'd']) await adapter.publish(topic, message(body));
+      await waitFor(() => live.bodies.length === 4, 'the live group to get all four');
+      expect(adapter.server.depth(topic.name, 'stalled')).toBe(2);
+      expect(adapter.server.stats.dropped).toBe(2);
+      // Logged once (at most once a minute per group), naming the topic and the group.
+      expect(logs.error).toHaveLength(1);
+      expect(logs.error[0]).toContain(`${topic.name} / group stalled is full`);
+      const next = await collect(adapter, 'stalled');
+      await waitFor(() => next.bodies.length === 2, 'the two newest');
+      expect(next.bodies).toEqual(['c', 'd']);
     });
   });
 });
@@ -371,7 +363,7 @@ describe('memory config validation', () => {
 });
 
 describe('per-key order in the memory adapter', () => {
-  const keyed = (body: string): OutboundMessage => ({ body, messageId: body, key: 'A', headers: {} });
+  const keyed = (body: string): OutboundMessage => ({ ...message(body), key: 'A' });
   let adapter: MemoryAdapter;
 
   beforeEach(() => {

@@ -18,7 +18,7 @@ function recordingAdapter() {
     close: () => (calls.push('close'), Promise.resolve()),
   };
   const adapter: BrokerAdapter = {
-    capabilities: { fanOut: true, orderingPerKey: false, nativeDelay: true, nativeDeadLetters: true },
+    capabilities: { fanOut: true, orderingPerKey: false, nativeDelay: true, nativeDeadLetters: true, detectsNoGroup: true },
     connect: () => Promise.resolve(),
     publish: () => Promise.resolve(),
     sendToGroup: () => (calls.push('sendToGroup'), Promise.resolve()),
@@ -31,10 +31,10 @@ function recordingAdapter() {
     close: () => Promise.resolve(),
   };
   const deliver = (id: string): Promise<void> => {
-    const body = JSON.stringify({ v: 1, id, event: 'b:t', env: 'prd', product: 'p', publishedAt: 0, attempt: 1, headers: {}, message: { id } });
     const delivery: InboundDelivery = {
-      body,
+      body: JSON.stringify({ id }),
       headers: {},
+      metadata: { specversion: '1.0', id, time: 0 },
       raw: id,
       ack: () => (calls.push(`ack ${id}`), Promise.resolve()),
       release: () => (calls.push(`release ${id}`), Promise.resolve()),

@@ -83,7 +83,7 @@ export function readCloudEventHeaders(
 /** Sets one context attribute, given by its CloudEvents name, on `metadata`; unknown names are ignored. */
 export function setAttribute(metadata: Mutable<InboundMetadata>, attribute: string, value: unknown): void {
   if (value === undefined || value === null) return;
-  const text = typeof value === 'string' ? value : Buffer.isBuffer(value) ? value.toString('utf8') : String(value);
+  const text = attributeText(value);
   switch (attribute) {
     case CE_ATTRIBUTES.specversion:
       metadata.specversion = text;
@@ -114,6 +114,15 @@ export function setAttribute(metadata: Mutable<InboundMetadata>, attribute: stri
       break;
     }
   }
+}
+
+/** A header or attribute value as text: strings, bytes, numbers, booleans, dates; JSON for anything else. */
+export function attributeText(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (Buffer.isBuffer(value)) return value.toString('utf8');
+  if (value instanceof Date) return value.toISOString();
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') return String(value);
+  return JSON.stringify(value) ?? '';
 }
 
 function attributeName(prefixes: readonly string[], name: string): string | undefined {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { InboundMessage, OutboundMessage } from '../adapters/broker-adapter';
-import { CE_ATTRIBUTES, isStructuredContentType, JSON_CONTENT_TYPE, setAttribute, type Mutable } from '../adapters/cloudevents';
+import { attributeText, CE_ATTRIBUTES, isStructuredContentType, JSON_CONTENT_TYPE, setAttribute, type Mutable } from '../adapters/cloudevents';
 import type { InboundMetadata } from '../adapters/broker-adapter';
 import { BrokerError } from '../errors';
 
@@ -44,7 +44,7 @@ export interface DecodedMessage {
   publishedAt: number;
   /** The attempt the metadata names (1 when it names none); a broker's own delivery count takes precedence. */
   attempt: number;
-  headers: Record<string, string>;
+  headers: Readonly<Record<string, string>>;
   correlationId?: string;
   key?: string;
   type?: string;
@@ -68,7 +68,7 @@ export function decodeInbound(inbound: InboundMessage): DecodedMessage {
     id: messageIdOf(inbound),
     publishedAt: metadata.time ?? metadata.brokerTime ?? Date.now(),
     attempt: metadata.attempt ?? 1,
-    headers: inbound.headers as Record<string, string>,
+    headers: inbound.headers,
     correlationId: metadata.correlationId,
     key: metadata.key,
     type: metadata.type,
@@ -86,7 +86,7 @@ export function undecoded(inbound: InboundMessage): DecodedMessage {
     id: messageIdOf(inbound),
     publishedAt: metadata.time ?? metadata.brokerTime ?? Date.now(),
     attempt: metadata.attempt ?? 1,
-    headers: inbound.headers as Record<string, string>,
+    headers: inbound.headers,
     correlationId: metadata.correlationId,
     key: metadata.key,
     type: metadata.type,
@@ -150,7 +150,7 @@ function fromStructured(inbound: InboundMessage, value: unknown): DecodedMessage
   for (const [name, attribute] of Object.entries(event)) {
     if (name === 'data' || name === 'data_base64' || name === 'datacontenttype') continue;
     if ((Object.values(CE_ATTRIBUTES) as string[]).includes(name)) setAttribute(attributes, name, attribute);
-    else if (attribute !== null && typeof attribute !== 'object') headers[name] = String(attribute);
+    else if (attribute !== null && typeof attribute !== 'object') headers[name] = attributeText(attribute);
   }
   let message: unknown = 'data' in event ? event.data : null;
   if (typeof event.data_base64 === 'string') {

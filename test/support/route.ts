@@ -8,6 +8,7 @@ export function testRoute(topicName = 'p.prd.t'): Route {
     product: 'p',
     brokerTag: 'b',
     topicTag: 't',
+    source: '/p/prd/p',
     brokerEnv: { slug: 'prd', type: 'memory' },
     topic: { name: topicName, tag: 't' },
   };

@@ -186,7 +186,7 @@ export class MemoryBrokerServer {
    * (tests: a foreign or a poison message). `metadata` stands for the broker fields such a producer set.
    */
   publishRaw(topicName: string, body: string | Buffer, headers: Record<string, string> = {}, metadata: InboundMetadata = {}): void {
-    void this.publish(topicName, { body, headers, metadata, messageId: metadata.id ?? '' });
+    void this.publish(topicName, { ...metadata, body, headers, messageId: metadata.id ?? '' });
   }
 
   /** Cancels delayed deliveries (a private server closing with its module); says how many were lost. */

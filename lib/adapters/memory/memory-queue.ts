@@ -2,12 +2,12 @@ import type { DeliveryListener, InboundDelivery, InboundMetadata } from '../brok
 
 /**
  * One message held by the in-memory broker: its bytes, its application headers, and its metadata
- * as the broker's own fields (there is no wire to map it onto; a foreign message has none).
+ * as the broker's own fields, in the same object (there is no wire to map it onto; a foreign
+ * message has none of them).
  */
-export interface MemoryMessage {
+export interface MemoryMessage extends InboundMetadata {
   readonly body: string | Buffer;
   readonly headers: Readonly<Record<string, string>>;
-  readonly metadata: InboundMetadata;
   readonly key?: string;
   readonly messageId: string;
 }
@@ -291,7 +291,7 @@ class MemoryDelivery implements InboundDelivery {
   }
 
   get metadata(): InboundMetadata {
-    return this.message.metadata;
+    return this.message;
   }
 
   get raw(): unknown {

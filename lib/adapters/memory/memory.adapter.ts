@@ -7,7 +7,6 @@ import type {
   ConsumeOptions,
   DeliveryListener,
   InboundMessage,
-  InboundMetadata,
   OutboundMessage,
 } from '../broker-adapter';
 import { CLOUDEVENTS_SPEC_VERSION } from '../cloudevents';
@@ -80,7 +79,7 @@ export class MemoryAdapter implements BrokerAdapter {
     for (let visited = 0; visited < count; visited++) {
       const message = deadLetters.peekOldest();
       if (!message) break;
-      await visit({ body: message.body, headers: message.headers, metadata: message.metadata, raw: message });
+      await visit({ body: message.body, headers: message.headers, metadata: message, raw: message });
       // A consumer of the dead letters may have taken it meanwhile: count only what this call removed.
       if (deadLetters.removeOldest(message)) removed++;
     }
@@ -122,8 +121,13 @@ function settled(step: () => Promise<void> | undefined | void): Promise<void> {
   }
 }
 
+/** One object per message: the broker's record of it is also its metadata (the embedded broker has no wire). */
 function toMemoryMessage(message: OutboundMessage): MemoryMessage {
-  const metadata: InboundMetadata = {
+  return {
+    body: message.body,
+    headers: message.headers,
+    key: message.key,
+    messageId: message.messageId,
     specversion: CLOUDEVENTS_SPEC_VERSION,
     id: message.messageId,
     time: message.publishedAt,
@@ -131,10 +135,8 @@ function toMemoryMessage(message: OutboundMessage): MemoryMessage {
     source: message.source,
     contentType: message.contentType,
     correlationId: message.correlationId,
-    key: message.key,
     attempt: message.attempt,
   };
-  return { body: message.body, headers: message.headers, metadata, key: message.key, messageId: message.messageId };
 }
 
 export function createMemoryAdapter(config: MemoryEnvConfig['config'], context: AdapterContext): BrokerAdapter {
