@@ -116,12 +116,14 @@ export class SubscriptionRunner {
       message = result.value;
     }
     try {
-      await this.spec.handler(message, this.context(decoded, attempt, delivery));
+      const result = this.spec.handler(message, this.context(decoded, attempt, delivery));
+      // A handler that returned without a promise costs no extra turn (and no frame kept alive across one).
+      if (isThenable(result)) await result;
     } catch (error) {
       if (attempt >= this.spec.retry.maxAttempts) return this.deadLetter(delivery, decoded, error, attempt, 'max-attempts');
       return this.retry(delivery, decoded, attempt, error);
     }
-    if (!this.detached) await delivery.ack();
+    if (!this.detached) return delivery.ack();
   }
 
   private async retry(delivery: InboundDelivery, decoded: DecodedMessage, attempt: number, error: unknown): Promise<void> {
@@ -226,4 +228,8 @@ export class SubscriptionRunner {
       this.pauses.add(pause);
     });
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
 }
