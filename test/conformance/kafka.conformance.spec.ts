@@ -1,13 +1,15 @@
 import { KAFKA_CAPABILITIES } from '../../lib/adapters/kafka';
-import { isKafkaMock, kafkaEnv, rawProduce } from '../support/kafka';
+import { isKafkaMock, kafkaEnv, kafkaRawReader, rawProduce } from '../support/kafka';
 import { runConformanceSuite } from './conformance.suite';
 
 runConformanceSuite({
   broker: 'kafka',
   capabilities: KAFKA_CAPABILITIES,
   envConfig: (slug) => kafkaEnv(slug),
-  // A foreign producer: plain kafkajs, straight to the topic.
-  publishRaw: async (topicName, body) => void (await rawProduce(topicName, body)),
+  // A foreign producer: plain kafkajs, straight to the topic, with plain headers and no ce_ ones.
+  publishRaw: async (topicName, body, headers) => void (await rawProduce(topicName, body, headers)),
+  // A plain kafkajs consumer in a group of its own.
+  rawReader: (topicName) => kafkaRawReader(topicName),
   // A new consumer group's first join takes seconds (3 s on librdkafka's mock cluster).
   deliveryTimeoutMs: 10_000,
   // Closing leaves the consumer group (kafkajs ends its fetch and sends LeaveGroup): 1.6 s was seen

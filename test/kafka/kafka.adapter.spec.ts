@@ -25,6 +25,7 @@ interface RawRecord {
   timestamp: string;
   key: string | null;
   value: string;
+  bytes: Buffer;
   headers: Record<string, string>;
 }
 
@@ -186,25 +187,45 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
   });
 
   describe('records on the broker', () => {
-    it('writes the key as the Kafka key (same key, same partition) and message-id, correlation-id and user headers as Kafka headers', async () => {
+    it('writes the bare message JSON as the value, its metadata as ce_ headers after the CloudEvents binding, the key as the record key and publishedAt as the timestamp', async () => {
       const { broker } = await start();
       const { event, topic } = newTopic();
-      const { messageId } = await publish(broker, event, { n: 'first' }, {
+      const message = { n: 'first', unicode: 'é 漢字 🎉' };
+      const before = Date.now();
+      const { messageId } = await publish(broker, event, message, {
         key: 'customer-7',
         messageId: 'msg-1',
         correlationId: 'corr-1',
-        headers: { tenant: 'acme', 'x-trace': 'abc' },
+        headers: { tenant: 'acme', 'x-trace': 'abc', ce_subject: 'order/7' },
       });
       expect(messageId).toBe('msg-1');
       for (let i = 0; i < 10; i++) await publish(broker, event, { i }, { key: i % 2 === 0 ? 'customer-7' : 'customer-9' });
       await publish(broker, event, { n: 'unkeyed' });
+      // A plain kafkajs consumer's view.
       const records = await readTopics([topic], (got) => got.length === 12);
-      const first = records.find((r) => r.headers['message-id'] === 'msg-1')!;
+      const first = records.find((r) => r.headers.ce_id === 'msg-1')!;
+      expect(first.value).toBe(JSON.stringify(message));
       expect(first.key).toBe('customer-7');
-      expect(first.headers).toEqual({ 'message-id': 'msg-1', 'correlation-id': 'corr-1', tenant: 'acme', 'x-trace': 'abc' });
-      expect(JSON.parse(first.value)).toMatchObject({ v: 1, id: 'msg-1', key: 'customer-7', correlationId: 'corr-1', message: { n: 'first' } });
-      // Every record carries its generated message-id.
-      expect(new Set(records.map((r) => r.headers['message-id'])).size).toBe(12);
+      expect(first.headers.ce_time).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+      expect(first.headers).toEqual({
+        ce_specversion: '1.0',
+        ce_id: 'msg-1',
+        ce_source: `/${PRODUCT}/prd/${PRODUCT}`,
+        ce_type: event,
+        ce_time: first.headers.ce_time,
+        'content-type': 'application/json',
+        ce_correlationid: 'corr-1',
+        // Another CloudEvents attribute given as a header is carried as it is.
+        ce_subject: 'order/7',
+        tenant: 'acme',
+        'x-trace': 'abc',
+      });
+      // The record timestamp is the message's time, to the millisecond.
+      expect(Number(first.timestamp)).toBe(Date.parse(first.headers.ce_time));
+      expect(Number(first.timestamp)).toBeGreaterThanOrEqual(before);
+      // Every record carries its generated id; no first attempt names its attempt.
+      expect(new Set(records.map((r) => r.headers.ce_id)).size).toBe(12);
+      expect(records.filter((r) => 'ce_ductapeattempt' in r.headers || 'ce_partitionkey' in r.headers || 'message-id' in r.headers)).toEqual([]);
       const partitionsOf = (key: string) => new Set(records.filter((r) => r.key === key).map((r) => r.partition));
       expect(records.filter((r) => r.key === 'customer-7')).toHaveLength(6);
       expect(partitionsOf('customer-7').size).toBe(1);
@@ -215,12 +236,167 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       for (const key of ['customer-7', 'customer-9']) {
         expect([...partitionsOf(key)]).toEqual([javaCompatible({ topic, partitionMetadata: partitions, message: { key, value: null } })]);
       }
-      expect(records.find((r) => r.key === null)).toBeDefined();
+      const unkeyed = records.find((r) => r.key === null)!;
+      expect(unkeyed.value).toBe('{"n":"unkeyed"}');
+      expect(unkeyed.headers).not.toHaveProperty('ce_correlationid');
+    });
+
+    it.each(['ce_id', 'ce_specversion', 'ce_time', 'ce_correlationid', 'ce_partitionkey', 'ce_ductapeattempt', 'content-type', 'x-ductape-due'])(
+      "refuses a user header named '%s' with INVALID_MESSAGE, before anything is sent",
+      async (name) => {
+        const { broker } = await start();
+        const { event, topic } = newTopic();
+        await publish(broker, event, 'first');
+        const error = await publish(broker, event, 'colliding', { headers: { tenant: 'acme', [name]: 'mine' } }).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(BrokerError);
+        expect((error as BrokerError).code).toBe('INVALID_MESSAGE');
+        expect((error as BrokerError).message).toContain(`header '${name}' is reserved`);
+        expect(await highWatermarks(topic)).toBe(1);
+      },
+    );
+
+    it("reads a plain kafkajs producer's JSON record (no ce_ headers) as a message: id topic/partition/offset on every delivery, publishedAt the record timestamp", async () => {
+      const { broker } = await start();
+      const { event, topic } = newTopic();
+      const received: { message: unknown; ctx: BrokerContext }[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: PRODUCT,
+        input: {
+          group: 'plain',
+          callback: (message: unknown, ctx: BrokerContext) => {
+            received.push({ message, ctx });
+            if (ctx.attempt === 1) throw new Error('fails once');
+          },
+        },
+      });
+      const timestamp = Date.now() - 60_000;
+      const value = JSON.stringify({ orderId: 'j-1', from: 'java' });
+      const { partition, offset } = await rawProduce(topic, value, { 'x-origin': 'billing-java' }, { key: 'order-j-1', timestamp });
+      await waitFor(() => received.length === 2, 'the record and its retry', 10_000);
+      const id = `${topic}/${partition}/${offset}`;
+      for (const [n, { message, ctx }] of received.entries()) {
+        expect(message).toEqual({ orderId: 'j-1', from: 'java' });
+        expect(ctx).toMatchObject({ messageId: id, attempt: n + 1, key: 'order-j-1' });
+        expect(ctx.headers).toEqual({ 'x-origin': 'billing-java' });
+        expect(ctx.publishedAt.getTime()).toBe(timestamp);
+        expect(ctx.correlationId).toBeUndefined();
+      }
+      // The retry is ours: the same bytes, with the first delivery's id and time as ce_ headers.
+      const [retry] = await readTopics([`${topic}.plain.retry`], (got) => got.length === 1);
+      expect(retry.value).toBe(value);
+      expect(retry.key).toBe('order-j-1');
+      expect(retry.headers).toMatchObject({ ce_id: id, ce_time: new Date(timestamp).toISOString(), ce_ductapeattempt: '2', 'x-origin': 'billing-java' });
+    });
+
+    it("reads another producer's CloudEvents, binary (ce_ headers) and structured (application/cloudevents+json), by their attributes", async () => {
+      const { broker } = await start();
+      const { event, topic } = newTopic();
+      const received: { message: unknown; ctx: BrokerContext }[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: (message: unknown, ctx: BrokerContext) => void received.push({ message, ctx }) } });
+      await rawProduce(
+        topic,
+        '{"sku":"b-1"}',
+        {
+          ce_specversion: '1.0',
+          ce_id: 'java-ce-1',
+          ce_source: '/inventory',
+          ce_type: 'com.example.stock',
+          ce_time: '2026-01-02T03:04:05.678Z',
+          ce_partitionkey: 'sku-b-1',
+          ce_subject: 'b-1',
+          'content-type': 'application/json',
+        },
+        { key: 'record-key' },
+      );
+      const structured = { specversion: '1.0', id: 'java-ce-2', source: '/inventory', type: 'com.example.stock', time: '2026-01-02T03:04:06Z', data: { sku: 's-1' } };
+      await rawProduce(topic, JSON.stringify(structured), { 'content-type': 'application/cloudevents+json; charset=UTF-8' });
+      await waitFor(() => received.length === 2, 'both events', 10_000);
+      const byId = new Map(received.map((r) => [r.ctx.messageId, r]));
+      expect(byId.get('java-ce-1')!.message).toEqual({ sku: 'b-1' });
+      // ce_partitionkey, when a producer sets it, is the key; content-type and the mapped ce_ headers are not application headers.
+      expect(byId.get('java-ce-1')!.ctx).toMatchObject({ key: 'sku-b-1', headers: { ce_subject: 'b-1' } });
+      expect(Object.keys(byId.get('java-ce-1')!.ctx.headers)).toEqual(['ce_subject']);
+      expect(byId.get('java-ce-1')!.ctx.publishedAt.toISOString()).toBe('2026-01-02T03:04:05.678Z');
+      expect(byId.get('java-ce-2')!.message).toEqual({ sku: 's-1' });
+      expect(byId.get('java-ce-2')!.ctx.publishedAt.toISOString()).toBe('2026-01-02T03:04:06.000Z');
+    });
+
+    it('reads a record written by 0.1.0 (the v: 1 envelope, message-id and correlation-id headers) as before, and retries it in wire format 2', async () => {
+      const { broker } = await start();
+      const { event, topic } = newTopic();
+      const received: { message: unknown; ctx: BrokerContext }[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event,
+        product_tag: PRODUCT,
+        input: {
+          group: 'upgrade',
+          callback: (message: unknown, ctx: BrokerContext) => {
+            received.push({ message, ctx });
+            if (ctx.attempt === 1) throw new Error('fails once');
+          },
+        },
+      });
+      // 0.1.0 let a user name a header ce_id: the retry's own ce_id must still win.
+      const envelope = { v: 1, id: 'old-1', publishedAt: 1_700_000_000_000, attempt: 1, headers: { tenant: 'acme', ce_id: 'user-set' }, correlationId: 'corr-old', key: 'k-old', message: { orderId: 'o-1' } };
+      // As 0.1.0's Kafka adapter wrote it.
+      await rawProduce(topic, JSON.stringify(envelope), { 'message-id': 'old-1', 'correlation-id': 'corr-old', tenant: 'acme', ce_id: 'user-set' }, { key: 'k-old' });
+      await waitFor(() => received.length === 2, 'the 0.1.0 record and its retry', 10_000);
+      for (const [n, { message, ctx }] of received.entries()) {
+        expect(message).toEqual({ orderId: 'o-1' });
+        expect(ctx).toMatchObject({ messageId: 'old-1', attempt: n + 1, correlationId: 'corr-old', key: 'k-old', headers: { tenant: 'acme' } });
+        expect(ctx.publishedAt.getTime()).toBe(1_700_000_000_000);
+      }
+      const [retry] = await readTopics([`${topic}.upgrade.retry`], (got) => got.length === 1);
+      expect(retry.value).toBe('{"orderId":"o-1"}');
+      expect(retry.key).toBe('k-old');
+      expect(retry.headers).toMatchObject({ ce_id: 'old-1', ce_time: '2023-11-14T22:13:20.000Z', ce_correlationid: 'corr-old', ce_ductapeattempt: '2', tenant: 'acme' });
+    });
+  });
+
+  describe('topics with no group', () => {
+    it('a group gets every message published after it first subscribed, also while none of its consumers ran; none from before', async () => {
+      const { event, topic } = newTopic();
+      const publisher = await start();
+      await publish(publisher.broker, event, { n: 'before the group' });
+      const first = await start();
+      const handled: unknown[] = [];
+      await first.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'late', callback: (message) => void handled.push(message) } });
+      await publish(publisher.broker, event, { n: 'while running' });
+      await waitFor(() => handled.length === 1, 'the message published while the group ran', 10_000);
+      await first.app.close();
+      apps.splice(apps.indexOf(first.app), 1);
+      await Promise.all([1, 2, 3].map((n) => publish(publisher.broker, event, { n: `while down ${n}` }, { key: `k${n}` })));
+      expect(await highWatermarks(topic)).toBe(5);
+      const second = await start();
+      await second.broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'late', callback: (message) => void handled.push(message) } });
+      await waitFor(() => handled.length === 4, 'the three published while the group was down', 10_000);
+      await sleep(300);
+      expect(handled.map((m) => (m as { n: string }).n).sort()).toEqual(['while down 1', 'while down 2', 'while down 3', 'while running']);
+    }, 40_000);
+
+    it("accepts a publish under whenNoGroup: 'reject', which Kafka cannot tell, and warns once per topic naming it", async () => {
+      const logger = new CapturingLogger();
+      const tag = `t-${randomUUID().slice(0, 8)}`;
+      const other = `t-${randomUUID().slice(0, 8)}`;
+      const { app, broker } = await createBrokerApp(
+        options(kafkaEnv('prd'), { brokers: [{ tag: 'kf', envs: [kafkaEnv('prd')], topics: [{ tag, whenNoGroup: 'reject' }, { tag: other }] }] }),
+        {},
+        logger,
+      );
+      apps.push(app);
+      for (let n = 0; n < 3; n++) await publish(broker, `kf:${tag}`, { n });
+      await publish(broker, `kf:${other}`, 'no warning here');
+      expect(await highWatermarks(`${PRODUCT}.prd.${tag}`)).toBe(3);
+      const warnings = logger.entries.filter((entry) => entry.level === 'warn' && entry.message.includes("whenNoGroup: 'reject'"));
+      expect(warnings.map((w) => w.message)).toEqual([expect.stringContaining(`topic '${PRODUCT}.prd.${tag}' [prd] has whenNoGroup: 'reject', which Kafka cannot honour`)]);
     });
   });
 
   describe('retries', () => {
-    it('moves a failing message to the retry topic, so later messages of its partition go on; it ends in the dead letters', async () => {
+    it('moves a failing message to the retry topic, so later messages of its partition go on; it ends in the dead letters; both keep its bytes', async () => {
       const { broker } = await start();
       const { event, topic } = newTopic();
       const group = 'flaky';
@@ -243,7 +419,7 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         }),
         broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group, deadLetter: true, callback: (message, ctx) => void dead.push({ message, ctx }) } }),
       ]);
-      const { messageId } = await publish(broker, event, { name: 'A' }, { key: 'same' });
+      const { messageId } = await publish(broker, event, { name: 'A' }, { key: 'same', correlationId: 'corr-A', headers: { tenant: 'acme' } });
       for (let i = 1; i <= 5; i++) await publish(broker, event, { name: `B${i}` }, { key: 'same' });
       await waitFor(() => dead.length === 1, 'A among the dead letters', 12_000);
 
@@ -259,11 +435,18 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.attempts]).toBe('3');
       expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.reason]).toBe('max-attempts');
 
-      // The retries went through `<topic>.<group>.retry`, each with a later due time.
+      // The retries went through `<topic>.<group>.retry`, each with a later due time, the bytes
+      // as published and the metadata of the first attempt, the attempt besides.
+      const [original] = await readTopics([topic], (got) => got.length === 6).then((got) => got.filter((r) => r.headers.ce_id === messageId));
       const retries = await readTopics([`${topic}.${group}.retry`], (got) => got.length >= 2);
       expect(retries).toHaveLength(2);
-      expect(retries.map((r) => r.headers['message-id'])).toEqual([messageId, messageId]);
-      expect(retries.map((r) => (JSON.parse(r.value) as { attempt: number }).attempt)).toEqual([2, 3]);
+      const { ce_time: publishedAt } = original.headers;
+      const metadata = { ce_specversion: '1.0', ce_id: messageId, ce_source: `/${PRODUCT}/prd/${PRODUCT}`, ce_type: event, ce_time: publishedAt, ce_correlationid: 'corr-A', 'content-type': 'application/json', tenant: 'acme' };
+      for (const [n, retry] of retries.entries()) {
+        expect(retry.value).toBe(original.value);
+        expect(retry.key).toBe('same');
+        expect(retry.headers).toMatchObject({ ...metadata, ce_ductapeattempt: String(n + 2) });
+      }
       const due = retries.map((r) => Number(r.headers['x-ductape-due']));
       expect(due[1]).toBeGreaterThan(due[0]);
       // Due after each backoff (1500 ms, then 3000 ms) from when the retry was written.
@@ -271,6 +454,18 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       expect(due[0] - Number(retries[0].timestamp)).toBeLessThanOrEqual(1600);
       expect(due[1] - Number(retries[1].timestamp)).toBeGreaterThanOrEqual(2900);
       expect(due[1] - Number(retries[1].timestamp)).toBeLessThanOrEqual(3100);
+
+      // The dead letter: the same bytes, its reason in x-ductape-* headers.
+      const [deadLetter] = await readTopics([`${topic}.${group}.dead-letters`], (got) => got.length === 1);
+      expect(deadLetter.value).toBe('{"name":"A"}');
+      expect(deadLetter.headers).toMatchObject({
+        ...metadata,
+        ce_ductapeattempt: '3',
+        [DEAD_LETTER_HEADERS.attempts]: '3',
+        [DEAD_LETTER_HEADERS.reason]: 'max-attempts',
+      });
+      expect(deadLetter.headers[DEAD_LETTER_HEADERS.error]).toContain('A always fails');
+      expect(deadLetter.headers).not.toHaveProperty('x-ductape-due');
     }, 30_000);
   });
 
@@ -592,19 +787,32 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       ]);
       const odd: IHeaders = {
         'message-id': 'foreign-1',
+        ce_id: '',
         count: '3',
         binary: Buffer.from([0xff, 0x00, 0xfe]),
         repeated: ['one', 'two'],
         empty: '',
         'x-ductape-due': 'not-a-number',
       };
-      await rawProduce(topic, Buffer.from([0xff, 0xfe, 0x00, 0x01]), odd, { key: Buffer.from([0x00, 0x80]) });
-      await rawProduce(topic, null, { 'message-id': 'tombstone-1' }, { key: 'deleted-entity' });
+      const binary = Buffer.from([0xff, 0xfe, 0x00, 0x01]);
+      const oddRecord = await rawProduce(topic, binary, odd, { key: Buffer.from([0x00, 0x80]) });
+      const tombstone = await rawProduce(topic, null, { 'message-id': 'tombstone-1' }, { key: 'deleted-entity' });
       await waitFor(() => dead.length === 2, 'both poison records among the dead letters', 10_000);
+      // Their ids are where they were first read (an empty ce_id is no id), also in the dead letters.
+      const oddId = `${topic}/${oddRecord.partition}/${oddRecord.offset}`;
+      const tombstoneId = `${topic}/${tombstone.partition}/${tombstone.offset}`;
       const byId = new Map(dead.map((d) => [d.ctx.messageId, d.ctx]));
-      expect([...byId.keys()].sort()).toEqual(['foreign-1', 'tombstone-1']);
+      expect([...byId.keys()].sort()).toEqual([oddId, tombstoneId].sort());
       for (const ctx of byId.values()) expect(ctx.headers[DEAD_LETTER_HEADERS.reason]).toBe('poison');
-      expect(byId.get('foreign-1')!.headers).toMatchObject({ count: '3', repeated: 'one', empty: '' });
+      // message-id is a plain header since wire format 2 (ce_id is the id).
+      expect(byId.get(oddId)!.headers).toMatchObject({ 'message-id': 'foreign-1', count: '3', repeated: 'one', empty: '' });
+      expect(byId.get(oddId)!.headers).not.toHaveProperty('x-ductape-due');
+      // The bytes as they came.
+      const records = await readTopics([`${topic}.g.dead-letters`], (got) => got.length === 2);
+      const oddDead = records.find((r) => r.headers.ce_id === oddId)!;
+      expect(oddDead.bytes.equals(binary)).toBe(true);
+      expect(oddDead.headers).not.toHaveProperty('content-type');
+      expect(records.find((r) => r.headers.ce_id === tombstoneId)!.bytes).toHaveLength(0);
       await publish(broker, event, 'fine');
       await waitFor(() => handled.length === 1, 'the next message', 5000);
       expect(handled).toEqual(['fine']);
@@ -635,6 +843,7 @@ async function readTopics(topics: string[], done: (records: RawRecord[]) => bool
           timestamp: message.timestamp,
           key: message.key === null ? null : message.key.toString('utf8'),
           value: message.value?.toString('utf8') ?? '',
+          bytes: message.value ?? Buffer.alloc(0),
           headers,
         });
       },

@@ -1,7 +1,9 @@
 import { spawn } from 'node:child_process';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { Kafka, logLevel, Partitioners, type Admin, type IHeaders } from 'kafkajs';
 import type { KafkaEnvConfig } from '../../lib';
+import type { RawReader, RawRecord } from '../conformance/conformance-target';
 
 /**
  * The Kafka cluster the integration suites use: KAFKA_BROKERS (comma-separated host:port), which
@@ -65,12 +67,13 @@ export async function rawProduce(
   topic: string,
   value: Buffer | string | null,
   headers?: IHeaders,
-  options: { key?: Buffer | string; partition?: number } = {},
+  options: { key?: Buffer | string; partition?: number; timestamp?: number } = {},
 ): Promise<{ partition: number; offset: string }> {
   const producer = rawKafka().producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: true });
   await producer.connect();
   try {
-    const [result] = await producer.send({ topic, acks: -1, messages: [{ value, headers, key: options.key, partition: options.partition }] });
+    const timestamp = options.timestamp === undefined ? undefined : String(options.timestamp);
+    const [result] = await producer.send({ topic, acks: -1, messages: [{ value, headers, key: options.key, partition: options.partition, timestamp }] });
     return { partition: result.partition, offset: String(result.baseOffset ?? result.offset) };
   } finally {
     await producer.disconnect().catch(() => undefined);
@@ -167,6 +170,65 @@ export async function startPrivateKafkaMock(): Promise<{ brokers: string[]; cont
       const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
       await exited;
       clearTimeout(timer);
+    },
+  };
+}
+
+/** Kafka header values (Buffers, or arrays of them) as strings, the first of a repeated name. */
+export function headerStrings(headers: IHeaders | undefined): Record<string, string> {
+  const result: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    const first = Array.isArray(value) ? value[0] : value;
+    if (first !== undefined) result[name] = Buffer.isBuffer(first) ? first.toString('utf8') : String(first);
+  }
+  return result;
+}
+
+/**
+ * Reads a topic as a plain kafkajs consumer would: a consumer group of its own, from the messages
+ * published after it resolves (each partition's end offset is taken first, and what lies before
+ * it passed over, so no reset-to-latest race can miss one). Its id is the `ce_id` header, where
+ * the CloudEvents Kafka binding puts it. Resolves once the group has its partitions.
+ */
+export async function kafkaRawReader(topic: string): Promise<RawReader> {
+  await createTopic(topic, 4);
+  const ends = new Map((await topicOffsets(topic)).map(({ partition, high }) => [partition, BigInt(high)]));
+  const groupId = `raw-reader-${randomUUID()}`;
+  const consumer = rawKafka('ductape-test-raw-reader').consumer({ groupId, maxWaitTimeInMs: 100, sessionTimeout: 10_000, heartbeatInterval: 1000 });
+  const records: RawRecord[] = [];
+  const waiters: (() => void)[] = [];
+  let joined: () => void = () => undefined;
+  const joinedOnce = new Promise<void>((resolve) => (joined = resolve));
+  consumer.on(consumer.events.GROUP_JOIN, () => joined());
+  await consumer.connect();
+  await consumer.subscribe({ topics: [topic], fromBeginning: true });
+  await consumer.run({
+    eachMessage: async ({ partition, message }) => {
+      if (BigInt(message.offset) < (ends.get(partition) ?? 0n)) return;
+      const headers = headerStrings(message.headers);
+      records.push({ body: message.value ?? Buffer.alloc(0), id: headers.ce_id, headers });
+      for (const wake of waiters.splice(0)) wake();
+    },
+  });
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([joinedOnce, new Promise<void>((resolve) => (timer = setTimeout(resolve, 15_000)))]);
+  clearTimeout(timer);
+  return {
+    async next(timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      while (records.length === 0) {
+        if (Date.now() >= deadline) throw new Error(`no record on ${topic} within ${timeoutMs} ms`);
+        await new Promise<void>((resolve) => {
+          waiters.push(resolve);
+          setTimeout(resolve, 50);
+        });
+      }
+      return records.shift() as RawRecord;
+    },
+    async close() {
+      await consumer.disconnect();
+      // The mock cluster has no DeleteGroups (its groups end with it); a real Kafka deletes the reader's group.
+      if (!isKafkaMock()) await withKafkaAdmin((admin) => admin.deleteGroups([groupId]));
     },
   };
 }

@@ -1,7 +1,7 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
-import { DUE_HEADER, headerText, inboundHeaders } from './kafka-headers';
+import { DUE_HEADER, fromKafkaMessage, headerText } from './kafka-headers';
 
 /** Pause before a partition whose message was given back is read again. */
 const RELEASE_PAUSE_MS = 1000;
@@ -205,9 +205,11 @@ export class KafkaSubscription implements AdapterConsumer {
         resolve(outcome);
       };
       this.waiting.add(settle);
+      const { body, headers, metadata } = fromKafkaMessage(topic, partition, message);
       const delivery: InboundDelivery = {
-        body: message.value ?? Buffer.alloc(0),
-        headers: inboundHeaders(message.headers),
+        body,
+        headers,
+        metadata,
         raw: { topic, partition, offset: message.offset, key: message.key, headers: message.headers, timestamp: message.timestamp },
         ack: () => {
           settle('acked');

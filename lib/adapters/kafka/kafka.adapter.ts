@@ -1,4 +1,4 @@
-import { Kafka, logLevel, type Admin, type IHeaders, type KafkaConfig, type Message, type Producer, type SASLOptions } from 'kafkajs';
+import { Kafka, logLevel, type Admin, type KafkaConfig, type Producer, type SASLOptions } from 'kafkajs';
 import { describeError } from '../../errors';
 import type { KafkaEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
@@ -15,7 +15,7 @@ import type {
 } from '../broker-adapter';
 import { OpenConsumers } from '../open-consumers';
 import { KafkaSubscription } from './kafka-consumer';
-import { CORRELATION_ID_HEADER, DUE_HEADER, inboundHeaders, MESSAGE_ID_HEADER } from './kafka-headers';
+import { checkHeaders, fromKafkaMessage, toKafkaMessage } from './kafka-headers';
 import { consumerGroupId, deadLetterGroupId, deadLetterTopic, delayTopic, retryTopic } from './kafka-names';
 import { BatchingProducer } from './kafka-producer';
 
@@ -26,6 +26,10 @@ export const KAFKA_CAPABILITIES: AdapterCapabilities = {
   // Delays and retries wait in topics on the broker, read by each group when due.
   nativeDelay: true,
   nativeDeadLetters: true,
+  // Whether a topic has a consumer group would take a ListGroups and an OffsetFetch per publish
+  // (and the mock cluster has no ListGroups): a publish with no group is accepted, and no group
+  // created later reads it, since a new group starts at the end of the topic.
+  detectsNoGroup: false,
 };
 
 export const KAFKA_DEFAULTS = {
@@ -56,7 +60,9 @@ const DRAIN_TIMEOUT_MS = 30_000;
  * `delayMs`, and per subscription group G the consumer group `T:G`, a retry topic `T.G.retry` and
  * a dead-letter topic `T.G.dead-letters` (read by the consumer group `T:G:dead-letters`). A
  * failing message moves to the retry topic with its due time, so the partition it came from goes
- * on; each group reads its retry topic and holds a message until it is due.
+ * on; each group reads its retry topic and holds a message until it is due. Records follow the
+ * CloudEvents Kafka binding (see kafka-headers.ts): the value is the message's JSON, its metadata
+ * in `ce_` headers, the key and the timestamp; retries and dead letters keep the bytes.
  */
 export class KafkaAdapter implements BrokerAdapter {
   readonly capabilities = KAFKA_CAPABILITIES;
@@ -71,11 +77,14 @@ export class KafkaAdapter implements BrokerAdapter {
   /** Set when the admin API could not create a topic (a mock cluster, restricted ACLs): auto-creation from then on. */
   private adminCreationFailed = false;
   private closing = false;
+  /** Topics with whenNoGroup 'reject' already warned about: Kafka cannot honour it. */
+  private readonly rejectWarned = new Set<string>();
+  private readonly logger: AdapterLogger;
+  private readonly envSlug: string;
 
-  constructor(
-    config: Config,
-    private readonly logger: AdapterLogger,
-  ) {
+  constructor(config: Config, context: Pick<AdapterContext, 'logger' | 'envSlug'>) {
+    this.logger = context.logger;
+    this.envSlug = context.envSlug;
     this.settings = {
       brokers: config.brokers,
       clientId: config.clientId ?? KAFKA_DEFAULTS.clientId,
@@ -132,22 +141,23 @@ export class KafkaAdapter implements BrokerAdapter {
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
     const delayed = (message.delayMs ?? 0) > 0;
     const target = delayed ? delayTopic(topic.name) : topic.name;
-    const record = toKafkaMessage(message, delayed ? Date.now() + (message.delayMs ?? 0) : undefined);
-    // The hot path: a topic already known goes straight to the batch, without a promise of its own.
-    if (this.knownTopics.has(target)) {
-      try {
-        return this.requireBatching().send(target, record);
-      } catch (error) {
-        return Promise.reject(error instanceof Error ? error : new Error(String(error)));
-      }
+    try {
+      checkHeaders(message.headers);
+      if (topic.whenNoGroup === 'reject' && !this.rejectWarned.has(topic.name)) this.warnRejectUnsupported(topic.name);
+      const record = toKafkaMessage(message, { dueAt: delayed ? Date.now() + (message.delayMs ?? 0) : undefined, stampPublishedAt: true });
+      // The hot path: a topic already known goes straight to the batch, without a promise of its own.
+      if (this.knownTopics.has(target)) return this.requireBatching().send(target, record);
+      return this.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
+    } catch (error) {
+      return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
-    return this.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
   }
 
   async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const target = retryTopic(topic.name, group);
     await this.ensureTopics([target]);
-    await this.requireBatching().send(target, toKafkaMessage(message, Date.now() + (message.delayMs ?? 0)));
+    // ce_id goes with it: the group reads the retry with the id of the first delivery, whatever its offset.
+    await this.requireBatching().send(target, toKafkaMessage(message, { dueAt: Date.now() + (message.delayMs ?? 0) }));
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
@@ -204,7 +214,7 @@ export class KafkaAdapter implements BrokerAdapter {
           for (const message of batch.messages) {
             if (failure !== undefined || visited + moved >= limit || end === undefined || BigInt(message.offset) >= end) break;
             try {
-              await visit({ body: message.value ?? Buffer.alloc(0), headers: inboundHeaders(message.headers), raw: message });
+              await visit({ ...fromKafkaMessage(batch.topic, batch.partition, message), raw: message });
             } catch (error) {
               failure = error;
               break;
@@ -309,6 +319,19 @@ export class KafkaAdapter implements BrokerAdapter {
     return startAt;
   }
 
+  /**
+   * whenNoGroup 'reject' asks to fail a publish to a topic no group reads yet; Kafka cannot tell
+   * that cheaply (see KAFKA_CAPABILITIES). Refusing every publish would make the topic unusable
+   * here while it works in other envs of the same broker, so the publish goes on, and the setting
+   * is named once per topic rather than ignored in silence.
+   */
+  private warnRejectUnsupported(topic: string): void {
+    this.rejectWarned.add(topic);
+    this.logger.warn(
+      `topic '${topic}' [${this.envSlug}] has whenNoGroup: 'reject', which Kafka cannot honour: the adapter cannot tell cheaply whether a consumer group reads the topic, so publishes are accepted with or without a group (a group gets what is published after it first subscribed; none created later gets earlier messages). Warned once per topic`,
+    );
+  }
+
   /** Whether a consumer group has members now; unknown (false) where the broker lacks DescribeGroups. */
   private async hasMembers(groupId: string): Promise<boolean> {
     try {
@@ -375,15 +398,6 @@ export class KafkaAdapter implements BrokerAdapter {
   }
 }
 
-function toKafkaMessage(message: OutboundMessage, dueAt?: number): Message {
-  const headers: IHeaders = { ...message.headers };
-  if (message.messageId) headers[MESSAGE_ID_HEADER] = message.messageId;
-  if (message.correlationId) headers[CORRELATION_ID_HEADER] = message.correlationId;
-  if (dueAt !== undefined) headers[DUE_HEADER] = String(dueAt);
-  // kafkajs encodes a string value itself: no Buffer copy of the body first.
-  return { key: message.key ?? null, value: message.body, headers };
-}
-
 async function withRetries<T>(work: () => Promise<T>, attempts: number): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
@@ -400,5 +414,5 @@ function sleep(ms: number): Promise<void> {
 }
 
 export function createKafkaAdapter(config: Config, context: AdapterContext): BrokerAdapter {
-  return new KafkaAdapter(config, context.logger);
+  return new KafkaAdapter(config, context);
 }
