@@ -1,7 +1,7 @@
 import { hasAdapter, AVAILABLE_ADAPTER_TYPES } from './adapters/adapter-factory';
 import { MAX_TIMER_MS, NAME_PATTERN } from './constants';
 import { BrokerError, redactSecrets } from './errors';
-import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
+import type { BrokerEnvConfig, BrokerModuleOptions } from './interfaces/broker-options.interface';
 
 const BROKER_TYPES = ['memory', 'rabbitmq', 'kafka', 'sqs', 'redis', 'nats'] as const;
 
@@ -70,7 +70,9 @@ function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: P
       return;
     }
     whenNoGroup(env.whenNoGroup, `${at}.whenNoGroup`, problems);
-    connection(env.type as (typeof BROKER_TYPES)[number], env.config, `${at}.config`, problems);
+    // The process's own env is checked whole. Another env's connection settings may be absent
+    // (a `dev` laptop has no stg URL): what is given is checked now, what is missing on first use.
+    connection(env.type as (typeof BROKER_TYPES)[number], env.config, `${at}.config`, problems, env.slug !== moduleEnv);
     // A type without an adapter yet is refused only where this process would need it.
     if (env.slug === moduleEnv && !hasAdapter(env.type)) {
       problems.push(
@@ -80,7 +82,29 @@ function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: P
   });
 }
 
-function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: string, problems: Problems): void {
+/**
+ * Checks the connection settings of an env entry that this process is about to use for the first
+ * time (one of another env, whose settings were allowed to be absent at startup). Throws
+ * CONFIG_INVALID naming the broker, the env and each field.
+ */
+export function validateEnvConnection(brokerTag: string, env: BrokerEnvConfig): void {
+  const problems: Problems = [];
+  connection(env.type, (env as { config?: unknown }).config, `broker '${brokerTag}' env '${env.slug}' (${env.type}) config`, problems, false);
+  if (problems.length === 0) return;
+  const count = problems.length === 1 ? '1 problem' : `${problems.length} problems`;
+  throw new BrokerError(
+    'CONFIG_INVALID',
+    `broker '${brokerTag}' env '${env.slug}' is used for the first time and its configuration is incomplete (${count}):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
+    { problems },
+  );
+}
+
+/**
+ * With `deferred`, a required setting that is absent (undefined), or the whole config, is not a
+ * problem yet: validateEnvConnection checks it when the env is first used.
+ */
+function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: string, problems: Problems, deferred: boolean): void {
+  const absent = (value: unknown) => deferred && value === undefined;
   if (type === 'memory') {
     if (config === undefined) return;
     if (!isObject(config)) return void problems.push(`${path}: must be an object`);
@@ -90,10 +114,11 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
     positiveInteger(config.maxDeadLettersPerGroup, `${path}.maxDeadLettersPerGroup`, problems);
     return;
   }
+  if (absent(config)) return;
   if (!isObject(config)) return void problems.push(`${path}: is required for type '${type}' and must be an object`);
   switch (type) {
     case 'rabbitmq':
-      url(config.url, `${path}.url`, ['amqp:', 'amqps:'], problems);
+      if (!absent(config.url)) url(config.url, `${path}.url`, ['amqp:', 'amqps:'], problems);
       // 0 would mean "fail at once" or "never": not what anyone configures on purpose.
       duration(config.publishTimeoutMs, `${path}.publishTimeoutMs`, problems, 1);
       duration(config.connectTimeoutMs, `${path}.connectTimeoutMs`, problems, 1);
@@ -105,10 +130,10 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
       if (config.socketOptions !== undefined && !isObject(config.socketOptions)) problems.push(`${path}.socketOptions: must be an object`);
       break;
     case 'redis':
-      url(config.url, `${path}.url`, ['redis:', 'rediss:'], problems);
+      if (!absent(config.url)) url(config.url, `${path}.url`, ['redis:', 'rediss:'], problems);
       break;
     case 'kafka':
-      hostPorts(config.brokers, `${path}.brokers`, problems);
+      if (!absent(config.brokers)) hostPorts(config.brokers, `${path}.brokers`, problems);
       optionalString(config.clientId, `${path}.clientId`, problems);
       if (config.ssl !== undefined && typeof config.ssl !== 'boolean' && !isObject(config.ssl)) {
         problems.push(`${path}.ssl: must be a boolean or an object`);
@@ -128,7 +153,7 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
       }
       break;
     case 'sqs':
-      if (typeof config.region !== 'string' || config.region === '') problems.push(`${path}.region: must be a non-empty string`);
+      if (!absent(config.region) && (typeof config.region !== 'string' || config.region === '')) problems.push(`${path}.region: must be a non-empty string`);
       if (config.endpoint !== undefined) url(config.endpoint, `${path}.endpoint`, ['http:', 'https:'], problems);
       optionalString(config.accessKeyId, `${path}.accessKeyId`, problems);
       optionalString(config.secretAccessKey, `${path}.secretAccessKey`, problems);
@@ -146,7 +171,7 @@ function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: 
       duration(config.requestTimeoutMs, `${path}.requestTimeoutMs`, problems, 1);
       break;
     case 'nats':
-      if (!Array.isArray(config.servers) || config.servers.length === 0 || !config.servers.every((s) => typeof s === 'string' && s !== '')) {
+      if (!absent(config.servers) && (!Array.isArray(config.servers) || config.servers.length === 0 || !config.servers.every((s) => typeof s === 'string' && s !== ''))) {
         problems.push(`${path}.servers: must be a non-empty array of server addresses`);
       }
       optionalString(config.token, `${path}.token`, problems);

@@ -8,7 +8,7 @@ import {
   type BrokerModuleOptions,
 } from '../lib';
 import type { ConfigurableModuleOptionsFactory } from '@nestjs/common';
-import { silentLogger } from './support/app';
+import { createBrokerApp, silentLogger, startupError } from './support/app';
 import { waitFor } from './support/wait';
 
 const config: BrokerModuleOptions = {
@@ -102,5 +102,68 @@ describe('DuctapeBrokerModule', () => {
       customer: { name: 'John Doe', email: 'john@example.com' },
     });
     await app.close();
+  });
+});
+
+describe('each process needs only its own env to be complete', () => {
+  // A dev laptop: the stg and prd entries read variables that are unset there.
+  const laptop = (own: Record<string, unknown> = {}): BrokerModuleOptions =>
+    ({
+      env: 'dev',
+      product: 'my_product',
+      brokers: [
+        {
+          tag: 'orders',
+          envs: [
+            { slug: 'dev', type: 'memory', ...own },
+            { slug: 'stg', type: 'rabbitmq', config: { url: process.env.DUCTAPE_TEST_UNSET_RABBITMQ_URL } },
+            { slug: 'prd', type: 'sqs', config: { region: process.env.DUCTAPE_TEST_UNSET_AWS_REGION } },
+            { slug: 'qa', type: 'kafka' },
+          ],
+        },
+      ],
+    }) as unknown as BrokerModuleOptions;
+
+  it("starts with other envs' connection settings absent, and works on its own env", async () => {
+    const { app, broker } = await createBrokerApp(laptop());
+    try {
+      const got: unknown[] = [];
+      await broker.subscribe({ env: 'dev', event: 'orders:new', product_tag: 'my_product', input: { callback: (m) => void got.push(m) } });
+      await broker.publish({ env: 'dev', event: 'orders:new', product_tag: 'my_product', input: { message: { n: 1 } } });
+      await waitFor(() => got.length === 1, 'the dev message');
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('refuses, on first use of another env, its missing settings with CONFIG_INVALID naming the env and the field', async () => {
+    const { app, broker } = await createBrokerApp(laptop());
+    try {
+      for (const [env, field] of [
+        ['stg', 'config.url'],
+        ['prd', 'config.region'],
+        ['qa', 'config'],
+      ] as const) {
+        const error = await broker.publish({ env, event: 'orders:new', product_tag: 'my_product', input: { message: {} } }).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(BrokerError);
+        expect((error as BrokerError).code).toBe('CONFIG_INVALID');
+        expect((error as BrokerError).message).toContain(`env '${env}'`);
+        expect((error as BrokerError).message).toContain(field);
+      }
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("still refuses at startup another env's settings that are given but wrong, and its own env's missing ones", async () => {
+    const wrong = laptop();
+    (wrong.brokers[0].envs[1] as { config: { url: string } }).config.url = 'http://not-amqp';
+    const error = await startupError(wrong);
+    expect(error.code).toBe('CONFIG_INVALID');
+    expect(error.message).toMatch(/brokers\[0\]\.envs\[1\]\.config\.url: protocol must be 'amqp:' or 'amqps:'/);
+
+    const ownMissing = { ...laptop(), env: 'stg' };
+    const own = await startupError(ownMissing);
+    expect(own.message).toMatch(/brokers\[0\]\.envs\[1\]\.config\.url: must be a non-empty URL string/);
   });
 });

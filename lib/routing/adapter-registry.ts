@@ -1,5 +1,6 @@
 import { type Logger } from '@nestjs/common';
 import { createAdapter } from '../adapters/adapter-factory';
+import { validateEnvConnection } from '../broker-options.validator';
 import type { AdapterLogger, BrokerAdapter } from '../adapters/broker-adapter';
 import { BrokerError, describeError } from '../errors';
 import type { BrokerEnvConfig } from '../interfaces/broker-options.interface';
@@ -60,6 +61,8 @@ export class AdapterRegistry {
       warn: (message) => this.logger.warn(`[${brokerTag}/${env.slug}] ${message}`),
       error: (message) => this.logger.error(`[${brokerTag}/${env.slug}] ${message}`),
     };
+    // Another env's settings could be absent at startup: they must be whole now.
+    validateEnvConnection(brokerTag, env);
     let adapter: BrokerAdapter;
     try {
       adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger });
