@@ -1,5 +1,5 @@
 export { DuctapeBrokerModule } from './broker.module';
-export { BROKER_MODULE_OPTIONS } from './broker.module-definition';
+export { BROKER_MODULE_OPTIONS, type BrokerOptionsFactory } from './broker.module-definition';
 import type { BROKER_ASYNC_OPTIONS_TYPE } from './broker.module-definition';
 /** What `DuctapeBrokerModule.forRootAsync()` takes. */
 export type DuctapeBrokerModuleAsyncOptions = typeof BROKER_ASYNC_OPTIONS_TYPE;

@@ -6,8 +6,8 @@ import {
   DuctapeBrokerModule,
   MessageBrokerService,
   type BrokerModuleOptions,
+  type BrokerOptionsFactory,
 } from '../lib';
-import type { ConfigurableModuleOptionsFactory } from '@nestjs/common';
 import { createBrokerApp, silentLogger, startupError } from './support/app';
 import { waitFor } from './support/wait';
 
@@ -26,8 +26,8 @@ class AppSettings {
 class SettingsModule {}
 
 @Injectable()
-class BrokerConfigService implements ConfigurableModuleOptionsFactory<BrokerModuleOptions, 'create'> {
-  create(): BrokerModuleOptions {
+class BrokerConfigService implements BrokerOptionsFactory {
+  createBrokerOptions(): BrokerModuleOptions {
     return config;
   }
 }

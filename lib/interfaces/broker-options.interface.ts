@@ -149,12 +149,12 @@ export interface SqsEnvConfig extends BrokerEnvCommon {
 
 export interface RedisEnvConfig extends BrokerEnvCommon {
   type: 'redis';
-  config: { url: string; [option: string]: unknown };
+  config: { url: string };
 }
 
 export interface NatsEnvConfig extends BrokerEnvCommon {
   type: 'nats';
-  config: { servers: string[]; token?: string; user?: string; pass?: string; [option: string]: unknown };
+  config: { servers: string[]; token?: string; user?: string; pass?: string };
 }
 
 /** Which technology and connection serve one environment slug of a broker; discriminated by `type`. */
