@@ -22,13 +22,16 @@ export interface BrokerErrorOptions {
  */
 export class BrokerError extends Error {
   readonly code: BrokerErrorCode;
-  readonly problems: readonly string[];
+  /** Every problem found (CONFIG_INVALID and a few input errors); empty otherwise. */
+  declare readonly problems: readonly string[];
 
   constructor(code: BrokerErrorCode, message: string, options: BrokerErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'BrokerError';
     this.code = code;
-    this.problems = options.problems ?? [];
+    const problems = options.problems ?? [];
+    // An empty list is not shown when the error is logged or inspected (`problems: []` on every error said nothing).
+    Object.defineProperty(this, 'problems', { value: problems, enumerable: problems.length > 0, writable: false, configurable: true });
   }
 }
 

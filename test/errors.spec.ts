@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { inspect } from 'node:util';
 import type { INestApplication } from '@nestjs/common';
 import { BrokerError, MemoryBrokerServer, type BrokerErrorCode, type BrokerModuleOptions, type MessageBrokerService } from '../lib';
 import type { StandardSchemaV1 } from '../lib/interfaces/standard-schema.interface';
@@ -292,5 +293,16 @@ describe('CONFIG_INVALID at startup', () => {
 
   it('refuses a missing broker list', async () => {
     expect((await configError({ env: 'prd', product: 'p' })).problems).toEqual(['brokers: must be a non-empty array']);
+  });
+});
+
+describe('BrokerError as logged', () => {
+  it('shows its problems only when it has some', () => {
+    const plain = new BrokerError('PUBLISH_FAILED', 'the broker is gone');
+    expect(plain.problems).toEqual([]);
+    expect(inspect(plain)).not.toContain('problems');
+    expect(Object.keys(plain)).not.toContain('problems');
+    const config = new BrokerError('CONFIG_INVALID', 'bad', { problems: ['env: must be a string'] });
+    expect(inspect(config)).toContain("problems: [ 'env: must be a string' ]");
   });
 });
