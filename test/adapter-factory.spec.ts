@@ -49,9 +49,9 @@ describe('adapter factory', () => {
 
   it('loads the SQS adapter for an sqs env; its capabilities follow the env’s mode', () => {
     const queue = createAdapter({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1' } }, context);
-    expect(queue.capabilities).toEqual({ fanOut: false, orderingPerKey: false, nativeDelay: true, nativeDeadLetters: true });
+    expect(queue.capabilities).toEqual({ fanOut: false, orderingPerKey: false, nativeDelay: true, nativeDeadLetters: true, detectsNoGroup: false });
     expect((queue as unknown as { endpoint: string }).endpoint).toBe('https://sqs.eu-west-1.amazonaws.com');
     const fifoFanout = createAdapter({ slug: 'prd', type: 'sqs', config: { region: 'eu-west-1', fanout: 'sns', fifo: true } }, context);
-    expect(fifoFanout.capabilities).toMatchObject({ fanOut: true, orderingPerKey: true });
+    expect(fifoFanout.capabilities).toMatchObject({ fanOut: true, orderingPerKey: true, detectsNoGroup: true });
   });
 });

@@ -354,7 +354,7 @@ export function runConformanceSuite(target: ConformanceTarget): void {
       },
     );
 
-    (target.rawReader ? global.it : itIf(false, 'a raw reader in its conformance target'))(
+    (target.rawReader ? it : itIf(false, 'a raw reader in its conformance target'))(
       'puts the bare message JSON on the wire, with its id where a plain client of the broker finds it',
       async () => {
         const broker = await startApp();

@@ -1,5 +1,5 @@
 import { sqsCapabilities } from '../../lib/adapters/sqs';
-import { rawSendToTopicQueue, sqsEnv } from '../support/sqs';
+import { rawSendToTopicQueue, sqsEnv, sqsQueueRawReader } from '../support/sqs';
 import { runConformanceSuite } from './conformance.suite';
 
 // Queue mode (Ductape's shape): a topic is one SQS queue, so there is no fan-out across groups.
@@ -7,8 +7,12 @@ runConformanceSuite({
   broker: 'sqs',
   capabilities: sqsCapabilities({ fanout: 'queue' }),
   envConfig: (slug) => sqsEnv(slug, { fanout: 'queue' }),
-  // A foreign producer: the plain AWS SDK, straight to the topic's queue.
-  publishRaw: (topicName, body) => rawSendToTopicQueue(topicName, body),
+  // A foreign producer: the plain AWS SDK, straight to the topic's queue, headers as String attributes.
+  publishRaw: (topicName, body, headers) => rawSendToTopicQueue(topicName, body, headers),
+  // The queue is the group: a plain consumer of it reads it while none of ours runs.
+  rawReader: (topicName) => sqsQueueRawReader(topicName),
+  // The queue is the group: it keeps what is published before any consumer.
+  keepsMessagesWithoutGroup: true,
   // Delays and retry backoffs are whole seconds on SQS.
   deliveryTimeoutMs: 8000,
   // Closing waits for an open long poll to end (1 s in tests) rather than cut it.

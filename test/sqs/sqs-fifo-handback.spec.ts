@@ -94,8 +94,8 @@ afterAll(() => {
 
 describe('SQS FIFO: messages handed back behind a retrying one of their group', () => {
   it('keep their attempts: each gets its own retries before the dead letters', async () => {
-    const envelope = (id: string) => JSON.stringify({ v: 1, id, publishedAt: Date.now(), attempt: 1, headers: {}, key: 'k', message: id });
-    const messages: StoredMessage[] = ['A', 'B'].map((id) => ({ id, body: envelope(id), group: 'k', visibleAt: 0, receives: 0 }));
+    // Plain JSON bodies: each one's id is its SQS MessageId.
+    const messages: StoredMessage[] = ['A', 'B'].map((id) => ({ id, body: JSON.stringify(id), group: 'k', visibleAt: 0, receives: 0 }));
     const client = fifoStandIn(messages);
     const calls: string[] = [];
     const deadLetters: string[] = [];

@@ -9,6 +9,7 @@ import {
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
   ReceiveMessageCommand,
+  SendMessageCommand,
   SQSClient,
   type Message,
 } from '@aws-sdk/client-sqs';
@@ -39,10 +40,13 @@ describeWithBroker('sqs', 'SQS adapter', () => {
   let calls: Call[] = [];
   /** While set, delete requests wait for it before they go to the server. */
   let deletesHeld: Promise<void> | undefined;
+  /** While set, a SendMessage whose body has a character beyond the BMP is refused, as fauxqs 1.9.2 and other emulators do. */
+  let refuseAstral = false;
 
   beforeEach(() => {
     calls = [];
     deletesHeld = undefined;
+    refuseAstral = false;
     // A spy, not a mock: every request still goes to the SQS server; this only records them.
     const send = SQSClient.prototype.send;
     // eslint-disable-next-line @typescript-eslint/no-misused-promises -- send has overloads; this is the promise one
@@ -51,7 +55,13 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       const call: Call = { command: command.constructor.name.replace(/Command$/, ''), input: command.input };
       calls.push(call);
       const sendNow = () => (send as (...a: unknown[]) => Promise<Record<string, unknown>>).apply(this, args);
-      const result = deletesHeld && call.command.startsWith('DeleteMessage') ? deletesHeld.then(sendNow) : sendNow();
+      // The stand-in for an emulator's refusal (fauxqs here takes them, as SQS does): the one error the server cannot produce.
+      const refused = refuseAstral && call.command === 'SendMessage' && /[\u{10000}-\u{10FFFF}]/u.test(String(call.input.MessageBody));
+      const result = refused
+        ? Promise.reject(Object.assign(new Error('Invalid characters found.'), { name: 'AWS.SimpleQueueService.InvalidMessageContents' }))
+        : deletesHeld && call.command.startsWith('DeleteMessage')
+          ? deletesHeld.then(sendNow)
+          : sendNow();
       result.then(
         (output) => void (call.output = output),
         () => undefined,
@@ -132,7 +142,14 @@ describeWithBroker('sqs', 'SQS adapter', () => {
   async function rawReceive(name: string, max = 10): Promise<Message[]> {
     const { QueueUrl } = await sqsClient().send(new GetQueueUrlCommand({ QueueName: name }));
     const { Messages = [] } = await sqsClient().send(
-      new ReceiveMessageCommand({ QueueUrl, MaxNumberOfMessages: max, WaitTimeSeconds: 1, VisibilityTimeout: 60, MessageAttributeNames: ['All'] }),
+      new ReceiveMessageCommand({
+        QueueUrl,
+        MaxNumberOfMessages: max,
+        WaitTimeSeconds: 1,
+        VisibilityTimeout: 60,
+        MessageAttributeNames: ['All'],
+        MessageSystemAttributeNames: ['SentTimestamp'],
+      }),
     );
     return Messages;
   }
@@ -273,13 +290,13 @@ describeWithBroker('sqs', 'SQS adapter', () => {
     it('retries through the visibility timeout with the backoff, then dead-letters into <queue>-dead-letters; reprocessDeadLetters moves it back', async () => {
       const { broker } = await start();
       const { event, queue } = newTopic();
-      const attempts: { attempt: number; at: number }[] = [];
+      const attempts: { attempt: number; at: number; publishedAt: number }[] = [];
       let healthy = false;
       await subscribe(
         broker,
         event,
         (_message, ctx) => {
-          attempts.push({ attempt: ctx.attempt, at: Date.now() });
+          attempts.push({ attempt: ctx.attempt, at: Date.now(), publishedAt: ctx.publishedAt.getTime() });
           if (!healthy) throw new Error('payment service is down');
         },
         { retry: { maxAttempts: 3, initialDelayMs: 1000, multiplier: 2 } },
@@ -299,10 +316,23 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(attributes).toMatchObject({
         [DEAD_LETTER_HEADERS.attempts]: '3',
         [DEAD_LETTER_HEADERS.reason]: 'max-attempts',
-        tenant: 'acme',
       });
       expect(attributes[DEAD_LETTER_HEADERS.error]).toContain('payment service is down');
-      expect(JSON.parse(dead.Body!)).toMatchObject({ message: { order: 1 } });
+      // The bytes as published, the same CloudEvents id; the attempt only as x-ductape-attempts.
+      const [published] = callsOf('SendMessage', queue);
+      const sentAttributes = published.input.MessageAttributes as Record<string, { StringValue: string }>;
+      expect(dead.Body).toBe(published.input.MessageBody);
+      expect(dead.Body).toBe(JSON.stringify({ order: 1 }));
+      expect(attributes['ce-id']).toBe(sentAttributes['ce-id'].StringValue);
+      expect(attributes['ce-ductapeattempt']).toBeUndefined();
+      // A first publish's time is SQS's SentTimestamp (no ce-time); the dead letter, sent later, carries it as ce-time.
+      expect(sentAttributes['ce-time']).toBeUndefined();
+      expect(attributes['ce-time']).toBe(new Date(attempts[0].publishedAt).toISOString());
+      expect(attempts.every((a) => a.publishedAt === attempts[0].publishedAt)).toBe(true);
+      // Ten attributes, each its own: 4 CloudEvents, 4 x-ductape-*, ce-time, the application header.
+      expect(Object.keys(attributes).sort()).toEqual(
+        ['ce-id', 'ce-source', 'ce-specversion', 'ce-time', 'ce-type', 'tenant', ...Object.values(DEAD_LETTER_HEADERS)].sort(),
+      );
       await sqsClient().send(
         new ChangeMessageVisibilityCommand({ QueueUrl: await queueUrl(`${queue}-dead-letters`), ReceiptHandle: dead.ReceiptHandle, VisibilityTimeout: 0 }),
       );
@@ -311,6 +341,8 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT })).toBe(1);
       await waitFor(() => attempts.length === 4, 'the reprocessed message', 5000);
       expect(attempts[3].attempt).toBe(1);
+      // Sent again, it keeps the time it was first published at.
+      expect(attempts[3].publishedAt).toBe(attempts[0].publishedAt);
       await sleep(300);
       expect(await counts(`${queue}-dead-letters`)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
       expect(await counts(queue)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
@@ -464,7 +496,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(callsOf('SendMessage', queue).pop()!.input.DelaySeconds).toBe(900);
     });
 
-    it('carries headers as message attributes while they fit (10), and beyond in the envelope and one overflow attribute', async () => {
+    it('carries the metadata and headers as message attributes while they fit (10), and beyond in one overflow attribute, the CloudEvents ones first', async () => {
       const { broker } = await start();
       const { event, queue } = newTopic();
       const received: Received[] = [];
@@ -472,17 +504,49 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       const few = { tenant: 'acme', region: 'eu' };
       const many = Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`h${i}`, `v${i}`]));
       await publish(broker, event, 'few', { headers: few, correlationId: 'c-1' });
-      await publish(broker, event, 'many', { headers: many });
+      await publish(broker, event, 'many', { headers: many, correlationId: 'c-2', key: 'k-2' });
       await waitFor(() => received.length === 2, 'both messages', 5000);
       const byMessage = Object.fromEntries(received.map((r) => [r.message as string, r.ctx]));
       expect(byMessage.few.headers).toEqual(few);
       expect(byMessage.many.headers).toEqual(many);
+      expect(byMessage.many).toMatchObject({ correlationId: 'c-2', key: 'k-2' });
       const [fewSend, manySend] = callsOf('SendMessage', queue).map((call) => call.input.MessageAttributes as Record<string, { StringValue: string }>);
-      expect(Object.keys(fewSend).sort()).toEqual(['correlation-id', 'message-id', 'region', 'tenant']);
+      expect(Object.keys(fewSend).sort()).toEqual(['ce-correlationid', 'ce-id', 'ce-source', 'ce-specversion', 'ce-type', 'region', 'tenant']);
       expect(Object.keys(manySend)).toHaveLength(10);
-      expect(manySend[OVERFLOW_ATTRIBUTE]).toBeDefined();
+      // The 4 every message has, correlation id, key, then the headers in their order.
+      expect(Object.keys(manySend)).toEqual(['ce-specversion', 'ce-id', 'ce-source', 'ce-type', 'ce-correlationid', 'ce-partitionkey', 'h0', 'h1', 'h2', OVERFLOW_ATTRIBUTE]);
       const overflow = JSON.parse(manySend[OVERFLOW_ATTRIBUTE].StringValue) as Record<string, string>;
-      expect(Object.keys(overflow)).toHaveLength(4);
+      expect(overflow).toEqual(Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`h${i + 3}`, `v${i + 3}`])));
+    });
+
+    it("keeps a dead letter's x-ductape-* attributes its own when the attributes overflow: after the required CloudEvents ones, before the rest", async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const dead: Received[] = [];
+      await subscribe(broker, event, () => Promise.reject(new Error('always')), { retry: { maxAttempts: 1, initialDelayMs: 0 } });
+      await subscribe(broker, event, collector(dead), { deadLetter: true });
+      const headers = { tenant: 'acme', region: 'eu' };
+      await publish(broker, event, { n: 1 }, { headers, correlationId: 'c-1', key: 'k-1' });
+      await waitFor(() => dead.length === 1, 'the dead letter', 5000);
+      const [sent] = sentTo(`${queue}-dead-letters`);
+      const attributes = sent.input.MessageAttributes as Record<string, { StringValue: string }>;
+      expect(Object.keys(attributes)).toEqual([
+        'ce-specversion',
+        'ce-id',
+        'ce-source',
+        'ce-type',
+        DEAD_LETTER_HEADERS.error,
+        DEAD_LETTER_HEADERS.attempts,
+        DEAD_LETTER_HEADERS.failedAt,
+        DEAD_LETTER_HEADERS.reason,
+        'ce-time',
+        OVERFLOW_ATTRIBUTE,
+      ]);
+      expect(JSON.parse(attributes[OVERFLOW_ATTRIBUTE].StringValue)).toEqual({ 'ce-correlationid': 'c-1', 'ce-partitionkey': 'k-1', ...headers });
+      // Read back whole: the dead-letter handler sees everything.
+      expect(dead[0].message).toEqual({ n: 1 });
+      expect(dead[0].ctx).toMatchObject({ correlationId: 'c-1', key: 'k-1', attempt: 1, messageId: (callsOf('SendMessage', queue)[0].input.MessageAttributes as Record<string, { StringValue: string }>)['ce-id'].StringValue });
+      expect(dead[0].ctx.headers).toMatchObject({ ...headers, [DEAD_LETTER_HEADERS.reason]: 'max-attempts', [DEAD_LETTER_HEADERS.error]: expect.stringContaining('always') as unknown });
     });
 
     it('refuses a message over 256 KiB with INVALID_MESSAGE before sending', async () => {
@@ -579,10 +643,9 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       await expectRefusal(publish(broker, 'sq:wrong', { n: 1 }), 'CONFIG_INVALID', 'is a FIFO queue');
     });
 
-    it('fan-out: an SNS topic with one queue per group, subscribed with raw delivery; a delayed message reaches every group; publishing before any group is refused', async () => {
+    it('fan-out: an SNS topic with one queue per group, subscribed with raw delivery; a delayed message reaches every group', async () => {
       const { broker } = await start({ fanout: 'sns' });
       const { event, queue } = newTopic();
-      await expectRefusal(publish(broker, event, { early: true }), 'PUBLISH_FAILED', 'no subscribed group');
       const billing: Received[] = [];
       const shipping: Received[] = [];
       await subscribe(broker, event, collector(billing), { group: 'billing' });
@@ -604,6 +667,201 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(delayedAt.ctx.headers).toEqual({});
       expect(Date.now() - sent).toBeGreaterThanOrEqual(990);
       expect(shipping.map((r) => r.message)).toEqual(expect.arrayContaining([{ delayed: true }, { now: true }]));
+    });
+
+    it('fan-out: a publish before any group resolves with one warning naming the topic and env, and the group subscribing later never gets it', async () => {
+      const logger = new CapturingLogger();
+      const { app, broker } = await createBrokerApp(options(sqsEnv('prd', { fanout: 'sns' })), {}, logger);
+      apps.push(app);
+      const { event, queue } = newTopic();
+      const noGroup = () => logger.entries.filter((entry) => entry.level === 'warn' && entry.message.includes('has no subscription group yet'));
+      await publish(broker, event, { early: 1 });
+      await publish(broker, event, { early: 2 });
+      // A delayed one goes to the subscribed queues themselves: none, so nowhere.
+      await publish(broker, event, { early: 3 }, { delayMs: 1000 });
+      await waitFor(() => noGroup().length > 0, 'the no-group warning', 3000);
+      await sleep(300);
+      expect(noGroup()).toHaveLength(1);
+      expect(noGroup()[0].message).toContain(`topic '${PRODUCT}.prd.${event.slice(3)}' [prd]`);
+      const billing: Received[] = [];
+      await subscribe(broker, event, collector(billing), { group: 'billing' });
+      await publish(broker, event, { after: true });
+      await waitFor(() => billing.length === 1, 'the message published after the group subscribed', 5000);
+      await sleep(1500);
+      expect(billing.map((r) => r.message)).toEqual([{ after: true }]);
+      expect(await counts(`${queue}__billing`)).toEqual({ visible: 0, inFlight: 0, delayed: 0 });
+      expect(noGroup()).toHaveLength(1);
+    });
+
+    it("fan-out: whenNoGroup: 'reject' fails a publish (delayed or not) with PUBLISH_FAILED while no group has subscribed, sending nothing", async () => {
+      const { tag } = newTopic();
+      const { broker } = await start({ fanout: 'sns' }, {}, [{ tag, whenNoGroup: 'reject' }]);
+      const event = `sq:${tag}`;
+      await expectRefusal(publish(broker, event, { n: 1 }), 'PUBLISH_FAILED', `topic '${PRODUCT}.prd.${tag}' [prd] has no subscription group yet`);
+      await expectRefusal(publish(broker, event, { n: 2 }, { delayMs: 1000 }), 'PUBLISH_FAILED', 'no subscription group yet');
+      const received: Received[] = [];
+      await subscribe(broker, event, collector(received), { group: 'strict' });
+      await publish(broker, event, { n: 3 });
+      await waitFor(() => received.length === 1, 'the message published once the group existed', 5000);
+      expect(received[0].message).toEqual({ n: 3 });
+    });
+
+    it("queue mode: the queue is the group, so a publish before any consumer is kept for it, also under whenNoGroup: 'reject'", async () => {
+      const { tag, queue } = newTopic();
+      const logger = new CapturingLogger();
+      const { app, broker } = await createBrokerApp(options(sqsEnv('prd'), {}, [{ tag, whenNoGroup: 'reject' }]), {}, logger);
+      apps.push(app);
+      await publish(broker, `sq:${tag}`, { early: true });
+      expect(await counts(queue)).toMatchObject({ visible: 1 });
+      const received: Received[] = [];
+      await subscribe(broker, `sq:${tag}`, collector(received));
+      await waitFor(() => received.length === 1, 'the message kept in the queue', 5000);
+      expect(logger.entries.filter((entry) => entry.message.includes('no subscription group'))).toEqual([]);
+    });
+  });
+
+  describe('wire format: what plain AWS SDK clients write and read', () => {
+    /** String (and Number) attributes by name, as a plain client reads them. */
+    function strings(attributes: Message['MessageAttributes']): Record<string, string> {
+      return Object.fromEntries(Object.entries(attributes ?? {}).map(([name, value]) => [name, value.StringValue!]));
+    }
+
+    it("handles a plain SDK's JSON (no ce- attributes): ctx.messageId is SQS's MessageId on every delivery, publishedAt its SentTimestamp, attributes the headers", async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const received: Received[] = [];
+      await subscribe(
+        broker,
+        event,
+        collector(received, (ctx) => {
+          if (ctx.attempt === 1) throw new Error('once');
+        }),
+        { retry: { maxAttempts: 2, initialDelayMs: 0 } },
+      );
+      const before = Date.now();
+      const { MessageId } = await sqsClient().send(
+        new SendMessageCommand({
+          QueueUrl: await queueUrl(queue),
+          MessageBody: JSON.stringify({ orderId: 'p-1', from: 'java' }),
+          MessageAttributes: {
+            'x-origin': { DataType: 'String', StringValue: 'billing-java' },
+            'x-count': { DataType: 'Number', StringValue: '3' },
+            'x-blob': { DataType: 'Binary', BinaryValue: Buffer.from([1, 2]) },
+          },
+        }),
+      );
+      await waitFor(() => received.length === 2, 'the delivery and its redelivery', 5000);
+      const [first, second] = received;
+      expect(MessageId).toEqual(expect.any(String));
+      expect(first.message).toEqual({ orderId: 'p-1', from: 'java' });
+      expect([first.ctx.messageId, second.ctx.messageId]).toEqual([MessageId, MessageId]);
+      expect([first.ctx.attempt, second.ctx.attempt]).toEqual([1, 2]);
+      // The same message: a retry waits out its visibility timeout, nothing is sent again (the one send is the plain client's).
+      expect(callsOf('SendMessage', queue)).toHaveLength(1);
+      const sentAt = Number((first.ctx.raw as Message).Attributes!.SentTimestamp);
+      expect(sentAt).toBeGreaterThanOrEqual(before - 1000);
+      expect([first.ctx.publishedAt.getTime(), second.ctx.publishedAt.getTime()]).toEqual([sentAt, sentAt]);
+      expect(first.ctx.headers).toEqual({ 'x-origin': 'billing-java', 'x-count': '3' });
+      expect(first.ctx.correlationId).toBeUndefined();
+      expect(first.ctx.key).toBeUndefined();
+    });
+
+    it("on a FIFO queue, a plain SDK message's group id is its key", async () => {
+      const { broker } = await start({ fifo: true });
+      const { event, queue } = newTopic();
+      const received: Received[] = [];
+      await subscribe(broker, event, collector(received));
+      const url = await queueUrl(`${queue}.fifo`, { FifoQueue: 'true' });
+      await sqsClient().send(new SendMessageCommand({ QueueUrl: url, MessageBody: '{"n":1}', MessageGroupId: 'customer-7', MessageDeduplicationId: 'd-1' }));
+      await waitFor(() => received.length === 1, 'the plain FIFO message', 5000);
+      expect(received[0].ctx.key).toBe('customer-7');
+    });
+
+    it('puts the bare JSON in the body for a plain SDK ReceiveMessage, its metadata in ce- attributes (its time in SentTimestamp), headers as attributes', async () => {
+      const { broker } = await start();
+      const { event, queue } = newTopic();
+      const message = { orderId: '12345', unicode: 'é 漢字 🎉' };
+      const before = Date.now();
+      const { messageId } = await publish(broker, event, message, { headers: { tenant: 'acme' }, correlationId: 'corr-1', key: 'k-1' });
+      // U+FFFF: SQS refuses it in a body, JSON.stringify leaves it as it is: it goes \u-escaped, the same JSON value.
+      await publish(broker, event, { odd: 'a\uFFFFb' }, { messageId: 'odd-1' });
+      const records = await rawReceive(queue);
+      const ours = records.find((record) => strings(record.MessageAttributes)['ce-id'] === messageId)!;
+      expect(ours.Body).toBe(JSON.stringify(message));
+      expect(strings(ours.MessageAttributes)).toEqual({
+        'ce-specversion': '1.0',
+        'ce-id': messageId,
+        'ce-source': `/${PRODUCT}/prd/${PRODUCT}`,
+        'ce-type': event,
+        'ce-correlationid': 'corr-1',
+        'ce-partitionkey': 'k-1',
+        tenant: 'acme',
+      });
+      expect(Number(ours.Attributes!.SentTimestamp)).toBeGreaterThanOrEqual(before - 1000);
+      const odd = records.find((record) => strings(record.MessageAttributes)['ce-id'] === 'odd-1')!;
+      expect(odd.Body).toBe('{"odd":"a\\uffffb"}');
+      expect(JSON.parse(odd.Body!)).toEqual({ odd: 'a\uFFFFb' });
+    });
+
+    it('on a FIFO queue, a key travels as the message group id only when it is one; a key-less message is in the default group', async () => {
+      const { broker } = await start({ fifo: true });
+      const { event, queue } = newTopic();
+      await publish(broker, event, { n: 1 }, { key: 'k-1' });
+      await publish(broker, event, { n: 2 }, { key: 'default' });
+      await publish(broker, event, { n: 3 }, { key: 'not ascii: é' });
+      await publish(broker, event, { n: 4 });
+      const sends = callsOf('SendMessage', `${queue}.fifo`).map((call) => ({
+        group: call.input.MessageGroupId,
+        key: (call.input.MessageAttributes as Record<string, { StringValue: string }>)['ce-partitionkey']?.StringValue,
+      }));
+      expect(sends).toEqual([
+        { group: 'k-1', key: undefined },
+        { group: 'default', key: 'default' },
+        { group: expect.stringMatching(/^[0-9a-f]{64}$/) as unknown, key: 'not ascii: é' },
+        { group: 'default', key: undefined },
+      ]);
+      const received: Received[] = [];
+      await subscribe(broker, event, collector(received));
+      await waitFor(() => received.length === 4, 'all four', 8000);
+      const keys = Object.fromEntries(received.map((r) => [(r.message as { n: number }).n, r.ctx.key]));
+      expect(keys).toEqual({ 1: 'k-1', 2: 'default', 3: 'not ascii: é', 4: undefined });
+    }, 15_000);
+
+    it('reads a message 0.1.0 wrote as before: its message-id and correlation-id attributes are not headers', async () => {
+      const { broker } = await start();
+      const { event, tag } = newTopic();
+      const received: Received[] = [];
+      await subscribe(broker, event, collector(received));
+      const envelope = { v: 1, id: 'old-1', publishedAt: 1_700_000_000_000, attempt: 1, headers: { tenant: 'acme' }, correlationId: 'c-old', message: { n: 1 } };
+      await rawSendToTopicQueue(`${PRODUCT}.prd.${tag}`, Buffer.from(JSON.stringify(envelope)), { 'message-id': 'old-1', 'correlation-id': 'c-old', tenant: 'acme' });
+      await waitFor(() => received.length === 1, 'the 0.1.0 message', 5000);
+      expect(received[0].message).toEqual({ n: 1 });
+      expect(received[0].ctx).toMatchObject({ messageId: 'old-1', correlationId: 'c-old' });
+      expect(received[0].ctx.headers).toEqual({ tenant: 'acme' });
+    });
+
+    it('an endpoint that refuses characters beyond the BMP (as emulators do) gets them \\u-escaped from then on, with one warning: the same JSON value', async () => {
+      const logger = new CapturingLogger();
+      const { app, broker } = await createBrokerApp(options(sqsEnv('prd')), {}, logger);
+      apps.push(app);
+      const { event, queue } = newTopic();
+      const received: Received[] = [];
+      await subscribe(broker, event, collector(received));
+      refuseAstral = true;
+      await publish(broker, event, { party: '🎉', n: 1 });
+      await publish(broker, event, { party: '🎉', n: 2 });
+      await waitFor(() => received.length === 2, 'both messages', 5000);
+      expect(received.map((r) => r.message).sort((a, b) => (a as { n: number }).n - (b as { n: number }).n)).toEqual([
+        { party: '🎉', n: 1 },
+        { party: '🎉', n: 2 },
+      ]);
+      // The first refused, then sent escaped; the second escaped at once.
+      expect(callsOf('SendMessage', queue).map((call) => call.input.MessageBody)).toEqual([
+        JSON.stringify({ party: '🎉', n: 1 }),
+        '{"party":"\\ud83c\\udf89","n":1}',
+        '{"party":"\\ud83c\\udf89","n":2}',
+      ]);
+      expect(logger.entries.filter((entry) => entry.level === 'warn' && entry.message.includes('Basic Multilingual Plane'))).toHaveLength(1);
     });
   });
 
@@ -743,7 +1001,7 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(callsOf('ReceiveMessage', queue).length).toBe(receivesAfterClose);
       stuck.open();
       const [left] = await rawReceive(queue);
-      expect(JSON.parse(left.Body!)).toMatchObject({ message: { kind: 'stuck' } });
+      expect(left.Body).toBe(JSON.stringify({ kind: 'stuck' }));
     });
   });
 });

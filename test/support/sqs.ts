@@ -1,7 +1,21 @@
-import { CreateQueueCommand, SendMessageCommand, SQSClient, type MessageAttributeValue } from '@aws-sdk/client-sqs';
-import { CreateTopicCommand, PublishCommand, SNSClient } from '@aws-sdk/client-sns';
+import {
+  CreateQueueCommand,
+  DeleteMessageBatchCommand,
+  DeleteQueueCommand,
+  GetQueueAttributesCommand,
+  GetQueueUrlCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  SetQueueAttributesCommand,
+  SQSClient,
+  type Message,
+  type MessageAttributeValue,
+} from '@aws-sdk/client-sqs';
+import { CreateTopicCommand, DeleteTopicCommand, ListTopicsCommand, PublishCommand, SNSClient, SubscribeCommand, UnsubscribeCommand } from '@aws-sdk/client-sns';
+import { randomUUID } from 'node:crypto';
 import type { SqsEnvConfig } from '../../lib';
 import { snsTopicName, topicQueueName } from '../../lib/adapters/sqs';
+import type { RawReader, RawRecord } from '../conformance/conformance-target';
 
 /**
  * The SQS (and SNS) endpoint the integration suites use: SQS_ENDPOINT, which
@@ -48,14 +62,108 @@ export async function queueUrl(name: string, attributes?: Record<string, string>
   return output.QueueUrl!;
 }
 
+/** Application headers as a plain SDK user writes them: one String attribute each. */
+export function plainAttributes(headers: Record<string, string> = {}): Record<string, MessageAttributeValue> | undefined {
+  const entries = Object.entries(headers);
+  if (entries.length === 0) return undefined;
+  return Object.fromEntries(entries.map(([name, value]) => [name, { DataType: 'String', StringValue: value }]));
+}
+
 /** A foreign message straight into a queue-mode topic's queue, with a plain SDK client. */
-export async function rawSendToTopicQueue(topicName: string, body: Buffer, attributes?: Record<string, MessageAttributeValue>): Promise<void> {
+export async function rawSendToTopicQueue(topicName: string, body: Buffer, headers?: Record<string, string>): Promise<void> {
   const url = await queueUrl(topicQueueName(topicName, false));
-  await sqsClient().send(new SendMessageCommand({ QueueUrl: url, MessageBody: body.toString('utf8'), MessageAttributes: attributes }));
+  await sqsClient().send(new SendMessageCommand({ QueueUrl: url, MessageBody: body.toString('utf8'), MessageAttributes: plainAttributes(headers) }));
 }
 
 /** A foreign message published to a fan-out topic's SNS topic, with a plain SDK client. */
-export async function rawPublishToSnsTopic(topicName: string, body: Buffer): Promise<void> {
+export async function rawPublishToSnsTopic(topicName: string, body: Buffer, headers?: Record<string, string>): Promise<void> {
   const { TopicArn } = await snsClient().send(new CreateTopicCommand({ Name: snsTopicName(topicName, false) }));
-  await snsClient().send(new PublishCommand({ TopicArn, Message: body.toString('utf8') }));
+  await snsClient().send(new PublishCommand({ TopicArn, Message: body.toString('utf8'), MessageAttributes: plainAttributes(headers) }));
+}
+
+/** A received message as a plain SDK user sees it: the body, the `ce-id` attribute, every string attribute. */
+export function plainRecord(message: Message): RawRecord {
+  const headers: Record<string, string> = {};
+  for (const [name, attribute] of Object.entries(message.MessageAttributes ?? {})) if (attribute.StringValue !== undefined) headers[name] = attribute.StringValue;
+  return { body: Buffer.from(message.Body ?? '', 'utf8'), id: headers['ce-id'], headers };
+}
+
+/**
+ * Queue mode's plain consumer: the topic's one queue is the group, so a plain reader of it is a
+ * consumer of that group. Read while no consumer of ours runs (the tests that use it start none),
+ * it receives and deletes what is there. It deletes the queue on close if it made it.
+ */
+export async function sqsQueueRawReader(topicName: string): Promise<RawReader> {
+  const name = topicQueueName(topicName, false);
+  let url: string;
+  let created = false;
+  try {
+    url = (await sqsClient().send(new GetQueueUrlCommand({ QueueName: name }))).QueueUrl!;
+  } catch (error) {
+    if ((error as Error).name !== 'QueueDoesNotExist') throw error;
+    url = await queueUrl(name);
+    created = true;
+  }
+  return queueReader(url, async () => {
+    if (created) await sqsClient().send(new DeleteQueueCommand({ QueueUrl: url }));
+  });
+}
+
+/**
+ * Fan-out mode's plain consumer: a queue of its own, subscribed to the topic's SNS topic with raw
+ * message delivery, as another team's service would. On close it unsubscribes, deletes its queue,
+ * and deletes the SNS topic if it made it.
+ */
+export async function sqsFanoutRawReader(topicName: string): Promise<RawReader> {
+  const topic = snsTopicName(topicName, false);
+  const existed = await snsTopicExists(topic);
+  const { TopicArn } = await snsClient().send(new CreateTopicCommand({ Name: topic }));
+  const url = await queueUrl(`raw-reader-${randomUUID().slice(0, 8)}`);
+  const { Attributes } = await sqsClient().send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['QueueArn'] }));
+  const queueArn = Attributes!.QueueArn!;
+  // What real SNS needs to write to the queue (fauxqs checks no policy).
+  const policy = {
+    Version: '2012-10-17',
+    Statement: [{ Effect: 'Allow', Principal: { Service: 'sns.amazonaws.com' }, Action: 'sqs:SendMessage', Resource: queueArn, Condition: { ArnEquals: { 'aws:SourceArn': TopicArn } } }],
+  };
+  await sqsClient().send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: { Policy: JSON.stringify(policy) } }));
+  const { SubscriptionArn } = await snsClient().send(
+    new SubscribeCommand({ TopicArn, Protocol: 'sqs', Endpoint: queueArn, Attributes: { RawMessageDelivery: 'true' }, ReturnSubscriptionArn: true }),
+  );
+  return queueReader(url, async () => {
+    await snsClient().send(new UnsubscribeCommand({ SubscriptionArn }));
+    await sqsClient().send(new DeleteQueueCommand({ QueueUrl: url }));
+    if (!existed) await snsClient().send(new DeleteTopicCommand({ TopicArn }));
+  });
+}
+
+async function snsTopicExists(name: string): Promise<boolean> {
+  let token: string | undefined;
+  do {
+    const output = await snsClient().send(new ListTopicsCommand({ NextToken: token }));
+    if ((output.Topics ?? []).some((topic) => topic.TopicArn?.endsWith(`:${name}`))) return true;
+    token = output.NextToken;
+  } while (token);
+  return false;
+}
+
+/** Receives (long polls of 1 s) and deletes, one record at a time from what it has received. */
+function queueReader(url: string, cleanUp: () => Promise<void>): RawReader {
+  const received: RawRecord[] = [];
+  return {
+    async next(timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      while (received.length === 0) {
+        if (Date.now() >= deadline) throw new Error(`no message on ${url} within ${timeoutMs} ms`);
+        const { Messages = [] } = await sqsClient().send(
+          new ReceiveMessageCommand({ QueueUrl: url, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, MessageAttributeNames: ['All'] }),
+        );
+        if (Messages.length === 0) continue;
+        received.push(...Messages.map(plainRecord));
+        await sqsClient().send(new DeleteMessageBatchCommand({ QueueUrl: url, Entries: Messages.map((message, i) => ({ Id: String(i), ReceiptHandle: message.ReceiptHandle })) }));
+      }
+      return received.shift()!;
+    },
+    close: cleanUp,
+  };
 }

@@ -9,7 +9,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
-import { fromAttributes } from './sqs-attributes';
+import { readMessage } from './sqs-attributes';
 
 /** Most messages one receive may ask for (SQS's limit). */
 const MAX_RECEIVE = 10;
@@ -147,7 +147,7 @@ export class SqsConsumer implements AdapterConsumer {
             WaitTimeSeconds: this.options.waitTimeSeconds,
             VisibilityTimeout: this.options.visibilityTimeoutSeconds,
             MessageAttributeNames: ['All'],
-            MessageSystemAttributeNames: ['ApproximateReceiveCount', 'MessageGroupId'],
+            MessageSystemAttributeNames: ['ApproximateReceiveCount', 'MessageGroupId', 'SentTimestamp'],
           }),
           // The client's requestTimeout is for short requests; a long poll gets its own.
           { abortSignal: abort.signal, requestTimeout: this.options.waitTimeSeconds * 1000 + STALLED_POLL_SLACK_MS },
@@ -236,9 +236,11 @@ export class SqsConsumer implements AdapterConsumer {
       const receiveCount = Number(message.Attributes?.ApproximateReceiveCount);
       const handedBack = message.MessageId === undefined ? 0 : (this.handedBack.get(message.MessageId) ?? 0);
       const attempt = Number.isInteger(receiveCount) && receiveCount > 0 ? Math.max(1, receiveCount - handedBack) : undefined;
+      const { metadata, headers } = readMessage(message);
       const delivery: InboundDelivery = {
         body: message.Body ?? '',
-        headers: fromAttributes(message.MessageAttributes),
+        headers,
+        metadata,
         raw: message,
         attempt,
         ack: async () => {

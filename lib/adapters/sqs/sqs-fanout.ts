@@ -22,7 +22,7 @@ export interface SnsFanoutOptions {
 export class SnsFanout {
   private readonly client: SNSClient;
   private readonly topicArns = new Map<string, Promise<string>>();
-  /** Topics known to have at least one subscribed queue: publishing there cannot be dropped for want of one. */
+  /** Topics known to have at least one subscribed queue (a group): no need to look again. */
   private readonly subscribed = new Set<string>();
 
   constructor(
@@ -42,12 +42,21 @@ export class SnsFanout {
     return promise;
   }
 
+  /** A queue is known to be subscribed to the topic (found, or subscribed from here). */
+  knownSubscribed(topicArn: string): boolean {
+    return this.subscribed.has(topicArn);
+  }
+
+  /** Whether any SQS queue is subscribed to the topic: known, or looked up. */
+  async hasSubscriptions(topicArn: string): Promise<boolean> {
+    return this.subscribed.has(topicArn) || (await this.subscribedQueueArns(topicArn)).length > 0;
+  }
+
   /**
-   * Publishes to the topic. SNS drops a message no queue is subscribed to, so until a group has
-   * subscribed this refuses instead (as RabbitMQ's unroutable publish does).
+   * Publishes to the topic. SNS accepts a message no queue is subscribed to, and drops it: see
+   * the adapter for the no-group rule.
    */
   async publish(topicArn: string, body: string, attributes: Record<string, StringAttribute>, fifo?: { MessageGroupId: string; MessageDeduplicationId: string }): Promise<void> {
-    if (!this.subscribed.has(topicArn)) await this.subscribedQueueArns(topicArn);
     try {
       await this.client.send(new PublishCommand({ TopicArn: topicArn, Message: body, MessageAttributes: attributes, ...fifo }));
     } catch (error) {
@@ -55,7 +64,7 @@ export class SnsFanout {
     }
   }
 
-  /** The SQS queues subscribed to a topic (ARNs); refuses when there are none. */
+  /** The SQS queues subscribed to a topic (ARNs); none when no group has subscribed yet. */
   async subscribedQueueArns(topicArn: string): Promise<string[]> {
     const arns: string[] = [];
     let token: string | undefined;
@@ -70,8 +79,7 @@ export class SnsFanout {
     } catch (error) {
       throw this.options.failure(`SNS ListSubscriptionsByTopic of ${topicArn} failed`, error);
     }
-    if (arns.length === 0) throw new Error(`SNS topic ${topicArn} has no subscribed group yet: SNS would drop the message (subscribe a group first)`);
-    this.subscribed.add(topicArn);
+    if (arns.length > 0) this.subscribed.add(topicArn);
     return arns;
   }
 

@@ -12,7 +12,6 @@ import {
   SQSClient,
   type SQSClientConfig,
 } from '@aws-sdk/client-sqs';
-import { DEAD_LETTER_HEADERS } from '../../constants';
 import { BrokerError, describeError, redactSecrets } from '../../errors';
 import type { SqsEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
@@ -27,8 +26,21 @@ import type {
   InboundMessage,
   OutboundMessage,
 } from '../broker-adapter';
+import { JSON_CONTENT_TYPE } from '../cloudevents';
+import { NoGroupWarnings } from '../no-group-warnings';
 import { OpenConsumers } from '../open-consumers';
-import { DEAD_LETTER_HEADROOM_BYTES, escapeForSqs, fromAttributes, MAX_MESSAGE_BYTES, messageBytes, toAttributes, type StringAttribute } from './sqs-attributes';
+import {
+  ASTRAL,
+  DEAD_LETTER_HEADROOM_BYTES,
+  deadLetterAttributes,
+  DEFAULT_MESSAGE_GROUP,
+  escapeForSqs,
+  MAX_MESSAGE_BYTES,
+  messageBytes,
+  readMessage,
+  toAttributes,
+  type StringAttribute,
+} from './sqs-attributes';
 import { SqsConsumer } from './sqs-consumer';
 import type * as SqsFanoutModule from './sqs-fanout';
 import type { SnsFanout } from './sqs-fanout';
@@ -50,8 +62,12 @@ const DEAD_LETTER_RETENTION_SECONDS = 1_209_600;
 
 /** Longest per-message delay SQS takes (15 minutes). */
 export const MAX_DELAY_SECONDS = 900;
-/** The message group of FIFO messages published without a key: one group, so one order. */
-export const DEFAULT_MESSAGE_GROUP = 'default';
+export { DEFAULT_MESSAGE_GROUP };
+/**
+ * While a fan-out topic has no known subscription, it is looked up at most this often for the
+ * no-group warning (a publish does not wait for it); 'reject' looks before every publish instead.
+ */
+const NO_GROUP_CHECK_INTERVAL_MS = 10_000;
 
 /** What an SQS env guarantees for its default topic mode (queue or SNS fan-out, standard or FIFO). */
 export function sqsCapabilities(config: Pick<Config, 'fanout' | 'fifo'> = {}): AdapterCapabilities {
@@ -63,6 +79,9 @@ export function sqsCapabilities(config: Pick<Config, 'fanout' | 'fifo'> = {}): A
     // DelaySeconds (up to 15 minutes) and visibility timeouts hold messages on SQS itself.
     nativeDelay: true,
     nativeDeadLetters: true,
+    // An SNS topic tells whether any queue is subscribed. In queue mode the queue is the group:
+    // it keeps what is published before any consumer, so there is never "no group".
+    detectsNoGroup: config.fanout === 'sns',
   };
 }
 
@@ -92,6 +111,11 @@ export class SqsAdapter implements BrokerAdapter {
   private readonly groupQueues = new Map<string, Promise<string>>();
   /** Queue mode: the group consuming each topic in this process, and how many consumers it has. */
   private readonly queueGroups = new Map<string, { group: string; consumers: number }>();
+  private readonly noGroup: NoGroupWarnings;
+  /** Fan-out topics without a known subscription: when they were last looked up. */
+  private readonly noGroupCheckedAt = new Map<string, number>();
+  /** The endpoint refused a body with characters outside the BMP (an emulator): JSON bodies go with them escaped. */
+  private escapeAstral = false;
   private closing = false;
 
   constructor(
@@ -107,6 +131,7 @@ export class SqsAdapter implements BrokerAdapter {
       requestTimeoutMs: config.requestTimeoutMs ?? SQS_DEFAULTS.requestTimeoutMs,
     };
     this.capabilities = sqsCapabilities(this.settings);
+    this.noGroup = new NoGroupWarnings(context.logger, context.envSlug);
     this.clientConfig = {
       region: config.region,
       endpoint: config.endpoint,
@@ -140,9 +165,15 @@ export class SqsAdapter implements BrokerAdapter {
     }
   }
 
+  /**
+   * Queue mode: to the topic's queue, which keeps it for the group (the queue is the group).
+   * Fan-out: to the SNS topic, which drops it when no group's queue is subscribed yet (see
+   * AdapterTopic.whenNoGroup); SNS has no per-message delay, so a delayed message goes straight to
+   * each subscribed queue.
+   */
   async publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
-    const prepared = this.prepare(topic, message, plan.fifo, MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM_BYTES);
+    const prepared = this.prepare(topic, message, plan, MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM_BYTES, 'publish');
     if (plan.mode === 'queue') {
       const url = await this.workQueueUrl(topic, plan);
       return this.send(url, prepared, message.messageId);
@@ -150,10 +181,19 @@ export class SqsAdapter implements BrokerAdapter {
     const fanout = this.requireFanout();
     const topicArn = await fanout.topicArn(snsTopicName(topic.name, plan.fifo), plan.fifo);
     if (prepared.delaySeconds === undefined) {
+      if (!fanout.knownSubscribed(topicArn)) {
+        if (topic.whenNoGroup === 'reject') {
+          if (!(await fanout.hasSubscriptions(topicArn))) throw this.noGroup.error(topic.name);
+        } else this.lookForGroups(fanout, topicArn, topic.name);
+      }
       return fanout.publish(topicArn, prepared.body, prepared.attributes, plan.fifo ? fifoIds(message.key, message.messageId) : undefined);
     }
-    // SNS has no per-message delay: a delayed message goes straight to each subscribed queue.
     const queueArns = await fanout.subscribedQueueArns(topicArn);
+    if (queueArns.length === 0) {
+      if (topic.whenNoGroup === 'reject') throw this.noGroup.error(topic.name);
+      // Nothing to deliver it to, as SNS would drop it.
+      return this.noGroup.warn(topic.name);
+    }
     const urls = await Promise.all(queueArns.map((arn) => this.queueUrlOfArn(arn)));
     await Promise.all(urls.map((url) => this.send(url, prepared, message.messageId)));
   }
@@ -162,13 +202,13 @@ export class SqsAdapter implements BrokerAdapter {
     const plan = this.plan(topic);
     const url = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.existingGroupQueueUrl(topic, group, plan);
     // A fresh deduplication id: the same message sent again (reprocessed) must not be dropped as a duplicate.
-    await this.send(url, this.prepare(topic, message, plan.fifo), randomUUID());
+    await this.send(url, this.prepare(topic, message, plan), randomUUID());
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const plan = this.plan(topic);
     const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
-    await this.send(url, { ...deadLetterFitting(message), key: message.key }, randomUUID());
+    await this.send(url, this.prepare(topic, message, plan, Infinity, 'dead-letter'), randomUUID());
   }
 
   async drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
@@ -192,7 +232,7 @@ export class SqsAdapter implements BrokerAdapter {
               WaitTimeSeconds: 1,
               VisibilityTimeout: this.settings.visibilityTimeoutSeconds,
               MessageAttributeNames: ['All'],
-              MessageSystemAttributeNames: ['SentTimestamp'],
+              MessageSystemAttributeNames: ['SentTimestamp', 'MessageGroupId'],
             }),
           ),
         );
@@ -204,7 +244,7 @@ export class SqsAdapter implements BrokerAdapter {
         for (let i = 0; i < old.length; i++) {
           const record = old[i];
           try {
-            await visit({ body: record.Body ?? '', headers: fromAttributes(record.MessageAttributes), raw: record });
+            await visit({ body: record.Body ?? '', ...readMessage(record), raw: record });
             await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
           } catch (error) {
             // The rest of this batch shows again at once, not after the visibility timeout.
@@ -310,11 +350,19 @@ export class SqsAdapter implements BrokerAdapter {
     };
   }
 
-  /** Checks what SQS would refuse, before anything is sent. */
-  private prepare(topic: AdapterTopic, message: OutboundMessage, fifo: boolean, maxBytes = MAX_MESSAGE_BYTES): PreparedMessage {
-    // Always our JSON envelope here.
-    const body = escapeForSqs(typeof message.body === 'string' ? message.body : message.body.toString('utf8'));
-    const attributes = toAttributes(message.headers, message.messageId, message.correlationId);
+  /**
+   * The body as it is (JSON with U+FFFE/U+FFFF escaped, which SQS refuses) and the metadata as
+   * attributes; checks what SQS would refuse, before anything is sent. A dead letter is not
+   * checked: its body came from SQS, and its error text is cut to fit.
+   */
+  private prepare(topic: AdapterTopic, message: OutboundMessage, plan: TopicPlan, maxBytes = MAX_MESSAGE_BYTES, kind: 'publish' | 'retry' | 'dead-letter' = 'retry'): PreparedMessage {
+    const fifo = plan.fifo;
+    const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
+    // Escaping keeps a JSON value as it is; any other body (poison, kept as it came) is left alone.
+    const json = message.contentType === JSON_CONTENT_TYPE;
+    const body = json ? escapeForSqs(text, this.escapeAstral) : text;
+    const options = { keyAsGroupId: fifo && isOwnGroupId(message.key), timeFromBroker: kind === 'publish' };
+    const attributes = kind === 'dead-letter' ? deadLetterAttributes(message, body, options) : toAttributes(message, options);
     const bytes = messageBytes(body, attributes);
     if (bytes > maxBytes) {
       const room = maxBytes < MAX_MESSAGE_BYTES ? ` (SQS's 256 KiB less ${MAX_MESSAGE_BYTES - maxBytes} bytes kept for the headers of a dead letter)` : ' (256 KiB)';
@@ -330,21 +378,51 @@ export class SqsAdapter implements BrokerAdapter {
         throw new BrokerError('INVALID_MESSAGE', `topic '${topic.tag}' is a FIFO queue: SQS takes no per-message delay there (only a delay set on the queue)`);
       }
     }
-    return { body, attributes, delaySeconds, key: message.key };
+    return { body, json, attributes, delaySeconds, key: message.key };
   }
 
   private async send(url: string, message: PreparedMessage, deduplicationId: string): Promise<void> {
     const fifo = isFifoName(queueNameOfUrl(url));
-    await this.request('SendMessage', url, () =>
-      this.client.send(
-        new SendMessageCommand({
-          QueueUrl: url,
-          MessageBody: message.body,
-          MessageAttributes: message.attributes,
-          DelaySeconds: fifo ? undefined : message.delaySeconds,
-          ...(fifo ? fifoIds(message.key, deduplicationId) : {}),
-        }),
-      ),
+    const command = (body: string) =>
+      new SendMessageCommand({
+        QueueUrl: url,
+        MessageBody: body,
+        MessageAttributes: message.attributes,
+        DelaySeconds: fifo ? undefined : message.delaySeconds,
+        ...(fifo ? fifoIds(message.key, deduplicationId) : {}),
+      });
+    await this.request('SendMessage', url, async () => {
+      try {
+        return await this.client.send(command(message.body));
+      } catch (error) {
+        if (!errorName(error).endsWith('InvalidMessageContents') || !message.json || this.escapeAstral || !ASTRAL.test(message.body)) throw error;
+        // Real SQS takes any Unicode character; emulators (fauxqs) refuse those beyond the BMP.
+        this.escapeAstral = true;
+        this.context.logger.warn(
+          `SQS at ${this.endpoint} refuses characters outside the Basic Multilingual Plane in a message body (real SQS takes them): JSON bodies are sent with those \\u-escaped from now on, the same JSON value in other bytes`,
+        );
+        return this.client.send(command(escapeForSqs(message.body, true)));
+      }
+    });
+  }
+
+  /**
+   * The no-group warning of a fan-out topic that has no known subscription: looked up beside the
+   * publish (which does not wait for it), at most once in NO_GROUP_CHECK_INTERVAL_MS per topic.
+   */
+  private lookForGroups(fanout: SnsFanout, topicArn: string, topicName: string): void {
+    const now = Date.now();
+    const last = this.noGroupCheckedAt.get(topicArn);
+    if (last !== undefined && now - last < NO_GROUP_CHECK_INTERVAL_MS) return;
+    if (this.noGroupCheckedAt.size >= 10_000) this.noGroupCheckedAt.clear();
+    this.noGroupCheckedAt.set(topicArn, now);
+    fanout.hasSubscriptions(topicArn).then(
+      (subscribed) => {
+        if (subscribed) this.noGroupCheckedAt.delete(topicArn);
+        else this.noGroup.warn(topicName);
+      },
+      // Only a warning depends on it: the publish itself reports its own failures.
+      () => undefined,
     );
   }
 
@@ -544,6 +622,8 @@ export class SqsAdapter implements BrokerAdapter {
 
 interface PreparedMessage {
   body: string;
+  /** The body is this module's JSON (so \u escapes keep its value). */
+  json: boolean;
   attributes: Record<string, StringAttribute>;
   delaySeconds?: number;
   key?: string;
@@ -593,44 +673,16 @@ export function fifoIds(key: string | undefined, deduplicationId: string): { Mes
 }
 
 function fifoId(value: string): string {
-  return /^[!-~]{1,128}$/.test(value) ? value : createHash('sha256').update(value).digest('hex');
+  return FIFO_ID.test(value) ? value : createHash('sha256').update(value).digest('hex');
+}
+
+const FIFO_ID = /^[!-~]{1,128}$/;
+
+/** A key that is its own FIFO message group id, so that it need not travel as an attribute too. */
+function isOwnGroupId(key: string | undefined): boolean {
+  return key !== undefined && key !== DEFAULT_MESSAGE_GROUP && FIFO_ID.test(key);
 }
 
 export function createSqsAdapter(config: Config, context: AdapterContext): BrokerAdapter {
   return new SqsAdapter(config, context);
-}
-
-/**
- * A dead letter as SQS takes it: its body (an envelope escaped like any publish; a poison body kept
- * exactly as it came) and attributes, within SQS's size. A message near the limit, from a producer
- * that left no room, may not fit with its error text carried twice (in the envelope and as an
- * attribute), escaped (a control character takes 6 bytes of JSON): the text is cut, the
- * attribute's copy first, then the envelope's. Without it, SQS refused the dead letter and the
- * handler ran again, once a second.
- */
-function deadLetterFitting(message: OutboundMessage): { body: string; attributes: Record<string, StringAttribute> } {
-  const text = typeof message.body === 'string' ? message.body : message.body.toString('utf8');
-  const encode = (headers: Readonly<Record<string, string>>, body: string) => ({
-    body: message.messageId ? escapeForSqs(body) : body,
-    attributes: toAttributes(headers, message.messageId, message.correlationId),
-  });
-  let fitting = encode(message.headers, text);
-  const error = message.headers[DEAD_LETTER_HEADERS.error];
-  let over = messageBytes(fitting.body, fitting.attributes) - MAX_MESSAGE_BYTES;
-  if (over <= 0 || error === undefined) return fitting;
-  // Each character takes at least one byte: cutting `over` of them (and 3 for the ellipsis) is enough.
-  const cut = (value: string, bytes: number) => `${value.slice(0, Math.max(0, value.length - bytes - 3)).replace(/[\uD800-\uDBFF]$/, '')}…`;
-  const headers = { ...message.headers, [DEAD_LETTER_HEADERS.error]: cut(error, over) };
-  fitting = encode(headers, text);
-  over = messageBytes(fitting.body, fitting.attributes) - MAX_MESSAGE_BYTES;
-  if (over <= 0 || !message.messageId) return fitting;
-  try {
-    const envelope = JSON.parse(text) as { headers?: Record<string, unknown> };
-    const inside = envelope.headers?.[DEAD_LETTER_HEADERS.error];
-    if (typeof inside !== 'string') return fitting;
-    envelope.headers = { ...envelope.headers, [DEAD_LETTER_HEADERS.error]: cut(inside, over) };
-    return encode(headers, JSON.stringify(envelope));
-  } catch {
-    return fitting;
-  }
 }
