@@ -1,6 +1,6 @@
 import { RABBITMQ_CAPABILITIES } from '../../lib/adapters/rabbitmq';
 import { holdExclusively } from '../support/exclusive';
-import { deleteTopology, rabbitEnv, rawPublish } from '../support/rabbitmq';
+import { deleteTopology, rabbitEnv, rawPublish, rawTopicReader } from '../support/rabbitmq';
 import { runConformanceSuite } from './conformance.suite';
 
 // Other RabbitMQ files restart the broker or close its connections: never alongside this one.
@@ -10,6 +10,18 @@ runConformanceSuite({
   broker: 'rabbitmq',
   capabilities: RABBITMQ_CAPABILITIES,
   envConfig: (slug) => rabbitEnv(slug),
-  // A foreign producer: plain amqplib, straight to the topic's exchange.
-  publishRaw: (topicName, body) => rawPublish(topicName, '', body),
+  // A foreign producer: plain amqplib, straight to the topic's exchange, with no message-id
+  // property (test/rabbitmq/rabbitmq.adapter.spec.ts also sends one with it).
+  publishRaw: (topicName, body, headers) => rawPublish(topicName, '', body, headers),
+  // A foreign consumer: a queue of its own bound to the topic's exchange; its id is the AMQP message-id.
+  rawReader: async (topicName) => {
+    const reader = await rawTopicReader(topicName);
+    return {
+      next: async (timeoutMs) => {
+        const { body, id, headers } = await reader.next(timeoutMs);
+        return { body, id, headers };
+      },
+      close: () => reader.close(),
+    };
+  },
 });

@@ -1,4 +1,5 @@
-import { WrittenPublishes } from '../../lib/adapters/rabbitmq/rabbitmq-publisher';
+import type { ConfirmChannel } from 'amqplib';
+import { publishOn, WrittenPublishes } from '../../lib/adapters/rabbitmq/rabbitmq-publisher';
 
 // The publisher's queue of written publishes, on its own (no broker): the real publisher's paths
 // through it (confirms, returns, timeouts, lost channels) are tested against RabbitMQ in
@@ -86,5 +87,23 @@ describe('RabbitMQ publisher: written publishes', () => {
     expect(queue.size).toBe(1);
     queue.remove(stuck);
     expect(slotCount(queue)).toBe(0);
+  });
+});
+
+// A stand-in channel, not amqplib's: an amqplib without the two steps publishOn takes cannot be
+// had from the installed version. The steps themselves are tested on the server (rabbitmq.adapter.spec.ts).
+describe('RabbitMQ publisher: publishOn on an amqplib without its publish steps', () => {
+  it("falls back to the channel's public publish(), with the same arguments and callback", () => {
+    const calls: unknown[][] = [];
+    const channel = {
+      publish: (...args: unknown[]) => {
+        calls.push(args);
+        return false;
+      },
+    } as unknown as ConfirmChannel;
+    const pending = entry(1);
+    const confirmed = () => undefined;
+    expect(publishOn(channel, pending, confirmed)).toBe(false);
+    expect(calls).toEqual([['x', '', pending.content, pending.options, confirmed]]);
   });
 });

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { Socket } from 'node:net';
 import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
-import type { Channel, ConfirmChannel, Message, Options, Replies } from 'amqplib';
+import type { Channel, ConfirmChannel, Message, Replies } from 'amqplib';
 import {
   BrokerError,
   DEAD_LETTER_HEADERS,
@@ -13,11 +13,14 @@ import {
   type BrokerModuleOptions,
   type RabbitMqEnvConfig,
 } from '../../lib';
+import type { OutboundMessage } from '../../lib/adapters/broker-adapter';
 import { createRabbitMqAdapter } from '../../lib/adapters/rabbitmq';
+import { publishOptions } from '../../lib/adapters/rabbitmq/rabbitmq-headers';
+import { publishOn } from '../../lib/adapters/rabbitmq/rabbitmq-publisher';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
-import { deleteTopology, listQueues, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, withRawConnection } from '../support/rabbitmq';
+import { deleteNamed, deleteTopology, listQueues, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, rawTopicReader, withRawConnection } from '../support/rabbitmq';
 import { gate, sleep, waitFor } from '../support/wait';
 
 const PRODUCT = 'rmq-adapter';
@@ -40,8 +43,8 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
     };
   }
 
-  async function start(envConfig: Partial<RabbitMqEnvConfig['config']> = {}, overrides: Partial<BrokerModuleOptions> = {}) {
-    const started = await createBrokerApp(options([rabbitEnv('prd', envConfig), rabbitEnv('stg', envConfig)], overrides));
+  async function start(envConfig: Partial<RabbitMqEnvConfig['config']> = {}, overrides: Partial<BrokerModuleOptions> = {}, logger?: CapturingLogger) {
+    const started = await createBrokerApp(options([rabbitEnv('prd', envConfig), rabbitEnv('stg', envConfig)], overrides), {}, logger);
     apps.push(started.app);
     return started.broker;
   }
@@ -90,53 +93,127 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(bindings).not.toContain(`${topic}\t${stgTopic}:billing`);
     });
 
-    it('publishes persistent messages with the messageId, correlationId and headers as AMQP properties', async () => {
+    it('publishes the bare message JSON, persistent, its metadata in AMQP properties and cloudEvents: headers (CloudEvents binary mode)', async () => {
       const broker = await start();
       const { event, topic } = newTopic();
       const sub = await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'audit', callback: () => undefined } });
       await sub.unsubscribe();
-      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n: 1 }, messageId: 'm-1', correlationId: 'c-1' } });
+      const message = { n: 1, unicode: 'é 漢字 🎉' };
+      const before = Date.now();
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message, messageId: 'm-1', correlationId: 'c-1', key: 'k-1', headers: { tenant: 'acme' } } });
       const got = await withRawConnection(async (connection) => {
         const channel = await connection.createChannel();
         return channel.get(`${topic}:audit`, { noAck: true });
       });
       if (got === false) throw new Error('the message is not in the group queue');
-      expect(got.properties.deliveryMode).toBe(2);
-      expect(got.properties.messageId).toBe('m-1');
-      expect(got.properties.correlationId).toBe('c-1');
-      expect(got.properties.contentType).toBe('application/json');
-      const envelope = JSON.parse(got.content.toString()) as Record<string, unknown>;
-      expect(envelope).toMatchObject({ v: 1, id: 'm-1', correlationId: 'c-1', message: { n: 1 }, attempt: 1, headers: {} });
-      // The route is the queue's own: the envelope does not repeat the event, env or product.
-      expect(Object.keys(envelope).sort()).toEqual(['attempt', 'correlationId', 'headers', 'id', 'message', 'publishedAt', 'v']);
+      // The body is what a plain client would write, byte for byte.
+      expect(got.content.equals(Buffer.from(JSON.stringify(message)))).toBe(true);
+      expect(got.properties).toMatchObject({ deliveryMode: 2, messageId: 'm-1', correlationId: 'c-1', contentType: 'application/json' });
+      const headers = got.properties.headers as Record<string, unknown>;
+      const time = Date.parse(String(headers['cloudEvents:time']));
+      expect(time).toBeGreaterThanOrEqual(before);
+      expect(got.properties.timestamp).toBe(Math.floor(time / 1000));
+      expect(headers).toEqual({
+        'cloudEvents:specversion': '1.0',
+        'cloudEvents:id': 'm-1',
+        'cloudEvents:source': `/${PRODUCT}/prd/${PRODUCT}`,
+        'cloudEvents:type': event,
+        'cloudEvents:time': headers['cloudEvents:time'],
+        'cloudEvents:correlationid': 'c-1',
+        'cloudEvents:partitionkey': 'k-1',
+        // The user's headers are plain headers; a first attempt has no attempt header.
+        tenant: 'acme',
+      });
     });
   });
 
   describe('publisher confirms', () => {
     /**
      * Spies on the real amqplib ConfirmChannel the adapter uses (not a mock: every call still goes
-     * to the server). The prototype is taken from a live channel of the same amqplib module.
+     * to the server), at the two steps every confirmed publish takes, whether through publish() or
+     * the adapter's publishOn(): sendMessage (the frames) and pushConfirmCallback (its confirm).
      */
     async function spyOnConfirmChannels(hold?: Promise<void>) {
-      const proto = await withRawConnection(async (connection) => Object.getPrototypeOf(await connection.createConfirmChannel()) as ConfirmChannel);
-      const original = proto.publish;
-      const stats = { published: 0, confirmed: 0, maxOutstanding: 0, headerTables: 0, channels: new Set<ConfirmChannel>() };
-      proto.publish = function (this: ConfirmChannel, exchange: string, key: string, content: Buffer, opts?: Options.Publish, cb?: (err: unknown, ok: Replies.Empty) => void) {
+      const channel = await withRawConnection(async (connection) => connection.createConfirmChannel());
+      type Steps = {
+        sendMessage(this: ConfirmChannel, fields: { mandatory?: boolean }, properties: unknown, content: Buffer): boolean;
+        pushConfirmCallback(this: ConfirmChannel, callback: (err: unknown, ok: Replies.Empty) => void): void;
+      };
+      const owner = (name: keyof Steps) => {
+        for (let proto = Object.getPrototypeOf(channel) as object | null; proto; proto = Object.getPrototypeOf(proto) as object | null) {
+          if (Object.hasOwn(proto, name)) return proto as Steps;
+        }
+        throw new Error(`amqplib's channel has no ${name}`);
+      };
+      const sending = owner('sendMessage');
+      const confirming = owner('pushConfirmCallback');
+      const sendMessage: Steps['sendMessage'] = sending.sendMessage;
+      const pushConfirmCallback: Steps['pushConfirmCallback'] = confirming.pushConfirmCallback;
+      const stats = { published: 0, confirmed: 0, maxOutstanding: 0, mandatory: 0, channels: new Set<ConfirmChannel>() };
+      confirming.pushConfirmCallback = function (callback) {
         stats.published++;
-        if (opts?.headers !== undefined) stats.headerTables++;
         stats.channels.add(this);
         stats.maxOutstanding = Math.max(stats.maxOutstanding, stats.published - stats.confirmed);
-        return original.call(this, exchange, key, content, opts, (err: unknown, ok: Replies.Empty) => {
+        return pushConfirmCallback.call(this, (err: unknown, ok: Replies.Empty) => {
           const settle = () => {
             stats.confirmed++;
-            cb?.(err, ok);
+            callback(err, ok);
           };
           if (hold) void hold.then(settle);
           else settle();
         });
       };
-      return { stats, restore: () => (proto.publish = original) };
+      sending.sendMessage = function (fields, properties, content) {
+        // Only confirm channels' publishes: they alone have waitForConfirms.
+        if ('waitForConfirms' in this && fields.mandatory === true) stats.mandatory++;
+        return sendMessage.call(this, fields, properties, content);
+      };
+      return {
+        stats,
+        restore: () => {
+          sending.sendMessage = sendMessage;
+          confirming.pushConfirmCallback = pushConfirmCallback;
+        },
+      };
     }
+
+    it("writes through publishOn() the message amqplib's own publish() writes: the same bytes, properties and headers on the broker", async () => {
+      const { topic } = newTopic();
+      const queue = `${topic}:frames`;
+      const message: OutboundMessage = {
+        body: '{"n":1}',
+        messageId: 'frames-1',
+        publishedAt: 1_700_000_000_123,
+        type: 'rmq:frames',
+        source: '/p/prd/s',
+        contentType: 'application/json',
+        attempt: 3,
+        key: 'k',
+        correlationId: 'c',
+        headers: { tenant: 'acme', 'x-ductape-error': 'boom' },
+      };
+      try {
+        const [viaPublish, viaSteps] = await withRawConnection(async (connection) => {
+          const channel = await connection.createConfirmChannel();
+          await channel.assertQueue(queue, { durable: true });
+          const content = Buffer.from(message.body);
+          channel.publish('', queue, content, publishOptions(message, true));
+          await channel.waitForConfirms();
+          const pending = { exchange: '', routingKey: queue, content, options: publishOptions(message, true), deadline: 0, resolve() {}, reject() {}, settled: false, written: false };
+          await new Promise<void>((resolve, reject) => publishOn(channel, pending, (error) => (error ? reject(new Error("the broker did not confirm it")) : resolve())));
+          const read = async () => {
+            const got = await channel.get(queue, { noAck: true });
+            if (got === false) throw new Error('a message is missing');
+            return { content: got.content, properties: got.properties };
+          };
+          return [await read(), await read()];
+        });
+        expect(viaSteps).toEqual(viaPublish);
+        expect(viaSteps.properties.headers).toMatchObject({ 'cloudEvents:ductapeattempt': '3', tenant: 'acme' });
+      } finally {
+        await deleteNamed({ queues: [queue] });
+      }
+    });
 
     it('resolves a publish only once the broker confirmed it', async () => {
       const broker = await start();
@@ -176,17 +253,48 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       await waitFor(() => received === 1000, 'all 1000 messages', 10_000);
     });
 
-    it('rejects with PUBLISH_FAILED a message no queue takes (returned as unroutable)', async () => {
-      const broker = await start();
-      const { event } = newTopic();
-      const error = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'nobody listens' } }).catch((e: unknown) => e);
-      expect(error).toBeInstanceOf(BrokerError);
-      expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
-      expect((error as BrokerError).message).toMatch(/could not be routed.*NO_ROUTE/);
+    it('resolves a publish to a topic with no group, warns once naming the topic and env, and declares its exchange', async () => {
+      const logger = new CapturingLogger();
+      const broker = await start({}, {}, logger);
+      const { event, topic } = newTopic();
+      for (let n = 0; n < 3; n++) await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n } } });
+      const warnings = logger.entries.filter((entry) => entry.level === 'warn' && entry.message.includes('has no subscription group yet'));
+      expect(warnings.map((entry) => entry.message)).toEqual([expect.stringContaining(`topic '${topic}' [prd]`)]);
+      const exchanges = await rabbitmqctl('list_exchanges', '-q', '--no-table-headers', 'name', 'type');
+      expect(exchanges).toContain(`${topic}\tfanout`);
     });
 
-    it('matches each returned message to its own publish among many in flight, with no header on the wire', async () => {
-      const broker = await start();
+    it("fails every publish to a topic with no group with PUBLISH_FAILED under whenNoGroup: 'reject'", async () => {
+      const broker = await start({}, { brokers: [{ tag: 'rmq', envs: [{ ...rabbitEnv('prd'), whenNoGroup: 'reject' }] }] });
+      const { event } = newTopic();
+      for (let n = 0; n < 3; n++) {
+        const error = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n } } }).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(BrokerError);
+        expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
+        expect((error as BrokerError).message).toMatch(/has no subscription group yet, and its whenNoGroup is 'reject'/);
+      }
+    });
+
+    it("sends a topic's publishes mandatory only once a minute under whenNoGroup: 'accept' (the probe that tells of no group), and every one under 'reject'", async () => {
+      const tag = `t-${randomUUID().slice(0, 8)}`;
+      const broker = await start({}, { brokers: [{ tag: 'rmq', envs: [rabbitEnv('prd')], topics: [{ tag }, { tag: `${tag}-strict`, whenNoGroup: 'reject' }] }] });
+      for (const topicTag of [tag, `${tag}-strict`]) {
+        await broker.subscribe({ env: 'prd', event: `rmq:${topicTag}`, product_tag: PRODUCT, input: { callback: () => undefined } });
+      }
+      const spy = await spyOnConfirmChannels();
+      try {
+        for (let n = 0; n < 20; n++) await broker.publish({ env: 'prd', event: `rmq:${tag}`, product_tag: PRODUCT, input: { message: { n } } });
+        const accepting = spy.stats.mandatory;
+        for (let n = 0; n < 20; n++) await broker.publish({ env: 'prd', event: `rmq:${tag}-strict`, product_tag: PRODUCT, input: { message: { n } } });
+        expect(accepting).toBe(1);
+        expect(spy.stats.mandatory - accepting).toBe(20);
+      } finally {
+        spy.restore();
+      }
+    });
+
+    it('matches each returned message to its own publish among many in flight, all with the same bytes', async () => {
+      const broker = await start({}, { brokers: [{ tag: 'rmq', envs: [{ ...rabbitEnv('prd'), whenNoGroup: 'reject' }] }] });
       const routed = newTopic();
       const unroutable = newTopic();
       let received = 0;
@@ -197,10 +305,10 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       const spy = await spyOnConfirmChannels(confirms.promise);
       let results: PromiseSettledResult<unknown>[];
       try {
-        // Interleaved: 300 to a topic with a group, 300 to one without, all at once.
+        // Interleaved: 300 to a topic with a group, 300 to one without, all at once, every body the same.
         const publishing = Promise.allSettled(
           Array.from({ length: 600 }, (_, i) =>
-            broker.publish({ env: 'prd', event: (i % 2 === 0 ? routed : unroutable).event, product_tag: PRODUCT, input: { message: { i } } }),
+            broker.publish({ env: 'prd', event: (i % 2 === 0 ? routed : unroutable).event, product_tag: PRODUCT, input: { message: 'the same bytes' } }),
           ),
         );
         await waitFor(() => spy.stats.published === 600, 'all 600 written');
@@ -212,45 +320,61 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       }
       results.forEach((result, i) => {
         if (i % 2 === 0) expect(result.status).toBe('fulfilled');
-        else expect(String((result as PromiseRejectedResult).reason)).toMatch(/NO_ROUTE/);
+        else expect(String((result as PromiseRejectedResult).reason)).toMatch(/no subscription group/);
       });
       expect(spy.stats.maxOutstanding).toBeGreaterThan(10);
-      expect(spy.stats.headerTables).toBe(0);
       await waitFor(() => received === 300, 'the 300 routed messages', 10_000);
     });
 
-    it('never takes a returned message for confirmed when another in flight has the same bytes (a retry re-sent twice, say)', async () => {
+    /** A retry as the delivery layer sends it: the original bytes, the same id. */
+    function retryOf(id: string): OutboundMessage {
+      return { body: '{"x":1}', messageId: id, publishedAt: Date.now(), type: 'b:t', source: '/p/prd/s', contentType: 'application/json', attempt: 2, headers: {} };
+    }
+
+    /**
+     * A is written while its queue exists, its confirm held back; then the queue goes, and B, byte
+     * for byte the same, is returned. Returns come before confirms: B's return is matched while A is
+     * still in flight.
+     */
+    async function sendTwiceAcrossADeletedQueue(first: OutboundMessage, second: OutboundMessage): Promise<[string, string]> {
       const adapter = createRabbitMqAdapter(rabbitEnv('prd').config, { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {} } });
       await adapter.connect();
       const { topic } = newTopic();
       const queue = `${topic}:g`;
       await withRawConnection(async (connection) => void (await (await connection.createChannel()).assertQueue(queue, { durable: true })));
-      const same = { body: '{"v":1,"id":"same","publishedAt":1,"attempt":2,"headers":{},"message":"x"}', messageId: 'same', headers: {} };
-      // A is written while its queue exists; its confirm is held back. Then the queue goes, and B,
-      // byte for byte the same, is returned: B must not resolve as if it had been routed.
       const confirms = gate();
       const spy = await spyOnConfirmChannels(confirms.promise);
-      try {
-        const first = adapter.sendToGroup({ name: topic, tag: 't' }, 'g', same).then(
+      const outcome = (sending: Promise<void>) =>
+        sending.then(
           () => 'confirmed',
           (error: unknown) => String(error),
         );
+      try {
+        const a = outcome(adapter.sendToGroup({ name: topic, tag: 't' }, 'g', first));
         await waitFor(() => spy.stats.published === 1, 'the first publish to be written');
         await withRawConnection(async (connection) => void (await (await connection.createChannel()).deleteQueue(queue)));
-        const second = adapter.sendToGroup({ name: topic, tag: 't' }, 'g', same).then(
-          () => 'confirmed',
-          (error: unknown) => String(error),
-        );
+        const b = outcome(adapter.sendToGroup({ name: topic, tag: 't' }, 'g', second));
         await waitFor(() => spy.stats.published === 2, 'the second publish to be written');
         await sleep(300);
         confirms.open();
-        expect(await second).toMatch(/NO_ROUTE/);
-        // The first may be taken for returned too: it is then sent again by its caller (a duplicate, never a loss).
-        expect(await first).toMatch(/confirmed|NO_ROUTE/);
+        return [await a, await b];
       } finally {
         spy.restore();
         await adapter.close();
       }
+    }
+
+    it('tells two publishes of the same bytes apart by their message id: the returned one fails, the routed one is confirmed', async () => {
+      const [first, second] = await sendTwiceAcrossADeletedQueue(retryOf('id-a'), retryOf('id-b'));
+      expect(first).toBe('confirmed');
+      expect(second).toMatch(/NO_ROUTE/);
+    });
+
+    it('never takes a returned message for confirmed when another in flight has the same id and bytes (a retry re-sent twice, say)', async () => {
+      const [first, second] = await sendTwiceAcrossADeletedQueue(retryOf('same'), retryOf('same'));
+      expect(second).toMatch(/NO_ROUTE/);
+      // The first may be taken for returned too: it is then sent again by its caller (a duplicate, never a loss).
+      expect(first).toMatch(/confirmed|NO_ROUTE/);
     });
 
     it('rejects with PUBLISH_FAILED a message the broker nacks', async () => {
@@ -267,6 +391,227 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(error).toBeInstanceOf(BrokerError);
       expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
       expect((error as BrokerError).message).toMatch(/refused the message \(nack\)/);
+    });
+  });
+
+  describe('plain amqplib clients on either side (wire format 2)', () => {
+    /** What one test declared on the broker, deleted by name at its end. */
+    function topologyOf(topic: string, groups: string[], delaysMs: number[] = []) {
+      const queues = groups.flatMap((group) => [`${topic}:${group}`, `${topic}:${group}:dead-letters`, ...delaysMs.map((ms) => `${topic}:${group}:delay-${ms}ms`)]);
+      return () => deleteNamed({ queues, exchanges: [topic] });
+    }
+
+    async function getOne(queue: string): Promise<Message> {
+      return withRawConnection(async (connection) => {
+        const channel = await connection.createChannel();
+        for (let i = 0; i < 100; i++) {
+          const message = await channel.get(queue, { noAck: true });
+          if (message) return message;
+          await sleep(20);
+        }
+        throw new Error(`nothing in ${queue}`);
+      });
+    }
+
+    it("hands a plain client's JSON without a message-id to the handler: one id (a digest) on every delivery, publishedAt from the timestamp property, attempt 1 then 2", async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const cleanup = topologyOf(topic, ['plain'], [50]);
+      try {
+        const seen: { message: unknown; ctx: BrokerContext }[] = [];
+        await broker.subscribe({
+          env: 'prd',
+          event,
+          product_tag: PRODUCT,
+          input: {
+            group: 'plain',
+            callback: (message: unknown, ctx: BrokerContext) => {
+              seen.push({ message, ctx });
+              if (ctx.attempt === 1) throw new Error('first attempt fails');
+            },
+          },
+        });
+        const body = Buffer.from(JSON.stringify({ orderId: 'j-1', from: 'java' }));
+        await rawPublish(topic, '', body, { 'x-origin': 'billing-java', retries: 0 }, { timestamp: 1_700_000_000, contentType: 'application/json' });
+        await waitFor(() => seen.length === 2, 'the delivery and its retry', 5000);
+        expect(seen.map((entry) => entry.message)).toEqual([
+          { orderId: 'j-1', from: 'java' },
+          { orderId: 'j-1', from: 'java' },
+        ]);
+        expect(seen.map((entry) => entry.ctx.attempt)).toEqual([1, 2]);
+        expect(seen[0].ctx.messageId).toMatch(/^sha256:[0-9a-f]{32}$/);
+        expect(seen[1].ctx.messageId).toBe(seen[0].ctx.messageId);
+        expect(seen.map((entry) => entry.ctx.publishedAt.getTime())).toEqual([1_700_000_000_000, 1_700_000_000_000]);
+        for (const { ctx } of seen) {
+          expect(ctx.headers['x-origin']).toBe('billing-java');
+          expect(ctx.headers.retries).toBe('0');
+          // The retry's own metadata and RabbitMQ's dead-lettering marks stay off the application headers.
+          expect(Object.keys(ctx.headers).filter((name) => name.startsWith('cloudEvents') || name.startsWith('x-death'))).toEqual([]);
+        }
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it("takes a plain client's message-id property as ctx.messageId, the same on its retry and on a broker redelivery, with its correlation-id", async () => {
+      const broker = await start({}, { shutdownTimeoutMs: 300 });
+      const { event, topic } = newTopic();
+      const cleanup = topologyOf(topic, ['ids'], [50]);
+      const held = gate();
+      try {
+        const seen: BrokerContext[] = [];
+        await broker.subscribe({
+          env: 'prd',
+          event,
+          product_tag: PRODUCT,
+          input: {
+            group: 'ids',
+            callback: async (_message: unknown, ctx: BrokerContext) => {
+              seen.push(ctx);
+              if (ctx.attempt === 1) throw new Error('first attempt fails');
+              await held.promise; // the retry is still in its handler when this instance stops
+            },
+          },
+        });
+        await rawPublish(topic, '', Buffer.from('{"n":1}'), undefined, { messageId: 'java-42', correlationId: 'corr-j' });
+        await waitFor(() => seen.length === 2, 'the delivery and its retry', 5000);
+        await Promise.all(apps.splice(0).map((app) => app.close()));
+        const next = await start();
+        const again: BrokerContext[] = [];
+        await next.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'ids', callback: (_m: unknown, ctx: BrokerContext) => void again.push(ctx) } });
+        await waitFor(() => again.length === 1, 'the unfinished retry, redelivered by the broker', 5000);
+        expect([...seen, ...again].map((ctx) => [ctx.messageId, ctx.attempt, ctx.correlationId])).toEqual([
+          ['java-42', 1, 'corr-j'],
+          ['java-42', 2, 'corr-j'],
+          ['java-42', 2, 'corr-j'],
+        ]);
+      } finally {
+        held.open();
+        await cleanup();
+      }
+    });
+
+    it("reads another SDK's binary-mode CloudEvent: cloudEvents_ attributes, a time as an AMQP timestamp, its other attributes kept as headers", async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const cleanup = topologyOf(topic, ['ce']);
+      try {
+        const seen: { message: unknown; ctx: BrokerContext }[] = [];
+        await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'ce', callback: (message: unknown, ctx: BrokerContext) => void seen.push({ message, ctx }) } });
+        await rawPublish(
+          topic,
+          '',
+          Buffer.from('{"orderId":"o-7"}'),
+          {
+            cloudEvents_specversion: '1.0',
+            cloudEvents_id: 'ce-7',
+            cloudEvents_type: 'com.example.order.created',
+            cloudEvents_source: '/java/billing',
+            // The ':' form wins over the '_' one when a bridge sent both.
+            'cloudEvents:id': 'ce-7-binding',
+            'cloudEvents:time': { '!': 'timestamp', value: 1_700_000_123 },
+            'cloudEvents:subject': 'order-7',
+          },
+          { messageId: 'amqp-7', contentType: 'application/json' },
+        );
+        await waitFor(() => seen.length === 1, 'the CloudEvent', 5000);
+        expect(seen[0].message).toEqual({ orderId: 'o-7' });
+        expect(seen[0].ctx.messageId).toBe('ce-7-binding');
+        expect(seen[0].ctx.publishedAt.getTime()).toBe(1_700_000_123_000);
+        expect(seen[0].ctx.headers).toEqual({ 'cloudEvents:subject': 'order-7' });
+      } finally {
+        await cleanup();
+      }
+    });
+
+    it('lets a plain amqplib consumer read our message as the bare JSON, its message-id the id we gave, the cloudEvents: headers beside the user\'s', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const cleanup = topologyOf(topic, ['ours']);
+      const reader = await rawTopicReader(topic);
+      try {
+        const handled: BrokerContext[] = [];
+        await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'ours', callback: (_m: unknown, ctx: BrokerContext) => void handled.push(ctx) } });
+        const message = { orderId: '12345', status: 'pending', unicode: 'é 漢字 🎉' };
+        const { messageId } = await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message, headers: { tenant: 'acme' } } });
+        const record = await reader.next(5000);
+        await waitFor(() => handled.length === 1, 'our own handler too', 5000);
+        expect(record.body.toString('utf8')).toBe(JSON.stringify(message));
+        expect(record.id).toBe(messageId);
+        expect(handled[0].messageId).toBe(messageId);
+        expect(record.message.properties.contentType).toBe('application/json');
+        expect(record.message.properties.deliveryMode).toBe(2);
+        expect(record.headers).toMatchObject({
+          'cloudEvents:specversion': '1.0',
+          'cloudEvents:id': messageId,
+          'cloudEvents:type': event,
+          'cloudEvents:source': `/${PRODUCT}/prd/${PRODUCT}`,
+          tenant: 'acme',
+        });
+        expect(Date.parse(record.headers['cloudEvents:time'])).toBe(handled[0].publishedAt.getTime());
+        expect(record.message.properties.timestamp).toBe(Math.floor(handled[0].publishedAt.getTime() / 1000));
+      } finally {
+        await reader.close();
+        await cleanup();
+      }
+    });
+
+    it('keeps the original bytes through retries and into the dead-letter queue (read with plain amqplib), and back to the group on reprocessing', async () => {
+      const broker = await start();
+      const { event, topic } = newTopic();
+      const cleanup = topologyOf(topic, ['keep'], [50, 100]);
+      try {
+        const attempts: number[] = [];
+        const sub = await broker.subscribe({
+          env: 'prd',
+          event,
+          product_tag: PRODUCT,
+          input: {
+            group: 'keep',
+            callback: (_m: unknown, ctx: BrokerContext) => {
+              attempts.push(ctx.attempt);
+              throw new Error('still down');
+            },
+          },
+        });
+        // Spacing, key order and number forms a re-encoding would change.
+        const original = Buffer.from('{ "b" : 1,\n  "a": [1, 2.50, "\\u00e9"] }');
+        await rawPublish(topic, '', original, { tenant: 'acme' }, { messageId: 'odd-1', timestamp: 1_700_000_000 });
+        await waitFor(() => attempts.length === 3, 'three attempts', 5000);
+        await sub.unsubscribe();
+        const dead = await getOne(`${topic}:keep:dead-letters`);
+        expect(dead.content.equals(original)).toBe(true);
+        expect(dead.properties.messageId).toBe('odd-1');
+        expect(dead.properties.timestamp).toBe(1_700_000_000);
+        const headers = dead.properties.headers as Record<string, unknown>;
+        expect(headers).toMatchObject({
+          'cloudEvents:id': 'odd-1',
+          'cloudEvents:ductapeattempt': '3',
+          'cloudEvents:time': new Date(1_700_000_000_000).toISOString(),
+          [DEAD_LETTER_HEADERS.attempts]: '3',
+          [DEAD_LETTER_HEADERS.reason]: 'max-attempts',
+          tenant: 'acme',
+        });
+        expect(String(headers[DEAD_LETTER_HEADERS.error])).toContain('still down');
+        expect(Object.keys(headers).filter((name) => name.startsWith('x-death') || name.startsWith('x-first-death'))).toEqual([]);
+        expect(attempts).toEqual([1, 2, 3]);
+
+        // Put back, then reprocessed: the group's queue gets the same bytes again, as a first attempt.
+        await withRawConnection(async (connection) => {
+          const channel = await connection.createConfirmChannel();
+          channel.sendToQueue(`${topic}:keep:dead-letters`, dead.content, dead.properties);
+          await channel.waitForConfirms();
+        });
+        expect(await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT, group: 'keep', limit: 10 })).toBe(1);
+        const revived = await getOne(`${topic}:keep`);
+        expect(revived.content.equals(original)).toBe(true);
+        expect(revived.properties.messageId).toBe('odd-1');
+        const revivedHeaders = revived.properties.headers as Record<string, unknown>;
+        expect(revivedHeaders.tenant).toBe('acme');
+        expect(Object.keys(revivedHeaders).filter((name) => name.startsWith('x-ductape-') || name === 'cloudEvents:ductapeattempt')).toEqual([]);
+      } finally {
+        await cleanup();
+      }
     });
   });
 
@@ -340,6 +685,28 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       const types = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'type');
       expect(types).toContain(`${topic}:q\tquorum`);
       expect(types).toContain(`${topic}:q:dead-letters\tquorum`);
+    });
+
+    it("keeps a quorum queue's x-delivery-count off the application headers of a redelivery", async () => {
+      const { event, topic } = newTopic();
+      const held = gate();
+      try {
+        const holding = await start({ queueType: 'quorum' }, { shutdownTimeoutMs: 200 });
+        let taken = 0;
+        await holding.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'qr', callback: () => (taken++, held.promise) } });
+        await holding.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'held', headers: { tenant: 'acme' } } });
+        await waitFor(() => taken === 1, 'the first delivery', 5000);
+        // Shutdown gives the unfinished message back: the quorum queue counts that return.
+        await Promise.all(apps.splice(0).map((app) => app.close()));
+        const next = await start({ queueType: 'quorum' });
+        const again: BrokerContext[] = [];
+        await next.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'qr', callback: (_m: unknown, ctx: BrokerContext) => void again.push(ctx) } });
+        await waitFor(() => again.length === 1, 'the redelivery', 5000);
+        expect(again[0].headers).toEqual({ tenant: 'acme' });
+      } finally {
+        held.open();
+        await deleteNamed({ queues: [`${topic}:qr`, `${topic}:qr:dead-letters`], exchanges: [topic] });
+      }
     });
 
     it('dead-letters a poison message with foreign AMQP headers and keeps consuming', async () => {
@@ -461,7 +828,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       }
     });
 
-    it("refuses an application header named CC or BCC with INVALID_MESSAGE, and the publishes around it go through", async () => {
+    it('refuses an application header named CC or BCC, or as a cloudEvents: attribute this module writes, with INVALID_MESSAGE, and the publishes around it go through', async () => {
       // RabbitMQ reads CC and BCC as routing keys and closes the channel over a string one, which
       // failed the publishes in flight beside it too.
       const broker = await start();
@@ -473,14 +840,21 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
         ...Array.from({ length: 10 }, (_, n) => publish(n)),
         publish(100, { CC: 'finance@example.com' }),
         publish(101, { BCC: 'audit' }),
+        publish(102, { 'cloudEvents:id': 'forged' }),
+        publish(103, { 'cloudEvents:ductapeattempt': '5' }),
+        // Read as the same attribute on the way in (the binding's earlier form).
+        publish(104, { cloudEvents_type: 'forged' }),
         ...Array.from({ length: 10 }, (_, n) => publish(10 + n)),
+        // Another producer's extension attribute is not one this module writes: it goes through.
+        publish(20, { 'cloudEvents:subject': 'order-1' }),
       ]);
       const refused = results.filter((result) => result.status === 'rejected').map((result) => result.reason as BrokerError);
-      expect(refused.map((error) => error.code)).toEqual(['INVALID_MESSAGE', 'INVALID_MESSAGE']);
+      expect(refused.map((error) => error.code)).toEqual(['INVALID_MESSAGE', 'INVALID_MESSAGE', 'INVALID_MESSAGE', 'INVALID_MESSAGE', 'INVALID_MESSAGE']);
       expect(refused[0].message).toMatch(/header 'CC' is reserved by RabbitMQ/);
-      await waitFor(() => handled.length === 20, 'the 20 other messages');
+      expect(refused[2].message).toMatch(/header 'cloudEvents:id' is the CloudEvents attribute this module writes/);
+      await waitFor(() => handled.length === 21, 'the 21 other messages');
       await sleep(200);
-      expect(handled).toHaveLength(20);
+      expect(handled).toHaveLength(21);
     });
 
     it('does not pass on the CC header of a delivery, so a message routed with CC can be retried', async () => {
@@ -499,8 +873,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
         },
       });
       // From a producer that uses sender-selected distribution (a valid, array CC).
-      const envelope = { v: 1, id: randomUUID(), publishedAt: Date.now(), attempt: 1, headers: {}, message: { n: 1 } };
-      await rawPublish(topic, '', Buffer.from(JSON.stringify(envelope)), { CC: ['elsewhere'] });
+      await rawPublish(topic, '', Buffer.from(JSON.stringify({ n: 1 })), { CC: ['elsewhere'] });
       // The retry is sent with the delivery's headers: a CC among them, as a string, made the
       // broker refuse it, and the message came back at attempt 1 again, and again.
       await waitFor(() => seen.some((entry) => entry.attempt === 2), 'the retry', 8000);
@@ -563,7 +936,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect((error as BrokerError).message).toMatch(/PRECONDITION.FAILED.*x-max-length/);
     });
 
-    it('carries a messageId longer than an AMQP short string in the envelope, and publishing goes on', async () => {
+    it('carries a messageId longer than an AMQP short string in its cloudEvents:id header, and publishing goes on', async () => {
       const broker = await start();
       const { event } = newTopic();
       const ids: string[] = [];

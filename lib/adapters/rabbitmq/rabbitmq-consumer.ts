@@ -4,7 +4,7 @@ import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
 import { RabbitMqAckBatcher } from './rabbitmq-acks';
 import { isClosed, ManagedChannel } from './rabbitmq-channels';
-import { inboundHeaders } from './rabbitmq-headers';
+import { inboundMessage } from './rabbitmq-headers';
 
 /** How long stop() waits for the broker to confirm the cancel. */
 const CANCEL_WAIT_MS = 2000;
@@ -136,11 +136,14 @@ export class RabbitMqConsumer implements AdapterConsumer {
       settle(channel, () => channel.nack(message, false, true));
       return;
     }
-    const headers = inboundHeaders(message);
+    const { body, headers, metadata } = inboundMessage(message);
     const entry = acks.track(message.fields.deliveryTag);
+    // No delivery count: a retry is a new message (its attempt is in its headers), and a classic
+    // queue only says whether a message was delivered before, not how often.
     const delivery: InboundDelivery = {
-      body: message.content,
+      body,
       headers,
+      metadata,
       raw: message,
       ack: () => {
         acks.ack(entry);
