@@ -63,26 +63,20 @@ export function decodeInbound(inbound: InboundMessage): DecodedMessage {
   const value = parseJson(inbound.body);
   if (isStructuredContentType(metadata.contentType)) return fromStructured(inbound, value);
   if (metadata.specversion === undefined && isLegacyEnvelope(value)) return fromLegacyEnvelope(inbound, value);
-  return {
-    message: value,
-    id: messageIdOf(inbound),
-    publishedAt: metadata.time ?? metadata.brokerTime ?? Date.now(),
-    attempt: metadata.attempt ?? 1,
-    headers: inbound.headers,
-    correlationId: metadata.correlationId,
-    key: metadata.key,
-    type: metadata.type,
-    source: metadata.source,
-    body: inbound.body,
-    contentType: metadata.contentType ?? JSON_CONTENT_TYPE,
-  };
+  return fromMetadata(inbound, value, metadata.contentType ?? JSON_CONTENT_TYPE);
 }
 
 /** What can be said of a delivery whose body is not a message (poison): its metadata, and its bytes as they came. */
 export function undecoded(inbound: InboundMessage): DecodedMessage {
+  const text = typeof inbound.body === 'string' ? inbound.body : inbound.body.toString('utf8');
+  return fromMetadata(inbound, text, inbound.metadata.contentType);
+}
+
+/** A message whose context is what the broker's fields say, the bytes carried on as they came. */
+function fromMetadata(inbound: InboundMessage, message: unknown, contentType: string | undefined): DecodedMessage {
   const metadata = inbound.metadata;
   return {
-    message: typeof inbound.body === 'string' ? inbound.body : inbound.body.toString('utf8'),
+    message,
     id: messageIdOf(inbound),
     publishedAt: metadata.time ?? metadata.brokerTime ?? Date.now(),
     attempt: metadata.attempt ?? 1,
@@ -92,7 +86,7 @@ export function undecoded(inbound: InboundMessage): DecodedMessage {
     type: metadata.type,
     source: metadata.source,
     body: inbound.body,
-    contentType: metadata.contentType,
+    contentType,
   };
 }
 
