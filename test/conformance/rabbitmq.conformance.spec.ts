@@ -1,10 +1,14 @@
 import { RABBITMQ_CAPABILITIES } from '../../lib/adapters/rabbitmq';
 import { holdExclusively } from '../support/exclusive';
-import { deleteTopology, rabbitEnv, rawPublish, rawTopicReader } from '../support/rabbitmq';
+import { rabbitEnv, rawPublish, rawTopicReader, recordDeclarations } from '../support/rabbitmq';
 import { runConformanceSuite } from './conformance.suite';
 
+// Every test names its topics with a fresh random tag (conformance.prd.t-3f9c2a1b), and the file
+// deletes, through AMQP, exactly the queues and exchanges it declared.
+const declared = recordDeclarations();
+
 // Other RabbitMQ files restart the broker or close its connections: never alongside this one.
-holdExclusively('rabbitmq', { cleanup: () => deleteTopology(['conformance.', 'shop.', 'blog.']) });
+holdExclusively('rabbitmq', { cleanup: () => declared.deleteAll() });
 
 runConformanceSuite({
   broker: 'rabbitmq',

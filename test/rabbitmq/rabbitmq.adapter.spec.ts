@@ -18,18 +18,49 @@ import { createRabbitMqAdapter } from '../../lib/adapters/rabbitmq';
 import { publishOptions } from '../../lib/adapters/rabbitmq/rabbitmq-headers';
 import { publishOn } from '../../lib/adapters/rabbitmq/rabbitmq-publisher';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
-import { describeWithBroker } from '../support/broker-availability';
+import { describeWithBroker, itNeeding } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
-import { deleteNamed, deleteTopology, listQueues, queueDepth, rabbitEnv, rabbitmqctl, rawPublish, rawTopicReader, withRawConnection } from '../support/rabbitmq';
+import {
+  deleteNamed,
+  exchangeExists,
+  listQueues,
+  queueDepth,
+  queueExists,
+  rabbitEnv,
+  rawPublish,
+  rawTopicReader,
+  recordDeclarations,
+  runUnique,
+  withRawConnection,
+} from '../support/rabbitmq';
 import { gate, sleep, waitFor } from '../support/wait';
 
-const PRODUCT = 'rmq-adapter';
+// A product of this run's own: every queue and exchange the file declares is named after it.
+const PRODUCT = runUnique('rmq-adapter');
+const SUITE = 'RabbitMQ adapter';
+
+// What the file declared is deleted at its end, by name, through AMQP.
+const declared = recordDeclarations();
 
 // The resilience file restarts the broker: never alongside this one.
-holdExclusively('rabbitmq', { cleanup: () => deleteTopology([`${PRODUCT}.`]) });
+holdExclusively('rabbitmq', { cleanup: () => declared.deleteAll() });
 
-// Needs RabbitMQ and rabbitmqctl on this machine (the probe runs `rabbitmqctl status`).
-describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
+/** Tests that read unacked counts, which only the server's own tool shows (AMQP gives ready counts). */
+const itReadingWithRabbitmqctl = itNeeding('rabbitmq', SUITE, { tool: 'rabbitmqctl' });
+
+/**
+ * A raw declare that succeeds only if what is there is equivalent (RabbitMQ answers 406
+ * PRECONDITION_FAILED, naming the argument, otherwise): how AMQP tells a queue's or exchange's kind.
+ */
+function declaresAlike(declare: (channel: Channel) => Promise<unknown>): Promise<void> {
+  return withRawConnection(async (connection) => {
+    const channel = await connection.createChannel();
+    channel.on('error', () => undefined);
+    await declare(channel);
+  });
+}
+
+describeWithBroker('rabbitmq', SUITE, () => {
   const apps: INestApplication[] = [];
 
   function options(envs: RabbitMqEnvConfig[], overrides: Partial<BrokerModuleOptions> = {}): BrokerModuleOptions {
@@ -67,30 +98,33 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
           await broker.subscribe({ env, event, product_tag: PRODUCT, input: { group, callback: () => undefined } });
         }
       }
-      const exchanges = await rabbitmqctl('list_exchanges', '-q', '--no-table-headers', 'name', 'type', 'durable');
-      expect(exchanges).toContain(`${topic}\tfanout\ttrue`);
-      expect(exchanges).toContain(`${stgTopic}\tfanout\ttrue`);
-      const queues = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'durable');
-      const ours = queues
-        .split('\n')
-        .filter((line) => line.includes(topic) || line.includes(stgTopic))
-        .sort();
-      expect(ours).toEqual(
-        [
-          `${topic}:billing\ttrue`,
-          `${topic}:billing:dead-letters\ttrue`,
-          `${topic}:shipping\ttrue`,
-          `${topic}:shipping:dead-letters\ttrue`,
-          `${stgTopic}:billing\ttrue`,
-          `${stgTopic}:billing:dead-letters\ttrue`,
-          `${stgTopic}:shipping\ttrue`,
-          `${stgTopic}:shipping:dead-letters\ttrue`,
-        ].sort(),
-      );
-      const bindings = await rabbitmqctl('list_bindings', '-q', '--no-table-headers', 'source_name', 'destination_name');
-      expect(bindings).toContain(`${topic}\t${topic}:billing`);
-      expect(bindings).toContain(`${topic}\t${topic}:shipping`);
-      expect(bindings).not.toContain(`${topic}\t${stgTopic}:billing`);
+      // Read through AMQP: a durable fanout exchange is there when declaring one again succeeds.
+      for (const exchange of [topic, stgTopic]) {
+        expect(await exchangeExists(exchange)).toBe(true);
+        await declaresAlike((channel) => channel.assertExchange(exchange, 'fanout', { durable: true }));
+      }
+      const queues = [
+        `${topic}:billing`,
+        `${topic}:billing:dead-letters`,
+        `${topic}:shipping`,
+        `${topic}:shipping:dead-letters`,
+        `${stgTopic}:billing`,
+        `${stgTopic}:billing:dead-letters`,
+        `${stgTopic}:shipping`,
+        `${stgTopic}:shipping:dead-letters`,
+      ];
+      // Exactly these queues were declared for the two topics, and each is there, durable.
+      expect([...declared.queues].filter((name) => name.startsWith(`${topic}:`) || name.startsWith(`${stgTopic}:`)).sort()).toEqual([...queues].sort());
+      for (const queue of queues) {
+        expect(await queueExists(queue)).toBe(true);
+        await declaresAlike((channel) => channel.assertQueue(queue, { durable: true }));
+      }
+      // The bindings, seen through what they route: with the consumers gone, one message sent to
+      // the prd exchange lands in each prd group's queue, and in no stg queue or dead-letter queue.
+      await Promise.all(apps.splice(0).map((app) => app.close()));
+      await rawPublish(topic, '', Buffer.from('"probe"'));
+      const depths = Object.fromEntries(await Promise.all(queues.map(async (queue) => [queue, await queueDepth(queue)] as const)));
+      expect(depths).toEqual(Object.fromEntries(queues.map((queue) => [queue, queue === `${topic}:billing` || queue === `${topic}:shipping` ? 1 : 0])));
     });
 
     it('publishes the bare message JSON, persistent, its metadata in AMQP properties and cloudEvents: headers (CloudEvents binary mode)', async () => {
@@ -260,8 +294,8 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       for (let n = 0; n < 3; n++) await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { n } } });
       const warnings = logger.entries.filter((entry) => entry.level === 'warn' && entry.message.includes('has no subscription group yet'));
       expect(warnings.map((entry) => entry.message)).toEqual([expect.stringContaining(`topic '${topic}' [prd]`)]);
-      const exchanges = await rabbitmqctl('list_exchanges', '-q', '--no-table-headers', 'name', 'type');
-      expect(exchanges).toContain(`${topic}\tfanout`);
+      expect(await exchangeExists(topic)).toBe(true);
+      await declaresAlike((channel) => channel.assertExchange(topic, 'fanout', { durable: true }));
     });
 
     it("fails every publish to a topic with no group with PUBLISH_FAILED under whenNoGroup: 'reject'", async () => {
@@ -635,14 +669,15 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       });
       await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { id: 'x' } } });
       await waitFor(() => attempts.length === 3, 'three attempts', 5000);
-      const queues = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'arguments');
       // Backoff 150 ms then 300 ms: one delay queue each, dead-lettering back to the group's queue.
-      const delay150 = queues.split('\n').find((line) => line.startsWith(`${topic}:flaky:delay-150ms\t`));
-      expect(delay150).toBeDefined();
-      expect(delay150).toContain('x-message-ttl');
-      expect(delay150).toContain(`${topic}:flaky`);
-      expect(queues).toContain(`${topic}:flaky:delay-300ms\t`);
+      expect(await queueExists(`${topic}:flaky:delay-150ms`)).toBe(true);
+      expect(await queueExists(`${topic}:flaky:delay-300ms`)).toBe(true);
       await sub.unsubscribe();
+      // Its TTL and dead-letter target, seen through AMQP: a message put in the 150 ms delay queue
+      // leaves it by itself for the group's queue.
+      await rawPublish('', `${topic}:flaky:delay-150ms`, Buffer.from('"probe"'));
+      await waitFor(async () => (await queueDepth(`${topic}:flaky`)) === 1, "the probe, moved by the delay queue's TTL to the group's queue", 5000);
+      expect(await queueDepth(`${topic}:flaky:delay-150ms`)).toBe(0);
       const dead = await withRawConnection(async (connection) => {
         const channel = await connection.createChannel();
         for (let i = 0; i < 50; i++) {
@@ -682,9 +717,11 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'on quorum' } });
       await waitFor(() => dead.length === 1, 'the dead letter', 5000);
       expect(calls).toBe(2);
-      const types = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name', 'type');
-      expect(types).toContain(`${topic}:q\tquorum`);
-      expect(types).toContain(`${topic}:q:dead-letters\tquorum`);
+      // Through AMQP: declaring a queue again as quorum succeeds only on a quorum queue, as classic only on a classic one.
+      for (const queue of [`${topic}:q`, `${topic}:q:dead-letters`]) {
+        await declaresAlike((channel) => channel.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } }));
+        await expect(declaresAlike((channel) => channel.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'classic' } }))).rejects.toThrow(/PRECONDITION_FAILED/);
+      }
     });
 
     it("keeps a quorum queue's x-delivery-count off the application headers of a redelivery", async () => {
@@ -746,7 +783,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       return (await listQueues()).find((entry) => entry.name === queue);
     }
 
-    it('coalesces the acks of a busy consumer into multiple-acks, and every message ends acked', async () => {
+    itReadingWithRabbitmqctl('coalesces the acks of a busy consumer into multiple-acks, and every message ends acked', async () => {
       const broker = await start();
       const { event, topic } = newTopic();
       const spy = await spyOnAcks();
@@ -766,7 +803,7 @@ describeWithBroker('rabbitmqctl', 'RabbitMQ adapter', () => {
       expect(covering.length).toBeGreaterThan(0);
     });
 
-    it('never lets a multiple-ack cover a delivery whose handler still runs, and acks those behind it one by one', async () => {
+    itReadingWithRabbitmqctl('never lets a multiple-ack cover a delivery whose handler still runs, and acks those behind it one by one', async () => {
       const broker = await start({}, { shutdownTimeoutMs: 300 });
       const { event, topic } = newTopic();
       const stuck = gate();

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { dirname, join } from 'node:path';
 import { connect, type Channel, type ChannelModel, type Message, type Options } from 'amqplib';
 import type { RabbitMqEnvConfig } from '../../lib';
 
@@ -108,18 +109,32 @@ export async function rawTopicReader(exchange: string): Promise<{ next(timeoutMs
   };
 }
 
-/** Deletes exactly these queues and exchanges (what one test declared), each on a channel of its own. */
+/**
+ * Deletes exactly these queues and exchanges (what one test declared), through AMQP. One that is
+ * already gone (an expired delay queue) is passed over; any other failure is thrown once the rest
+ * were tried, so a cleanup that leaves something behind says so.
+ */
 export function deleteNamed(names: { queues?: string[]; exchanges?: string[] }): Promise<void> {
   return withRawConnection(async (connection) => {
-    // A channel per deletion: deleting what does not exist (an expired delay queue) closes its channel.
-    const remove = async (del: (channel: Channel) => Promise<unknown>) => {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await del(channel).catch(() => undefined);
-      await channel.close().catch(() => undefined);
+    const failures: string[] = [];
+    let channel: Channel | undefined;
+    // A failed delete closes its channel: the next one opens another.
+    const remove = async (what: string, del: (channel: Channel) => Promise<unknown>) => {
+      if (!channel) {
+        channel = await connection.createChannel();
+        channel.on('error', () => undefined);
+      }
+      try {
+        await del(channel);
+      } catch (error) {
+        channel = undefined;
+        if ((error as { code?: number }).code !== 404) failures.push(`${what}: ${(error as Error).message}`);
+      }
     };
-    for (const queue of names.queues ?? []) await remove((channel) => channel.deleteQueue(queue));
-    for (const exchange of names.exchanges ?? []) await remove((channel) => channel.deleteExchange(exchange));
+    for (const queue of names.queues ?? []) await remove(`queue '${queue}'`, (ch) => ch.deleteQueue(queue));
+    for (const exchange of names.exchanges ?? []) await remove(`exchange '${exchange}'`, (ch) => ch.deleteExchange(exchange));
+    await channel?.close().catch(() => undefined);
+    if (failures.length > 0) throw new Error(`could not delete what the test declared:\n${failures.join('\n')}`);
   });
 }
 
@@ -148,29 +163,72 @@ export async function listQueues(): Promise<{ name: string; ready: number; unack
     });
 }
 
-/**
- * Deletes the queues and exchanges a test file declared (names start with one of `prefixes`), so
- * durable test topology does not pile up on the broker. Needs rabbitmqctl; without it, a no-op.
- */
-export async function deleteTopology(prefixes: string[]): Promise<void> {
-  let queues: string;
-  let exchanges: string;
-  try {
-    queues = await rabbitmqctl('list_queues', '-q', '--no-table-headers', 'name');
-    exchanges = await rabbitmqctl('list_exchanges', '-q', '--no-table-headers', 'name');
-  } catch {
-    return;
-  }
-  const ours = (out: string) => out.split('\n').map((n) => n.trim()).filter((n) => prefixes.some((p) => n.startsWith(p)));
-  await withRawConnection(async (connection) => {
-    // A channel per deletion: a delay queue that expired meanwhile fails its delete and closes its channel.
-    const remove = async (del: (channel: Channel) => Promise<unknown>) => {
-      const channel = await connection.createChannel();
-      channel.on('error', () => undefined);
-      await del(channel).catch(() => undefined);
-      await channel.close().catch(() => undefined);
-    };
-    for (const queue of ours(queues)) await remove((channel) => channel.deleteQueue(queue));
-    for (const exchange of ours(exchanges)) await remove((channel) => channel.deleteExchange(exchange));
+/** Whether a queue exists, by a passive declare (no rabbitmqctl needed). */
+export async function queueExists(queue: string): Promise<boolean> {
+  return (await queueDepth(queue)) !== undefined;
+}
+
+/** Whether an exchange exists, by a passive declare (no rabbitmqctl needed). */
+export function exchangeExists(exchange: string): Promise<boolean> {
+  return withRawConnection(async (connection) => {
+    const channel = await connection.createChannel();
+    channel.on('error', () => undefined);
+    return channel.checkExchange(exchange).then(
+      () => true,
+      () => false,
+    );
   });
+}
+
+/** A short random tag, so the names a test run declares are its own: `rmq-adapter-3f9c2a1b`. */
+export function runUnique(base: string): string {
+  return `${base}-${randomUUID().slice(0, 8)}`;
+}
+
+/** What one test file declared on RabbitMQ, as recordDeclarations() saw it. */
+export interface DeclaredTopology {
+  readonly queues: ReadonlySet<string>;
+  readonly exchanges: ReadonlySet<string>;
+  /** Deletes every queue and exchange recorded, through AMQP, and nothing else. */
+  deleteAll(): Promise<void>;
+}
+
+/**
+ * Records every queue and exchange this test file declares (the module under test and plain
+ * amqplib clients alike) at amqplib's Channel.prototype.assertQueue/assertExchange, so the file
+ * deletes exactly what it created, through AMQP: no listing, no prefix, no rabbitmqctl. A name is
+ * recorded before the declare is sent (a connection may drop after the server created it); a
+ * server-named queue once the server named it. Jest gives every test file its own amqplib, so the
+ * recording is per file.
+ */
+export function recordDeclarations(): DeclaredTopology {
+  const queues = new Set<string>();
+  const exchanges = new Set<string>();
+  // amqplib exports only its entry point; its channel classes are in lib/channel_model.js.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Channel: ChannelClass } = require(join(dirname(require.resolve('amqplib')), 'lib', 'channel_model.js')) as {
+    Channel: { prototype: Pick<Channel, 'assertQueue' | 'assertExchange'> };
+  };
+  const proto = ChannelClass.prototype;
+  const { assertQueue, assertExchange } = proto;
+  proto.assertQueue = function (this: Channel, queue?: string | null, options?: Options.AssertQueue) {
+    if (queue) queues.add(queue);
+    const declared = assertQueue.call(this, queue ?? undefined, options);
+    if (!queue) void declared.then((ok) => queues.add(ok.queue), () => undefined);
+    return declared;
+  };
+  proto.assertExchange = function (this: Channel, exchange: string, type: string, options?: Options.AssertExchange) {
+    if (exchange !== '' && !exchange.startsWith('amq.')) exchanges.add(exchange);
+    return assertExchange.call(this, exchange, type, options);
+  };
+  return {
+    queues,
+    exchanges,
+    async deleteAll() {
+      if (queues.size === 0 && exchanges.size === 0) return;
+      await deleteNamed({ queues: [...queues], exchanges: [...exchanges] });
+      queues.clear();
+      exchanges.clear();
+    },
+  };
 }
