@@ -100,6 +100,16 @@ export function validateEnvConnection(brokerTag: string, env: BrokerEnvConfig): 
 }
 
 /**
+ * A required connection setting as an adapter reads it. The types accept `undefined` (a config may
+ * read an unset variable), and the validator refuses it before any adapter is made: this narrows
+ * the type, and refuses it again for an adapter made directly.
+ */
+export function requiredSetting<T>(value: T | undefined, field: string): T {
+  if (value === undefined) throw new BrokerError('CONFIG_INVALID', `config.${field}: is required`);
+  return value;
+}
+
+/**
  * With `deferred`, a required setting that is absent (undefined), or the whole config, is not a
  * problem yet: validateEnvConnection checks it when the env is first used.
  */

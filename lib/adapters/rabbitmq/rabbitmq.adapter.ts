@@ -1,5 +1,6 @@
 import type { Channel, ChannelModel, Options } from 'amqplib';
 import { AmqpConnectionManagerClass, type AmqpConnectionManager } from 'amqp-connection-manager';
+import { requiredSetting } from '../../broker-options.validator';
 import { BrokerError, describeError } from '../../errors';
 import type { RabbitMqEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
@@ -21,6 +22,7 @@ import { inboundMessage, publishOptions, refusedHeader } from './rabbitmq-header
 import { deadLetterQueue, groupDelayQueue, groupQueue, topicDelayQueue, topicExchange } from './rabbitmq-names';
 import { ChannelLostError, RabbitMqPublisher, UnroutableError } from './rabbitmq-publisher';
 import { closeChannel } from './rabbitmq-channels';
+import { describeRabbitMq, explainConnectFailure, rabbitMqEndpoint, type ConnectFailure, type RabbitMqEndpoint } from './rabbitmq-connection';
 
 export const RABBITMQ_CAPABILITIES: AdapterCapabilities = {
   fanOut: true,
@@ -57,6 +59,10 @@ const MANAGER_CLOSE_WAIT_MS = 3000;
 const NO_GROUP_PROBE_INTERVAL_MS = 60_000;
 /** Topics whose last probe is remembered; beyond it the memory is cleared (probes then come sooner). */
 const MAX_PROBED_TOPICS = 10_000;
+/** A connection failure of the cause last logged is logged again after this long (both connections share it). */
+const CONNECT_FAILURE_LOG_INTERVAL_MS = 30_000;
+/** A first connection with no answer yet (no failure either: a host that drops packets) is logged after this long. */
+const SLOW_CONNECT_LOG_MS = 2000;
 
 interface SendOptions {
   /** Returned by the broker when nothing takes it, rather than dropped. */
@@ -67,7 +73,7 @@ interface SendOptions {
   noGroup?: { topic: string; reject: boolean };
 }
 
-type Settings = Required<Omit<RabbitMqEnvConfig['config'], 'socketOptions'>> & Pick<RabbitMqEnvConfig['config'], 'socketOptions'>;
+type Settings = Required<Omit<RabbitMqEnvConfig['config'], 'url' | 'socketOptions'>> & Pick<RabbitMqEnvConfig['config'], 'socketOptions'> & { url: string };
 
 /**
  * RabbitMQ through amqplib and amqp-connection-manager. The topology, per physical topic `T`:
@@ -85,6 +91,12 @@ export class RabbitMqAdapter implements BrokerAdapter {
   private readonly settings: Settings;
   /** Where the adapter connects, without credentials: for logs and errors. */
   readonly endpoint: string;
+  /** The endpoint's host, port, vhost and user: for connection failures. */
+  private readonly target: RabbitMqEndpoint;
+  /** Until connect() resolves, a refused login or vhost ends it at once; later, reconnects go on. */
+  private firstConnectionDone = false;
+  /** The connection failure last logged, and when: repeats of one cause are not logged every attempt. */
+  private failureLogged?: { reason: string; at: number };
   private publishing?: AmqpConnectionManager;
   private consuming?: AmqpConnectionManager;
   private publisher?: RabbitMqPublisher;
@@ -104,8 +116,9 @@ export class RabbitMqAdapter implements BrokerAdapter {
     envSlug = '?',
   ) {
     this.noGroup = new NoGroupWarnings(logger, envSlug);
+    const url = requiredSetting(config.url, 'url');
     this.settings = {
-      url: config.url,
+      url,
       publishTimeoutMs: config.publishTimeoutMs ?? RABBITMQ_DEFAULTS.publishTimeoutMs,
       connectTimeoutMs: config.connectTimeoutMs ?? RABBITMQ_DEFAULTS.connectTimeoutMs,
       reconnectDelayMs: config.reconnectDelayMs ?? RABBITMQ_DEFAULTS.reconnectDelayMs,
@@ -115,13 +128,27 @@ export class RabbitMqAdapter implements BrokerAdapter {
       // which holds a lone small frame back; measured in bench/, median latency 1.2 -> 0.8 ms.
       socketOptions: { ...config.socketOptions, noDelay: config.socketOptions?.noDelay ?? true },
     };
-    this.endpoint = describeEndpoint(config.url);
+    this.target = rabbitMqEndpoint(url);
+    this.endpoint = this.target.address;
   }
 
   async connect(): Promise<void> {
     this.publishing = this.createManager('publishing');
     this.consuming = this.createManager('consuming');
-    await Promise.all([this.waitForFirstConnection(this.publishing), this.waitForFirstConnection(this.consuming)]);
+    // A host that drops packets fails no attempt for a long while: say what is being waited for.
+    const slow = setTimeout(() => {
+      if (this.failureLogged || this.closing) return;
+      this.logger.warn(
+        `no answer yet from ${describeRabbitMq(this.target)}; still trying (startup gives up after connectTimeoutMs, ${this.settings.connectTimeoutMs} ms)`,
+      );
+    }, SLOW_CONNECT_LOG_MS);
+    slow.unref();
+    try {
+      await Promise.all([this.waitForFirstConnection(this.publishing), this.waitForFirstConnection(this.consuming)]);
+    } finally {
+      clearTimeout(slow);
+    }
+    this.firstConnectionDone = true;
     this.publisher = new RabbitMqPublisher(this.publishing, this.settings.publishTimeoutMs, this.logger, (error) => {
       // A deleted exchange closes the publisher's channel (404): declare again before the next send.
       if (error.code === 404) {
@@ -244,6 +271,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
     // The events carry the URL; only the endpoint, which has no credentials, is ever logged.
     let disconnectedAt: number | undefined;
     manager.on('connect', () => {
+      this.failureLogged = undefined;
       if (disconnectedAt !== undefined) this.logger.log(`${role} connection to RabbitMQ at ${this.endpoint} is back after ${Date.now() - disconnectedAt} ms`);
       disconnectedAt = undefined;
     });
@@ -252,26 +280,73 @@ export class RabbitMqAdapter implements BrokerAdapter {
       disconnectedAt ??= Date.now();
       this.logger.warn(`${role} connection to RabbitMQ at ${this.endpoint} lost (${describeError(err)}); reconnecting every ${reconnectDelayMs} ms`);
     });
+    manager.on('connectFailed', ({ err }: { err: Error }) => {
+      if (!this.closing) this.logConnectFailure(explainConnectFailure(err, this.target));
+    });
     manager.on('blocked', ({ reason }: { reason: string }) => this.logger.warn(`RabbitMQ at ${this.endpoint} blocks publishing: ${reason}`));
     manager.on('unblocked', () => this.logger.log(`RabbitMQ at ${this.endpoint} accepts publishing again`));
     return manager;
   }
 
+  /**
+   * Logs a failed connection attempt at once, naming the endpoint (never a credential), and again
+   * only when its cause changes or CONNECT_FAILURE_LOG_INTERVAL_MS passed: the two connections
+   * fail alike, and reconnects are tried every reconnectDelayMs.
+   */
+  private logConnectFailure(failure: ConnectFailure): void {
+    const now = Date.now();
+    const last = this.failureLogged;
+    if (last && last.reason === failure.reason && now - last.at < CONNECT_FAILURE_LOG_INTERVAL_MS) return;
+    this.failureLogged = { reason: failure.reason, at: now };
+    const { reconnectDelayMs, connectTimeoutMs } = this.settings;
+    // Before the first connection a refusal ends startup; after it, reconnects go on whatever the cause.
+    const next = !this.firstConnectionDone
+      ? failure.refused
+        ? ''
+        : `; retrying every ${reconnectDelayMs} ms (startup gives up after connectTimeoutMs, ${connectTimeoutMs} ms)`
+      : `; retrying every ${reconnectDelayMs} ms`;
+    const line = `cannot connect to ${describeRabbitMq(this.target)}: ${failure.reason}${next}`;
+    if (failure.refused) this.logger.error(line);
+    else this.logger.warn(line);
+  }
+
+  /**
+   * Waits for a manager's first connection. A refused login or vhost fails it at once (retrying
+   * the same URL cannot help); anything else is retried until connectTimeoutMs.
+   */
   private async waitForFirstConnection(manager: AmqpConnectionManager): Promise<void> {
-    const { connectTimeoutMs } = this.settings;
-    let lastError: unknown;
-    const remember = ({ err }: { err: Error }) => (lastError = err);
-    manager.on('connectFailed', remember);
+    const { connectTimeoutMs, reconnectDelayMs } = this.settings;
+    const where = describeRabbitMq(this.target);
+    let lastFailure: ConnectFailure | undefined;
+    const refusal = (failure: ConnectFailure) => new Error(`cannot connect to ${where}: ${failure.reason}`);
+    let onFailure: (event: { err: Error }) => void = () => undefined;
+    const refused = new Promise<never>((_, reject) => {
+      onFailure = ({ err }) => {
+        lastFailure = explainConnectFailure(err, this.target);
+        if (lastFailure.refused) reject(refusal(lastFailure));
+      };
+    });
+    manager.on('connectFailed', onFailure);
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const why = lastFailure ? `; last attempt: ${lastFailure.reason}` : ': no attempt was answered';
+        reject(new Error(`cannot connect to ${where} within ${connectTimeoutMs} ms (connectTimeoutMs), retrying every ${reconnectDelayMs} ms${why}`));
+      }, connectTimeoutMs);
+    });
+    // Without amqp-connection-manager's own timeout: its timer outlives a failure it does not
+    // know as one (a refused vhost), holding the process for the rest of connectTimeoutMs.
+    // It rejects by itself only on a refused login, which onFailure has explained first.
+    const connected = manager.connect().catch((error: unknown) => {
+      throw lastFailure?.refused ? refusal(lastFailure) : error;
+    });
     try {
-      await manager.connect({ timeout: connectTimeoutMs });
-    } catch (error) {
-      const cause = lastError ?? error;
-      // A refused login fails at once; anything else was retried until the connect timeout.
-      const refused = /ACCESS.REFUSED|403/.test(String((cause as Error | undefined)?.message));
-      const when = refused ? 'the login was refused' : `gave up after ${connectTimeoutMs} ms`;
-      throw new Error(`cannot connect to RabbitMQ at ${this.endpoint} (${when}): ${describeError(cause)}`);
+      await Promise.race([connected, refused, timedOut]);
     } finally {
-      manager.removeListener('connectFailed', remember);
+      clearTimeout(timer);
+      manager.removeListener('connectFailed', onFailure);
+      // Those that lost the race must not reject unheard.
+      for (const pending of [connected, refused, timedOut]) pending.catch(() => undefined);
     }
   }
 
@@ -480,14 +555,7 @@ function wholeDelay(delayMs: number | undefined): number {
 
 /** `amqp://host:port/vhost`, without user or password. */
 export function describeEndpoint(url: string): string {
-  try {
-    const parsed = new URL(url);
-    const port = parsed.port || (parsed.protocol === 'amqps:' ? '5671' : '5672');
-    const vhost = parsed.pathname && parsed.pathname !== '/' ? parsed.pathname : '';
-    return `${parsed.protocol}//${parsed.hostname}:${port}${vhost}`;
-  } catch {
-    return '(an invalid URL)';
-  }
+  return rabbitMqEndpoint(url).address;
 }
 
 export function createRabbitMqAdapter(config: RabbitMqEnvConfig['config'], context: AdapterContext): BrokerAdapter {
