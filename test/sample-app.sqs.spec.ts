@@ -1,14 +1,28 @@
 import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
 import { ListSubscriptionsByTopicCommand, ListTopicsCommand } from '@aws-sdk/client-sns';
+import type * as SampleBrokerConfig from '../sample-app/broker.config';
 import { CapturingLogger } from './support/app';
 import { describeWithBroker } from './support/broker-availability';
-import { snsClient } from './support/sqs';
+import { runUnique } from './support/names';
+import { deleteCreatedSqsResourcesAfterAll, snsClient } from './support/sqs';
 import { waitFor } from './support/wait';
 
-// The sample's topic in prd is `my_product.prd.new-orders`: on SQS the SNS topic
-// `my_product_prd_new-orders`, with one queue per group subscribed to it.
-const TOPIC = 'my_product_prd_new-orders';
+/**
+ * The sample as it is, but under a product of this run's own (the README's `my_product` may be a
+ * user's, on an SQS_ENDPOINT of theirs). Its topic in prd is `<PRODUCT>.prd.new-orders`: on SQS the
+ * SNS topic `<PRODUCT>_prd_new-orders`, with one queue per group subscribed to it. The file deletes
+ * exactly the queues, topic and subscriptions it created.
+ */
+const PRODUCT = runUnique('sample-app');
+// doMock, not hoisted: the sample is first loaded (dynamically) by the tests below.
+jest.doMock('../sample-app/broker.config', () => {
+  const actual = jest.requireActual<typeof SampleBrokerConfig>('../sample-app/broker.config');
+  return { ...actual, brokerConfig: (env?: string) => ({ ...actual.brokerConfig(env), product: PRODUCT }) };
+});
+deleteCreatedSqsResourcesAfterAll();
+
+const TOPIC = `${PRODUCT}_prd_new-orders`;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 describeWithBroker('sqs', 'sample app on AWS SQS with SNS fan-out (DUCTAPE_ENV=prd)', () => {
@@ -22,11 +36,11 @@ describeWithBroker('sqs', 'sample app on AWS SQS with SNS fan-out (DUCTAPE_ENV=p
     process.env.AWS_ACCESS_KEY_ID = 'sample-key';
     process.env.AWS_SECRET_ACCESS_KEY = 'sample-secret-access-key';
     process.env.DUCTAPE_ENV = 'prd';
-    await jest.isolateModulesAsync(async () => {
-      const { bootstrap } = await import('../sample-app/main');
-      app = await bootstrap(0, { logger: logs });
-    });
-    baseUrl = await app!.getUrl();
+    // AppModule reads DUCTAPE_ENV when it is loaded: set above, then load the sample (in this file's
+    // module registry, where the SDK records what it creates).
+    const { bootstrap } = await import('../sample-app/main');
+    app = await bootstrap(0, { logger: logs });
+    baseUrl = await app.getUrl();
   }, 15_000);
 
   afterAll(async () => {

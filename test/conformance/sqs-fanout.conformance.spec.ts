@@ -1,8 +1,12 @@
 import { sqsCapabilities } from '../../lib/adapters/sqs';
-import { rawPublishToSnsTopic, sqsEnv, sqsFanoutRawReader } from '../support/sqs';
+import { deleteCreatedSqsResourcesAfterAll, rawPublishToSnsTopic, sqsEnv, sqsFanoutRawReader } from '../support/sqs';
 import { runConformanceSuite } from './conformance.suite';
 
 // Fan-out mode: an SNS topic per topic, and one SQS queue per group subscribed to it.
+// Every test names its topics with a fresh random tag; the file deletes exactly the queues,
+// topics and subscriptions it created.
+deleteCreatedSqsResourcesAfterAll();
+
 runConformanceSuite({
   broker: 'sqs',
   capabilities: sqsCapabilities({ fanout: 'sns' }),

@@ -1,8 +1,12 @@
 import { sqsCapabilities } from '../../lib/adapters/sqs';
-import { rawSendToTopicQueue, sqsEnv, sqsQueueRawReader } from '../support/sqs';
+import { deleteCreatedSqsResourcesAfterAll, rawSendToTopicQueue, sqsEnv, sqsQueueRawReader } from '../support/sqs';
 import { runConformanceSuite } from './conformance.suite';
 
 // Queue mode (Ductape's shape): a topic is one SQS queue, so there is no fan-out across groups.
+// Every test names its topics with a fresh random tag; the file deletes exactly the queues,
+// topics and subscriptions it created.
+deleteCreatedSqsResourcesAfterAll();
+
 runConformanceSuite({
   broker: 'sqs',
   capabilities: sqsCapabilities({ fanout: 'queue' }),

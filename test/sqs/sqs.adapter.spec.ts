@@ -18,10 +18,13 @@ import { BrokerError, DEAD_LETTER_HEADERS, type BrokerContext, type BrokerModule
 import { OVERFLOW_ATTRIBUTE } from '../../lib/adapters/sqs';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
-import { queueUrl, rawSendToTopicQueue, snsClient, sqsClient, sqsEnv } from '../support/sqs';
+import { runUnique } from '../support/names';
+import { deleteCreatedSqsResourcesAfterAll, queueUrl, rawSendToTopicQueue, snsClient, sqsClient, sqsEnv } from '../support/sqs';
 import { gate, sleep, waitFor } from '../support/wait';
 
-const PRODUCT = 'sqs-adapter';
+// A product of this run's own; the file deletes exactly the queues and topics it created.
+const PRODUCT = runUnique('sqs-adapter');
+deleteCreatedSqsResourcesAfterAll();
 
 interface Received {
   message: unknown;

@@ -4,11 +4,14 @@ import type { INestApplication } from '@nestjs/common';
 import { BrokerError, type BrokerModuleOptions } from '../../lib';
 import { CapturingLogger, createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
-import { rawSendToTopicQueue, SQS_ENDPOINT, sqsEnv } from '../support/sqs';
+import { runUnique } from '../support/names';
+import { deleteCreatedSqsResourcesAfterAll, rawSendToTopicQueue, SQS_ENDPOINT, sqsEnv } from '../support/sqs';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
 import { sleep, waitFor } from '../support/wait';
 
-const PRODUCT = 'sqs-resilience';
+// A product of this run's own; the file deletes exactly the queues and topics it created.
+const PRODUCT = runUnique('sqs-resilience');
+deleteCreatedSqsResourcesAfterAll();
 
 /**
  * The endpoint going away mid-stream (every link cut, new ones refused for a while), through a

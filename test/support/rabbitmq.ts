@@ -180,10 +180,7 @@ export function exchangeExists(exchange: string): Promise<boolean> {
   });
 }
 
-/** A short random tag, so the names a test run declares are its own: `rmq-adapter-3f9c2a1b`. */
-export function runUnique(base: string): string {
-  return `${base}-${randomUUID().slice(0, 8)}`;
-}
+export { runUnique } from './names';
 
 /** What one test file declared on RabbitMQ, as recordDeclarations() saw it. */
 export interface DeclaredTopology {

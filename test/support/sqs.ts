@@ -167,3 +167,63 @@ function queueReader(url: string, cleanUp: () => Promise<void>): RawReader {
     close: cleanUp,
   };
 }
+
+/**
+ * Records every SQS queue, SNS topic and SNS subscription this test file creates (the module under
+ * test and plain SDK clients alike), at SQSClient's and SNSClient's send(), and deletes exactly
+ * those in an afterAll of the file, through the SDK: no listing, no prefix. Queues are recorded
+ * by name (their URL may name a proxy that is gone by then). Jest gives every test file its own
+ * SDK modules, so the recording is per file; call it at the top of the file, outside any describe,
+ * so it runs after the suites' own afterAll hooks (which close their applications).
+ */
+export function deleteCreatedSqsResourcesAfterAll(): { queues: ReadonlySet<string>; topics: ReadonlySet<string> } {
+  const queues = new Set<string>();
+  const topics = new Set<string>();
+  const subscriptions = new Set<string>();
+  type Send = (this: unknown, command: { constructor: { name: string }; input: Record<string, unknown> }, ...rest: unknown[]) => Promise<Record<string, unknown>>;
+  const patch = (proto: { send: unknown }) => {
+    const send = proto.send as Send;
+    proto.send = function (this: unknown, command: Parameters<Send>[0], ...rest: unknown[]) {
+      const name = command.constructor.name;
+      if (name === 'CreateQueueCommand' && typeof command.input.QueueName === 'string') queues.add(command.input.QueueName);
+      const result = send.call(this, command, ...rest);
+      if (name === 'CreateTopicCommand' || name === 'SubscribeCommand') {
+        void result.then((output) => {
+          if (typeof output.TopicArn === 'string') topics.add(output.TopicArn);
+          if (typeof output.SubscriptionArn === 'string' && output.SubscriptionArn.startsWith('arn:')) subscriptions.add(output.SubscriptionArn);
+        }, () => undefined);
+      }
+      return result;
+    };
+    return () => void (proto.send = send);
+  };
+  const restores = [patch(SQSClient.prototype), patch(SNSClient.prototype)];
+  afterAll(async () => {
+    for (const restore of restores) restore();
+    const failures: string[] = [];
+    const attempt = async (what: string, work: () => Promise<unknown>, gone: string[]) => {
+      try {
+        await work();
+      } catch (error) {
+        if (!gone.includes((error as Error).name)) failures.push(`${what}: ${(error as Error).message}`);
+      }
+    };
+    for (const arn of subscriptions) await attempt(`subscription ${arn}`, () => snsClient().send(new UnsubscribeCommand({ SubscriptionArn: arn })), ['NotFoundException', 'NotFound']);
+    for (const arn of topics) await attempt(`topic ${arn}`, () => snsClient().send(new DeleteTopicCommand({ TopicArn: arn })), ['NotFoundException', 'NotFound']);
+    for (const name of queues) {
+      await attempt(
+        `queue ${name}`,
+        async () => {
+          const { QueueUrl } = await sqsClient().send(new GetQueueUrlCommand({ QueueName: name }));
+          await sqsClient().send(new DeleteQueueCommand({ QueueUrl }));
+        },
+        ['QueueDoesNotExist', 'AWS.SimpleQueueService.NonExistentQueue'],
+      );
+    }
+    subscriptions.clear();
+    topics.clear();
+    queues.clear();
+    if (failures.length > 0) throw new Error(`could not delete what the test created:\n${failures.join('\n')}`);
+  });
+  return { queues, topics };
+}
