@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import {
   Inject,
   Injectable,
@@ -20,6 +19,7 @@ import {
 import { reprocessDeadLetters } from './delivery/dead-letters';
 import { JSON_CONTENT_TYPE } from './adapters/cloudevents';
 import { encodeMessage } from './delivery/message-codec';
+import { newMessageId } from './delivery/message-id';
 import { resolveRetryPolicy } from './delivery/retry';
 import { SubscriptionRunner } from './delivery/subscription-runner';
 import { BrokerError, describeError, type BrokerErrorCode } from './errors';
@@ -76,7 +76,7 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
       throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': input must be an object with a message`);
     }
     checkPublishInput(input, route.event);
-    const messageId = input.messageId ?? randomUUID();
+    const messageId = input.messageId ?? newMessageId();
     if (route.schema) await this.validateSchema(route, input.message);
     const headers = input.headers ?? NO_HEADERS;
     const body = encodeMessage(input.message, this.maxMessageBytes - headerBytes(headers));
@@ -249,27 +249,31 @@ function headerBytes(headers: Readonly<Record<string, string>>): number {
   return bytes;
 }
 
+/** Checks the optional fields of a publish; allocates nothing when they are well formed (the hot path). */
 function checkPublishInput(input: PublishRequest['input'], event: string): void {
-  const problems: string[] = [];
+  let problems: string[] | undefined;
+  const problem = (text: string) => (problems ??= []).push(text);
   if (input.headers !== undefined) {
     if (typeof input.headers !== 'object' || input.headers === null || Array.isArray(input.headers)) {
-      problems.push('input.headers must be an object of strings');
+      problem('input.headers must be an object of strings');
     } else {
-      for (const [name, value] of Object.entries(input.headers)) {
-        if (typeof value !== 'string') problems.push(`input.headers.${name.slice(0, 60)} must be a string`);
+      for (const name in input.headers) {
+        if (typeof input.headers[name] !== 'string') problem(`input.headers.${name.slice(0, 60)} must be a string`);
       }
     }
   }
-  for (const field of ['key', 'correlationId', 'messageId'] as const) {
-    const value = input[field];
-    if (value !== undefined && (typeof value !== 'string' || value === '' || value.length > 1024)) {
-      problems.push(`input.${field} must be a non-empty string of at most 1024 characters`);
-    }
-  }
+  if (!isIdentifierText(input.key)) problem('input.key must be a non-empty string of at most 1024 characters');
+  if (!isIdentifierText(input.correlationId)) problem('input.correlationId must be a non-empty string of at most 1024 characters');
+  if (!isIdentifierText(input.messageId)) problem('input.messageId must be a non-empty string of at most 1024 characters');
   if (input.delayMs !== undefined && (typeof input.delayMs !== 'number' || !(input.delayMs >= 0 && input.delayMs <= MAX_TIMER_MS))) {
-    problems.push(`input.delayMs must be a number from 0 to ${MAX_TIMER_MS}`);
+    problem(`input.delayMs must be a number from 0 to ${MAX_TIMER_MS}`);
   }
-  if (problems.length > 0) throw new BrokerError('INVALID_MESSAGE', `publish '${event}': ${problems.join('; ')}`, { problems });
+  if (problems) throw new BrokerError('INVALID_MESSAGE', `publish '${event}': ${problems.join('; ')}`, { problems });
+}
+
+/** Absent, or a non-empty string of at most 1024 characters (a key, a correlation or message id). */
+function isIdentifierText(value: unknown): boolean {
+  return value === undefined || (typeof value === 'string' && value !== '' && value.length <= 1024);
 }
 
 function checkSubscribeInput(input: Omit<SubscribeRequest['input'], 'callback'>): string[] {

@@ -229,7 +229,13 @@ export class MemoryQueue {
 
 /** One subscriber of a MemoryQueue. */
 export class MemoryQueueConsumer {
-  private readonly inFlight = new Set<MemoryDelivery>();
+  /**
+   * Unacked deliveries, oldest first, linked through the deliveries themselves: a Set's table was
+   * rebuilt as it filled to the concurrency and emptied, a tenth of the hot path's garbage.
+   */
+  private oldest?: MemoryDelivery;
+  private newest?: MemoryDelivery;
+  private inFlight = 0;
   private stopped = false;
 
   constructor(
@@ -239,18 +245,22 @@ export class MemoryQueueConsumer {
   ) {}
 
   hasCapacity(): boolean {
-    return !this.stopped && this.inFlight.size < this.concurrency;
+    return !this.stopped && this.inFlight < this.concurrency;
   }
 
   deliver(message: MemoryMessage): void {
     const delivery = new MemoryDelivery(message, this);
-    this.inFlight.add(delivery);
+    delivery.previous = this.newest;
+    if (this.newest) this.newest.next = delivery;
+    else this.oldest = delivery;
+    this.newest = delivery;
+    this.inFlight++;
     this.listener(delivery).catch((error: unknown) => this.queue.listenerFailed(error));
   }
 
-  /** @internal */
+  /** @internal called once per delivery, by its first ack or release. */
   settle(delivery: MemoryDelivery, acked: boolean): void {
-    if (!this.inFlight.delete(delivery)) return;
+    this.unlink(delivery);
     this.queue.released(delivery.message, acked);
     // A released message goes to the back, so one that keeps failing to settle cannot starve the rest.
     if (!acked) this.queue.requeueBack(delivery.message);
@@ -264,17 +274,34 @@ export class MemoryQueueConsumer {
   close(): void {
     this.stopped = true;
     this.queue.detach(this);
-    const unacked = [...this.inFlight];
-    this.inFlight.clear();
-    for (const delivery of unacked) {
+    const unacked: MemoryMessage[] = [];
+    for (let delivery = this.oldest; delivery; delivery = delivery.next) {
       delivery.revoke();
       this.queue.revoked(delivery.message);
+      unacked.push(delivery.message);
     }
-    this.queue.requeueFront(unacked.map((delivery) => delivery.message));
+    this.oldest = this.newest = undefined;
+    this.inFlight = 0;
+    this.queue.requeueFront(unacked);
+  }
+
+  private unlink(delivery: MemoryDelivery): void {
+    if (delivery.previous) delivery.previous.next = delivery.next;
+    else this.oldest = delivery.next;
+    if (delivery.next) delivery.next.previous = delivery.previous;
+    else this.newest = delivery.previous;
+    delivery.previous = delivery.next = undefined;
+    this.inFlight--;
   }
 }
 
+/** Settling is synchronous here: every ack and release answers with this one resolved promise. */
+const SETTLED: Promise<void> = Promise.resolve();
+
 class MemoryDelivery implements InboundDelivery {
+  /** Neighbours in the consumer's list of unacked deliveries. */
+  previous?: MemoryDelivery;
+  next?: MemoryDelivery;
   private settled = false;
 
   constructor(
@@ -316,6 +343,6 @@ class MemoryDelivery implements InboundDelivery {
       this.settled = true;
       this.consumer.settle(this, acked);
     }
-    return Promise.resolve();
+    return SETTLED;
   }
 }
