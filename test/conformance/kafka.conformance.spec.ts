@@ -1,6 +1,10 @@
 import { KAFKA_CAPABILITIES } from '../../lib/adapters/kafka';
-import { isKafkaMock, kafkaEnv, kafkaRawReader, rawProduce } from '../support/kafka';
+import { deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, kafkaRawReader, rawProduce } from '../support/kafka';
 import { runConformanceSuite } from './conformance.suite';
+
+// Every test names its topics with a fresh random tag; on a Kafka of the user's (KAFKA_BROKERS),
+// the file deletes exactly the topics and consumer groups it created.
+deleteCreatedKafkaResourcesAfterAll();
 
 runConformanceSuite({
   broker: 'kafka',

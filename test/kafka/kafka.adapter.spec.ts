@@ -12,10 +12,14 @@ import {
 } from '../../lib';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
-import { committedOffsets, createTopic, isKafkaMock, kafkaEnv, rawKafka, rawProduce, startPrivateKafkaMock, topicOffsets } from '../support/kafka';
+import { runUnique } from '../support/names';
+import { committedOffsets, createTopic, deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, rawKafka, rawProduce, startPrivateKafkaMock, topicOffsets } from '../support/kafka';
 import { gate, sleep, waitFor } from '../support/wait';
 
-const PRODUCT = 'kafka-adapter';
+// A product of this run's own; on a Kafka of the user's (KAFKA_BROKERS), the file deletes exactly
+// the topics and consumer groups it created.
+const PRODUCT = runUnique('kafka-adapter');
+deleteCreatedKafkaResourcesAfterAll();
 
 /** A record as a plain kafkajs consumer reads it off the broker. */
 interface RawRecord {

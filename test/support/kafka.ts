@@ -232,3 +232,75 @@ export async function kafkaRawReader(topic: string): Promise<RawReader> {
     },
   };
 }
+
+/**
+ * Records every topic this test file names to Kafka (the module under test and plain kafkajs
+ * clients alike: producer sends, consumer subscriptions, createTopics, topic metadata requests,
+ * any of which may create one) and every consumer group it joins, at kafkajs's Kafka.prototype,
+ * and deletes exactly those in an afterAll of the file, through the admin API. On librdkafka's
+ * mock cluster there is nothing to delete: the run started it, and it ends with the run (it has
+ * no admin API either). Call it at the top of the file, outside any describe, so it runs after
+ * the suites' own afterAll hooks.
+ */
+export function deleteCreatedKafkaResourcesAfterAll(): { topics: ReadonlySet<string>; groups: ReadonlySet<string> } {
+  const topics = new Set<string>();
+  const groups = new Set<string>();
+  const proto = Kafka.prototype as unknown as Record<'producer' | 'consumer' | 'admin', (this: Kafka, ...args: unknown[]) => Record<string, unknown>>;
+  const original = { producer: proto.producer, consumer: proto.consumer, admin: proto.admin };
+  type Method = (...args: unknown[]) => unknown;
+  /** Wraps `client[name]` so that each call first records the topics `names(arg)` gives. */
+  const recording = (client: Record<string, unknown>, name: string, names: (arg: Record<string, unknown>) => unknown[]) => {
+    const method = client[name] as Method | undefined;
+    if (typeof method !== 'function') return;
+    client[name] = (...args: unknown[]) => {
+      const arg = (args[0] ?? {}) as Record<string, unknown>;
+      for (const topic of names(arg)) if (typeof topic === 'string') topics.add(topic);
+      return method.apply(client, args);
+    };
+  };
+  const list = (value: unknown): unknown[] => (Array.isArray(value) ? value : value === undefined ? [] : [value]);
+  proto.producer = function (...args) {
+    const producer = original.producer.apply(this, args);
+    recording(producer, 'send', (arg) => [arg.topic]);
+    recording(producer, 'sendBatch', (arg) => list(arg.topicMessages).map((entry) => (entry as { topic?: unknown }).topic));
+    return producer;
+  };
+  proto.consumer = function (...args) {
+    const { groupId } = (args[0] ?? {}) as { groupId?: unknown };
+    if (typeof groupId === 'string') groups.add(groupId);
+    const consumer = original.consumer.apply(this, args);
+    // A RegExp subscription names no topic; the topics it matches were named elsewhere.
+    recording(consumer, 'subscribe', (arg) => [...list(arg.topic), ...list(arg.topics)]);
+    return consumer;
+  };
+  proto.admin = function (...args) {
+    const admin = original.admin.apply(this, args);
+    recording(admin, 'createTopics', (arg) => list(arg.topics).map((entry) => (entry as { topic?: unknown }).topic));
+    recording(admin, 'fetchTopicMetadata', (arg) => list(arg.topics));
+    return admin;
+  };
+  afterAll(async () => {
+    Object.assign(proto, original);
+    if (topics.size === 0 && groups.size === 0) return;
+    if (isKafkaMock()) return; // the run's own cluster: it ends with the run
+    await withKafkaAdmin(async (admin) => {
+      const failures: string[] = [];
+      // Members have left (the suites closed their applications): the groups can go.
+      if (groups.size > 0) {
+        await admin.deleteGroups([...groups]).catch((error: Error & { groups?: { groupId: string; error?: { type?: string } }[] }) => {
+          for (const result of error.groups ?? []) {
+            if (result.error && result.error.type !== 'GROUP_ID_NOT_FOUND') failures.push(`group ${result.groupId}: ${result.error.type}`);
+          }
+          if (!error.groups) failures.push(`groups: ${error.message}`);
+        });
+      }
+      const existing = new Set(await admin.listTopics());
+      const ours = [...topics].filter((topic) => existing.has(topic));
+      if (ours.length > 0) await admin.deleteTopics({ topics: ours, timeout: 10_000 }).catch((error: Error) => void failures.push(`topics: ${error.message}`));
+      if (failures.length > 0) throw new Error(`could not delete what the test created:\n${failures.join('\n')}`);
+    });
+    topics.clear();
+    groups.clear();
+  });
+  return { topics, groups };
+}
