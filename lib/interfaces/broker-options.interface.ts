@@ -20,6 +20,13 @@ export interface RetryPolicy {
  */
 export type WhenNoGroup = 'accept' | 'reject';
 
+// Connection settings (a URL, a region, brokers, servers, credentials) accept `undefined`, so a
+// config can read them straight from the environment (`url: process.env.RABBITMQ_URL`) under
+// `strict`. A process needs only its own env's settings: a missing one there is CONFIG_INVALID at
+// startup, and another env's on that env's first use (naming the broker, the env and the field).
+// Each type's settings are a named interface, so a wrong field is reported against names
+// ("'uri' does not exist in type 'MemoryEnvSettings | RabbitMqEnvSettings | ...'").
+
 /** What every env entry of a broker has, whatever its type. */
 export interface BrokerEnvCommon {
   /** The environment slug this entry serves ('dev', 'stg', 'prd', ...). */
@@ -28,133 +35,165 @@ export interface BrokerEnvCommon {
   whenNoGroup?: WhenNoGroup;
 }
 
+/** The `config` of a memory env entry. */
+export interface MemoryEnvSettings {
+  /**
+   * Share one in-memory broker between every module instance in this process that names it
+   * (two Nest applications in one test, say). Without it, each module instance has its own.
+   */
+  server?: string;
+  /**
+   * Messages a subscription group's queue may hold (default 100000); also the most delayed
+   * publishes a topic holds at once. A publish to a full queue drops that group's oldest message
+   * with an error log naming the group, and still reaches the other groups; a retry into a full
+   * queue fails and the delivery is given back.
+   */
+  maxQueueLength?: number;
+  /**
+   * @deprecated Ignored since 0.2: a topic that no group has subscribed to keeps no message
+   * (DESIGN.md §2), so there is nothing left for it to bound. Still accepted, so configs of 0.1 start.
+   */
+  maxUnroutedPerTopic?: number;
+  /** Dead letters kept per topic and group; beyond it the oldest are dropped with an error log (default 10000). */
+  maxDeadLettersPerGroup?: number;
+}
+
 /** The embedded broker: in this process only, nothing on disk. */
 export interface MemoryEnvConfig extends BrokerEnvCommon {
   type: 'memory';
-  config?: {
-    /**
-     * Share one in-memory broker between every module instance in this process that names it
-     * (two Nest applications in one test, say). Without it, each module instance has its own.
-     */
-    server?: string;
-    /**
-     * Messages a subscription group's queue may hold (default 100000); also the most delayed
-     * publishes a topic holds at once. A publish to a full queue drops that group's oldest message
-     * with an error log naming the group, and still reaches the other groups; a retry into a full
-     * queue fails and the delivery is given back.
-     */
-    maxQueueLength?: number;
-    /**
-     * @deprecated Ignored since 0.2: a topic that no group has subscribed to keeps no message
-     * (DESIGN.md §2), so there is nothing left for it to bound. Still accepted, so configs of 0.1 start.
-     */
-    maxUnroutedPerTopic?: number;
-    /** Dead letters kept per topic and group; beyond it the oldest are dropped with an error log (default 10000). */
-    maxDeadLettersPerGroup?: number;
-  };
+  config?: MemoryEnvSettings;
+}
+
+/** The `config` of a rabbitmq env entry. */
+export interface RabbitMqEnvSettings {
+  /**
+   * `amqp://user:pass@host:5672/vhost` or `amqps://…`; the password never reaches a log or an
+   * error. Required; `undefined` (an unset variable) is refused when this env is used.
+   */
+  url: string | undefined;
+  /** How long publish waits for the broker's confirm, through reconnects, before PUBLISH_FAILED (default 30000). */
+  publishTimeoutMs?: number;
+  /** How long the first connection, and any later wait for one to declare queues, may take (default 10000). */
+  connectTimeoutMs?: number;
+  /** Pause between reconnect attempts (default 1000). */
+  reconnectDelayMs?: number;
+  /** AMQP heartbeat: how soon a dead peer is noticed (default 10). */
+  heartbeatSeconds?: number;
+  /** Type of the group and dead-letter queues (default 'classic'; 'quorum' for replicated queues). */
+  queueType?: 'classic' | 'quorum';
+  /** Socket and TLS options handed to amqplib (ca, cert, key, servername, ...); `noDelay` defaults to true. */
+  socketOptions?: Record<string, unknown>;
 }
 
 export interface RabbitMqEnvConfig extends BrokerEnvCommon {
   type: 'rabbitmq';
-  config: {
-    /** `amqp://user:pass@host:5672/vhost` or `amqps://…`; the password never reaches a log or an error. */
-    url: string;
-    /** How long publish waits for the broker's confirm, through reconnects, before PUBLISH_FAILED (default 30000). */
-    publishTimeoutMs?: number;
-    /** How long the first connection, and any later wait for one to declare queues, may take (default 10000). */
-    connectTimeoutMs?: number;
-    /** Pause between reconnect attempts (default 1000). */
-    reconnectDelayMs?: number;
-    /** AMQP heartbeat: how soon a dead peer is noticed (default 10). */
-    heartbeatSeconds?: number;
-    /** Type of the group and dead-letter queues (default 'classic'; 'quorum' for replicated queues). */
-    queueType?: 'classic' | 'quorum';
-    /** Socket and TLS options handed to amqplib (ca, cert, key, servername, ...); `noDelay` defaults to true. */
-    socketOptions?: Record<string, unknown>;
-  };
+  config: RabbitMqEnvSettings;
+}
+
+/** The `config` of a kafka env entry. */
+export interface KafkaEnvSettings {
+  /** `host:port` of one or more brokers. Required; `undefined` (an unset variable) is refused when this env is used. */
+  brokers: string[] | undefined;
+  /** Client id the brokers see (default 'ductape'). */
+  clientId?: string;
+  /** `true`, or Node.js TLS options; handed to kafkajs. */
+  ssl?: unknown;
+  /** SASL options handed to kafkajs (`{ mechanism: 'plain' | 'scram-sha-256' | ..., username, password }`); never logged. */
+  sasl?: unknown;
+  /** Acknowledgement a publish waits for: every in-sync replica ('all', the default) or the leader only. */
+  acks?: 'all' | 'leader';
+  /** How long a publish waits for others to share its produce request (default 5). */
+  lingerMs?: number;
+  /** Most messages in one produce request (default 500). */
+  maxBatchMessages?: number;
+  /** Most bytes in one produce request (default 1 MiB). */
+  maxBatchBytes?: number;
+  /**
+   * How missing topics are made: 'admin' (default) creates them with the admin API and, if that
+   * fails, relies on the brokers' auto-creation from then on; 'auto' relies on auto-creation
+   * only; 'none' expects them to exist.
+   */
+  topicCreation?: 'admin' | 'auto' | 'none';
+  /** Partitions of a topic the admin API creates (default 6). */
+  numPartitions?: number;
+  /** Replication factor of a topic the admin API creates (default -1: the broker's default). */
+  replicationFactor?: number;
+  /** Connection timeout (default 10000). */
+  connectTimeoutMs?: number;
+  /** Request timeout (default 30000). */
+  requestTimeoutMs?: number;
+  /** Consumer-group session timeout (default 30000). */
+  sessionTimeoutMs?: number;
+  /** Consumer-group heartbeat interval (default 3000). */
+  heartbeatIntervalMs?: number;
+  /** How long subscribe waits for the group to assign partitions to this member (default 10000). */
+  joinWaitMs?: number;
+  /** How long a consumer's fetch waits for data (default 500; some Kafka-protocol brokers only answer then). */
+  fetchMaxWaitMs?: number;
 }
 
 export interface KafkaEnvConfig extends BrokerEnvCommon {
   type: 'kafka';
-  config: {
-    /** `host:port` of one or more brokers. */
-    brokers: string[];
-    /** Client id the brokers see (default 'ductape'). */
-    clientId?: string;
-    /** `true`, or Node.js TLS options; handed to kafkajs. */
-    ssl?: unknown;
-    /** SASL options handed to kafkajs (`{ mechanism: 'plain' | 'scram-sha-256' | ..., username, password }`); never logged. */
-    sasl?: unknown;
-    /** Acknowledgement a publish waits for: every in-sync replica ('all', the default) or the leader only. */
-    acks?: 'all' | 'leader';
-    /** How long a publish waits for others to share its produce request (default 5). */
-    lingerMs?: number;
-    /** Most messages in one produce request (default 500). */
-    maxBatchMessages?: number;
-    /** Most bytes in one produce request (default 1 MiB). */
-    maxBatchBytes?: number;
-    /**
-     * How missing topics are made: 'admin' (default) creates them with the admin API and, if that
-     * fails, relies on the brokers' auto-creation from then on; 'auto' relies on auto-creation
-     * only; 'none' expects them to exist.
-     */
-    topicCreation?: 'admin' | 'auto' | 'none';
-    /** Partitions of a topic the admin API creates (default 6). */
-    numPartitions?: number;
-    /** Replication factor of a topic the admin API creates (default -1: the broker's default). */
-    replicationFactor?: number;
-    /** Connection timeout (default 10000). */
-    connectTimeoutMs?: number;
-    /** Request timeout (default 30000). */
-    requestTimeoutMs?: number;
-    /** Consumer-group session timeout (default 30000). */
-    sessionTimeoutMs?: number;
-    /** Consumer-group heartbeat interval (default 3000). */
-    heartbeatIntervalMs?: number;
-    /** How long subscribe waits for the group to assign partitions to this member (default 10000). */
-    joinWaitMs?: number;
-    /** How long a consumer's fetch waits for data (default 500; some Kafka-protocol brokers only answer then). */
-    fetchMaxWaitMs?: number;
-  };
+  config: KafkaEnvSettings;
+}
+
+/** The `config` of an sqs env entry. */
+export interface SqsEnvSettings {
+  /** The AWS region ('eu-west-1'). Required; `undefined` (an unset variable) is refused when this env is used. */
+  region: string | undefined;
+  /** Another SQS/SNS endpoint (a local emulator, a VPC endpoint); default: AWS's own for the region. */
+  endpoint?: string | undefined;
+  /** Static credentials; without them the AWS SDK's default provider chain is used. Never logged. */
+  accessKeyId?: string | undefined;
+  secretAccessKey?: string | undefined;
+  sessionToken?: string | undefined;
+  /**
+   * How a topic reaches its groups, unless the topic says otherwise: 'queue' (default) makes the
+   * topic one queue whose consumers all compete; 'sns' makes it an SNS topic with one SQS queue
+   * per group subscribed to it, so every group gets every message.
+   */
+  fanout?: 'queue' | 'sns';
+  /** FIFO queues (and SNS topics) for every topic, unless the topic says otherwise (default false). */
+  fifo?: boolean;
+  /** Long-poll wait of each receive, 1 to 20 s (default 10); shutdown waits for an open poll to end rather than cut it. */
+  waitTimeSeconds?: number;
+  /** Visibility timeout of a received message, extended while its handler runs, 2 to 43200 s (default 30). */
+  visibilityTimeoutSeconds?: number;
+  /** Longest wait for one SQS or SNS request (long polls excepted: theirs is their wait plus 5 s), retried by the AWS SDK (default 10000). */
+  requestTimeoutMs?: number;
+  /** Create missing queues, SNS topics and subscriptions on first use (default true); false expects them to exist. */
+  createMissing?: boolean;
 }
 
 export interface SqsEnvConfig extends BrokerEnvCommon {
   type: 'sqs';
-  config: {
-    region: string;
-    /** Another SQS/SNS endpoint (a local emulator, a VPC endpoint); default: AWS's own for the region. */
-    endpoint?: string;
-    /** Static credentials; without them the AWS SDK's default provider chain is used. Never logged. */
-    accessKeyId?: string;
-    secretAccessKey?: string;
-    sessionToken?: string;
-    /**
-     * How a topic reaches its groups, unless the topic says otherwise: 'queue' (default) makes the
-     * topic one queue whose consumers all compete; 'sns' makes it an SNS topic with one SQS queue
-     * per group subscribed to it, so every group gets every message.
-     */
-    fanout?: 'queue' | 'sns';
-    /** FIFO queues (and SNS topics) for every topic, unless the topic says otherwise (default false). */
-    fifo?: boolean;
-    /** Long-poll wait of each receive, 1 to 20 s (default 10); shutdown waits for an open poll to end rather than cut it. */
-    waitTimeSeconds?: number;
-    /** Visibility timeout of a received message, extended while its handler runs, 2 to 43200 s (default 30). */
-    visibilityTimeoutSeconds?: number;
-    /** Longest wait for one SQS or SNS request (long polls excepted: theirs is their wait plus 5 s), retried by the AWS SDK (default 10000). */
-    requestTimeoutMs?: number;
-    /** Create missing queues, SNS topics and subscriptions on first use (default true); false expects them to exist. */
-    createMissing?: boolean;
-  };
+  config: SqsEnvSettings;
+}
+
+/** The `config` of a redis env entry. */
+export interface RedisEnvSettings {
+  /** `redis://…` or `rediss://…`. Required; `undefined` (an unset variable) is refused when this env is used. */
+  url: string | undefined;
 }
 
 export interface RedisEnvConfig extends BrokerEnvCommon {
   type: 'redis';
-  config: { url: string };
+  config: RedisEnvSettings;
+}
+
+/** The `config` of a nats env entry. */
+export interface NatsEnvSettings {
+  /** Server addresses. Required; `undefined` (an unset variable) is refused when this env is used. */
+  servers: string[] | undefined;
+  /** Credentials: never logged. */
+  token?: string | undefined;
+  user?: string | undefined;
+  pass?: string | undefined;
 }
 
 export interface NatsEnvConfig extends BrokerEnvCommon {
   type: 'nats';
-  config: { servers: string[]; token?: string; user?: string; pass?: string };
+  config: NatsEnvSettings;
 }
 
 /** Which technology and connection serve one environment slug of a broker; discriminated by `type`. */

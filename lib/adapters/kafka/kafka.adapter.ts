@@ -1,4 +1,5 @@
 import { Kafka, logLevel, type Admin, type KafkaConfig, type Producer, type SASLOptions } from 'kafkajs';
+import { requiredSetting } from '../../broker-options.validator';
 import { describeError } from '../../errors';
 import type { KafkaEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
@@ -50,7 +51,7 @@ export const KAFKA_DEFAULTS = {
 } as const;
 
 type Config = KafkaEnvConfig['config'];
-type Settings = Required<Omit<Config, 'ssl' | 'sasl'>> & Pick<Config, 'ssl' | 'sasl'>;
+type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl'>> & Pick<Config, 'ssl' | 'sasl'> & { brokers: string[] };
 
 /** How long reprocessDeadLetters waits for its reader to join and read. */
 const DRAIN_TIMEOUT_MS = 30_000;
@@ -86,7 +87,7 @@ export class KafkaAdapter implements BrokerAdapter {
     this.logger = context.logger;
     this.envSlug = context.envSlug;
     this.settings = {
-      brokers: config.brokers,
+      brokers: requiredSetting(config.brokers, 'brokers'),
       clientId: config.clientId ?? KAFKA_DEFAULTS.clientId,
       acks: config.acks ?? KAFKA_DEFAULTS.acks,
       lingerMs: config.lingerMs ?? KAFKA_DEFAULTS.lingerMs,
