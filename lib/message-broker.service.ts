@@ -6,7 +6,7 @@ import {
   type OnApplicationShutdown,
   type OnModuleDestroy,
 } from '@nestjs/common';
-import type { BrokerAdapter } from './adapters/broker-adapter';
+import type { BrokerAdapter, OutboundMessage } from './adapters/broker-adapter';
 import { retryPolicy as checkRetryPolicy } from './broker-options.validator';
 import {
   DEFAULT_CONCURRENCY,
@@ -69,37 +69,62 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   }
 
   /** Resolves once the broker has accepted the message. Nothing is sent when it rejects with a validation error. */
-  async publish<T>(request: PublishRequest<T>): Promise<PublishResult> {
-    const route = this.route(request);
-    const input = request.input;
-    if (typeof input !== 'object' || input === null) {
-      throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': input must be an object with a message`);
+  publish<T>(request: PublishRequest<T>): Promise<PublishResult> {
+    try {
+      const route = this.route(request);
+      const input = request.input;
+      if (typeof input !== 'object' || input === null) {
+        throw new BrokerError('INVALID_MESSAGE', `publish '${route.event}': input must be an object with a message`);
+      }
+      checkPublishInput(input, route.event);
+      const messageId = input.messageId ?? newMessageId();
+      // A schema is checked before anything is encoded or sent, and may be asynchronous.
+      if (route.schema) return this.publishValidated(route, input, messageId);
+      const adapter = this.adapters.connected(route.brokerEnv);
+      if (!adapter) return this.publishWhenConnected(route, this.outbound(route, input, messageId), messageId);
+      // The hot path: no async frame of its own, the adapter's promise chained once.
+      return this.send(adapter, route, this.outbound(route, input, messageId), messageId);
+    } catch (error) {
+      return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
-    checkPublishInput(input, route.event);
-    const messageId = input.messageId ?? newMessageId();
-    if (route.schema) await this.validateSchema(route, input.message);
+  }
+
+  private async publishValidated(route: Route, input: PublishRequest<unknown>['input'], messageId: string): Promise<PublishResult> {
+    await this.validateSchema(route, input.message);
+    const message = this.outbound(route, input, messageId);
+    const adapter = this.adapters.connected(route.brokerEnv) ?? (await this.adapterFor(route, 'PUBLISH_FAILED'));
+    return this.send(adapter, route, message, messageId);
+  }
+
+  private async publishWhenConnected(route: Route, message: OutboundMessage, messageId: string): Promise<PublishResult> {
+    return this.send(await this.adapterFor(route, 'PUBLISH_FAILED'), route, message, messageId);
+  }
+
+  /** The message as adapters send it. Refuses what cannot be encoded (INVALID_MESSAGE), and any publish after shutdown. */
+  private outbound(route: Route, input: PublishRequest<unknown>['input'], messageId: string): OutboundMessage {
     const headers = input.headers ?? NO_HEADERS;
     const body = encodeMessage(input.message, this.maxMessageBytes - headerBytes(headers));
     if (this.state === 'closed') throw new BrokerError('PUBLISH_FAILED', `publish '${route.event}': the broker module is shut down`);
-    const adapter = this.adapters.connected(route.brokerEnv) ?? (await this.adapterFor(route, 'PUBLISH_FAILED'));
-    try {
-      await adapter.publish(route.topic, {
-        body,
-        messageId,
-        publishedAt: Date.now(),
-        type: route.event,
-        source: route.source,
-        contentType: JSON_CONTENT_TYPE,
-        attempt: 1,
-        key: input.key,
-        correlationId: input.correlationId,
-        delayMs: input.delayMs,
-        headers,
-      });
-    } catch (error) {
-      throw this.wrap('PUBLISH_FAILED', `publish '${route.event}' [${route.env}] failed`, error);
-    }
-    return { messageId };
+    return {
+      body,
+      messageId,
+      publishedAt: Date.now(),
+      type: route.event,
+      source: route.source,
+      contentType: JSON_CONTENT_TYPE,
+      attempt: 1,
+      key: input.key,
+      correlationId: input.correlationId,
+      delayMs: input.delayMs,
+      headers,
+    };
+  }
+
+  private send(adapter: BrokerAdapter, route: Route, message: OutboundMessage, messageId: string): Promise<PublishResult> {
+    return adapter.publish(route.topic, message).then(
+      () => ({ messageId }),
+      (error: unknown) => Promise.reject(this.wrap('PUBLISH_FAILED', `publish '${route.event}' [${route.env}] failed`, error)),
+    );
   }
 
   /** Starts consuming; every message of the topic reaches each group once (more on retry). */

@@ -255,8 +255,10 @@ export class MemoryQueueConsumer {
     else this.oldest = delivery;
     this.newest = delivery;
     this.inFlight++;
-    this.listener(delivery).catch((error: unknown) => this.queue.listenerFailed(error));
+    this.listener(delivery).catch(this.listenerFailed);
   }
+
+  private readonly listenerFailed = (error: unknown): void => this.queue.listenerFailed(error);
 
   /** @internal called once per delivery, by its first ack or release. */
   settle(delivery: MemoryDelivery, acked: boolean): void {
