@@ -10,6 +10,14 @@ export function unavailableReason(broker: string): string | undefined {
   return process.env[`DUCTAPE_TEST_UNAVAILABLE_${broker.toUpperCase()}`] || undefined;
 }
 
+/**
+ * Prints why a suite or test is skipped, straight to stderr: Jest drops the console output of a
+ * test file whose tests are all skipped, so a console.warn there would never be seen.
+ */
+export function printSkip(message: string): void {
+  process.stderr.write(`${message}\n`);
+}
+
 /** `describe`, or a printed reason and `describe.skip` when the broker cannot be reached (never in CI). */
 export function describeWithBroker(broker: string, name: string, body: () => void): void {
   const reason = unavailableReason(broker);
@@ -22,8 +30,7 @@ export function describeWithBroker(broker: string, name: string, body: () => voi
     });
     return;
   }
-  // eslint-disable-next-line no-console
-  console.warn(`Skipping "${name}": ${reason} (set REQUIRE_BROKERS=1 to make this a failure)`);
+  printSkip(`Skipping "${name}": ${reason} (set REQUIRE_BROKERS=1 to make this a failure)`);
   const skipped: jest.Describe = describe.skip;
   skipped(name, body);
 }
@@ -49,8 +56,7 @@ type TestFn = (title: string, fn: jest.ProvidesCallback, timeout?: number) => vo
 export function itNeeding(broker: string, suite: string, needs: { controlsServer?: string; tool?: string }): TestFn {
   if (unavailableReason(broker)) return it;
   const skip = (title: string, reason: string, fn: jest.ProvidesCallback, timeout?: number) => {
-    // eslint-disable-next-line no-console
-    console.warn(`Skipping "${suite} > ${title}": ${reason}`);
+    printSkip(`Skipping "${suite} > ${title}": ${reason}`);
     const skipped: jest.It = it.skip;
     skipped(title, fn, timeout);
   };
