@@ -3,10 +3,13 @@ import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
 import { Injectable, type LoggerService } from '@nestjs/common';
 import { BrokerError, OnBrokerEvent, type BrokerModuleOptions } from '../../lib';
+import type { INestApplication } from '@nestjs/common';
 import { createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
 import { RABBITMQ_URL } from '../support/rabbitmq';
+import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
+import { waitFor } from '../support/wait';
 // Loaded (and transpiled) now, not on first use inside a timed test.
 import '../../lib/adapters/rabbitmq';
 
@@ -75,15 +78,18 @@ function brokerAddress(): string {
   return `${url.protocol}//${url.hostname}:${url.port || '5672'}`;
 }
 
-/** Starts an app whose own env uses `url`; it must fail. Returns the error, when it came, and every log line. */
-async function failedStartup(url: string, config: { connectTimeoutMs?: number; reconnectDelayMs?: number } = {}) {
-  const options: BrokerModuleOptions = {
+function optionsFor(url: string, config: { connectTimeoutMs?: number; reconnectDelayMs?: number }): BrokerModuleOptions {
+  return {
     env: 'prd',
     product: PRODUCT,
     brokers: [{ tag: 'rmq', envs: [{ slug: 'prd', type: 'rabbitmq', config: { url, ...config } }] }],
   };
+}
+
+/** Starts an app whose own env uses `url`; it must fail. Returns the error, when it came, and every log line. */
+async function failedStartup(url: string, config: { connectTimeoutMs?: number; reconnectDelayMs?: number } = {}) {
   const logger = new TimedLogger();
-  const thrown = await createBrokerApp(options, { providers: [OrdersHandler] }, logger).then(
+  const thrown = await createBrokerApp(optionsFor(url, config), { providers: [OrdersHandler] }, logger).then(
     async ({ app }) => {
       await app.close();
       return undefined;
@@ -104,7 +110,7 @@ function expectNoCredentials(error: BrokerError, logger: TimedLogger, user: stri
   expect(everything).not.toContain(`${user}:`);
 }
 
-describeWithBroker('rabbitmq', 'RabbitMQ connection failures at startup', () => {
+describeWithBroker('rabbitmq', 'RabbitMQ connection failures', () => {
   it('a refused port: logs at once that it waits and retries (host, port and vhost), then fails after connectTimeoutMs', async () => {
     const port = await freePort();
     const secret = `pw-${randomUUID()}`;
@@ -172,5 +178,57 @@ describeWithBroker('rabbitmq', 'RabbitMQ connection failures at startup', () => 
     expectNoCredentials(error, logger, user, secret);
     // eslint-disable-next-line no-console
     console.info(`wrong password: first log line after ${line!.afterMs} ms, startup failed after ${failedAfterMs} ms`);
+  });
+
+  describe('through a proxy that can cut the link', () => {
+    let proxy: TcpProxy | undefined;
+    let app: INestApplication | undefined;
+    afterEach(async () => {
+      await app?.close();
+      proxy?.close();
+      app = proxy = undefined;
+    });
+
+    it('a broker that accepts the connection but never answers: says so after 2 s, then fails after connectTimeoutMs', async () => {
+      proxy = await startTcpProxy(Number(new URL(RABBITMQ_URL).port || 5672), new URL(RABBITMQ_URL).hostname);
+      proxy.blackhole(true);
+      const { error, failedAfterMs, logger } = await failedStartup(urlWith({ port: proxy.port }), { connectTimeoutMs: 4000 });
+
+      const endpoint = `RabbitMQ at amqp://127.0.0.1:${proxy.port} (vhost '/')`;
+      const line = logger.first(`no answer yet from ${endpoint}`);
+      expect(line).toBeDefined();
+      expect(line!.text).toContain('still trying (startup gives up after connectTimeoutMs, 4000 ms)');
+      expect(line!.afterMs).toBeGreaterThanOrEqual(1900);
+      expect(line!.afterMs).toBeLessThan(3500);
+      expect(error.code).toBe('SUBSCRIBE_FAILED');
+      expect(error.message).toContain(`cannot connect to ${endpoint} within 4000 ms (connectTimeoutMs), retrying every 1000 ms: no attempt was answered`);
+      expect(failedAfterMs).toBeGreaterThanOrEqual(3900);
+    });
+
+    it('a connection lost later: each cause of its failed reconnects is logged once for both connections, and the return too', async () => {
+      proxy = await startTcpProxy(Number(new URL(RABBITMQ_URL).port || 5672), new URL(RABBITMQ_URL).hostname);
+      const logger = new TimedLogger();
+      ({ app } = await createBrokerApp(optionsFor(urlWith({ port: proxy.port }), { reconnectDelayMs: 100 }), { providers: [OrdersHandler] }, logger));
+      const endpoint = `RabbitMQ at amqp://127.0.0.1:${proxy.port} (vhost '/')`;
+
+      proxy.refuse(true);
+      proxy.cutAll();
+      await waitFor(() => logger.first(`cannot connect to ${endpoint}`) !== undefined, 'the failed reconnect in the log', 3000);
+      // Reconnects every 100 ms, on two connections: each cause is logged once (again after 30 s).
+      // The proxy's cut is seen as a close during the handshake, or as a reset, by turns.
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const failures = logger.lines.filter((line) => line.text.includes(`cannot connect to ${endpoint}`));
+      expect(failures.length).toBeGreaterThanOrEqual(1);
+      expect(failures.length).toBeLessThanOrEqual(2);
+      expect(new Set(failures.map((line) => line.text)).size).toBe(failures.length);
+      for (const line of failures) {
+        expect(line.level).toBe('warn');
+        expect(line.text).toMatch(/the server closed the connection during the AMQP handshake|the connection was reset during the handshake \(Error: read ECONNRESET\)/);
+        expect(line.text).toMatch(/; retrying every 100 ms /);
+      }
+
+      proxy.refuse(false);
+      await waitFor(() => logger.lines.filter((line) => line.text.includes('is back after')).length === 2, 'both connections back', 5000);
+    });
   });
 });

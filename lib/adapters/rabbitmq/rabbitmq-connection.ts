@@ -36,9 +36,7 @@ export function describeRabbitMq(endpoint: RabbitMqEndpoint): string {
 
 /** Why a connection attempt failed, in words a person can act on. */
 export interface ConnectFailure {
-  /** Stable within one cause, so repeated failures of one cause are logged once. */
-  readonly kind: 'login-refused' | 'vhost-refused' | 'unreachable' | 'other';
-  /** What happened and what to check; names the endpoint's parts, never a password. */
+  /** What happened and what to check; names the endpoint's parts, never a password. Repeats of one reason are logged once. */
   readonly reason: string;
   /** The broker answered with a refusal: retrying with the same URL will not help. */
   readonly refused: boolean;
@@ -54,14 +52,12 @@ export function explainConnectFailure(error: unknown, endpoint: RabbitMqEndpoint
   const code = (error as { code?: unknown } | null | undefined)?.code;
   if (/ACCESS.REFUSED|Handshake terminated by server: 403/.test(message)) {
     return {
-      kind: 'login-refused',
       reason: `it refused the login of ${userText(endpoint)} (ACCESS_REFUSED): check the user name and password in the URL`,
       refused: true,
     };
   }
   if (/Expected ConnectionOpenOk; got <ConnectionClose/.test(message)) {
     return {
-      kind: 'vhost-refused',
       reason:
         `it refused vhost '${endpoint.vhost}' (it closed the connection on opening it): the vhost does not exist, ` +
         `or ${userText(endpoint)} has no permission on it, or its connection limit is reached`,
@@ -70,8 +66,14 @@ export function explainConnectFailure(error: unknown, endpoint: RabbitMqEndpoint
   }
   const unreachable = typeof code === 'string' ? UNREACHABLE[code] : undefined;
   // The system's own text stays: it names the address tried (localhost may resolve to ::1).
-  if (unreachable) return { kind: 'unreachable', reason: `${unreachable} (${describeError(error)})`, refused: false };
-  return { kind: 'other', reason: describeError(error), refused: false };
+  if (unreachable) return { reason: `${unreachable} (${describeError(error)})`, refused: false };
+  if (/Socket closed abruptly during opening handshake/.test(message)) {
+    return {
+      reason: 'the server closed the connection during the AMQP handshake (is it RabbitMQ, and amqp: or amqps: as its port expects? is it shutting down?)',
+      refused: false,
+    };
+  }
+  return { reason: describeError(error), refused: false };
 }
 
 const UNREACHABLE: Readonly<Record<string, string>> = {

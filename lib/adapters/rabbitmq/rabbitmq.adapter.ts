@@ -61,6 +61,7 @@ const NO_GROUP_PROBE_INTERVAL_MS = 60_000;
 const MAX_PROBED_TOPICS = 10_000;
 /** A connection failure of the cause last logged is logged again after this long (both connections share it). */
 const CONNECT_FAILURE_LOG_INTERVAL_MS = 30_000;
+const MAX_LOGGED_FAILURE_REASONS = 20;
 /** A first connection with no answer yet (no failure either: a host that drops packets) is logged after this long. */
 const SLOW_CONNECT_LOG_MS = 2000;
 
@@ -95,8 +96,8 @@ export class RabbitMqAdapter implements BrokerAdapter {
   private readonly target: RabbitMqEndpoint;
   /** Until connect() resolves, a refused login or vhost ends it at once; later, reconnects go on. */
   private firstConnectionDone = false;
-  /** The connection failure last logged, and when: repeats of one cause are not logged every attempt. */
-  private failureLogged?: { reason: string; at: number };
+  /** Connection failures logged since the last connect, by reason, and when: a repeat is not logged every attempt. */
+  private readonly failuresLogged = new Map<string, number>();
   private publishing?: AmqpConnectionManager;
   private consuming?: AmqpConnectionManager;
   private publisher?: RabbitMqPublisher;
@@ -137,7 +138,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
     this.consuming = this.createManager('consuming');
     // A host that drops packets fails no attempt for a long while: say what is being waited for.
     const slow = setTimeout(() => {
-      if (this.failureLogged || this.closing) return;
+      if (this.failuresLogged.size > 0 || this.closing) return;
       this.logger.warn(
         `no answer yet from ${describeRabbitMq(this.target)}; still trying (startup gives up after connectTimeoutMs, ${this.settings.connectTimeoutMs} ms)`,
       );
@@ -271,7 +272,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
     // The events carry the URL; only the endpoint, which has no credentials, is ever logged.
     let disconnectedAt: number | undefined;
     manager.on('connect', () => {
-      this.failureLogged = undefined;
+      this.failuresLogged.clear();
       if (disconnectedAt !== undefined) this.logger.log(`${role} connection to RabbitMQ at ${this.endpoint} is back after ${Date.now() - disconnectedAt} ms`);
       disconnectedAt = undefined;
     });
@@ -289,15 +290,17 @@ export class RabbitMqAdapter implements BrokerAdapter {
   }
 
   /**
-   * Logs a failed connection attempt at once, naming the endpoint (never a credential), and again
-   * only when its cause changes or CONNECT_FAILURE_LOG_INTERVAL_MS passed: the two connections
-   * fail alike, and reconnects are tried every reconnectDelayMs.
+   * Logs a failed connection attempt at once, naming the endpoint (never a credential), and a
+   * reason already logged again only after CONNECT_FAILURE_LOG_INTERVAL_MS: the two connections
+   * fail alike, reconnects come every reconnectDelayMs, and causes may alternate (a reset, a close).
    */
   private logConnectFailure(failure: ConnectFailure): void {
     const now = Date.now();
-    const last = this.failureLogged;
-    if (last && last.reason === failure.reason && now - last.at < CONNECT_FAILURE_LOG_INTERVAL_MS) return;
-    this.failureLogged = { reason: failure.reason, at: now };
+    const loggedAt = this.failuresLogged.get(failure.reason);
+    if (loggedAt !== undefined && now - loggedAt < CONNECT_FAILURE_LOG_INTERVAL_MS) return;
+    // Reasons are few (the system's messages name one address); the bound only guards the unforeseen.
+    if (this.failuresLogged.size >= MAX_LOGGED_FAILURE_REASONS) this.failuresLogged.clear();
+    this.failuresLogged.set(failure.reason, now);
     const { reconnectDelayMs, connectTimeoutMs } = this.settings;
     // Before the first connection a refusal ends startup; after it, reconnects go on whatever the cause.
     const next = !this.firstConnectionDone
