@@ -7,22 +7,24 @@ import type { INestApplication } from '@nestjs/common';
 import { createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
-import { RABBITMQ_URL } from '../support/rabbitmq';
+import { RABBITMQ_URL, recordDeclarations } from '../support/rabbitmq';
+import { runUnique } from '../support/names';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
 import { waitFor } from '../support/wait';
 // Loaded (and transpiled) now, not on first use inside a timed test.
 import '../../lib/adapters/rabbitmq';
 
 /**
- * What a person sees when RabbitMQ cannot be used at startup (issue 14, item 6): a log line at
+ * What a person sees when RabbitMQ cannot be used at startup: a log line at
  * once that names the endpoint (host, port, vhost) and what is being done about it, and an error
  * that says what was refused. Neither ever shows a password.
  */
 
-const PRODUCT = 'rmq-connection';
+const PRODUCT = runUnique('rmq-connection');
+const declared = recordDeclarations();
 
 // The resilience file restarts the broker: a restart in the middle would change what these tests see.
-holdExclusively('rabbitmq');
+holdExclusively('rabbitmq', { cleanup: () => declared.deleteAll() });
 
 /** A Nest logger that keeps every line with the time it came, relative to its creation. */
 class TimedLogger implements LoggerService {
