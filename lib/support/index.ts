@@ -1,0 +1,3 @@
+export * from './single-flight';
+export * from './sleep';
+export * from './with-timeout';
