@@ -54,7 +54,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
         for (const { event, options } of entries) {
           if (options.deadLetter && options.group === undefined) {
             throw new BrokerError(
-              'SUBSCRIBE_FAILED',
+              'INVALID_SUBSCRIPTION',
               `@OnBrokerEvent('${event}', { deadLetter: true }) on ${className}.${methodName}: name the group whose dead letters it consumes (options.group)`,
             );
           }
@@ -81,7 +81,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
     const scope = wrapper.isTransient ? 'transient' : !wrapper.isDependencyTreeStatic() ? 'request-scoped' : undefined;
     if (scope) {
       throw new BrokerError(
-        'SUBSCRIBE_FAILED',
+        'INVALID_SUBSCRIPTION',
         `@OnBrokerEvent on ${wrapper.name ? String(wrapper.name) : 'a provider'}.${methodName}: the provider is ${scope}; ` +
           'broker handlers must be on singleton (default-scoped) providers. Inject ModuleRef and resolve the scoped service inside the handler instead.',
       );

@@ -1,4 +1,8 @@
-/** Stable codes of every error the module throws; they are part of the public API. */
+/**
+ * Stable codes of every error the module throws; they are part of the public API. `INVALID_*` (and
+ * the `*_NOT_FOUND` codes) are mistakes in what the caller asked, found before anything reached a
+ * broker; `PUBLISH_FAILED` and `SUBSCRIBE_FAILED` are what the broker (or the module's state) did.
+ */
 export type BrokerErrorCode =
   | 'CONFIG_INVALID'
   | 'INVALID_EVENT'
@@ -7,6 +11,8 @@ export type BrokerErrorCode =
   | 'BROKER_ENV_NOT_FOUND'
   | 'TOPIC_NOT_FOUND'
   | 'INVALID_MESSAGE'
+  | 'INVALID_SUBSCRIPTION'
+  | 'INVALID_REQUEST'
   | 'PUBLISH_FAILED'
   | 'SUBSCRIBE_FAILED';
 
@@ -30,7 +36,7 @@ export class BrokerError extends Error {
     this.name = 'BrokerError';
     this.code = code;
     const problems = options.problems ?? [];
-    // An empty list is not shown when the error is logged or inspected (`problems: []` on every error said nothing).
+    // Not enumerable when empty: a log or an inspection of the error then shows no `problems: []`.
     Object.defineProperty(this, 'problems', { value: problems, enumerable: problems.length > 0, writable: false, configurable: true });
   }
 }

@@ -132,7 +132,7 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     const route = this.route(request);
     const input = request.input;
     if (typeof input !== 'object' || input === null || typeof input.callback !== 'function') {
-      throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': input.callback must be a function`);
+      throw new BrokerError('INVALID_SUBSCRIPTION', `subscribe '${route.event}': input.callback must be a function`);
     }
     if (input.topicTag !== undefined && input.topicTag !== route.topicTag) {
       throw new BrokerError(
@@ -142,7 +142,7 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     }
     const problems = checkSubscribeInput(input);
     if (problems.length > 0) {
-      throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': ${problems.join('; ')}`, { problems });
+      throw new BrokerError('INVALID_SUBSCRIPTION', `subscribe '${route.event}': ${problems.join('; ')}`, { problems });
     }
     if (this.state !== 'running') {
       throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': the broker module is shutting down`);
@@ -189,10 +189,10 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     const group = request.group ?? this.service;
     const limit = request.limit ?? Number.MAX_SAFE_INTEGER;
     if (typeof group !== 'string' || !NAME_PATTERN.test(group)) {
-      throw new BrokerError('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}': group must be a valid name`);
+      throw new BrokerError('INVALID_REQUEST', `reprocessDeadLetters '${route.event}': group must be a valid name`);
     }
     if (!Number.isInteger(limit) || limit < 1) {
-      throw new BrokerError('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}': limit must be a positive integer`);
+      throw new BrokerError('INVALID_REQUEST', `reprocessDeadLetters '${route.event}': limit must be a positive integer`);
     }
     const adapter = await this.adapterFor(route, 'PUBLISH_FAILED');
     try {

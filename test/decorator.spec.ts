@@ -162,7 +162,7 @@ describe('@OnBrokerEvent', () => {
       handle(): void {}
     }
     const error = await startupError(options(), { providers: [Scoped] });
-    expect(error.code).toBe('SUBSCRIBE_FAILED');
+    expect(error.code).toBe('INVALID_SUBSCRIPTION');
     expect(error.message).toContain(`Scoped.handle: the provider is ${scope}`);
   });
 
@@ -246,7 +246,7 @@ describe('dead-letter consumers and groups', () => {
       dead(): void {}
     }
     await expect(createBrokerApp(options(), { providers: [Orphan] })).rejects.toMatchObject({
-      code: 'SUBSCRIBE_FAILED',
+      code: 'INVALID_SUBSCRIPTION',
       message: expect.stringContaining('name the group whose dead letters it consumes') as unknown,
     });
   });

@@ -185,16 +185,21 @@ describe('error codes from bad input, with nothing published', () => {
     await expectRefused('PUBLISH_FAILED', () => publish({}), /shut down/);
   });
 
-  it('PUBLISH_FAILED for a reprocessDeadLetters with a bad limit', async () => {
+  it('INVALID_REQUEST for a reprocessDeadLetters with a bad limit or group (an input mistake, not a broker failure)', async () => {
     await expectRefused(
-      'PUBLISH_FAILED',
+      'INVALID_REQUEST',
+      () => broker.reprocessDeadLetters({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'my_product', group: 'has space' }),
+      /group must be a valid name/,
+    );
+    await expectRefused(
+      'INVALID_REQUEST',
       () => broker.reprocessDeadLetters({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'my_product', limit: 0 }),
       /limit must be a positive integer/,
     );
   });
 
-  it('SUBSCRIBE_FAILED for bad subscription options, listing each problem', async () => {
-    const error = await expectRefused('SUBSCRIBE_FAILED', () =>
+  it('INVALID_SUBSCRIPTION for bad subscription options, listing each problem', async () => {
+    const error = await expectRefused('INVALID_SUBSCRIPTION', () =>
       broker.subscribe({
         env: 'prd',
         event: 'sqsbroker:new-orders',
@@ -210,9 +215,9 @@ describe('error codes from bad input, with nothing published', () => {
     ]);
   });
 
-  it('SUBSCRIBE_FAILED without a callback', async () => {
+  it('INVALID_SUBSCRIPTION without a callback', async () => {
     await expectRefused(
-      'SUBSCRIBE_FAILED',
+      'INVALID_SUBSCRIPTION',
       () => broker.subscribe({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'my_product', input: {} as never }),
       /callback must be a function/,
     );
