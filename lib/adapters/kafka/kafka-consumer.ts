@@ -1,6 +1,8 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
+import { sleep } from '../../support/sleep';
+import { waitAtMost } from '../../support/with-timeout';
 import { DUE_HEADER, fromKafkaMessage, headerText } from './kafka-headers';
 
 /** Pause before a partition whose message was given back is read again. */
@@ -114,12 +116,7 @@ export class KafkaSubscription implements AdapterConsumer {
     if (Object.keys(assignment).length > 0) joinedOnce();
     // Once assigned, messages published from now on reach this member; a group busy rebalancing
     // around a long handler elsewhere is not waited for beyond joinWaitMs (its offsets are set).
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([joined, crashed, new Promise<void>((resolve) => (timer = setTimeout(resolve, joinWaitMs)))]);
-    } finally {
-      clearTimeout(timer);
-    }
+    await waitAtMost(Promise.race([joined, crashed]), joinWaitMs);
   }
 
   /**
@@ -249,7 +246,7 @@ export class KafkaSubscription implements AdapterConsumer {
         break;
       } catch (error) {
         if (attempt >= 3) throw new Error(`consumer group '${this.spec.groupId}' could not commit where it starts: ${describeError(error)}`);
-        await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+        await sleep(200 * attempt);
       }
     }
     for (const { topic, partition, offset } of fresh) this.skipBelow.set(`${topic}:${partition}`, offset);

@@ -16,9 +16,11 @@ import type {
 } from '../broker-adapter';
 import { OpenConsumers } from '../open-consumers';
 import { KafkaSubscription } from './kafka-consumer';
-import { checkHeaders, fromKafkaMessage, toKafkaMessage } from './kafka-headers';
+import { checkHeaders, toKafkaMessage } from './kafka-headers';
+import { drainKafkaDeadLetters } from './kafka-dead-letters';
 import { consumerGroupId, deadLetterGroupId, deadLetterTopic, delayTopic, retryTopic } from './kafka-names';
 import { BatchingProducer } from './kafka-producer';
+import { KafkaTopology } from './kafka-topology';
 
 export const KAFKA_CAPABILITIES: AdapterCapabilities = {
   fanOut: true,
@@ -53,14 +55,9 @@ export const KAFKA_DEFAULTS = {
 type Config = KafkaEnvConfig['config'];
 type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl'>> & Pick<Config, 'ssl' | 'sasl'> & { brokers: string[] };
 
-/** How long reprocessDeadLetters waits for its reader to join and read. */
-const DRAIN_TIMEOUT_MS = 30_000;
-
 /**
- * Kafka through kafkajs. Per physical topic T: the topic T, `T.delay` for publishes with
- * `delayMs`, and per subscription group G the consumer group `T:G`, a retry topic `T.G.retry` and
- * a dead-letter topic `T.G.dead-letters` (read by the consumer group `T:G:dead-letters`). A
- * failing message moves to the retry topic with its due time, so the partition it came from goes
+ * Kafka through kafkajs. What exists on the cluster (topics, consumer groups) is in
+ * kafka-topology.ts. A failing message moves to the retry topic with its due time, so the partition it came from goes
  * on; each group reads its retry topic and holds a message until it is due. Records follow the
  * CloudEvents Kafka binding (see kafka-headers.ts): the value is the message's JSON, its metadata
  * in `ce_` headers, the key and the timestamp; retries and dead letters keep the bytes.
@@ -73,10 +70,7 @@ export class KafkaAdapter implements BrokerAdapter {
   private batching?: BatchingProducer;
   private admin?: Admin;
   private readonly subscriptions = new OpenConsumers();
-  private readonly knownTopics = new Set<string>();
-  private readonly creating = new Map<string, Promise<void>>();
-  /** Set when the admin API could not create a topic (a mock cluster, restricted ACLs): auto-creation from then on. */
-  private adminCreationFailed = false;
+  private readonly topology: KafkaTopology;
   private closing = false;
   /** Topics with whenNoGroup 'reject' already warned about: Kafka cannot honour it. */
   private readonly rejectWarned = new Set<string>();
@@ -116,6 +110,12 @@ export class KafkaAdapter implements BrokerAdapter {
       logLevel: logLevel.NOTHING,
     };
     this.kafka = new Kafka(kafkaConfig);
+    this.topology = new KafkaTopology(
+      this.settings,
+      () => this.requireAdmin(),
+      () => this.requireProducer(),
+      this.logger,
+    );
   }
 
   /** The brokers, for errors: host:port only, never SASL credentials. */
@@ -147,8 +147,8 @@ export class KafkaAdapter implements BrokerAdapter {
       if (topic.whenNoGroup === 'reject' && !this.rejectWarned.has(topic.name)) this.warnRejectUnsupported(topic.name);
       const record = toKafkaMessage(message, { dueAt: delayed ? Date.now() + (message.delayMs ?? 0) : undefined, stampPublishedAt: true });
       // The hot path: a topic already known goes straight to the batch, without a promise of its own.
-      if (this.knownTopics.has(target)) return this.requireBatching().send(target, record);
-      return this.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
+      if (this.topology.isKnown(target)) return this.requireBatching().send(target, record);
+      return this.topology.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
     } catch (error) {
       return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
@@ -156,92 +156,19 @@ export class KafkaAdapter implements BrokerAdapter {
 
   async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const target = retryTopic(topic.name, group);
-    await this.ensureTopics([target]);
+    await this.topology.ensureTopics([target]);
     // ce_id goes with it: the group reads the retry with the id of the first delivery, whatever its offset.
     await this.requireBatching().send(target, toKafkaMessage(message, { dueAt: Date.now() + (message.delayMs ?? 0) }));
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     const target = deadLetterTopic(topic.name, group);
-    await this.ensureTopics([target]);
+    await this.topology.ensureTopics([target]);
     await this.requireBatching().send(target, toKafkaMessage(message));
   }
 
-  /**
-   * Reads the group's dead letters as the consumer group `T:G:dead-letters` (the one a dead-letter
-   * subscription uses), so a dead letter counts as removed once that group's offset passed it.
-   * Kafka lets one reader own a partition: this refuses while a dead-letter subscription runs.
-   */
-  async drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
-    const admin = this.requireAdmin();
-    const source = deadLetterTopic(topic.name, group);
-    const groupId = deadLetterGroupId(topic.name, group);
-    await this.ensureTopics([source]);
-    if (await this.hasMembers(groupId)) {
-      throw new Error(`the dead letters of '${group}' are being consumed (consumer group '${groupId}'); stop that subscription to reprocess them`);
-    }
-    // What the group had when the call started: from its committed offset up to the end now.
-    const ends = new Map((await admin.fetchTopicOffsets(source)).map((p) => [p.partition, { high: BigInt(p.high), low: BigInt(p.low) }]));
-    const [committed] = await admin.fetchOffsets({ groupId, topics: [source] });
-    const remaining = new Map<number, bigint>();
-    for (const [partition, { high, low }] of ends) {
-      const entry = committed?.partitions.find((p) => p.partition === partition);
-      const from = entry && entry.offset !== '-1' ? BigInt(entry.offset) : low;
-      if (high > from) remaining.set(partition, high);
-    }
-    if (remaining.size === 0 || limit <= 0) return 0;
-    let visited = 0;
-    let failure: unknown;
-    let finish: () => void = () => undefined;
-    const finished = new Promise<void>((resolve) => (finish = resolve));
-    const consumer = this.kafka.consumer({
-      groupId,
-      sessionTimeout: this.settings.sessionTimeoutMs,
-      heartbeatInterval: this.settings.heartbeatIntervalMs,
-      maxWaitTimeInMs: this.settings.fetchMaxWaitMs,
-      allowAutoTopicCreation: false,
-    });
-    await consumer.connect();
-    try {
-      await consumer.subscribe({ topics: [source], fromBeginning: true });
-      await consumer.run({
-        eachBatchAutoResolve: false,
-        partitionsConsumedConcurrently: 1,
-        eachBatch: async (payload) => {
-          const { batch } = payload;
-          const end = remaining.get(batch.partition);
-          let moved = 0;
-          let drained = false;
-          for (const message of batch.messages) {
-            if (failure !== undefined || visited + moved >= limit || end === undefined || BigInt(message.offset) >= end) break;
-            try {
-              await visit({ ...fromKafkaMessage(batch.topic, batch.partition, message), raw: message });
-            } catch (error) {
-              failure = error;
-              break;
-            }
-            payload.resolveOffset(message.offset);
-            moved++;
-            if (BigInt(message.offset) + 1n >= end) drained = true;
-          }
-          try {
-            await payload.commitOffsetsIfNecessary(payload.uncommittedOffsets());
-            // Counted as removed only once the group's offset has passed them.
-            visited += moved;
-            if (drained) remaining.delete(batch.partition);
-          } catch (error) {
-            failure = error;
-          }
-          if (failure !== undefined || visited >= limit || remaining.size === 0) finish();
-        },
-      });
-      const timedOut = await Promise.race([finished.then(() => false), sleep(DRAIN_TIMEOUT_MS).then(() => true)]);
-      if (timedOut && failure === undefined) this.logger.warn(`reprocessing the dead letters of '${group}' stopped after ${DRAIN_TIMEOUT_MS} ms with ${visited} moved`);
-    } finally {
-      await consumer.disconnect().catch(() => undefined);
-    }
-    if (failure !== undefined) throw failure instanceof Error ? failure : new Error(describeError(failure));
-    return visited;
+  drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
+    return drainKafkaDeadLetters(this.kafka, this.topology, this.settings, this.logger, { topic: topic.name, group, limit, visit });
   }
 
   async consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
@@ -249,10 +176,10 @@ export class KafkaAdapter implements BrokerAdapter {
     const messages = options.source === 'messages';
     const topics = messages ? [topic.name, delayTopic(topic.name), retryTopic(topic.name, group)] : [deadLetterTopic(topic.name, group)];
     const groupId = messages ? consumerGroupId(topic.name, group) : deadLetterGroupId(topic.name, group);
-    await this.ensureTopics(topics);
+    await this.topology.ensureTopics(topics);
     // A new group starts at the end, as a new queue does: it gets what is published from now on.
     // Dead letters are kept from the start: a dead-letter subscription reads those already there.
-    const startAt = messages ? await this.endsOfUncommitted(groupId, topics) : new Map<string, bigint>();
+    const startAt = messages ? await this.topology.endsOfUncommitted(groupId, topics) : new Map<string, bigint>();
     const create = () => new KafkaSubscription(
       this.kafka,
       {
@@ -266,13 +193,7 @@ export class KafkaAdapter implements BrokerAdapter {
         joinWaitMs: this.settings.joinWaitMs,
         fetchMaxWaitMs: this.settings.fetchMaxWaitMs,
         startAt,
-        committedOffsets: async (topicNames) => {
-          const result = new Map<string, string>();
-          for (const { topic: name, partitions } of await this.requireAdmin().fetchOffsets({ groupId, topics: topicNames })) {
-            for (const { partition, offset } of partitions) result.set(`${name}:${partition}`, offset);
-          }
-          return result;
-        },
+        committedOffsets: (topicNames) => this.topology.committedOffsets(groupId, topicNames),
       },
       this.logger,
     );
@@ -303,24 +224,6 @@ export class KafkaAdapter implements BrokerAdapter {
   }
 
   /**
-   * For topics where the group has committed nothing yet: each partition's end offset now, keyed
-   * `topic:partition`. The subscription passes over what lies before it (and commits that), so a
-   * new group starts now and nothing published after subscribe resolves is missed. (The admin API's setOffsets would do
-   * the same, but needs DescribeGroups, which not every Kafka-protocol broker offers.)
-   */
-  private async endsOfUncommitted(groupId: string, topics: string[]): Promise<Map<string, bigint>> {
-    const admin = this.requireAdmin();
-    const startAt = new Map<string, bigint>();
-    for (const { topic, partitions } of await admin.fetchOffsets({ groupId, topics })) {
-      // A group that committed on some partition of the topic is not new there: its other
-      // partitions had nothing for it yet, and start at their beginning.
-      if (partitions.some((p) => p.offset !== '-1')) continue;
-      for (const { partition, high } of await admin.fetchTopicOffsets(topic)) startAt.set(`${topic}:${partition}`, BigInt(high));
-    }
-    return startAt;
-  }
-
-  /**
    * whenNoGroup 'reject' asks to fail a publish to a topic no group reads yet; Kafka cannot tell
    * that cheaply (see KAFKA_CAPABILITIES). Refusing every publish would make the topic unusable
    * here while it works in other envs of the same broker, so the publish goes on, and the setting
@@ -331,56 +234,6 @@ export class KafkaAdapter implements BrokerAdapter {
     this.logger.warn(
       `topic '${topic}' [${this.envSlug}] has whenNoGroup: 'reject', which Kafka cannot honour: the adapter cannot tell cheaply whether a consumer group reads the topic, so publishes are accepted with or without a group (a group gets what is published after it first subscribed; none created later gets earlier messages). Warned once per topic`,
     );
-  }
-
-  /** Whether a consumer group has members now; unknown (false) where the broker lacks DescribeGroups. */
-  private async hasMembers(groupId: string): Promise<boolean> {
-    try {
-      const [description] = (await this.requireAdmin().describeGroups([groupId])).groups;
-      return description !== undefined && description.members.length > 0;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Makes sure topics exist: through the admin API, or by the broker's auto-creation. */
-  private async ensureTopics(topics: string[]): Promise<void> {
-    const missing = topics.filter((topic) => !this.knownTopics.has(topic));
-    if (missing.length === 0) return;
-    await Promise.all(
-      missing.map((topic) => {
-        let creating = this.creating.get(topic);
-        if (!creating) {
-          creating = this.createTopic(topic).finally(() => this.creating.delete(topic));
-          creating.catch(() => undefined);
-          this.creating.set(topic, creating);
-        }
-        return creating;
-      }),
-    );
-  }
-
-  private async createTopic(topic: string): Promise<void> {
-    const admin = this.requireAdmin();
-    const { topicCreation, numPartitions, replicationFactor } = this.settings;
-    if (topicCreation === 'admin' && !this.adminCreationFailed) {
-      try {
-        await admin.createTopics({ topics: [{ topic, numPartitions, replicationFactor }], waitForLeaders: true });
-        this.knownTopics.add(topic);
-        return;
-      } catch (error) {
-        this.adminCreationFailed = true;
-        this.logger.warn(`creating topics with the Kafka admin API failed (${describeError(error)}); relying on the brokers' auto-creation from now on`);
-      }
-    }
-    // With topicCreation 'none' the topic must exist already, and this fails if it does not.
-    // Otherwise a metadata request that allows auto-creation makes a broker with
-    // auto.create.topics.enable create it. kafkajs's admin never allows it (its Metadata requests
-    // say allowAutoTopicCreation: false); the producer does, and a send of no messages asks for
-    // the topic's metadata and produces nothing.
-    const producer = this.requireProducer();
-    await withRetries<unknown>(() => (topicCreation === 'none' ? admin.fetchTopicMetadata({ topics: [topic] }) : producer.send({ topic, messages: [] })), 10);
-    this.knownTopics.add(topic);
   }
 
   private requireProducer(): Producer {
@@ -397,21 +250,6 @@ export class KafkaAdapter implements BrokerAdapter {
     if (!this.admin || this.closing) throw new Error('the Kafka adapter is not connected');
     return this.admin;
   }
-}
-
-async function withRetries<T>(work: () => Promise<T>, attempts: number): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await work();
-    } catch (error) {
-      if (attempt >= attempts) throw error;
-      await sleep(100 * attempt);
-    }
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
 export function createKafkaAdapter(config: Config, context: AdapterContext): BrokerAdapter {

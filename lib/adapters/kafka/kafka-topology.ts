@@ -1,0 +1,130 @@
+import type { Admin, Producer } from 'kafkajs';
+import { describeError } from '../../errors';
+import type { KafkaEnvConfig } from '../../interfaces/broker-options.interface';
+import { singleFlight } from '../../support/single-flight';
+import { sleep } from '../../support/sleep';
+import type { AdapterLogger } from '../broker-adapter';
+
+type TopicSettings = Required<Pick<KafkaEnvConfig['config'], 'topicCreation' | 'numPartitions' | 'replicationFactor'>>;
+
+/**
+ * What exists on the Kafka cluster for this adapter: topics (made through the admin API or by the
+ * brokers' auto-creation), and what the consumer groups have committed.
+ *
+ * Per physical topic T: the topic T, `T.delay` for publishes with `delayMs`, and per subscription
+ * group G the consumer group `T:G`, a retry topic `T.G.retry` and a dead-letter topic
+ * `T.G.dead-letters` read by the consumer group `T:G:dead-letters` (names in kafka-names.ts).
+ */
+export class KafkaTopology {
+  private readonly knownTopics = new Set<string>();
+  private readonly creating = singleFlight<string, void>();
+  /** Set when the admin API could not create a topic (a mock cluster, restricted ACLs): auto-creation from then on. */
+  private adminCreationFailed = false;
+
+  constructor(
+    private readonly settings: TopicSettings,
+    private readonly admin: () => Admin,
+    private readonly producer: () => Producer,
+    private readonly logger: AdapterLogger,
+  ) {}
+
+  /** The topic is known to exist: a publish to it needs no promise of its own. */
+  isKnown(topic: string): boolean {
+    return this.knownTopics.has(topic);
+  }
+
+  /** Makes sure topics exist: through the admin API, or by the broker's auto-creation. */
+  async ensureTopics(topics: string[]): Promise<void> {
+    const missing = topics.filter((topic) => !this.knownTopics.has(topic));
+    if (missing.length === 0) return;
+    await Promise.all(missing.map((topic) => this.creating.run(topic, () => this.createTopic(topic))));
+  }
+
+  /**
+   * For topics where the group has committed nothing yet: each partition's end offset now, keyed
+   * `topic:partition`. The subscription passes over what lies before it (and commits that), so a
+   * new group starts now and nothing published after subscribe resolves is missed. (The admin API's setOffsets would do
+   * the same, but needs DescribeGroups, which not every Kafka-protocol broker offers.)
+   */
+  async endsOfUncommitted(groupId: string, topics: string[]): Promise<Map<string, bigint>> {
+    const admin = this.admin();
+    const startAt = new Map<string, bigint>();
+    for (const { topic, partitions } of await admin.fetchOffsets({ groupId, topics })) {
+      // A group that committed on some partition of the topic is not new there: its other
+      // partitions had nothing for it yet, and start at their beginning.
+      if (partitions.some((p) => p.offset !== '-1')) continue;
+      for (const { partition, high } of await admin.fetchTopicOffsets(topic)) startAt.set(`${topic}:${partition}`, BigInt(high));
+    }
+    return startAt;
+  }
+
+  /** The group's committed offsets now, `topic:partition` → offset ('-1': none). */
+  async committedOffsets(groupId: string, topics: string[]): Promise<Map<string, string>> {
+    const result = new Map<string, string>();
+    for (const { topic, partitions } of await this.admin().fetchOffsets({ groupId, topics })) {
+      for (const { partition, offset } of partitions) result.set(`${topic}:${partition}`, offset);
+    }
+    return result;
+  }
+
+  /**
+   * Per partition of `topic` that still holds messages the group has not committed past: the
+   * partition's end offset now.
+   */
+  async uncommittedEnds(groupId: string, topic: string): Promise<Map<number, bigint>> {
+    const admin = this.admin();
+    const ends = new Map((await admin.fetchTopicOffsets(topic)).map((p) => [p.partition, { high: BigInt(p.high), low: BigInt(p.low) }]));
+    const [committed] = await admin.fetchOffsets({ groupId, topics: [topic] });
+    const remaining = new Map<number, bigint>();
+    for (const [partition, { high, low }] of ends) {
+      const entry = committed?.partitions.find((p) => p.partition === partition);
+      const from = entry && entry.offset !== '-1' ? BigInt(entry.offset) : low;
+      if (high > from) remaining.set(partition, high);
+    }
+    return remaining;
+  }
+
+  /** Whether a consumer group has members now; unknown (false) where the broker lacks DescribeGroups. */
+  async hasMembers(groupId: string): Promise<boolean> {
+    try {
+      const [description] = (await this.admin().describeGroups([groupId])).groups;
+      return description !== undefined && description.members.length > 0;
+    } catch {
+      return false;
+    }
+  }
+
+  private async createTopic(topic: string): Promise<void> {
+    const admin = this.admin();
+    const { topicCreation, numPartitions, replicationFactor } = this.settings;
+    if (topicCreation === 'admin' && !this.adminCreationFailed) {
+      try {
+        await admin.createTopics({ topics: [{ topic, numPartitions, replicationFactor }], waitForLeaders: true });
+        this.knownTopics.add(topic);
+        return;
+      } catch (error) {
+        this.adminCreationFailed = true;
+        this.logger.warn(`creating topics with the Kafka admin API failed (${describeError(error)}); relying on the brokers' auto-creation from now on`);
+      }
+    }
+    // With topicCreation 'none' the topic must exist already, and this fails if it does not.
+    // Otherwise a metadata request that allows auto-creation makes a broker with
+    // auto.create.topics.enable create it. kafkajs's admin never allows it (its Metadata requests
+    // say allowAutoTopicCreation: false); the producer does, and a send of no messages asks for
+    // the topic's metadata and produces nothing.
+    const producer = this.producer();
+    await withRetries<unknown>(() => (topicCreation === 'none' ? admin.fetchTopicMetadata({ topics: [topic] }) : producer.send({ topic, messages: [] })), 10);
+    this.knownTopics.add(topic);
+  }
+}
+
+async function withRetries<T>(work: () => Promise<T>, attempts: number): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      if (attempt >= attempts) throw error;
+      await sleep(100 * attempt, { unref: true });
+    }
+  }
+}
