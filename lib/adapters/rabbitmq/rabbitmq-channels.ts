@@ -1,6 +1,7 @@
 import type { Channel, ChannelModel, ConfirmChannel } from 'amqplib';
 import type { AmqpConnectionManager } from 'amqp-connection-manager';
 import { describeError } from '../../errors';
+import { waitAtMost } from '../../support/with-timeout';
 import type { AdapterLogger } from '../broker-adapter';
 
 /** First pause before a channel the broker closed on a live connection is opened again; it doubles up to the max. */
@@ -21,15 +22,8 @@ export function isClosed(channel: Channel): boolean {
 /** Closes a channel, waiting at most a moment for the broker's reply. Never rejects. */
 export async function closeChannel(channel: Channel): Promise<void> {
   if (isClosed(channel)) return;
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    channel.close().catch(() => undefined),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, CLOSE_WAIT_MS);
-      channel.once('close', resolve);
-    }),
-  ]);
-  clearTimeout(timer);
+  const closed = new Promise<void>((resolve) => channel.once('close', () => resolve()));
+  await waitAtMost(Promise.race([channel.close().catch(() => undefined), closed]), CLOSE_WAIT_MS);
 }
 
 export interface ManagedChannelOptions<C extends Channel> {

@@ -1,6 +1,7 @@
 import type { Channel, ConsumeMessage } from 'amqplib';
 import type { AmqpConnectionManager } from 'amqp-connection-manager';
 import { describeError } from '../../errors';
+import { waitAtMost } from '../../support/with-timeout';
 import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
 import { RabbitMqAckBatcher } from './rabbitmq-acks';
 import { isClosed, ManagedChannel } from './rabbitmq-channels';
@@ -79,14 +80,10 @@ export class RabbitMqConsumer implements AdapterConsumer {
     if (!current || isClosed(current.channel)) return;
     // Deliveries already handed over stay ackable on this channel until close(). A silent link
     // would keep the cancel's reply away until the heartbeat gives up: shutdown does not wait that long.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      current.channel.cancel(current.consumerTag).catch((error: unknown) => {
-        if (!isClosed(current.channel)) this.logger.warn(`cancelling the consumer of '${this.spec.queue}': ${describeError(error)}`);
-      }),
-      new Promise<void>((resolve) => (timer = setTimeout(resolve, CANCEL_WAIT_MS))),
-    ]);
-    clearTimeout(timer);
+    const cancelled = current.channel.cancel(current.consumerTag).catch((error: unknown) => {
+      if (!isClosed(current.channel)) this.logger.warn(`cancelling the consumer of '${this.spec.queue}': ${describeError(error)}`);
+    });
+    await waitAtMost(cancelled, CANCEL_WAIT_MS);
   }
 
   async close(): Promise<void> {

@@ -1,4 +1,4 @@
-import type { Channel, ChannelModel, Options } from 'amqplib';
+import type { Channel, ChannelModel } from 'amqplib';
 import { AmqpConnectionManagerClass, type AmqpConnectionManager } from 'amqp-connection-manager';
 import { requiredSetting } from '../../broker-options.validator';
 import { BrokerError, describeError } from '../../errors';
@@ -22,6 +22,9 @@ import { inboundMessage, publishOptions, refusedHeader } from './rabbitmq-header
 import { deadLetterQueue, groupDelayQueue, groupQueue, topicDelayQueue, topicExchange } from './rabbitmq-names';
 import { ChannelLostError, RabbitMqPublisher, UnroutableError } from './rabbitmq-publisher';
 import { closeChannel } from './rabbitmq-channels';
+import { RabbitMqTopology } from './rabbitmq-topology';
+import { sleep } from '../../support/sleep';
+import { waitAtMost, withTimeout } from '../../support/with-timeout';
 import { describeRabbitMq, explainConnectFailure, rabbitMqEndpoint, type ConnectFailure, type RabbitMqEndpoint } from './rabbitmq-connection';
 
 export const RABBITMQ_CAPABILITIES: AdapterCapabilities = {
@@ -43,10 +46,6 @@ export const RABBITMQ_DEFAULTS = {
   queueType: 'classic',
 } as const;
 
-/** A delay queue idle this much longer than its delay is removed by the broker. */
-const DELAY_QUEUE_IDLE_MS = 60_000;
-/** Delay queues remembered as declared; beyond this, the stale ones are forgotten (declared again on use). */
-const MAX_REMEMBERED_DELAY_QUEUES = 1000;
 const CONNECTION_POLL_MS = 50;
 /** amqp-connection-manager's close() can wait for ever on a connection that dropped meanwhile. */
 const MANAGER_CLOSE_WAIT_MS = 3000;
@@ -77,11 +76,9 @@ interface SendOptions {
 type Settings = Required<Omit<RabbitMqEnvConfig['config'], 'url' | 'socketOptions'>> & Pick<RabbitMqEnvConfig['config'], 'socketOptions'> & { url: string };
 
 /**
- * RabbitMQ through amqplib and amqp-connection-manager. The topology, per physical topic `T`:
- * a durable fanout exchange `T`; per subscription group `G` a durable queue `T:G` bound to it and
- * a dead-letter queue `T:G:dead-letters`; retries wait in `T:G:delay-<ms>ms` queues whose message
- * TTL dead-letters them back to `T:G`, and delayed publishes in `T::delay-<ms>ms`, which
- * dead-letters to the exchange. Messages are persistent; every publish is confirmed.
+ * RabbitMQ through amqplib and amqp-connection-manager. What exists on the broker (exchanges,
+ * group queues, dead-letter and delay queues) is declared by RabbitMqTopology
+ * (rabbitmq-topology.ts). Messages are persistent; every publish is confirmed.
  *
  * Publishing and consuming use separate connections, as RabbitMQ advises: a broker that blocks
  * publishers (memory or disk alarm) stops reading their connection, and consumers' acks must
@@ -102,10 +99,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
   private consuming?: AmqpConnectionManager;
   private publisher?: RabbitMqPublisher;
   private readonly consumers = new OpenConsumers();
-  private readonly declaredExchanges = new Set<string>();
-  private readonly declaring = new Map<string, Promise<void>>();
-  /** Delay queue → when this process last declared it (a declare keeps its idle expiry away). */
-  private readonly delayQueues = new Map<string, { declaredAt: number; expiresMs: number }>();
+  private readonly topology: RabbitMqTopology;
   /** Topic → when its last mandatory publish was sent, under `whenNoGroup: 'accept'`. */
   private readonly probedAt = new Map<string, number>();
   private readonly noGroup: NoGroupWarnings;
@@ -131,6 +125,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
     };
     this.target = rabbitMqEndpoint(url);
     this.endpoint = this.target.address;
+    this.topology = new RabbitMqTopology(this.settings, (work, waitMs) => this.withChannel(work, waitMs));
   }
 
   async connect(): Promise<void> {
@@ -153,7 +148,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
     this.publisher = new RabbitMqPublisher(this.publishing, this.settings.publishTimeoutMs, this.logger, (error) => {
       // A deleted exchange closes the publisher's channel (404): declare again before the next send.
       if (error.code === 404) {
-        this.declaredExchanges.clear();
+        this.topology.forgetExchanges();
         this.probedAt.clear();
       }
     });
@@ -177,13 +172,13 @@ export class RabbitMqAdapter implements BrokerAdapter {
       // The delay queue dead-letters to the exchange: both must exist.
       return this.send('', queue, message, deadline, {
         mandatory: true,
-        prepare: () => andThen(this.ensureExchange(exchange, deadline), () => this.ensureDelayQueue(queue, delayMs, { exchange }, deadline)),
+        prepare: () => andThen(this.topology.ensureExchange(exchange, deadline), () => this.topology.ensureDelayQueue(queue, delayMs, { exchange }, deadline)),
       });
     }
     const reject = topic.whenNoGroup === 'reject';
     return this.send(exchange, '', message, deadline, {
       mandatory: reject || this.probeNoGroup(topic.name),
-      prepare: () => this.ensureExchange(exchange, deadline),
+      prepare: () => this.topology.ensureExchange(exchange, deadline),
       noGroup: { topic: topic.name, reject },
     });
   }
@@ -197,7 +192,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
       const delayQueue = groupDelayQueue(topic.name, group, delayMs);
       return this.send('', delayQueue, message, deadline, {
         mandatory: true,
-        prepare: () => this.ensureDelayQueue(delayQueue, delayMs, { exchange: '', routingKey: queue }, deadline),
+        prepare: () => this.topology.ensureDelayQueue(delayQueue, delayMs, { exchange: '', routingKey: queue }, deadline),
       });
     }
     return this.send('', queue, message, deadline, { mandatory: true });
@@ -244,7 +239,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
       {
         queue,
         concurrency: options.concurrency,
-        declare: (channel) => this.declareGroup(channel, topic.name, options.group),
+        declare: (channel) => this.topology.declareGroup(channel, topic.name, options.group),
         listener,
         attachTimeoutMs: this.settings.connectTimeoutMs,
       },
@@ -330,13 +325,10 @@ export class RabbitMqAdapter implements BrokerAdapter {
       };
     });
     manager.on('connectFailed', onFailure);
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const why = lastFailure ? `; last attempt: ${lastFailure.reason}` : ': no attempt was answered';
-        reject(new Error(`cannot connect to ${where} within ${connectTimeoutMs} ms (connectTimeoutMs), retrying every ${reconnectDelayMs} ms${why}`));
-      }, connectTimeoutMs);
-    });
+    const timedOut = (): Error => {
+      const why = lastFailure ? `; last attempt: ${lastFailure.reason}` : ': no attempt was answered';
+      return new Error(`cannot connect to ${where} within ${connectTimeoutMs} ms (connectTimeoutMs), retrying every ${reconnectDelayMs} ms${why}`);
+    };
     // Without amqp-connection-manager's own timeout: its timer outlives a failure it does not
     // know as one (a refused vhost), holding the process for the rest of connectTimeoutMs.
     // It rejects by itself only on a refused login, which onFailure has explained first.
@@ -344,12 +336,11 @@ export class RabbitMqAdapter implements BrokerAdapter {
       throw lastFailure?.refused ? refusal(lastFailure) : error;
     });
     try {
-      await Promise.race([connected, refused, timedOut]);
+      await withTimeout(Promise.race([connected, refused]), connectTimeoutMs, timedOut);
     } finally {
-      clearTimeout(timer);
       manager.removeListener('connectFailed', onFailure);
       // Those that lost the race must not reject unheard.
-      for (const pending of [connected, refused, timedOut]) pending.catch(() => undefined);
+      for (const pending of [connected, refused]) pending.catch(() => undefined);
     }
   }
 
@@ -391,7 +382,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
           return;
         }
         // A delay queue that expired or was deleted since this process declared it: declare it again, once.
-        if (error instanceof UnroutableError && prepare && !rerouted && Date.now() < deadline && this.delayQueues.delete(routingKey)) {
+        if (error instanceof UnroutableError && prepare && !rerouted && Date.now() < deadline && this.topology.forgetDelayQueue(routingKey)) {
           rerouted = true;
           continue;
         }
@@ -408,74 +399,6 @@ export class RabbitMqAdapter implements BrokerAdapter {
     if (this.probedAt.size >= MAX_PROBED_TOPICS) this.probedAt.clear();
     this.probedAt.set(topic, now);
     return true;
-  }
-
-  /** Declares a group's queues (and its topic's exchange) on a channel; idempotent. */
-  private async declareGroup(channel: Channel, topic: string, group: string): Promise<void> {
-    const exchange = topicExchange(topic);
-    const queue = groupQueue(topic, group);
-    await channel.assertExchange(exchange, 'fanout', { durable: true });
-    this.declaredExchanges.add(exchange);
-    await channel.assertQueue(queue, this.queueOptions());
-    await channel.bindQueue(queue, exchange, '');
-    await channel.assertQueue(deadLetterQueue(topic, group), this.queueOptions());
-  }
-
-  private queueOptions(extra: Record<string, unknown> = {}): Options.AssertQueue {
-    // A classic queue is declared without x-queue-type, as most existing ones were.
-    const type = this.settings.queueType === 'quorum' ? { 'x-queue-type': 'quorum' } : {};
-    return { durable: true, arguments: { ...type, ...extra } };
-  }
-
-  /** undefined when the exchange is known to exist (the hot path stays synchronous). */
-  private ensureExchange(exchange: string, deadline: number): Promise<void> | undefined {
-    if (this.declaredExchanges.has(exchange)) return undefined;
-    const declared = this.once(`exchange ${exchange}`, async () => {
-      await this.withChannel((channel) => channel.assertExchange(exchange, 'fanout', { durable: true }), this.settings.publishTimeoutMs);
-      this.declaredExchanges.add(exchange);
-    });
-    return beforeDeadline(declared, deadline, `declaring exchange '${exchange}'`);
-  }
-
-  /**
-   * A delay queue's TTL holds its messages back, then RabbitMQ dead-letters them to `target`. The
-   * queue removes itself once idle, so one-off delays do not pile up; every sender declares it
-   * again well before that. undefined when it was declared recently enough.
-   */
-  private ensureDelayQueue(queue: string, delayMs: number, target: { exchange: string; routingKey?: string }, deadline: number): Promise<void> | undefined {
-    const expiresMs = 2 * delayMs + DELAY_QUEUE_IDLE_MS;
-    const known = this.delayQueues.get(queue);
-    if (known && Date.now() - known.declaredAt < expiresMs / 4) return undefined;
-    const declared = this.once(`queue ${queue}`, async () => {
-      const deadLetter: Record<string, unknown> = { 'x-dead-letter-exchange': target.exchange };
-      if (target.routingKey !== undefined) deadLetter['x-dead-letter-routing-key'] = target.routingKey;
-      // Quorum queues dead-letter at least once; classic ones may lose the hop if the broker crashes during it.
-      const safety = this.settings.queueType === 'quorum' ? { 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish' } : {};
-      const args = { 'x-message-ttl': delayMs, 'x-expires': expiresMs, ...deadLetter, ...safety };
-      await this.withChannel((channel) => channel.assertQueue(queue, this.queueOptions(args)), this.settings.publishTimeoutMs);
-      this.rememberDelayQueue(queue, expiresMs);
-    });
-    return beforeDeadline(declared, deadline, `declaring queue '${queue}'`);
-  }
-
-  private rememberDelayQueue(queue: string, expiresMs: number): void {
-    const now = Date.now();
-    this.delayQueues.set(queue, { declaredAt: now, expiresMs });
-    if (this.delayQueues.size <= MAX_REMEMBERED_DELAY_QUEUES) return;
-    // Forgetting a queue only costs a declare on its next use.
-    for (const [name, known] of this.delayQueues) if (now - known.declaredAt >= known.expiresMs / 4) this.delayQueues.delete(name);
-  }
-
-  /** Runs one declaration at a time per name; callers that arrive meanwhile share it. */
-  private once(key: string, declare: () => Promise<void>): Promise<void> {
-    let pending = this.declaring.get(key);
-    if (!pending) {
-      pending = declare().finally(() => this.declaring.delete(key));
-      // Every caller may have stopped waiting (its deadline passed): the failure must not go unheard.
-      pending.catch(() => undefined);
-      this.declaring.set(key, pending);
-    }
-    return pending;
   }
 
   /** A short-lived channel on the consuming connection, for declarations and dead-letter reads. */
@@ -505,7 +428,7 @@ export class RabbitMqAdapter implements BrokerAdapter {
         }
       }
       if (Date.now() >= deadline) throw new Error(`no connection to RabbitMQ at ${this.endpoint} within ${waitMs} ms`);
-      await new Promise((resolve) => setTimeout(resolve, CONNECTION_POLL_MS));
+      await sleep(CONNECTION_POLL_MS);
     }
   }
 
@@ -525,17 +448,6 @@ function andThen(first: Promise<void> | undefined, next: () => Promise<void> | u
   return first ? first.then(() => next()) : next();
 }
 
-/** Waits for a shared declaration, but no longer than this caller's own deadline. */
-function beforeDeadline(declared: Promise<void>, deadline: number, what: string): Promise<void> {
-  const left = deadline - Date.now();
-  if (left <= 0) return Promise.reject(new Error(`publish timeout passed while ${what}`));
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<void>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`publish timeout passed while ${what} (no connection to RabbitMQ?)`)), left);
-  });
-  return Promise.race([declared, timeout]).finally(() => clearTimeout(timer));
-}
-
 /**
  * Closes a connection manager. Its close() never settles while it waits to retry a failed
  * connect, nor when the connection drops during the close; it stops its retries at once, though,
@@ -543,12 +455,10 @@ function beforeDeadline(declared: Promise<void>, deadline: number, what: string)
  */
 async function closeManager(manager: AmqpConnectionManager): Promise<void> {
   manager.once('connect', ({ connection }: { connection: ChannelModel }) => void connection.close().catch(() => undefined));
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
+  await waitAtMost(
     manager.close().catch(() => undefined),
-    new Promise<void>((resolve) => (timer = setTimeout(resolve, manager.isConnected() ? MANAGER_CLOSE_WAIT_MS : 0))),
-  ]);
-  clearTimeout(timer);
+    manager.isConnected() ? MANAGER_CLOSE_WAIT_MS : 0,
+  );
 }
 
 /** RabbitMQ TTLs are whole milliseconds. */
