@@ -7,6 +7,7 @@ import {
   SubscribeCommand,
   type SNSClientConfig,
 } from '@aws-sdk/client-sns';
+import { singleFlight } from '../../support/single-flight';
 import type { StringAttribute } from './sqs-attributes';
 
 export interface SnsFanoutOptions {
@@ -21,7 +22,7 @@ export interface SnsFanoutOptions {
  */
 export class SnsFanout {
   private readonly client: SNSClient;
-  private readonly topicArns = new Map<string, Promise<string>>();
+  private readonly topicArns = singleFlight<string, string>({ keepResolved: true });
   /** Topics known to have at least one subscribed queue (a group): no need to look again. */
   private readonly subscribed = new Set<string>();
 
@@ -33,13 +34,7 @@ export class SnsFanout {
   }
 
   topicArn(name: string, fifo: boolean): Promise<string> {
-    let promise = this.topicArns.get(name);
-    if (!promise) {
-      promise = this.findOrCreate(name, fifo);
-      this.topicArns.set(name, promise);
-      promise.catch(() => this.topicArns.delete(name));
-    }
-    return promise;
+    return this.topicArns.run(name, () => this.findOrCreate(name, fifo));
   }
 
   /** A queue is known to be subscribed to the topic (found, or subscribed from here). */

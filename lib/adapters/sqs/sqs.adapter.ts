@@ -1,18 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
-import {
-  ChangeMessageVisibilityCommand,
-  CreateQueueCommand,
-  DeleteMessageCommand,
-  GetQueueAttributesCommand,
-  GetQueueUrlCommand,
-  ListQueuesCommand,
-  ReceiveMessageCommand,
-  SendMessageCommand,
-  SetQueueAttributesCommand,
-  SQSClient,
-  type SQSClientConfig,
-} from '@aws-sdk/client-sqs';
-import { BrokerError, describeError, redactSecrets } from '../../errors';
+import { ListQueuesCommand, SendMessageCommand, SQSClient, type SQSClientConfig } from '@aws-sdk/client-sqs';
+import { BrokerError, redactSecrets } from '../../errors';
 import type { SqsEnvConfig } from '../../interfaces/broker-options.interface';
 import type {
   AdapterCapabilities,
@@ -37,14 +25,18 @@ import {
   escapeForSqs,
   MAX_MESSAGE_BYTES,
   messageBytes,
-  readMessage,
   toAttributes,
   type StringAttribute,
 } from './sqs-attributes';
 import { SqsConsumer } from './sqs-consumer';
 import type * as SqsFanoutModule from './sqs-fanout';
 import type { SnsFanout } from './sqs-fanout';
-import { deadLetterQueueName, groupQueueName, isFifoName, parseQueueArn, queueNameOfUrl, snsTopicName, topicQueueName } from './sqs-names';
+import { drainSqsDeadLetters } from './sqs-dead-letters';
+import { isFifoName, queueNameOfUrl, snsTopicName } from './sqs-names';
+import { errorName, SqsRequests } from './sqs-requests';
+import { SqsTopology, type TopicPlan } from './sqs-topology';
+
+export { errorName };
 
 type Config = SqsEnvConfig['config'];
 
@@ -56,9 +48,6 @@ export const SQS_DEFAULTS = {
   createMissing: true,
   requestTimeoutMs: 10_000,
 } as const;
-
-/** How long SQS keeps the dead letters of queues the adapter makes: its longest, 14 days. */
-const DEAD_LETTER_RETENTION_SECONDS = 1_209_600;
 
 /** Longest per-message delay SQS takes (15 minutes). */
 export const MAX_DELAY_SECONDS = 900;
@@ -85,13 +74,6 @@ export function sqsCapabilities(config: Pick<Config, 'fanout' | 'fifo'> = {}): A
   };
 }
 
-interface TopicPlan {
-  mode: 'queue' | 'sns';
-  fifo: boolean;
-  /** Queue mode: the queue URL configured for this env, if any. */
-  queueUrl?: string;
-}
-
 /**
  * AWS SQS through the AWS SDK v3. A topic is either one queue whose consumers all compete
  * ('queue' mode, Ductape's shape), or an SNS topic with one queue per group subscribed to it with
@@ -103,12 +85,10 @@ export class SqsAdapter implements BrokerAdapter {
   private readonly settings: Required<Pick<Config, 'fanout' | 'fifo' | 'waitTimeSeconds' | 'visibilityTimeoutSeconds' | 'createMissing' | 'requestTimeoutMs'>>;
   private readonly client: SQSClient;
   private readonly clientConfig: SQSClientConfig;
-  private readonly secrets: string[];
   private fanout?: SnsFanout;
   private readonly consumers = new OpenConsumers();
-  private readonly queueUrls = new Map<string, Promise<string>>();
-  private readonly deadLetterUrls = new Map<string, Promise<string>>();
-  private readonly groupQueues = new Map<string, Promise<string>>();
+  private readonly requests: SqsRequests;
+  private readonly topology: SqsTopology;
   /** Queue mode: the group consuming each topic in this process, and how many consumers it has. */
   private readonly queueGroups = new Map<string, { group: string; consumers: number }>();
   private readonly noGroup: NoGroupWarnings;
@@ -144,7 +124,9 @@ export class SqsAdapter implements BrokerAdapter {
       requestHandler: { connectionTimeout: 5000, requestTimeout: this.settings.requestTimeoutMs, throwOnRequestTimeout: true },
     };
     this.client = new SQSClient(this.clientConfig);
-    this.secrets = [config.secretAccessKey, config.sessionToken].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
+    const secrets = [config.secretAccessKey, config.sessionToken].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
+    this.requests = new SqsRequests(this.endpoint, secrets);
+    this.topology = new SqsTopology(this.client, this.settings, context.envSlug, this.requests, () => this.requireFanout());
   }
 
   /** Where requests go, for errors: the endpoint or AWS's regional one, never a credential. */
@@ -161,7 +143,7 @@ export class SqsAdapter implements BrokerAdapter {
       await this.client.send(new ListQueuesCommand({ MaxResults: 1 }));
     } catch (error) {
       if (errorName(error) === 'AccessDenied' || errorName(error) === 'AccessDeniedException') return;
-      throw this.failure('cannot reach SQS', error);
+      throw this.requests.failure('cannot reach SQS', error);
     }
   }
 
@@ -172,10 +154,10 @@ export class SqsAdapter implements BrokerAdapter {
    * each subscribed queue.
    */
   async publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
-    const plan = this.plan(topic);
+    const plan = this.topology.plan(topic);
     const prepared = this.prepare(topic, message, plan, MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM_BYTES, 'publish');
     if (plan.mode === 'queue') {
-      const url = await this.workQueueUrl(topic, plan);
+      const url = await this.topology.workQueueUrl(topic, plan);
       return this.send(url, prepared, message.messageId);
     }
     const fanout = this.requireFanout();
@@ -194,85 +176,43 @@ export class SqsAdapter implements BrokerAdapter {
       // Nothing to deliver it to, as SNS would drop it.
       return this.noGroup.warn(topic.name);
     }
-    const urls = await Promise.all(queueArns.map((arn) => this.queueUrlOfArn(arn)));
+    const urls = await Promise.all(queueArns.map((arn) => this.topology.queueUrlOfArn(arn)));
     await Promise.all(urls.map((url) => this.send(url, prepared, message.messageId)));
   }
 
   async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    const plan = this.plan(topic);
-    const url = plan.mode === 'queue' ? await this.workQueueUrl(topic, plan) : await this.existingGroupQueueUrl(topic, group, plan);
+    const plan = this.topology.plan(topic);
+    const url = plan.mode === 'queue' ? await this.topology.workQueueUrl(topic, plan) : await this.topology.existingGroupQueueUrl(topic, group, plan);
     // A fresh deduplication id: the same message sent again (reprocessed) must not be dropped as a duplicate.
     await this.send(url, this.prepare(topic, message, plan), randomUUID());
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    const plan = this.plan(topic);
-    const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
+    const plan = this.topology.plan(topic);
+    const url = await this.topology.deadLetterQueueUrl(topic, group, plan, 'existing');
     await this.send(url, this.prepare(topic, message, plan, Infinity, 'dead-letter'), randomUUID());
   }
 
   async drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
-    const plan = this.plan(topic);
+    const plan = this.topology.plan(topic);
     // Only a group that exists has dead letters: a mistyped group must not create a queue.
-    const url = await this.deadLetterQueueUrl(topic, group, plan, 'existing');
-    // What was there when the call started: a dead letter sent after that (one that failed again,
-    // or any new one) is passed over, held until the end so the drain does not meet it again, then
-    // shown again. SentTimestamp is SQS's clock; ours is assumed in step.
-    const startedAt = Date.now();
-    const passedOver: { ReceiptHandle?: string }[] = [];
-    let moved = 0;
-    try {
-      while (moved < limit) {
-        const output = await this.request('ReceiveMessage', url, () =>
-          this.client.send(
-            new ReceiveMessageCommand({
-              QueueUrl: url,
-              MaxNumberOfMessages: Math.min(10, limit - moved),
-              // A short long poll: it asks every SQS server, where a receive without wait samples a few.
-              WaitTimeSeconds: 1,
-              VisibilityTimeout: this.settings.visibilityTimeoutSeconds,
-              MessageAttributeNames: ['All'],
-              MessageSystemAttributeNames: ['SentTimestamp', 'MessageGroupId'],
-            }),
-          ),
-        );
-        const messages = output.Messages ?? [];
-        const old = messages.filter((record) => !(Number(record.Attributes?.SentTimestamp) > startedAt));
-        passedOver.push(...messages.filter((record) => !old.includes(record)));
-        // Nothing left, or only newer ones: done.
-        if (old.length === 0) break;
-        for (let i = 0; i < old.length; i++) {
-          const record = old[i];
-          try {
-            await visit({ body: record.Body ?? '', ...readMessage(record), raw: record });
-            await this.request('DeleteMessage', url, () => this.client.send(new DeleteMessageCommand({ QueueUrl: url, ReceiptHandle: record.ReceiptHandle })));
-          } catch (error) {
-            // The rest of this batch shows again at once, not after the visibility timeout.
-            await this.makeVisible(url, old.slice(i));
-            throw error;
-          }
-          moved++;
-        }
-      }
-    } finally {
-      await this.makeVisible(url, passedOver);
-    }
-    return moved;
+    const url = await this.topology.deadLetterQueueUrl(topic, group, plan, 'existing');
+    return drainSqsDeadLetters(this.client, this.requests, url, this.settings.visibilityTimeoutSeconds, limit, visit);
   }
 
   async consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
     if (this.closing) throw new Error('the SQS adapter is closed');
-    const plan = this.plan(topic);
+    const plan = this.topology.plan(topic);
     const release = plan.mode === 'queue' ? this.claimQueueGroup(topic, options.group) : () => undefined;
     try {
       const url =
         options.source === 'dead-letters'
-          ? await this.deadLetterQueueUrl(topic, options.group, plan, 'create')
+          ? await this.topology.deadLetterQueueUrl(topic, options.group, plan, 'create')
           : plan.mode === 'queue'
-            ? await this.workQueueUrl(topic, plan)
-            : await this.groupQueueUrl(topic, options.group, plan);
+            ? await this.topology.workQueueUrl(topic, plan)
+            : await this.topology.groupQueueUrl(topic, options.group, plan);
       // A queue given by URL may not exist (or not be ours to read): say so now, not in a poller's log.
-      await this.queueArn(url);
+      await this.topology.queueArn(url);
       const consumer = new SqsConsumer(
         this.client,
         {
@@ -311,25 +251,6 @@ export class SqsAdapter implements BrokerAdapter {
     await this.consumers.closeAll();
     this.client.destroy();
     this.fanout?.destroy();
-  }
-
-  /** How a topic is laid out for this env: its mode, whether FIFO, and a configured queue URL. */
-  private plan(topic: AdapterTopic): TopicPlan {
-    const config = topic.config;
-    const queueUrl = config?.queueUrls?.find((entry) => entry.env_slug === this.context.envSlug)?.url;
-    const mode = config?.fanout ?? this.settings.fanout;
-    if (queueUrl !== undefined && mode === 'sns') {
-      throw new BrokerError('CONFIG_INVALID', `topic '${topic.tag}': queueUrls name one queue (queue mode); with fanout 'sns' each group has its own queue`);
-    }
-    if (queueUrl !== undefined) {
-      // The queue is what it is: FIFO exactly when its name ends in .fifo.
-      const fifo = isFifoName(queueNameOfUrl(queueUrl));
-      if (config?.fifo !== undefined && config.fifo !== fifo) {
-        throw new BrokerError('CONFIG_INVALID', `topic '${topic.tag}': fifo is ${String(config.fifo)} but its queue URL for '${this.context.envSlug}' is ${fifo ? '' : 'not '}a FIFO queue`);
-      }
-      return { mode, fifo, queueUrl };
-    }
-    return { mode, fifo: config?.fifo ?? this.settings.fifo, queueUrl };
   }
 
   /** Queue mode is point-to-point: one group per topic, or its groups would silently share messages. */
@@ -391,7 +312,7 @@ export class SqsAdapter implements BrokerAdapter {
         DelaySeconds: fifo ? undefined : message.delaySeconds,
         ...(fifo ? fifoIds(message.key, deduplicationId) : {}),
       });
-    await this.request('SendMessage', url, async () => {
+    await this.requests.request('SendMessage', url, async () => {
       try {
         return await this.client.send(command(message.body));
       } catch (error) {
@@ -426,179 +347,6 @@ export class SqsAdapter implements BrokerAdapter {
     );
   }
 
-  /** Queue mode: the configured queue URL, or the topic's own queue (created when allowed). */
-  private workQueueUrl(topic: AdapterTopic, plan: TopicPlan): Promise<string> {
-    if (plan.queueUrl !== undefined) return Promise.resolve(plan.queueUrl);
-    return this.queueUrl(topicQueueName(topic.name, plan.fifo), plan.fifo);
-  }
-
-  /** Fan-out mode: the group's queue, subscribed to the SNS topic with raw delivery (made on first use). */
-  private groupQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan): Promise<string> {
-    const name = groupQueueName(topic.name, group, plan.fifo);
-    return this.cached(this.groupQueues, name, async () => {
-      const fanout = this.requireFanout();
-      const topicArn = await fanout.topicArn(snsTopicName(topic.name, plan.fifo), plan.fifo);
-      const url = await this.queueUrl(name, plan.fifo);
-      if (this.settings.createMissing) {
-        const queueArn = await this.queueArn(url);
-        await this.allowTopicToSend(url, queueArn, topicArn);
-        await fanout.subscribeQueue(topicArn, queueArn);
-      }
-      return url;
-    });
-  }
-
-  /** Fan-out mode: the queue of a group that has subscribed at some point; never made here. */
-  private async existingGroupQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan): Promise<string> {
-    const name = groupQueueName(topic.name, group, plan.fifo);
-    const known = this.groupQueues.get(name);
-    if (known) return known;
-    try {
-      return await this.queueUrl(name, plan.fifo, 'existing');
-    } catch (error) {
-      throw new Error(`group '${group}' of topic '${topic.tag}' has no queue (it never subscribed): ${(error as Error).message}`);
-    }
-  }
-
-  /**
-   * SNS may write to a queue only when the queue's policy lets it (real AWS enforces this). Our
-   * statement is added or updated by its Sid; the rest of the policy is kept as it is.
-   */
-  private async allowTopicToSend(url: string, queueArn: string, topicArn: string): Promise<void> {
-    const output = await this.request('GetQueueAttributes', url, () => this.client.send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['Policy'] })));
-    const statement = {
-      Sid: `ductape-sns-${createHash('sha256').update(topicArn).digest('hex').slice(0, 16)}`,
-      Effect: 'Allow',
-      Principal: { Service: 'sns.amazonaws.com' },
-      Action: 'sqs:SendMessage',
-      Resource: queueArn,
-      Condition: { ArnEquals: { 'aws:SourceArn': topicArn } },
-    };
-    let policy: { Version?: string; Statement?: unknown[] } = { Version: '2012-10-17', Statement: [] };
-    if (output.Attributes?.Policy) {
-      try {
-        policy = JSON.parse(output.Attributes.Policy) as typeof policy;
-      } catch {
-        throw new Error(`SQS queue ${queueNameOfUrl(url)} has a policy that is not JSON; not touching it`);
-      }
-    }
-    const statements = Array.isArray(policy.Statement) ? policy.Statement : policy.Statement ? [policy.Statement] : [];
-    const existing = statements.find((candidate) => (candidate as { Sid?: unknown }).Sid === statement.Sid);
-    if (existing && JSON.stringify(existing) === JSON.stringify(statement)) return;
-    const updated = { ...policy, Version: policy.Version ?? '2012-10-17', Statement: [...statements.filter((candidate) => candidate !== existing), statement] };
-    await this.request('SetQueueAttributes', url, () => this.client.send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: { Policy: JSON.stringify(updated) } })));
-  }
-
-  /**
-   * The dead-letter queue of a topic (queue mode) or of a group (fan-out): the work queue's
-   * redrive target when it has a redrive policy, otherwise `<queue>-dead-letters`.
-   */
-  private async deadLetterQueueUrl(topic: AdapterTopic, group: string, plan: TopicPlan, groupQueue: 'create' | 'existing'): Promise<string> {
-    const workUrl =
-      plan.mode === 'queue'
-        ? await this.workQueueUrl(topic, plan)
-        : groupQueue === 'create'
-          ? await this.groupQueueUrl(topic, group, plan)
-          : await this.existingGroupQueueUrl(topic, group, plan);
-    return this.cached(this.deadLetterUrls, workUrl, async () => {
-      const output = await this.request('GetQueueAttributes', workUrl, () =>
-        this.client.send(new GetQueueAttributesCommand({ QueueUrl: workUrl, AttributeNames: ['RedrivePolicy'] })),
-      );
-      const redrive = parseRedrivePolicy(output.Attributes?.RedrivePolicy);
-      if (redrive) return this.queueUrlOfArn(redrive);
-      const workName = queueNameOfUrl(workUrl);
-      return this.queueUrl(deadLetterQueueName(workName), isFifoName(workName), 'create', { MessageRetentionPeriod: String(DEAD_LETTER_RETENTION_SECONDS) });
-    });
-  }
-
-  /** A queue's URL by name: created (idempotently) when allowed, otherwise looked up. */
-  private queueUrl(name: string, fifo: boolean, mode: 'create' | 'existing' = 'create', attributes: Record<string, string> = {}): Promise<string> {
-    // A lookup and a creation of one queue do not share a promise: a creation must not fail as a lookup.
-    return this.cached(this.queueUrls, `${mode}:${name}`, async () => {
-      if (this.settings.createMissing && mode === 'create') {
-        try {
-          const output = await this.client.send(new CreateQueueCommand({ QueueName: name, Attributes: { ...attributes, ...(fifo ? { FifoQueue: 'true' } : {}) } }));
-          if (output.QueueUrl) return output.QueueUrl;
-        } catch (error) {
-          // It exists with other attributes (made by someone else), or we may not create queues: use it as it is.
-          if (!['QueueAlreadyExists', 'QueueNameExists', 'AccessDenied', 'AccessDeniedException'].includes(errorName(error))) {
-            throw this.failure(`CreateQueue '${name}' failed`, error);
-          }
-        }
-      }
-      try {
-        const output = await this.client.send(new GetQueueUrlCommand({ QueueName: name }));
-        if (output.QueueUrl) return output.QueueUrl;
-        throw new Error('no QueueUrl in the answer');
-      } catch (error) {
-        if (isMissingQueue(error)) {
-          const why = mode === 'existing' ? '' : this.settings.createMissing ? '' : ' (createMissing is false, so the adapter does not create it)';
-          throw new Error(`SQS queue '${name}' does not exist at ${this.endpoint}${why}`);
-        }
-        throw this.failure(`GetQueueUrl '${name}' failed`, error);
-      }
-    });
-  }
-
-  private async queueUrlOfArn(arn: string): Promise<string> {
-    const parsed = parseQueueArn(arn);
-    if (!parsed) throw new Error(`'${arn}' is not an SQS queue ARN`);
-    return this.cached(this.queueUrls, `arn:${arn}`, async () => {
-      const output = await this.request('GetQueueUrl', parsed.name, () =>
-        this.client.send(new GetQueueUrlCommand({ QueueName: parsed.name, QueueOwnerAWSAccountId: parsed.account || undefined })),
-      );
-      if (!output.QueueUrl) throw new Error(`no URL for SQS queue ${arn}`);
-      return output.QueueUrl;
-    });
-  }
-
-  private async queueArn(url: string): Promise<string> {
-    const output = await this.request('GetQueueAttributes', url, () =>
-      this.client.send(new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['QueueArn'] })),
-    );
-    const arn = output.Attributes?.QueueArn;
-    if (!arn) throw new Error(`SQS returned no QueueArn for ${queueNameOfUrl(url)}`);
-    return arn;
-  }
-
-  private async makeVisible(url: string, messages: { ReceiptHandle?: string }[]): Promise<void> {
-    await Promise.all(
-      messages.map((message) =>
-        this.client.send(new ChangeMessageVisibilityCommand({ QueueUrl: url, ReceiptHandle: message.ReceiptHandle, VisibilityTimeout: 0 })).catch(() => undefined),
-      ),
-    );
-  }
-
-  /** One promise per key while it succeeds; a failure is forgotten, so the next call tries again. */
-  private cached(map: Map<string, Promise<string>>, key: string, make: () => Promise<string>): Promise<string> {
-    let promise = map.get(key);
-    if (!promise) {
-      promise = make();
-      map.set(key, promise);
-      promise.catch(() => map.delete(key));
-    }
-    return promise;
-  }
-
-  /** An SQS request whose failure names the operation and the queue; a missing queue says so plainly. */
-  private async request<T>(operation: string, target: string, work: () => Promise<T>): Promise<T> {
-    try {
-      return await work();
-    } catch (error) {
-      if (isMissingQueue(error)) throw new Error(`SQS ${operation}: queue ${redactSecrets(target)} does not exist at ${this.endpoint}`);
-      throw this.failure(`SQS ${operation} on ${redactSecrets(target)} failed`, error);
-    }
-  }
-
-  /** An error that names the endpoint and the AWS error, with any configured secret cut out. */
-  private failure(context: string, error: unknown): Error {
-    const name = errorName(error);
-    const hint = CREDENTIAL_ERRORS.has(name) ? ' (the credentials were rejected)' : '';
-    let text = `${context} at ${this.endpoint}${hint}: ${describeError(error)}`;
-    for (const secret of this.secrets) text = text.split(secret).join('***');
-    return new Error(text);
-  }
-
   private requireFanout(): SnsFanout {
     if (!this.fanout) {
       let module: typeof SqsFanoutModule;
@@ -613,7 +361,7 @@ export class SqsAdapter implements BrokerAdapter {
       }
       this.fanout = new module.SnsFanout(
         { ...this.clientConfig, endpoint: this.config.endpoint },
-        { createMissing: this.settings.createMissing, failure: (context, error) => this.failure(context, error) },
+        { createMissing: this.settings.createMissing, failure: (context, error) => this.requests.failure(context, error) },
       );
     }
     return this.fanout;
@@ -627,41 +375,6 @@ interface PreparedMessage {
   attributes: Record<string, StringAttribute>;
   delaySeconds?: number;
   key?: string;
-}
-
-/** AWS error names that mean the credentials were refused. */
-const CREDENTIAL_ERRORS = new Set([
-  'InvalidClientTokenId',
-  'SignatureDoesNotMatch',
-  'UnrecognizedClientException',
-  'InvalidAccessKeyId',
-  'ExpiredToken',
-  'ExpiredTokenException',
-  'IncompleteSignature',
-  'CredentialsProviderError',
-  'InvalidSecurity',
-]);
-
-export function errorName(error: unknown): string {
-  if (typeof error !== 'object' || error === null) return '';
-  const candidate = error as { name?: unknown; Code?: unknown; code?: unknown };
-  const name = [candidate.Code, candidate.name, candidate.code].find((value) => typeof value === 'string');
-  return typeof name === 'string' ? name : '';
-}
-
-function isMissingQueue(error: unknown): boolean {
-  const name = errorName(error);
-  return name === 'QueueDoesNotExist' || name === 'AWS.SimpleQueueService.NonExistentQueue' || name === 'NonExistentQueue';
-}
-
-function parseRedrivePolicy(text: string | undefined): string | undefined {
-  if (!text) return undefined;
-  try {
-    const policy = JSON.parse(text) as { deadLetterTargetArn?: unknown };
-    return typeof policy.deadLetterTargetArn === 'string' ? policy.deadLetterTargetArn : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**
