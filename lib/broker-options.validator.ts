@@ -1,9 +1,14 @@
-import { hasAdapter, AVAILABLE_ADAPTER_TYPES } from './adapters/adapter-factory';
+import {
+  availableAdapterTypes,
+  BUILT_IN_BROKER_TYPES,
+  hasAdapter,
+  isBuiltInType,
+  registrationOf,
+  type RegisteredAdapters,
+} from './adapters/adapter-factory';
 import { MAX_TIMER_MS, NAME_PATTERN } from './constants';
-import { BrokerError, redactSecrets } from './errors';
-import type { BrokerEnvConfig, BrokerModuleOptions } from './interfaces/broker-options.interface';
-
-const BROKER_TYPES = ['memory', 'rabbitmq', 'kafka', 'sqs', 'redis', 'nats'] as const;
+import { BrokerError, describeError, redactSecrets } from './errors';
+import type { BrokerAdapterDefinition, BrokerEnvConfig, BrokerModuleOptions, BrokerType } from './interfaces/broker-options.interface';
 
 type Problems = string[];
 type Obj = Record<string, unknown>;
@@ -13,7 +18,7 @@ type Obj = Record<string, unknown>;
  * each naming its field (`brokers[0].envs[1].type`). Values are never echoed, except type names
  * and tags, so a secret in a wrong place never reaches a log.
  */
-export function validateBrokerOptions(input: unknown): BrokerModuleOptions {
+export function validateBrokerOptions(input: unknown): BrokerModuleOptions<string> {
   const problems: Problems = [];
   if (!isObject(input)) {
     throw configError(['options: must be an object']);
@@ -24,6 +29,7 @@ export function validateBrokerOptions(input: unknown): BrokerModuleOptions {
   if (input.retry !== undefined) retryPolicy(input.retry, 'retry', problems);
   duration(input.shutdownTimeoutMs, 'shutdownTimeoutMs', problems);
   positiveInteger(input.maxMessageBytes, 'maxMessageBytes', problems);
+  const registered = adapters(input.adapters, problems);
 
   if (!Array.isArray(input.brokers) || input.brokers.length === 0) {
     problems.push('brokers: must be a non-empty array');
@@ -37,12 +43,44 @@ export function validateBrokerOptions(input: unknown): BrokerModuleOptions {
         if (tags.has(tag)) problems.push(`${path}.tag: duplicate broker tag '${tag}' (also brokers[${tags.get(tag)}])`);
         else tags.set(tag, i);
       }
-      brokerEnvs(broker.envs, `${path}.envs`, input.env, problems);
+      brokerEnvs(broker.envs, `${path}.envs`, input.env, registered, problems);
       if (broker.topics !== undefined) topics(broker.topics, `${path}.topics`, problems);
     });
   }
   if (problems.length > 0) throw configError(problems);
-  return input as unknown as BrokerModuleOptions;
+  return input as unknown as BrokerModuleOptions<string>;
+}
+
+/** The `adapters` option: each a name that is not a built-in type, mapped to a factory or `{ create, validate? }`. */
+function adapters(value: unknown, problems: Problems): RegisteredAdapters {
+  if (value === undefined) return {};
+  if (!isObject(value)) {
+    problems.push('adapters: must be an object of adapter factories by broker type');
+    return {};
+  }
+  const registered: Record<string, BrokerAdapterDefinition> = {};
+  for (const [type, definition] of Object.entries(value)) {
+    const path = `adapters.${type.slice(0, 60)}`;
+    if (!NAME_PATTERN.test(type)) {
+      problems.push(`adapters: ${shown(type)} is not a valid broker type name (letters, digits, '.', '_' and '-')`);
+      continue;
+    }
+    if (isBuiltInType(type)) {
+      problems.push(`${path}: '${type}' is a built-in broker type and cannot be registered (choose another name)`);
+      continue;
+    }
+    const create = typeof definition === 'function' ? definition : isObject(definition) ? definition.create : undefined;
+    if (typeof create !== 'function') {
+      problems.push(`${path}: must be a factory function or an object with a create(config, context) function`);
+      continue;
+    }
+    if (isObject(definition) && definition.validate !== undefined && typeof definition.validate !== 'function') {
+      problems.push(`${path}.validate: must be a function`);
+      continue;
+    }
+    registered[type] = definition as BrokerAdapterDefinition;
+  }
+  return registered;
 }
 
 function configError(problems: Problems): BrokerError {
@@ -54,7 +92,7 @@ function configError(problems: Problems): BrokerError {
   );
 }
 
-function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: Problems): void {
+function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, registered: RegisteredAdapters, problems: Problems): void {
   if (!Array.isArray(envs) || envs.length === 0) return void problems.push(`${path}: must be a non-empty array`);
   const slugs = new Map<string, number>();
   envs.forEach((env, j) => {
@@ -65,21 +103,41 @@ function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: P
       if (slugs.has(slug)) problems.push(`${at}.slug: duplicate env slug '${slug}' (also ${path}[${slugs.get(slug)}])`);
       else slugs.set(slug, j);
     }
-    if (typeof env.type !== 'string' || !(BROKER_TYPES as readonly string[]).includes(env.type)) {
-      problems.push(`${at}.type: unknown broker type ${shown(env.type)} (expected one of ${BROKER_TYPES.join(', ')})`);
+    const custom = typeof env.type === 'string' && !isBuiltInType(env.type) && Object.hasOwn(registered, env.type);
+    if (typeof env.type !== 'string' || (!isBuiltInType(env.type) && !custom)) {
+      const expected = [...BUILT_IN_BROKER_TYPES, ...Object.keys(registered)].join(', ');
+      problems.push(`${at}.type: unknown broker type ${shown(env.type)} (expected one of ${expected})`);
       return;
     }
     whenNoGroup(env.whenNoGroup, `${at}.whenNoGroup`, problems);
     // The process's own env is checked whole. Another env's connection settings may be absent
     // (a `dev` laptop has no stg URL): what is given is checked now, what is missing on first use.
-    connection(env.type as (typeof BROKER_TYPES)[number], env.config, `${at}.config`, problems, env.slug !== moduleEnv);
+    // A registered type's config is the registration's to judge: its `validate` runs for the
+    // process's own env now, for another env on its first use.
+    if (custom) {
+      if (env.slug === moduleEnv) customConfig(registered[env.type], env.config, `${at}.config`, problems);
+    } else connection(env.type as BrokerType, env.config, `${at}.config`, problems, env.slug !== moduleEnv);
     // A type without an adapter yet is refused only where this process would need it.
-    if (env.slug === moduleEnv && !hasAdapter(env.type)) {
-      problems.push(
-        `${at}.type: '${env.type}' has no adapter in this version (available: ${AVAILABLE_ADAPTER_TYPES.join(', ')})`,
-      );
+    if (env.slug === moduleEnv && !hasAdapter(env.type, registered)) {
+      problems.push(`${at}.type: '${String(env.type)}' has no adapter in this version (available: ${availableAdapterTypes(registered).join(', ')})`);
     }
   });
+}
+
+/** Runs a registration's `validate` on an env entry's config; its problems are reported under `path`. */
+function customConfig(definition: BrokerAdapterDefinition, config: unknown, path: string, problems: Problems): void {
+  const registration = registrationOf(definition);
+  if (!registration.validate) return;
+  let found: unknown;
+  try {
+    found = registration.validate(config);
+  } catch (error) {
+    return void problems.push(`${path}: its adapter's validate threw ${describeError(error)}`);
+  }
+  if (found === undefined) return;
+  if (!Array.isArray(found)) return void problems.push(`${path}: its adapter's validate must return a list of problems (got ${typeof found})`);
+  // The adapter's own words, redacted and cut like everything else this module reports.
+  for (const problem of found) problems.push(`${path}: ${redactSecrets(String(problem)).slice(0, 500)}`);
 }
 
 /**
@@ -87,9 +145,12 @@ function brokerEnvs(envs: unknown, path: string, moduleEnv: unknown, problems: P
  * time (one of another env, whose settings were allowed to be absent at startup). Throws
  * CONFIG_INVALID naming the broker, the env and each field.
  */
-export function validateEnvConnection(brokerTag: string, env: BrokerEnvConfig): void {
+export function validateEnvConnection(brokerTag: string, env: BrokerEnvConfig<string>, registered: RegisteredAdapters = {}): void {
   const problems: Problems = [];
-  connection(env.type, (env as { config?: unknown }).config, `broker '${brokerTag}' env '${env.slug}' (${env.type}) config`, problems, false);
+  const path = `broker '${brokerTag}' env '${env.slug}' (${env.type}) config`;
+  const config = (env as { config?: unknown }).config;
+  if (isBuiltInType(env.type)) connection(env.type, config, path, problems, false);
+  else if (Object.hasOwn(registered, env.type)) customConfig(registered[env.type], config, path, problems);
   if (problems.length === 0) return;
   const count = problems.length === 1 ? '1 problem' : `${problems.length} problems`;
   throw new BrokerError(
@@ -113,7 +174,7 @@ export function requiredSetting<T>(value: T | undefined, field: string): T {
  * With `deferred`, a required setting that is absent (undefined), or the whole config, is not a
  * problem yet: validateEnvConnection checks it when the env is first used.
  */
-function connection(type: (typeof BROKER_TYPES)[number], config: unknown, path: string, problems: Problems, deferred: boolean): void {
+function connection(type: BrokerType, config: unknown, path: string, problems: Problems, deferred: boolean): void {
   const absent = (value: unknown) => deferred && value === undefined;
   if (type === 'memory') {
     if (config === undefined) return;

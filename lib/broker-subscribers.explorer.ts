@@ -19,7 +19,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
     private readonly scanner: MetadataScanner,
     private readonly accessor: BrokerMetadataAccessor,
     private readonly broker: MessageBrokerService,
-    @Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions,
+    @Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions<string>,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {

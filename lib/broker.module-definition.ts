@@ -1,20 +1,33 @@
-import { ConfigurableModuleBuilder, type ConfigurableModuleOptionsFactory } from '@nestjs/common';
+import { ConfigurableModuleBuilder, type ConfigurableModuleAsyncOptions, type ConfigurableModuleOptionsFactory } from '@nestjs/common';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 
 export const {
   ConfigurableModuleClass: ConfigurableBrokerModule,
+  // The raw options as given: internal. Providers inject the validated ones, DUCTAPE_BROKER_OPTIONS.
   MODULE_OPTIONS_TOKEN: BROKER_MODULE_OPTIONS,
-  OPTIONS_TYPE: BROKER_OPTIONS_TYPE,
-  ASYNC_OPTIONS_TYPE: BROKER_ASYNC_OPTIONS_TYPE,
-} = new ConfigurableModuleBuilder<BrokerModuleOptions>()
+} = new ConfigurableModuleBuilder<BrokerModuleOptions<string>>()
   .setClassMethodName('forRoot')
   // A class given to forRootAsync({ useClass }) says what it does: createBrokerOptions(), not create().
   .setFactoryMethodName('createBrokerOptions')
   .setExtras({ isGlobal: true }, (definition, extras) => ({ ...definition, global: extras.isGlobal }))
   .build();
 
+/** What the module's extras add to its options: `isGlobal: false` scopes it to the importing module. */
+export interface BrokerModuleExtras {
+  /** Default true. */
+  isGlobal?: boolean;
+}
+
 /**
  * What a class given to `forRootAsync({ useClass })` (or `useExisting`) implements: a
  * `createBrokerOptions()` method that returns the module's options, or a promise of them.
+ * `Custom` names the broker types its options register in `adapters`.
  */
-export type BrokerOptionsFactory = ConfigurableModuleOptionsFactory<BrokerModuleOptions, 'createBrokerOptions'>;
+export type BrokerOptionsFactory<Custom extends string = never> = ConfigurableModuleOptionsFactory<BrokerModuleOptions<Custom>, 'createBrokerOptions'>;
+
+/** What `DuctapeBrokerModule.forRootAsync()` takes. */
+export type DuctapeBrokerModuleAsyncOptions<Custom extends string = never> = ConfigurableModuleAsyncOptions<
+  BrokerModuleOptions<Custom>,
+  'createBrokerOptions'
+> &
+  BrokerModuleExtras;

@@ -1,10 +1,16 @@
-import { Module } from '@nestjs/common';
+import { Module, type DynamicModule } from '@nestjs/common';
 import { DiscoveryModule } from '@nestjs/core';
 import { BrokerMetadataAccessor } from './broker-metadata.accessor';
-import { BROKER_MODULE_OPTIONS, ConfigurableBrokerModule } from './broker.module-definition';
+import {
+  BROKER_MODULE_OPTIONS,
+  ConfigurableBrokerModule,
+  type BrokerModuleExtras,
+  type DuctapeBrokerModuleAsyncOptions,
+} from './broker.module-definition';
 import { validateBrokerOptions } from './broker-options.validator';
 import { BrokerSubscribersExplorer } from './broker-subscribers.explorer';
 import { DUCTAPE_BROKER_OPTIONS } from './constants';
+import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 import { MessageBrokerService } from './message-broker.service';
 
 /**
@@ -20,6 +26,15 @@ import { MessageBrokerService } from './message-broker.service';
     BrokerSubscribersExplorer,
     MessageBrokerService,
   ],
-  exports: [MessageBrokerService],
+  exports: [MessageBrokerService, DUCTAPE_BROKER_OPTIONS],
 })
-export class DuctapeBrokerModule extends ConfigurableBrokerModule {}
+export class DuctapeBrokerModule extends ConfigurableBrokerModule {
+  /** The broker types registered in `options.adapters` are inferred, so env entries may name them. */
+  static override forRoot<Custom extends string = never>(options: BrokerModuleOptions<Custom> & BrokerModuleExtras): DynamicModule {
+    return super.forRoot(options);
+  }
+
+  static override forRootAsync<Custom extends string = never>(options: DuctapeBrokerModuleAsyncOptions<Custom>): DynamicModule {
+    return super.forRootAsync(options);
+  }
+}

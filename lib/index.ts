@@ -1,8 +1,5 @@
 export { DuctapeBrokerModule } from './broker.module';
-export { BROKER_MODULE_OPTIONS, type BrokerOptionsFactory } from './broker.module-definition';
-import type { BROKER_ASYNC_OPTIONS_TYPE } from './broker.module-definition';
-/** What `DuctapeBrokerModule.forRootAsync()` takes. */
-export type DuctapeBrokerModuleAsyncOptions = typeof BROKER_ASYNC_OPTIONS_TYPE;
+export type { BrokerModuleExtras, BrokerOptionsFactory, DuctapeBrokerModuleAsyncOptions } from './broker.module-definition';
 export { MessageBrokerService } from './message-broker.service';
 export { OnBrokerEvent, type OnBrokerEventMetadata } from './decorators';
 export { BrokerError, isBrokerError, type BrokerErrorCode } from './errors';
@@ -11,6 +8,8 @@ export { DEFAULT_RETRY_POLICY } from './delivery/retry';
 export * from './interfaces';
 export type {
   BrokerAdapter,
+  AdapterContext,
+  AdapterLogger,
   AdapterCapabilities,
   AdapterConsumer,
   AdapterTopic,

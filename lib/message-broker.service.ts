@@ -6,6 +6,7 @@ import {
   type OnApplicationShutdown,
   type OnModuleDestroy,
 } from '@nestjs/common';
+import { AdapterRegistry } from './adapters/adapter-registry';
 import type { BrokerAdapter, OutboundMessage } from './adapters/broker-adapter';
 import { retryPolicy as checkRetryPolicy } from './broker-options.validator';
 import {
@@ -33,7 +34,6 @@ import type {
   SubscribeRequest,
   Subscription,
 } from './interfaces/message-broker.interface';
-import { AdapterRegistry } from './routing/adapter-registry';
 import { RouteResolver, type Route } from './routing/route-resolver';
 
 /**
@@ -44,7 +44,7 @@ import { RouteResolver, type Route } from './routing/route-resolver';
 export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationShutdown, OnApplicationShutdown {
   private readonly logger = new Logger('DuctapeBroker');
   private readonly routes: RouteResolver;
-  private readonly adapters = new AdapterRegistry(this.logger);
+  private readonly adapters: AdapterRegistry;
   private readonly runners = new Set<SubscriptionRunner>();
   private readonly service: string;
   private readonly maxMessageBytes: number;
@@ -52,8 +52,9 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   private state: 'running' | 'draining' | 'closed' = 'running';
   private drained: Promise<void> = Promise.resolve();
 
-  constructor(@Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions) {
+  constructor(@Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions<string>) {
     this.routes = new RouteResolver(options);
+    this.adapters = new AdapterRegistry(this.logger, options.adapters);
     this.service = options.service ?? options.product;
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.shutdownTimeoutMs = options.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;

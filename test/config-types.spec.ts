@@ -120,6 +120,83 @@ describe('config types under strict', () => {
   });
 });
 
+/** A module that registers the broker type `counting` and uses it next to built-in types. */
+function withAdapters(...envs: string[]): string {
+  return `import { DuctapeBrokerModule, type BrokerAdapter, type BrokerAdapterRegistration } from '../../lib';
+interface CountingConfig { server: string }
+declare function countingAdapter(config: CountingConfig): BrokerAdapter;
+const counting: BrokerAdapterRegistration<CountingConfig> = {
+  create: (config) => countingAdapter(config),
+  validate: (config) => (typeof config === 'object' && config !== null ? [] : ['must be an object']),
+};
+export const module = DuctapeBrokerModule.forRoot({
+  env: 'dev',
+  product: 'shop',
+  adapters: { counting },
+  brokers: [{ tag: 'orders', envs: [
+${envs.map((env) => `    ${env},`).join('\n')}
+  ] }],
+});
+`;
+}
+
+describe('config types with adapters registered', () => {
+  let reported: Record<string, Reported[]>;
+  beforeAll(() => {
+    reported = typeCheck({
+      registered: withAdapters(`{ slug: 'dev', type: 'counting', config: { server: 'a' } }`, `{ slug: 'stg', type: 'rabbitmq', config: { url: process.env.RABBITMQ_URL } }`),
+      builtInWrongField: withAdapters(`{ slug: 'dev', type: 'counting' }`, `{ slug: 'stg', type: 'rabbitmq', config: { uri: process.env.RABBITMQ_URL } }`),
+      builtInMissingUrl: withAdapters(`{ slug: 'stg', type: 'rabbitmq', config: { heartbeatSeconds: 5 } }`),
+      misspelledCustom: withAdapters(`{ slug: 'dev', type: 'countin' }`),
+      unregistered: config(`{ slug: 'dev', type: 'counting' }`),
+      typedVariable: `import type { BrokerAdapter } from '../../lib';
+declare function countingAdapter(config: unknown): BrokerAdapter;
+export const options: BrokerModuleOptions<'counting'> = {
+  env: 'dev',
+  product: 'shop',
+  adapters: { counting: countingAdapter },
+  brokers: [{ tag: 'orders', envs: [{ slug: 'dev', type: 'counting' }, { slug: 'stg', type: 'memory', config: { sever: 'x' } }] }],
+};
+`,
+      asyncFactory: `import { DuctapeBrokerModule, type BrokerAdapter } from '../../lib';
+declare function countingAdapter(config: unknown): BrokerAdapter;
+export const module = DuctapeBrokerModule.forRootAsync({
+  useFactory: (): BrokerModuleOptions<'counting'> => ({
+    env: 'dev',
+    product: 'shop',
+    adapters: { counting: countingAdapter },
+    brokers: [{ tag: 'orders', envs: [{ slug: 'dev', type: 'counting' }] }],
+  }),
+});
+`,
+    });
+  }, 60_000);
+
+  it('accepts an env entry of a registered type through forRoot, which infers the type from adapters', () => {
+    expect(reported.registered).toEqual([]);
+    expect(reported.asyncFactory).toEqual([]);
+  });
+
+  it('still reports a wrong field of a built-in type against that type alone', () => {
+    expect(reported.builtInWrongField.map(({ at, message }) => ({ at, last: message.split('\n').pop()?.trim() }))).toEqual([
+      { at: 'uri', last: "Object literal may only specify known properties, and 'uri' does not exist in type 'RabbitMqEnvSettings'." },
+    ]);
+    expect(reported.builtInMissingUrl).toHaveLength(1);
+    expect(reported.builtInMissingUrl[0].message).toContain("Property 'url' is missing in type '{ heartbeatSeconds: number; }' but required in type 'RabbitMqEnvSettings'");
+    // A typed variable spells its custom types; the built-in ones stay precise there too.
+    expect(reported.typedVariable.map(({ at }) => at)).toEqual(['sever']);
+  });
+
+  it('refuses a type that is neither built in nor registered, naming the registered ones', () => {
+    expect(reported.misspelledCustom).toHaveLength(1);
+    const [misspelled] = reported.misspelledCustom;
+    expect(misspelled.at).toBe('type');
+    expect(misspelled.message).toMatch(/^Type '"countin"' is not assignable to type '[^']*'\. Did you mean '"counting"'\?$/);
+    for (const type of ['counting', 'memory', 'rabbitmq', 'kafka', 'sqs', 'redis', 'nats']) expect(misspelled.message).toContain(`"${type}"`);
+    expect(reported.unregistered.map(({ at }) => at)).toEqual(['type']);
+  });
+});
+
 describe('an unset connection setting at runtime', () => {
   // Typed as a user writes it: no cast. The variable is unset here.
   const options = (env: string): BrokerModuleOptions => ({

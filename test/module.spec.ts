@@ -1,8 +1,10 @@
 import 'reflect-metadata';
-import { Injectable, Module } from '@nestjs/common';
+import { Inject, Injectable, Module } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
+import * as publicApi from '../lib';
 import {
   BrokerError,
+  DUCTAPE_BROKER_OPTIONS,
   DuctapeBrokerModule,
   MessageBrokerService,
   type BrokerModuleOptions,
@@ -102,6 +104,19 @@ describe('DuctapeBrokerModule', () => {
       customer: { name: 'John Doe', email: 'john@example.com' },
     });
     await app.close();
+  });
+
+  it('exports one options token: the validated options, injectable anywhere under DUCTAPE_BROKER_OPTIONS', async () => {
+    @Injectable()
+    class ReadsOptions {
+      constructor(@Inject(DUCTAPE_BROKER_OPTIONS) readonly options: BrokerModuleOptions<string>) {}
+    }
+    const moduleRef = await Test.createTestingModule({ imports: [DuctapeBrokerModule.forRoot(config)], providers: [ReadsOptions] })
+      .setLogger(silentLogger)
+      .compile();
+    expect(moduleRef.get(ReadsOptions).options).toEqual(config);
+    expect(Object.keys(publicApi)).not.toContain('BROKER_MODULE_OPTIONS');
+    await moduleRef.close();
   });
 });
 

@@ -1,17 +1,29 @@
-import type { BrokerEnvConfig, BrokerType } from '../interfaces/broker-options.interface';
+import type {
+  BrokerAdapterDefinition,
+  BrokerAdapterRegistration,
+  BrokerEnvConfig,
+  BrokerType,
+  BuiltInBrokerEnvConfig,
+} from '../interfaces/broker-options.interface';
 import type { AdapterContext, BrokerAdapter } from './broker-adapter';
 import type * as MemoryAdapterModule from './memory';
 import type * as KafkaAdapterModule from './kafka';
 import type * as RabbitMqAdapterModule from './rabbitmq';
 import type * as SqsAdapterModule from './sqs';
 
-type AdapterFactory = (config: BrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
+type BuiltInFactory = (config: BuiltInBrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
+
+/** Every broker type this package knows, with or without an adapter in this version. */
+export const BUILT_IN_BROKER_TYPES: readonly BrokerType[] = ['memory', 'rabbitmq', 'kafka', 'sqs', 'redis', 'nats'];
+
+/** Broker types registered in the module's `adapters` option, by name. */
+export type RegisteredAdapters = Readonly<Record<string, BrokerAdapterDefinition>>;
 
 /**
- * How each broker type's adapter is made. Each loader requires its adapter folder only when the
- * type is used, so a user of one broker never loads (or needs installed) another one's client.
+ * How each built-in broker type's adapter is made. Each loader requires its adapter folder only
+ * when the type is used, so a user of one broker never loads (or needs installed) another one's client.
  */
-const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
+const ADAPTER_LOADERS: Partial<Record<BrokerType, () => BuiltInFactory>> = {
   memory: () => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { createMemoryAdapter } = require('./memory') as typeof MemoryAdapterModule;
@@ -41,17 +53,40 @@ const ADAPTER_LOADERS: Partial<Record<BrokerType, () => AdapterFactory>> = {
   },
 };
 
-/** Broker types that have an adapter in this version. */
-export const AVAILABLE_ADAPTER_TYPES = Object.keys(ADAPTER_LOADERS) as BrokerType[];
-
-export function hasAdapter(type: string): boolean {
-  return Object.prototype.hasOwnProperty.call(ADAPTER_LOADERS, type);
+export function isBuiltInType(type: string): type is BrokerType {
+  return (BUILT_IN_BROKER_TYPES as readonly string[]).includes(type);
 }
 
-export function createAdapter(env: BrokerEnvConfig, context: AdapterContext): BrokerAdapter {
+/** Whether an env of this type can be served: a built-in adapter of this version, or a registered one. */
+export function hasAdapter(type: string, registered: RegisteredAdapters = {}): boolean {
+  return Object.hasOwn(ADAPTER_LOADERS, type) || (!isBuiltInType(type) && Object.hasOwn(registered, type));
+}
+
+/** The broker types that have an adapter: the built-in ones of this version, then the registered ones. */
+export function availableAdapterTypes(registered: RegisteredAdapters = {}): string[] {
+  return [...Object.keys(ADAPTER_LOADERS), ...Object.keys(registered).filter((type) => !isBuiltInType(type))];
+}
+
+/** A registration in its one shape: a bare factory is `{ create }`. */
+export function registrationOf(definition: BrokerAdapterDefinition): BrokerAdapterRegistration<unknown> {
+  // Typed as taking any config (`unknown`): its `validate` vouched for the config the factory gets.
+  return typeof definition === 'function' ? { create: definition } : definition;
+}
+
+/** Makes the adapter of one env entry: its registered type's factory, or the built-in adapter. */
+export function createAdapter(env: BrokerEnvConfig<string>, context: AdapterContext, registered: RegisteredAdapters = {}): BrokerAdapter {
+  if (!isBuiltInType(env.type)) {
+    if (!Object.hasOwn(registered, env.type)) throw new Error(`no adapter is registered for broker type '${env.type}'`);
+    const adapter = registrationOf(registered[env.type]).create((env as { config?: unknown }).config, context);
+    const core = ['connect', 'publish', 'consume', 'close'] as const;
+    if (typeof adapter !== 'object' || adapter === null || core.some((method) => typeof adapter[method] !== 'function')) {
+      throw new Error(`the adapter factory registered for '${env.type}' did not return a BrokerAdapter (with connect, publish, consume and close)`);
+    }
+    return adapter;
+  }
   const load = ADAPTER_LOADERS[env.type];
   if (!load) throw new Error(`no adapter for broker type '${env.type}' in this version`);
-  return load()(env, context);
+  return load()(env as BuiltInBrokerEnvConfig, context);
 }
 
 /**

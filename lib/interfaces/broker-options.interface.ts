@@ -1,3 +1,4 @@
+import type { AdapterContext, BrokerAdapter } from '../adapters/broker-adapter';
 import type { StandardSchemaV1 } from './standard-schema.interface';
 
 /** How often, and how far apart, a failing handler is tried before its message is dead-lettered. */
@@ -51,7 +52,7 @@ export interface MemoryEnvSettings {
   maxQueueLength?: number;
   /**
    * @deprecated Ignored since 0.2: a topic that no group has subscribed to keeps no message
-   * (DESIGN.md §2), so there is nothing left for it to bound. Still accepted, so configs of 0.1 start.
+   * (see WhenNoGroup), so there is nothing left for it to bound. Still accepted, so configs of 0.1 start.
    */
   maxUnroutedPerTopic?: number;
   /** Dead letters kept per topic and group; beyond it the oldest are dropped with an error log (default 10000). */
@@ -196,8 +197,8 @@ export interface NatsEnvConfig extends BrokerEnvCommon {
   config: NatsEnvSettings;
 }
 
-/** Which technology and connection serve one environment slug of a broker; discriminated by `type`. */
-export type BrokerEnvConfig =
+/** The env entries of the broker types this package knows; discriminated by `type`. */
+export type BuiltInBrokerEnvConfig =
   | MemoryEnvConfig
   | RabbitMqEnvConfig
   | KafkaEnvConfig
@@ -205,7 +206,50 @@ export type BrokerEnvConfig =
   | RedisEnvConfig
   | NatsEnvConfig;
 
-export type BrokerType = BrokerEnvConfig['type'];
+/** A broker type this package knows (whether or not this version has its adapter). */
+export type BrokerType = BuiltInBrokerEnvConfig['type'];
+
+/** An env entry served by an adapter registered under `type` in `BrokerModuleOptions.adapters`. */
+export interface CustomEnvConfig<Type extends string = string> extends BrokerEnvCommon {
+  type: Type;
+  /**
+   * Whatever the registered adapter takes. Checked by the registration's `validate` at startup
+   * for the process's own env, and on first use for another env; then given to its factory.
+   */
+  config?: unknown;
+}
+
+/**
+ * Which technology and connection serve one environment slug of a broker; discriminated by `type`.
+ * `Custom` names the types registered in `adapters` (none by default): a built-in type keeps its
+ * own precise `config` type, and cannot be registered.
+ */
+export type BrokerEnvConfig<Custom extends string = never> =
+  | BuiltInBrokerEnvConfig
+  | ([Custom] extends [never] ? never : CustomEnvConfig<Exclude<Custom, BrokerType>>);
+
+/**
+ * Makes the adapter of a registered broker type for one (broker, env), on that env's first use;
+ * `config` is the env entry's `config`, already accepted by the registration's `validate`.
+ */
+export type BrokerAdapterFactory<Config = unknown> = {
+  // Method syntax: a factory may type the config it accepts (its `validate` vouches for it).
+  create(config: Config, context: AdapterContext): BrokerAdapter;
+}['create'];
+
+/** A registered broker type: its factory, and a check of its env entries' `config`. */
+export interface BrokerAdapterRegistration<Config = unknown> {
+  create(config: Config, context: AdapterContext): BrokerAdapter;
+  /**
+   * Returns every problem of an env entry's `config` (empty or nothing when it is fine), each a
+   * short sentence that names the field (`'url: must be a string'`); they are reported as
+   * CONFIG_INVALID under that entry's path. Never include secret values.
+   */
+  validate?(config: unknown): readonly string[] | undefined | void;
+}
+
+/** What `BrokerModuleOptions.adapters` maps a custom broker type to. */
+export type BrokerAdapterDefinition = BrokerAdapterFactory<never> | BrokerAdapterRegistration<never>;
 
 export interface TopicConfig {
   /** The topic part of an event (`new-orders` in `sqsbroker:new-orders`). */
@@ -226,22 +270,37 @@ export interface TopicConfig {
   whenNoGroup?: WhenNoGroup;
 }
 
-export interface BrokerConfig {
+export interface BrokerConfig<Custom extends string = never> {
   /** The broker part of an event (`sqsbroker` in `sqsbroker:new-orders`). */
   tag: string;
-  envs: BrokerEnvConfig[];
+  envs: BrokerEnvConfig<Custom>[];
   /** When present, only these topic tags are accepted. */
   topics?: TopicConfig[];
 }
 
-export interface BrokerModuleOptions {
+/** `T`, where TypeScript infers nothing for it (TypeScript 5.4's NoInfer, for older compilers too). */
+type InferredElsewhere<T> = [T][T extends unknown ? 0 : never];
+
+/**
+ * The module's options. `Custom` names the broker types registered in `adapters`;
+ * `DuctapeBrokerModule.forRoot` infers it, and a typed variable spells it
+ * (`BrokerModuleOptions<'counting'>`).
+ */
+export interface BrokerModuleOptions<Custom extends string = never> {
   /** Slug of the environment this process runs in ('dev', 'stg', 'prd', ...). */
   env: string;
   /** This service's product tag; other product tags are refused. */
   product: string;
   /** This service's name, base of consumer-group names (default: product). */
   service?: string;
-  brokers: BrokerConfig[];
+  // Custom is inferred from `adapters` alone: a built-in type in an env entry must not register it.
+  brokers: BrokerConfig<InferredElsewhere<Custom>>[];
+  /**
+   * Broker types of your own: `{ counting: { create: (config, context) => adapter, validate } }`,
+   * then `{ slug: 'dev', type: 'counting', config }` in a broker's envs. A built-in type cannot be
+   * registered.
+   */
+  adapters?: Record<Custom, BrokerAdapterDefinition>;
   /** Default retry policy of every subscription (default: 3 attempts, 1 s, x2, at most 30 s). */
   retry?: RetryPolicy;
   /** How long shutdown waits for in-flight handlers (default 10000). */

@@ -19,7 +19,7 @@ export interface Route {
   readonly topicTag: string;
   /** CloudEvents `source` of what this service publishes: `/<product>/<env>/<service>`. */
   readonly source: string;
-  readonly brokerEnv: BrokerEnvConfig;
+  readonly brokerEnv: BrokerEnvConfig<string>;
   readonly topic: AdapterTopic;
   readonly schema?: StandardSchemaV1;
   readonly retry?: RetryPolicy;
@@ -30,12 +30,12 @@ export interface Route {
  * cached, so the publish hot path does not re-parse the event or search the configuration.
  */
 export class RouteResolver {
-  private readonly brokers: Map<string, BrokerConfig>;
+  private readonly brokers: Map<string, BrokerConfig<string>>;
   /** env -> event -> route: two lookups and no string building per publish. */
   private readonly cache = new Map<string, Map<string, Route>>();
   private cached = 0;
 
-  constructor(private readonly options: BrokerModuleOptions) {
+  constructor(private readonly options: BrokerModuleOptions<string>) {
     this.brokers = new Map(options.brokers.map((broker) => [broker.tag, broker]));
   }
 

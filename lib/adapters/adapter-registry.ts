@@ -1,38 +1,42 @@
 import { type Logger } from '@nestjs/common';
-import { createAdapter } from '../adapters/adapter-factory';
 import { validateEnvConnection } from '../broker-options.validator';
-import type { AdapterLogger, BrokerAdapter } from '../adapters/broker-adapter';
 import { BrokerError, describeError } from '../errors';
-import type { BrokerEnvConfig } from '../interfaces/broker-options.interface';
+import type { BrokerAdapterDefinition, BrokerEnvConfig } from '../interfaces/broker-options.interface';
+import { SingleFlight } from '../support/single-flight';
+import { createAdapter } from './adapter-factory';
+import type { AdapterLogger, BrokerAdapter } from './broker-adapter';
 
 /**
- * One adapter per (broker tag, env slug), created and connected on first use and shared after.
- * Creation failures are not cached, so a broker that was down at first use is retried next time.
+ * The connections of a module: one adapter per (broker tag, env slug), created and connected on
+ * first use and shared after. A failure to create or connect is not kept, so a broker that was down
+ * at first use is tried again next time.
  */
 export class AdapterRegistry {
   /** Keyed by the env config object, which belongs to exactly one broker. */
-  private readonly adapters = new Map<BrokerEnvConfig, Promise<BrokerAdapter>>();
+  private readonly adapters = new SingleFlight<BrokerEnvConfig<string>, BrokerAdapter>({ keepResolved: true });
   /** The same adapters once connected, for the publish hot path (no await of a settled promise). */
-  private readonly ready = new Map<BrokerEnvConfig, BrokerAdapter>();
+  private readonly ready = new Map<BrokerEnvConfig<string>, BrokerAdapter>();
   private closed = false;
 
-  constructor(private readonly logger: Logger) {}
+  constructor(
+    private readonly logger: Logger,
+    /** Broker types registered in the module's `adapters` option. */
+    private readonly registered: Readonly<Record<string, BrokerAdapterDefinition>> = {},
+  ) {}
 
-  get(brokerTag: string, env: BrokerEnvConfig): Promise<BrokerAdapter> {
-    let adapter = this.adapters.get(env);
-    if (!adapter) {
-      adapter = this.open(brokerTag, env);
-      this.adapters.set(env, adapter);
-      adapter.then(
-        (opened) => !this.closed && this.ready.set(env, opened),
-        () => this.adapters.delete(env),
-      );
-    }
+  get(brokerTag: string, env: BrokerEnvConfig<string>): Promise<BrokerAdapter> {
+    const existing = this.adapters.get(env);
+    if (existing) return existing;
+    const adapter = this.adapters.run(env, () => this.open(brokerTag, env));
+    adapter.then(
+      (opened) => !this.closed && this.ready.set(env, opened),
+      () => undefined,
+    );
     return adapter;
   }
 
   /** The adapter of this broker env if it is already connected. */
-  connected(env: BrokerEnvConfig): BrokerAdapter | undefined {
+  connected(env: BrokerEnvConfig<string>): BrokerAdapter | undefined {
     return this.ready.get(env);
   }
 
@@ -54,7 +58,7 @@ export class AdapterRegistry {
     );
   }
 
-  private async open(brokerTag: string, env: BrokerEnvConfig): Promise<BrokerAdapter> {
+  private async open(brokerTag: string, env: BrokerEnvConfig<string>): Promise<BrokerAdapter> {
     if (this.closed) throw new BrokerError('PUBLISH_FAILED', 'the broker module is shut down');
     const logger: AdapterLogger = {
       log: (message) => this.logger.log(`[${brokerTag}/${env.slug}] ${message}`),
@@ -62,10 +66,10 @@ export class AdapterRegistry {
       error: (message) => this.logger.error(`[${brokerTag}/${env.slug}] ${message}`),
     };
     // Another env's settings could be absent at startup: they must be whole now.
-    validateEnvConnection(brokerTag, env);
+    validateEnvConnection(brokerTag, env, this.registered);
     let adapter: BrokerAdapter;
     try {
-      adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger });
+      adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger }, this.registered);
     } catch (error) {
       throw new BrokerError('CONFIG_INVALID', `broker '${brokerTag}' env '${env.slug}' (${env.type}): ${describeError(error)}`, {
         cause: error,
