@@ -1,15 +1,22 @@
 import type { TopicConfig, WhenNoGroup } from '../interfaces/broker-options.interface';
 
 /**
- * The one interface every broker adapter implements.
+ * The transport every broker adapter gives: connect, publish, consume, close, and what its broker
+ * guarantees (`capabilities`). That is all a new adapter must implement.
  *
  * Adapters move bytes and map metadata to their broker's native fields. Everything that makes
  * delivery reliable and uniform (reading any producer's message, JSON, attempts, backoff, when to
  * dead-letter, acking only after the handler, draining on shutdown) lives in lib/delivery and is
- * written once. An adapter provides a few primitives on physical
- * topics and per-group queues, and describes what its broker guarantees in `capabilities`.
+ * written once.
+ *
+ * A broker that does more natively says so by implementing the optional parts below: a
+ * GroupSender (a copy for one group only, for retries and reprocessed dead letters) and a
+ * DeadLetterStore (where dead letters are kept, read and drained). Where an adapter lacks one,
+ * the delivery layer builds it from the core (see lib/delivery/adapter-parts.ts): per-group topics
+ * `<topic>.<group>.retry` and `<topic>.<group>.dead-letters`, published and consumed through this
+ * interface. Use `hasGroupSender` and `hasDeadLetterStore` to tell.
  */
-export interface BrokerAdapter {
+export interface BrokerAdapter extends Partial<GroupSender>, Partial<DeadLetterStore> {
   readonly capabilities: AdapterCapabilities;
 
   /** Opens connections. Rejects with a message that names the endpoint but never a credential. */
@@ -18,14 +25,32 @@ export interface BrokerAdapter {
   /**
    * Resolves once the broker has accepted the message for every subscription group of the topic,
    * and, when the topic has no group, once the broker accepted it (none created later receives it;
-   * see AdapterTopic.whenNoGroup). Rejects with a BrokerError INVALID_MESSAGE, before sending anything, for a message this broker
-   * cannot carry (too large, a delay beyond its limit).
+   * see AdapterTopic.whenNoGroup). Honours `delayMs`. Rejects with a BrokerError INVALID_MESSAGE,
+   * before sending anything, for a message this broker cannot carry (too large, a delay beyond its limit).
    */
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void>;
 
+  /**
+   * Starts delivering the group's messages to `listener`, at most `concurrency` unacked at once.
+   * Creates what the group needs on the broker (queue, consumer group) before it resolves, so
+   * nothing published after it is missed, and the group stays on the broker after the consumer
+   * closes. `source: 'dead-letters'` (the group's dead letters) is asked only of an adapter that
+   * is a DeadLetterStore.
+   */
+  consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer>;
+
+  /** Closes connections. Deliveries not acked by now go back to the broker. */
+  close(): Promise<void>;
+}
+
+/** Optional: the broker can put a message in the queue of one group only. */
+export interface GroupSender {
   /** Puts a message in the queue of one group only, honouring `delayMs` (retries, reprocessed dead letters). */
   sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void>;
+}
 
+/** Optional: the broker keeps each group's dead letters itself (and `consume` reads them with `source: 'dead-letters'`). */
+export interface DeadLetterStore {
   /** Keeps a message among the dead letters of one group, with its transport headers. */
   sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void>;
 
@@ -34,22 +59,18 @@ export interface BrokerAdapter {
    * and removes each only after `visit` resolved for it. Stops at the first rejection of `visit`.
    * Resolves with the number removed.
    */
-  drainDeadLetters(
-    topic: AdapterTopic,
-    group: string,
-    limit: number,
-    visit: (record: InboundMessage) => Promise<void>,
-  ): Promise<number>;
+  drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number>;
+}
 
-  /**
-   * Starts delivering the group's messages (or its dead letters) to `listener`, at most
-   * `concurrency` unacked at once. Creates what the group needs on the broker (queue, consumer
-   * group) before it resolves, so nothing published after it is missed.
-   */
-  consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer>;
+/** An adapter with every optional part: what the adapters in this package are. */
+export type CompleteBrokerAdapter = BrokerAdapter & GroupSender & DeadLetterStore;
 
-  /** Closes connections. Deliveries not acked by now go back to the broker. */
-  close(): Promise<void>;
+export function hasGroupSender(adapter: BrokerAdapter): adapter is BrokerAdapter & GroupSender {
+  return typeof adapter.sendToGroup === 'function';
+}
+
+export function hasDeadLetterStore(adapter: BrokerAdapter): adapter is BrokerAdapter & DeadLetterStore {
+  return typeof adapter.sendToDeadLetters === 'function' && typeof adapter.drainDeadLetters === 'function';
 }
 
 /** What a broker guarantees; the conformance suite tests what is claimed and skips what is not. */
@@ -165,7 +186,7 @@ export interface InboundDelivery extends InboundMessage {
    * Where the broker can hold this same delivery back and deliver it again (SQS: its visibility
    * timeout), settles it for a retry in `delayMs`; the broker then counts the attempt itself, so
    * an adapter offers it only on deliveries that carry `attempt`. Without it the delivery layer
-   * re-sends the message to the group (`sendToGroup`) and acks this delivery.
+   * re-sends the message to the group (`sendToGroup`, or its emulation) and acks this delivery.
    */
   retryLater?(delayMs: number): Promise<void>;
 }

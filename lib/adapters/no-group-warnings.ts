@@ -7,7 +7,7 @@ const WARNING_INTERVAL_MS = 60_000;
 const MAX_REMEMBERED_TOPICS = 10_000;
 
 /**
- * The rule for a publish to a topic that no group has subscribed to yet (DESIGN.md §2): it is
+ * The rule for a publish to a topic that no group has subscribed to yet: it is
  * accepted and no group created later receives it. Where an adapter can tell cheaply that this
  * happened, it says so here: a warning at most once per topic per minute, or, for a topic with
  * `whenNoGroup: 'reject'`, the PUBLISH_FAILED error to fail the publish with.

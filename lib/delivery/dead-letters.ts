@@ -2,6 +2,7 @@ import type { BrokerAdapter, InboundMessage, OutboundMessage } from '../adapters
 import { DEAD_LETTER_HEADERS } from '../constants';
 import { describeError } from '../errors';
 import type { Route } from '../routing/route-resolver';
+import { deliveryParts } from './adapter-parts';
 import { decodeInbound, outboundOf, undecoded, type DecodedMessage } from './message-codec';
 
 export type DeadLetterReason = 'max-attempts' | 'poison' | 'schema';
@@ -22,7 +23,8 @@ export function deadLetterHeaders(error: unknown, attempts: number, reason: Dead
  * was accepted by the group's queue, so a failure midway duplicates nothing and loses nothing.
  */
 export function reprocessDeadLetters(adapter: BrokerAdapter, route: Route, group: string, limit: number): Promise<number> {
-  return adapter.drainDeadLetters(route.topic, group, limit, (record) => adapter.sendToGroup(route.topic, group, revive(record, route)));
+  const parts = deliveryParts(adapter);
+  return parts.drainDeadLetters(route.topic, group, limit, (record) => parts.sendToGroup(route.topic, group, revive(record, route)));
 }
 
 /** The same bytes and id as a first attempt, without the dead-letter headers. */

@@ -6,6 +6,7 @@ import type { RetryPolicy } from '../interfaces/broker-options.interface';
 import type { StandardSchemaV1 } from '../interfaces/standard-schema.interface';
 import type { BrokerContext, BrokerMessageHandler } from '../interfaces/message-broker.interface';
 import type { Route } from '../routing/route-resolver';
+import { deliveryParts, type DeliveryParts } from './adapter-parts';
 import { deadLetterHeaders, type DeadLetterReason } from './dead-letters';
 import { decodeInbound, outboundOf, undecoded, type DecodedMessage } from './message-codec';
 import { backoffDelayMs } from './retry';
@@ -35,16 +36,20 @@ export class SubscriptionRunner {
   /** Set once the runner gave up its deliveries: nothing may be acked or re-sent after it. */
   private detached = false;
   private readonly pauses = new Set<{ timer: NodeJS.Timeout; wake: () => void }>();
+  /** The adapter's own group sender and dead-letter store, or their emulation over its core. */
+  private readonly parts: DeliveryParts;
 
   constructor(
     private readonly spec: SubscriptionSpec,
-    private readonly adapter: BrokerAdapter,
+    adapter: BrokerAdapter,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.parts = deliveryParts(adapter);
+  }
 
   async start(): Promise<void> {
     const { route, group, concurrency, source } = this.spec;
-    this.consumer = await this.adapter.consume(route.topic, { group, concurrency, source }, this.onDelivery);
+    this.consumer = await this.parts.consume(route.topic, { group, concurrency, source }, this.onDelivery);
   }
 
   /**
@@ -172,7 +177,7 @@ export class SubscriptionRunner {
     if (delivery.retryLater && delivery.attempt !== undefined) return delivery.retryLater(delayMs);
     // The same bytes to this group only, with the next attempt in the metadata, then acked: a
     // crash in between duplicates, it never loses.
-    await this.adapter.sendToGroup(this.spec.route.topic, this.spec.group, outboundOf(decoded, this.spec.route, attempt + 1, decoded.headers, delayMs));
+    await this.parts.sendToGroup(this.spec.route.topic, this.spec.group, outboundOf(decoded, this.spec.route, attempt + 1, decoded.headers, delayMs));
     await delivery.ack();
   }
 
@@ -189,7 +194,7 @@ export class SubscriptionRunner {
       `${this.name}: message ${decoded.id} dead-lettered after ${attempt} attempt(s) (${reason}): ${headers[DEAD_LETTER_HEADERS.error]}`,
     );
     // The bytes as they came (a poison body too), the reason in headers.
-    await this.adapter.sendToDeadLetters(
+    await this.parts.sendToDeadLetters(
       this.spec.route.topic,
       this.spec.group,
       outboundOf(decoded, this.spec.route, attempt, { ...decoded.headers, ...headers }),
@@ -216,7 +221,7 @@ export class SubscriptionRunner {
       await this.pause(Math.max(SETTLE_FAILURE_PAUSE_MS, backoffDelayMs(this.spec.retry, 1)));
       if (this.detached) return;
       const headers = { ...decoded.headers, [DEAD_LETTER_HEADERS.error]: describeError(error).slice(0, 1000) };
-      await this.adapter.sendToDeadLetters(this.spec.route.topic, this.spec.group, outboundOf(decoded, this.spec.route, attempt, headers));
+      await this.parts.sendToDeadLetters(this.spec.route.topic, this.spec.group, outboundOf(decoded, this.spec.route, attempt, headers));
     }
     if (!this.detached) await delivery.ack();
   }

@@ -8,7 +8,7 @@ import type {
   AdapterContext,
   AdapterLogger,
   AdapterTopic,
-  BrokerAdapter,
+  CompleteBrokerAdapter,
   ConsumeOptions,
   DeliveryListener,
   InboundMessage,
@@ -62,7 +62,7 @@ type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl'>> & Pick<Config
  * CloudEvents Kafka binding (see kafka-headers.ts): the value is the message's JSON, its metadata
  * in `ce_` headers, the key and the timestamp; retries and dead letters keep the bytes.
  */
-export class KafkaAdapter implements BrokerAdapter {
+export class KafkaAdapter implements CompleteBrokerAdapter {
   readonly capabilities = KAFKA_CAPABILITIES;
   private readonly settings: Settings;
   private readonly kafka: Kafka;
@@ -252,6 +252,6 @@ export class KafkaAdapter implements BrokerAdapter {
   }
 }
 
-export function createKafkaAdapter(config: Config, context: AdapterContext): BrokerAdapter {
+export function createKafkaAdapter(config: Config, context: AdapterContext): CompleteBrokerAdapter {
   return new KafkaAdapter(config, context);
 }

@@ -3,7 +3,7 @@ import type {
   AdapterConsumer,
   AdapterContext,
   AdapterTopic,
-  BrokerAdapter,
+  CompleteBrokerAdapter,
   ConsumeOptions,
   DeliveryListener,
   InboundMessage,
@@ -24,7 +24,7 @@ export const MEMORY_CAPABILITIES: AdapterCapabilities = {
 };
 
 /** The embedded broker adapter: a MemoryBrokerServer of its own, or a shared one named in the config. */
-export class MemoryAdapter implements BrokerAdapter {
+export class MemoryAdapter implements CompleteBrokerAdapter {
   readonly capabilities = MEMORY_CAPABILITIES;
   readonly server: MemoryBrokerServer;
   private readonly consumers = new Set<AdapterConsumer>();
@@ -149,6 +149,6 @@ function toMemoryMessage(message: OutboundMessage): MemoryMessage {
   };
 }
 
-export function createMemoryAdapter(config: MemoryEnvConfig['config'], context: AdapterContext): BrokerAdapter {
+export function createMemoryAdapter(config: MemoryEnvConfig['config'], context: AdapterContext): CompleteBrokerAdapter {
   return new MemoryAdapter(config, context);
 }

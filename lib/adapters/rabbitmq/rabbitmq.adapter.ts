@@ -9,7 +9,7 @@ import type {
   AdapterContext,
   AdapterLogger,
   AdapterTopic,
-  BrokerAdapter,
+  CompleteBrokerAdapter,
   ConsumeOptions,
   DeliveryListener,
   InboundMessage,
@@ -84,7 +84,7 @@ type Settings = Required<Omit<RabbitMqEnvConfig['config'], 'url' | 'socketOption
  * publishers (memory or disk alarm) stops reading their connection, and consumers' acks must
  * still get through so queues can drain.
  */
-export class RabbitMqAdapter implements BrokerAdapter {
+export class RabbitMqAdapter implements CompleteBrokerAdapter {
   readonly capabilities = RABBITMQ_CAPABILITIES;
   private readonly settings: Settings;
   /** Where the adapter connects, without credentials: for logs and errors. */
@@ -471,6 +471,6 @@ export function describeEndpoint(url: string): string {
   return rabbitMqEndpoint(url).address;
 }
 
-export function createRabbitMqAdapter(config: RabbitMqEnvConfig['config'], context: AdapterContext): BrokerAdapter {
+export function createRabbitMqAdapter(config: RabbitMqEnvConfig['config'], context: AdapterContext): CompleteBrokerAdapter {
   return new RabbitMqAdapter(config, context.logger, context.envSlug);
 }

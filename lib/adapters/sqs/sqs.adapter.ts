@@ -8,7 +8,7 @@ import type {
   AdapterContext,
   AdapterLogger,
   AdapterTopic,
-  BrokerAdapter,
+  CompleteBrokerAdapter,
   ConsumeOptions,
   DeliveryListener,
   InboundMessage,
@@ -80,7 +80,7 @@ export function sqsCapabilities(config: Pick<Config, 'fanout' | 'fifo'> = {}): A
  * raw message delivery ('sns' mode, AWS's own fan-out). Retries wait out a visibility timeout on
  * the same message; dead letters go to the queue's redrive target, or to `<queue>-dead-letters`.
  */
-export class SqsAdapter implements BrokerAdapter {
+export class SqsAdapter implements CompleteBrokerAdapter {
   readonly capabilities: AdapterCapabilities;
   private readonly settings: Required<Pick<Config, 'fanout' | 'fifo' | 'waitTimeSeconds' | 'visibilityTimeoutSeconds' | 'createMissing' | 'requestTimeoutMs'>>;
   private readonly client: SQSClient;
@@ -396,6 +396,6 @@ function isOwnGroupId(key: string | undefined): boolean {
   return key !== undefined && key !== DEFAULT_MESSAGE_GROUP && FIFO_ID.test(key);
 }
 
-export function createSqsAdapter(config: Config, context: AdapterContext): BrokerAdapter {
+export function createSqsAdapter(config: Config, context: AdapterContext): CompleteBrokerAdapter {
   return new SqsAdapter(config, context);
 }
