@@ -1,10 +1,40 @@
 import type { AdapterCapabilities, BrokerEnvConfig } from '../../lib';
+import type { BatchFailureHook, ConformanceFeatures, RestartHook } from './features';
+
+export type { BatchFailureHook, ConformanceFeatures, RestartHook } from './features';
 
 /** What the conformance suite needs to know of one adapter. */
 export interface ConformanceTarget {
   /** Name of the broker, as test/support/global-setup.ts probes it ('memory' is always there). */
   broker: string;
   capabilities: AdapterCapabilities;
+  /**
+   * Where this broker departs from the others, one value per documented divergence: the suite
+   * tests each side (a claim holds; a declared lack shows as declared), and
+   * test/conformance/guarantees-table.spec.ts checks README.md's guarantees table against them.
+   */
+  features: ConformanceFeatures;
+  /**
+   * A server of this target's that the no-loss test may restart with messages in flight, or why
+   * there is none (printed when the test is skipped).
+   */
+  restart: RestartHook | { notApplicable: string };
+  /**
+   * What ending this process does to the broker beyond closing its applications (the embedded
+   * broker: its shared server is gone), for the process-restart test.
+   */
+  endProcess?(): void;
+  /**
+   * A producer of this adapter's that batches publishes, with a server of the test's own on
+   * which the next requests can be made to fail; or why the adapter has none (printed on skip).
+   */
+  batchFailure: BatchFailureHook | { notApplicable: string };
+  /**
+   * Run the tests of the file concurrently (each closes its own applications): for a broker whose
+   * every new consumer group costs seconds (the Kafka mock's 3 s first join), so the file stays
+   * under a minute. Tests use fresh topics, so they never see each other's messages.
+   */
+  concurrentTests?: boolean;
   /**
    * The env config of slug `slug`. Every application the suite creates for one target must reach
    * the same broker (the memory target names a shared server), as replicas of a service would.
@@ -22,11 +52,6 @@ export interface ConformanceTarget {
    * the reason printed.
    */
   rawReader?(topicName: string): Promise<RawReader>;
-  /**
-   * The topic is itself the one group's queue (SQS queue mode): a message published before any
-   * consumer subscribed is kept for the first one, and there is never "no group".
-   */
-  keepsMessagesWithoutGroup?: boolean;
   /** Upper bound for one delivery to arrive, in ms (real brokers with polling need more). */
   deliveryTimeoutMs?: number;
   /**

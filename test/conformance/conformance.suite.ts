@@ -1,74 +1,22 @@
-import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
-import type { INestApplication } from '@nestjs/common';
-import { Test } from '@nestjs/testing';
-import {
-  DEAD_LETTER_HEADERS,
-  DuctapeBrokerModule,
-  MessageBrokerService,
-  type BrokerContext,
-  type BrokerModuleOptions,
-  type RetryPolicy,
-} from '../../lib';
-import { silentLogger } from '../support/app';
+import { DEAD_LETTER_HEADERS } from '../../lib';
 import { describeWithBroker } from '../support/broker-availability';
 import { gate, sleep, waitFor } from '../support/wait';
 import type { ConformanceTarget } from './conformance-target';
-
-const FAST_RETRY: RetryPolicy = { maxAttempts: 3, initialDelayMs: 20, multiplier: 2 };
-
-interface Received {
-  message: unknown;
-  ctx: BrokerContext;
-}
+import { defineFeatureTests } from './feature-tests';
+import { createHarness, type Received } from './harness';
+import { defineVolumeTests } from './volume-tests';
 
 /**
  * DESIGN.md §2 as tests, run unchanged against every adapter: one instance of this suite per
- * ConformanceTarget. Every test uses fresh topic tags, so targets on a shared server do not mix.
+ * ConformanceTarget. Every test uses fresh topic tags, so targets on a shared server do not mix,
+ * and tests may run concurrently (the target's `concurrentTests`).
  */
 export function runConformanceSuite(target: ConformanceTarget): void {
   describeWithBroker(target.broker, `conformance: ${target.broker}`, () => {
-    const timeout = target.deliveryTimeoutMs ?? 5000;
-    const it = itUnlessLimited(target.knownLimitations ?? {});
-    const apps: INestApplication[] = [];
-
-    async function startApp(overrides: Partial<BrokerModuleOptions> = {}): Promise<MessageBrokerService> {
-      const options: BrokerModuleOptions = {
-        env: 'prd',
-        product: 'conformance',
-        brokers: [{ tag: 'bk', envs: [target.envConfig('prd'), target.envConfig('stg')] }],
-        retry: FAST_RETRY,
-        shutdownTimeoutMs: 2000,
-        ...overrides,
-      };
-      const moduleRef = await Test.createTestingModule({ imports: [DuctapeBrokerModule.forRoot(options)] })
-        .setLogger(silentLogger)
-        .compile();
-      const app = moduleRef.createNestApplication({ logger: false });
-      await app.init();
-      apps.push(app);
-      return app.get(MessageBrokerService);
-    }
-
-    afterEach(async () => {
-      await Promise.all(apps.splice(0).map((app) => app.close()));
-    });
-
-    function newEvent(): { event: string; topicTag: string } {
-      const topicTag = `t-${randomUUID().slice(0, 8)}`;
-      return { event: `bk:${topicTag}`, topicTag };
-    }
-
-    function collector(into: Received[], behaviour?: (ctx: BrokerContext) => Promise<void> | void) {
-      return async (message: unknown, ctx: BrokerContext) => {
-        into.push({ message, ctx });
-        await behaviour?.(ctx);
-      };
-    }
-
-    function publish(broker: MessageBrokerService, event: string, message: unknown, input: Record<string, unknown> = {}) {
-      return broker.publish({ env: 'prd', event, product_tag: 'conformance', input: { message, ...input } });
-    }
+    const h = createHarness(target);
+    const { it, itIf, startApp, newEvent, collector, publish, timeout } = h;
+    const keepsMessagesWithoutGroup = target.features.noGroupPublish === 'kept';
 
     it('round-trips a message with its headers, correlationId, messageId and key', async () => {
       const broker = await startApp();
@@ -317,7 +265,7 @@ export function runConformanceSuite(target: ConformanceTarget): void {
     });
 
     it(
-      target.keepsMessagesWithoutGroup
+      keepsMessagesWithoutGroup
         ? 'keeps a message published before any consumer for the first one (the topic is the queue)'
         : 'resolves a publish to a topic with no group, and a group subscribing later never receives it',
       async () => {
@@ -327,14 +275,14 @@ export function runConformanceSuite(target: ConformanceTarget): void {
         const received: Received[] = [];
         await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'late', callback: collector(received) } });
         await publish(broker, event, { n: 'after' });
-        const expected = target.keepsMessagesWithoutGroup ? [{ n: 'before any group' }, { n: 'after' }] : [{ n: 'after' }];
+        const expected = keepsMessagesWithoutGroup ? [{ n: 'before any group' }, { n: 'after' }] : [{ n: 'after' }];
         await waitFor(() => received.length >= expected.length, 'the messages the group should get', timeout);
         await sleep(300);
         expect(received.map((r) => r.message)).toEqual(expected);
       },
     );
 
-    itIf(target.capabilities.detectsNoGroup && !target.keepsMessagesWithoutGroup, 'detectsNoGroup')(
+    itIf(target.features.whenNoGroupReject === 'fails', "whenNoGroupReject: 'fails'")(
       "fails a publish to a topic with no group under whenNoGroup: 'reject', and not once a group subscribed",
       async () => {
         const tag = `t-${randomUUID().slice(0, 8)}`;
@@ -509,7 +457,7 @@ export function runConformanceSuite(target: ConformanceTarget): void {
       await waitFor(() => started, 'the handler to start', timeout);
       const otherGot: Received[] = [];
       await staying.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'shared', callback: collector(otherGot) } });
-      const closing = apps[0].close();
+      const closing = h.apps()[0].close();
       await sleep(50);
       expect(finished).toBe(false);
       hold.open();
@@ -519,7 +467,10 @@ export function runConformanceSuite(target: ConformanceTarget): void {
       expect(otherGot).toHaveLength(0);
     });
 
-    it('on shutdown, never acks a handler still running at shutdownTimeoutMs: another instance gets it again', async () => {
+    it(
+      target.features.attemptsSurviveCrash
+        ? 'on shutdown, never acks a handler still running at shutdownTimeoutMs: another instance gets it again, as attempt 2'
+        : 'on shutdown, never acks a handler still running at shutdownTimeoutMs: another instance gets it again, still attempt 1', async () => {
       const leaving = await startApp({ shutdownTimeoutMs: 100 });
       const staying = await startApp();
       const { event } = newEvent();
@@ -544,40 +495,17 @@ export function runConformanceSuite(target: ConformanceTarget): void {
       const otherGot: Received[] = [];
       await staying.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'shared', callback: collector(otherGot) } });
       const closedAt = Date.now();
-      await apps[0].close();
+      await h.apps()[0].close();
       expect(Date.now() - closedAt).toBeLessThan(target.closeWithinMs ?? 1500);
       never.open(); // the late finish of the abandoned handler must not ack or crash anything
       await waitFor(() => otherGot.length === 1, 'the unfinished message at the other instance', timeout + 2000);
       expect(finished).toBe(true);
       expect(otherGot[0].ctx.messageId).toBe(messageId);
+      // features.attemptsSurviveCrash: the unfinished delivery counts as an attempt, or not.
+      expect(otherGot[0].ctx.attempt).toBe(target.features.attemptsSurviveCrash ? 2 : 1);
     });
+
+    defineFeatureTests(h);
+    defineVolumeTests(h);
   });
-}
-
-/**
- * A test of a capability the adapter does not claim is skipped: the reason is printed when the
- * suite is defined and stands in the test's title.
- */
-function itIf(claimed: boolean, capability: string): (name: string, fn: () => Promise<void>) => void {
-  if (claimed) return (name, fn) => global.it(name, fn);
-  return (name, fn) => {
-    const reason = `the adapter does not claim ${capability}`;
-    // eslint-disable-next-line no-console
-    console.warn(`Skipping "${name}": ${reason}`);
-    global.it.skip(`${name} (skipped: ${reason})`, fn);
-  };
-}
-
-/**
- * `it`, except for a test the target names among its known limitations (a test broker that
- * cannot do what the real one does): that test is skipped, its reason printed and in its title.
- */
-function itUnlessLimited(limitations: Readonly<Record<string, string>>): (name: string, fn: () => Promise<void>) => void {
-  return (name, fn) => {
-    const reason = limitations[name];
-    if (reason === undefined) return global.it(name, fn);
-    // eslint-disable-next-line no-console
-    console.warn(`Skipping "${name}": ${reason}`);
-    global.it.skip(`${name} (skipped: ${reason})`, fn);
-  };
 }

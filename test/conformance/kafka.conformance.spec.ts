@@ -1,6 +1,8 @@
 import { KAFKA_CAPABILITIES } from '../../lib/adapters/kafka';
-import { deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, kafkaRawReader, rawProduce } from '../support/kafka';
+import { deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, kafkaRawReader, rawProduce, startPrivateKafkaMock } from '../support/kafka';
+import { sleep } from '../support/wait';
 import { runConformanceSuite } from './conformance.suite';
+import { FEATURES } from './declarations';
 
 // Every test names its topics with a fresh random tag; on a Kafka of the user's (KAFKA_BROKERS),
 // the file deletes exactly the topics and consumer groups it created.
@@ -9,6 +11,40 @@ deleteCreatedKafkaResourcesAfterAll();
 runConformanceSuite({
   broker: 'kafka',
   capabilities: KAFKA_CAPABILITIES,
+  features: FEATURES.kafka,
+  restart: isKafkaMock()
+    ? {
+        // The mock keeps its logs in its own memory: ending its process would lose them by design.
+        what: "a mock cluster of the test's own: every broker down (links cut, new ones refused) for 1 s, then up; its process and logs stay",
+        open: async () => {
+          const mock = await startPrivateKafkaMock();
+          return {
+            envConfig: (slug: string) => kafkaEnv(slug, { brokers: mock.brokers }),
+            restart: async () => {
+              mock.control('down -1');
+              await sleep(1000);
+              mock.control('up -1');
+            },
+            close: () => mock.stop(),
+          };
+        },
+      }
+    : { notApplicable: 'KAFKA_BROKERS names a Kafka of the user\'s: the test restarts only a mock cluster of its own' },
+  batchFailure: isKafkaMock()
+    ? {
+        what: "the batching producer on a mock cluster of the test's own, its next Produce requests failing with INVALID_RECORD (87, not retriable)",
+        open: async () => {
+          const mock = await startPrivateKafkaMock();
+          return {
+            envConfig: (slug: string) => kafkaEnv(slug, { brokers: mock.brokers }),
+            failNextRequests: (count: number) => mock.control(`errors 0 ${count} 87`),
+            close: () => mock.stop(),
+          };
+        },
+      }
+    : { notApplicable: "KAFKA_BROKERS names a Kafka of the user's: failing its requests on demand needs the mock cluster" },
+  // Every new consumer group's first join takes 3 s on the mock: run the tests side by side.
+  concurrentTests: true,
   envConfig: (slug) => kafkaEnv(slug),
   // A foreign producer: plain kafkajs, straight to the topic, with plain headers and no ce_ ones.
   publishRaw: async (topicName, body, headers) => void (await rawProduce(topicName, body, headers)),

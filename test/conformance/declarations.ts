@@ -1,0 +1,74 @@
+import { MAX_TIMER_MS } from '../../lib/constants';
+import { MAX_DELAY_SECONDS } from '../../lib/adapters/sqs';
+import type { ConformanceFeatures } from './features';
+import type { TABLE_COLUMNS } from './features';
+
+/**
+ * Every conformance target's declared features, by its column in README.md's guarantees table.
+ * The targets (*.conformance.spec.ts) take theirs from here, so the table check reads the very
+ * values the suite tests.
+ */
+export const FEATURES: Record<(typeof TABLE_COLUMNS)[number], ConformanceFeatures> = {
+  memory: {
+    fanOut: true,
+    orderingPerKey: true,
+    noGroupPublish: 'dropped',
+    whenNoGroupReject: 'fails',
+    // The attempt travels with the message; a delivery given back unfinished keeps it.
+    attemptsSurviveCrash: false,
+    // publish() refuses more: the longest a Node.js timer waits.
+    maxDelayMs: MAX_TIMER_MS,
+    longDelayHoldsBackShorter: false,
+    publishDuringOutage: 'not-applicable',
+    survivesProcessRestart: false,
+  },
+  rabbitmq: {
+    fanOut: true,
+    orderingPerKey: false,
+    noGroupPublish: 'dropped',
+    whenNoGroupReject: 'fails',
+    // The attempt is a header of the message; RabbitMQ requeues an unacked delivery as it was.
+    attemptsSurviveCrash: false,
+    maxDelayMs: MAX_TIMER_MS,
+    // One TTL queue per distinct delay.
+    longDelayHoldsBackShorter: false,
+    publishDuringOutage: 'waits',
+    survivesProcessRestart: true,
+  },
+  kafka: {
+    fanOut: true,
+    orderingPerKey: true,
+    noGroupPublish: 'dropped',
+    whenNoGroupReject: 'accepted',
+    // The attempt is a header of the record; an uncommitted offset is read again as it was.
+    attemptsSurviveCrash: false,
+    maxDelayMs: MAX_TIMER_MS,
+    // The delay topic's partitions are read in order: a record waits behind one due later.
+    longDelayHoldsBackShorter: true,
+    publishDuringOutage: 'waits',
+    survivesProcessRestart: true,
+  },
+  'sqs (queue mode)': {
+    fanOut: false,
+    orderingPerKey: false,
+    noGroupPublish: 'kept',
+    whenNoGroupReject: 'never-no-group',
+    // The attempt is SQS's ApproximateReceiveCount, which counts every receive.
+    attemptsSurviveCrash: true,
+    maxDelayMs: MAX_DELAY_SECONDS * 1000,
+    longDelayHoldsBackShorter: false,
+    publishDuringOutage: 'rejects',
+    survivesProcessRestart: true,
+  },
+  'sqs (fan-out)': {
+    fanOut: true,
+    orderingPerKey: false,
+    noGroupPublish: 'dropped',
+    whenNoGroupReject: 'fails',
+    attemptsSurviveCrash: true,
+    maxDelayMs: MAX_DELAY_SECONDS * 1000,
+    longDelayHoldsBackShorter: false,
+    publishDuringOutage: 'rejects',
+    survivesProcessRestart: true,
+  },
+};
