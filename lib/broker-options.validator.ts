@@ -9,6 +9,7 @@ import {
 import { MAX_TIMER_MS, NAME_PATTERN } from './constants';
 import { BrokerError, describeError, redactSecrets } from './errors';
 import type { BrokerAdapterDefinition, BrokerEnvConfig, BrokerModuleOptions, BrokerType } from './interfaces/broker-options.interface';
+import { physicalTopicProblems } from './routing/physical-names';
 
 type Problems = string[];
 type Obj = Record<string, unknown>;
@@ -43,8 +44,13 @@ export function validateBrokerOptions(input: unknown): BrokerModuleOptions<strin
         if (tags.has(tag)) problems.push(`${path}.tag: duplicate broker tag '${tag}' (also brokers[${tags.get(tag)}])`);
         else tags.set(tag, i);
       }
+      const before = problems.length;
       brokerEnvs(broker.envs, `${path}.envs`, input.env, registered, problems);
       if (broker.topics !== undefined) topics(broker.topics, `${path}.topics`, problems);
+      // What each env's broker will call each topic, once the entries themselves are well formed.
+      if (problems.length === before && typeof input.product === 'string' && NAME_PATTERN.test(input.product)) {
+        problems.push(...physicalTopicProblems(input.product, broker as never, path));
+      }
     });
   }
   if (problems.length > 0) throw configError(problems);
