@@ -8,6 +8,8 @@ export { DEFAULT_RETRY_POLICY } from './delivery/retry';
 export * from './interfaces';
 export type {
   BrokerAdapter,
+  GroupSender,
+  DeadLetterStore,
   AdapterContext,
   AdapterLogger,
   AdapterCapabilities,
@@ -17,6 +19,7 @@ export type {
   DeliveryListener,
   InboundDelivery,
   InboundMessage,
+  InboundMetadata,
   OutboundMessage,
 } from './adapters/broker-adapter';
 export { MemoryBrokerServer, type MemoryBrokerStats } from './adapters/memory';
