@@ -635,15 +635,12 @@ describeWithBroker('sqs', 'SQS adapter', () => {
       expect(callsOf('CreateQueue').filter((call) => String(call.input.QueueName).includes('__biling'))).toHaveLength(0);
     });
 
-    it('takes FIFO from a queue URL, and refuses a topic whose fifo setting contradicts it', async () => {
+    it('takes FIFO from a queue URL, and refuses at startup a topic whose fifo setting contradicts it', async () => {
       const url = await queueUrl(`given-${randomUUID().slice(0, 8)}.fifo`, { FifoQueue: 'true' });
-      const { broker } = await start({}, {}, [
-        { tag: 'ordered', queueUrls: [{ env_slug: 'prd', url }] },
-        { tag: 'wrong', fifo: false, queueUrls: [{ env_slug: 'prd', url }] },
-      ]);
+      const { broker } = await start({}, {}, [{ tag: 'ordered', queueUrls: [{ env_slug: 'prd', url }] }]);
       await publish(broker, 'sq:ordered', { n: 1 }, { key: 'k' });
       expect(callsOf('SendMessage').pop()!.input).toMatchObject({ MessageGroupId: 'k' });
-      await expectRefusal(publish(broker, 'sq:wrong', { n: 1 }), 'CONFIG_INVALID', 'is a FIFO queue');
+      await expectRefusal(start({}, {}, [{ tag: 'wrong', fifo: false, queueUrls: [{ env_slug: 'prd', url }] }]), 'CONFIG_INVALID', /fifo is false but its queue URL for env 'prd' is a FIFO queue/);
     });
 
     it('fan-out: an SNS topic with one queue per group, subscribed with raw delivery; a delayed message reaches every group', async () => {
