@@ -6,8 +6,10 @@ export { BrokerError, isBrokerError, type BrokerErrorCode } from './errors';
 export { DUCTAPE_BROKER_OPTIONS, DEAD_LETTER_HEADERS } from './constants';
 export { DEFAULT_RETRY_POLICY } from './delivery/retry';
 export * from './interfaces';
+export { hasGroupSender, hasDeadLetterStore } from './adapters/broker-adapter';
 export type {
   BrokerAdapter,
+  CompleteBrokerAdapter,
   GroupSender,
   DeadLetterStore,
   AdapterContext,
