@@ -17,7 +17,7 @@ import { resolveRetryPolicy } from '../lib/delivery/retry';
 import { SubscriptionRunner, type SubscriptionSpec } from '../lib/delivery/subscription-runner';
 import type { BrokerContext } from '../lib/interfaces/message-broker.interface';
 import { testRoute } from './support/route';
-import { waitFor } from './support/wait';
+import { sleep, waitFor } from './support/wait';
 
 /**
  * An adapter of the kind a new broker starts with: only the core transport (connect, publish,
@@ -28,6 +28,8 @@ import { waitFor } from './support/wait';
 class CoreOnlyAdapter implements BrokerAdapter {
   readonly published: string[] = [];
   readonly consumed: string[] = [];
+  /** Deliveries of this topic fail their ack (a connection lost while acking). */
+  failAcksOn?: string;
   private readonly inner: MemoryAdapter;
 
   constructor(logger: AdapterLogger) {
@@ -50,7 +52,17 @@ class CoreOnlyAdapter implements BrokerAdapter {
   consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
     if (options.source !== 'messages') throw new Error('a core-only adapter is never asked for its dead letters');
     this.consumed.push(`${topic.name} as ${options.group}`);
-    return this.inner.consume(topic, options, listener);
+    if (topic.name !== this.failAcksOn) return this.inner.consume(topic, options, listener);
+    return this.inner.consume(topic, options, (delivery) =>
+      listener({
+        body: delivery.body,
+        headers: delivery.headers,
+        metadata: delivery.metadata,
+        raw: delivery.raw,
+        ack: () => Promise.reject(new Error('connection lost while acking')),
+        release: () => delivery.release(),
+      }),
+    );
   }
 
   close(): Promise<void> {
@@ -188,5 +200,58 @@ describe('an adapter with only the core transport', () => {
     const seen: string[] = [];
     expect(await parts.drainDeadLetters(route.topic, 'billing', 10, async (record) => void seen.push(String(record.metadata.id)))).toBe(1);
     expect(seen).toEqual(['k1']);
+  });
+
+  it('ends a drain whose ack fails with that failure, instead of waiting for ever', async () => {
+    await subscribe(() => {
+      throw new Error('down');
+    });
+    await adapter.publish(route.topic, outbound('k1', { n: 1 }));
+    const deadLetterTopic = emulatedDeadLetterTopic(route.topic, 'billing').name;
+    await waitFor(() => adapter.published.includes(deadLetterTopic), 'the dead letter sent');
+    adapter.failAcksOn = deadLetterTopic;
+    const drained = deliveryParts(adapter).drainDeadLetters(route.topic, 'billing', 10, () => Promise.resolve());
+    const outcome = await Promise.race([drained.then(String, (error: Error) => error.message), sleep(5000).then(() => 'still pending')]);
+    expect(outcome).toBe('connection lost while acking');
+  });
+
+  it("holds the subscription's concurrency across its messages and its group's retry topic", async () => {
+    let running = 0;
+    let peak = 0;
+    await subscribe(
+      async (_message, context) => {
+        peak = Math.max(peak, ++running);
+        try {
+          if (context.messageId === 'a' && context.attempt === 1) throw new Error('first attempt fails');
+          await sleep(150);
+        } finally {
+          running--;
+        }
+      },
+      { concurrency: 1 },
+    );
+    for (const id of ['a', 'b', 'c']) await adapter.publish(route.topic, outbound(id, { id }));
+    await waitFor(() => adapter.published.includes(emulatedRetryTopic(route.topic, 'billing').name), 'the retry sent');
+    await sleep(700);
+    expect(peak).toBe(1);
+  });
+
+  it('keeps dead letters in one place when an adapter has only half a dead-letter store', async () => {
+    const drainedNatively: string[] = [];
+    const half = Object.assign(adapter, {
+      drainDeadLetters: () => {
+        drainedNatively.push('called');
+        return Promise.resolve(0);
+      },
+    });
+    await subscribe(() => {
+      throw new Error('down');
+    });
+    await half.publish(route.topic, outbound('k1', { n: 1 }));
+    const deadLetterTopic = emulatedDeadLetterTopic(route.topic, 'billing').name;
+    await waitFor(() => adapter.published.includes(deadLetterTopic), 'the dead letter sent to the emulated topic');
+    const seen: string[] = [];
+    expect(await deliveryParts(half).drainDeadLetters(route.topic, 'billing', 10, async (record) => void seen.push(String(record.metadata.id)))).toBe(1);
+    expect({ seen, drainedNatively }).toEqual({ seen: ['k1'], drainedNatively: [] });
   });
 });

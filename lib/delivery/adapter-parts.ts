@@ -66,7 +66,8 @@ function buildParts(adapter: BrokerAdapter): DeliveryParts {
   // interface) gets none: only what it implements is used, and a missing part fails when called.
   const emulates = typeof adapter.publish === 'function';
   const nativeGroupSender = typeof adapter.sendToGroup === 'function' || !emulates;
-  const nativeDeadLetters = typeof adapter.sendToDeadLetters === 'function' || !emulates;
+  // A store is the adapter's only when whole: dead letters kept in one place and drained from another would be lost to reprocessing.
+  const nativeDeadLetters = hasDeadLetterStore(adapter) || !emulates;
   if (hasGroupSender(adapter) && hasDeadLetterStore(adapter)) {
     // Every part is the adapter's own: straight through, nothing added on any path.
     return {
@@ -83,7 +84,7 @@ function buildParts(adapter: BrokerAdapter): DeliveryParts {
       ? (topic: AdapterTopic, group: string, message: OutboundMessage) => adapter.publish(emulatedRetryTopic(topic, group), message)
       : () => Promise.reject(missing('sendToGroup'));
 
-  const sendToDeadLetters = adapter.sendToDeadLetters
+  const sendToDeadLetters = adapter.sendToDeadLetters && nativeDeadLetters
     ? adapter.sendToDeadLetters.bind(adapter)
     : emulates
       ? (topic: AdapterTopic, group: string, message: OutboundMessage) => adapter.publish(emulatedDeadLetterTopic(topic, group), message)
@@ -98,6 +99,8 @@ function buildParts(adapter: BrokerAdapter): DeliveryParts {
   const consume = async (topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> => {
     if (options.source === 'dead-letters') return consumeDeadLetters(topic, options.group, options.concurrency, listener);
     const consumers: AdapterConsumer[] = [];
+    // Two consumers (the group's copies beside its messages) share the subscription's concurrency.
+    const limit = nativeGroupSender ? undefined : sharedLimit(listener, options.concurrency);
     try {
       if (!nativeDeadLetters) {
         // Created now, read later: a dead letter sent before anyone reads dead letters is kept.
@@ -105,17 +108,17 @@ function buildParts(adapter: BrokerAdapter): DeliveryParts {
         const declared = await consumeDeadLetters(topic, options.group, 1, () => UNSETTLED);
         await declared.close();
       }
-      if (!nativeGroupSender) consumers.push(await adapter.consume(emulatedRetryTopic(topic, options.group), options, listener));
-      consumers.push(await adapter.consume(topic, options, listener));
+      if (limit) consumers.push(await adapter.consume(emulatedRetryTopic(topic, options.group), options, limit.listener));
+      consumers.push(await adapter.consume(topic, options, limit?.listener ?? listener));
     } catch (error) {
       await Promise.all(consumers.map((consumer) => consumer.close().catch(() => undefined)));
       throw error;
     }
-    return consumers.length === 1 ? consumers[0] : allOf(consumers);
+    return consumers.length === 1 ? consumers[0] : allOf(consumers, limit);
   };
 
   const drainDeadLetters =
-    typeof adapter.drainDeadLetters === 'function'
+    typeof adapter.drainDeadLetters === 'function' && nativeDeadLetters
       ? adapter.drainDeadLetters.bind(adapter)
       : (topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>) =>
           drainThroughConsumer((listener) => consumeDeadLetters(topic, group, 1, listener), limit, visit);
@@ -129,10 +132,45 @@ function missing(part: string): Error {
   return new Error(`the broker adapter has neither ${part} nor publish to emulate it with`);
 }
 
-function allOf(consumers: AdapterConsumer[]): AdapterConsumer {
+function allOf(consumers: AdapterConsumer[], limit?: SharedLimit): AdapterConsumer {
   return {
-    stop: async () => void (await Promise.all(consumers.map((consumer) => consumer.stop()))),
+    stop: async () => {
+      limit?.stop();
+      await Promise.all(consumers.map((consumer) => consumer.stop()));
+    },
     close: async () => void (await Promise.all(consumers.map((consumer) => consumer.close()))),
+  };
+}
+
+interface SharedLimit {
+  listener: DeliveryListener;
+  /** Deliveries still waiting for a slot are not handled: left unacked, their consumer's close gives them back. */
+  stop(): void;
+}
+
+/** At most `concurrency` deliveries in `listener` at once, whichever consumer they came from. */
+function sharedLimit(listener: DeliveryListener, concurrency: number): SharedLimit {
+  let active = 0;
+  let stopped = false;
+  const waiting: (() => void)[] = [];
+  const release = (): void => {
+    const next = waiting.shift();
+    if (next) next(); // the slot passes straight to the next waiting delivery
+    else active--;
+  };
+  return {
+    listener: async (delivery) => {
+      if (active < concurrency) active++;
+      else await new Promise<void>((resolve) => waiting.push(resolve));
+      try {
+        if (!stopped) await listener(delivery);
+      } finally {
+        release();
+      }
+    },
+    stop: () => {
+      stopped = true;
+    },
   };
 }
 
@@ -172,15 +210,22 @@ async function drainThroughConsumer(
       failure = error;
       return finish();
     }
-    await delivery.ack();
+    try {
+      await delivery.ack();
+    } catch (error) {
+      // Not removed: the drain ends here rather than wait for a delivery that cannot come.
+      done = true;
+      failure = error;
+      return finish();
+    }
     if (++removed >= limit) {
       done = true;
       return finish();
     }
     waitQuietly(DRAIN_QUIET_MS);
   };
-  waitQuietly(DRAIN_FIRST_WAIT_MS);
   const consumer = await open(listener);
+  if (taken === 0 && !done) waitQuietly(DRAIN_FIRST_WAIT_MS);
   try {
     await finished;
   } finally {

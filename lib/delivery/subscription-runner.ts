@@ -91,7 +91,8 @@ export class SubscriptionRunner {
     } catch (error) {
       return this.unsettled(delivery, error);
     }
-    return settling.then(this.settledOne, (error: unknown) => this.unsettled(delivery, error));
+    // Promise.resolve hands a native promise back as it is; it also covers an adapter whose ack returned nothing.
+    return Promise.resolve(settling).then(this.settledOne, (error: unknown) => this.unsettled(delivery, error));
   };
 
   private readonly settledOne = (): void => {

@@ -277,10 +277,13 @@ export class MemoryQueueConsumer {
     this.stopped = true;
     this.queue.detach(this);
     const unacked: MemoryMessage[] = [];
-    for (let delivery = this.oldest; delivery; delivery = delivery.next) {
+    for (let delivery = this.oldest; delivery; ) {
+      const next = delivery.next;
       delivery.revoke();
+      delivery.previous = delivery.next = undefined; // a handler still holding one keeps no others alive
       this.queue.revoked(delivery.message);
       unacked.push(delivery.message);
+      delivery = next;
     }
     this.oldest = this.newest = undefined;
     this.inFlight = 0;
