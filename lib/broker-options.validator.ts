@@ -235,10 +235,11 @@ function connection(type: BrokerType, config: unknown, path: string, problems: P
       optionalString(config.accessKeyId, `${path}.accessKeyId`, problems);
       optionalString(config.secretAccessKey, `${path}.secretAccessKey`, problems);
       optionalString(config.sessionToken, `${path}.sessionToken`, problems);
-      if ((config.accessKeyId === undefined) !== (config.secretAccessKey === undefined)) {
+      // Deferred: another env's key or secret may be unset on this machine; the pair is checked on first use.
+      if (!deferred && (config.accessKeyId === undefined) !== (config.secretAccessKey === undefined)) {
         problems.push(`${path}: accessKeyId and secretAccessKey must be given together (or neither, for the default credential chain)`);
       }
-      if (config.sessionToken !== undefined && config.accessKeyId === undefined) problems.push(`${path}.sessionToken: needs accessKeyId and secretAccessKey`);
+      if (!deferred && config.sessionToken !== undefined && config.accessKeyId === undefined) problems.push(`${path}.sessionToken: needs accessKeyId and secretAccessKey`);
       if (config.fanout !== undefined && config.fanout !== 'queue' && config.fanout !== 'sns') problems.push(`${path}.fanout: must be 'queue' or 'sns'`);
       if (config.fifo !== undefined && typeof config.fifo !== 'boolean') problems.push(`${path}.fifo: must be a boolean`);
       if (config.createMissing !== undefined && typeof config.createMissing !== 'boolean') problems.push(`${path}.createMissing: must be a boolean`);

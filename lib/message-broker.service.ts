@@ -122,7 +122,15 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   }
 
   private send(adapter: BrokerAdapter, route: Route, message: OutboundMessage, messageId: string): Promise<PublishResult> {
-    return adapter.publish(route.topic, message).then(
+    let accepted: Promise<void>;
+    try {
+      // Promise.resolve hands a native promise back as it is; it also covers an adapter that returned nothing.
+      accepted = Promise.resolve(adapter.publish(route.topic, message));
+    } catch (error) {
+      // An adapter that throws instead of rejecting (a name its broker refuses, say) still fails as PUBLISH_FAILED.
+      accepted = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+    }
+    return accepted.then(
       () => ({ messageId }),
       (error: unknown) => Promise.reject(this.wrap('PUBLISH_FAILED', `publish '${route.event}' [${route.env}] failed`, error)),
     );

@@ -143,6 +143,37 @@ describe('a broker type registered in adapters', () => {
     }
   });
 
+  it('fails a publish as PUBLISH_FAILED when the adapter throws instead of rejecting', async () => {
+    const app = await boot(
+      DuctapeBrokerModule.forRoot({
+        env: 'dev',
+        product: 'my_product',
+        adapters: {
+          throwing: (_config, context) => {
+            const adapter = createMemoryAdapter({ server: `custom-adapter-${++servers}` }, context);
+            adapter.publish = () => {
+              throw new Error('a name this broker refuses');
+            };
+            return adapter;
+          },
+        },
+        brokers: [{ tag: 'shop', envs: [{ slug: 'dev', type: 'throwing' }] }],
+      }),
+    );
+    try {
+      const broker = app.get(MessageBrokerService);
+      for (let attempt = 0; attempt < 2; attempt++) {
+        // The first publish connects the adapter; the second goes the connected way.
+        const error = await broker.publish({ env: 'dev', event: 'shop:orders', product_tag: 'my_product', input: { message: 'one' } }).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(BrokerError);
+        expect((error as BrokerError).code).toBe('PUBLISH_FAILED');
+        expect((error as BrokerError).message).toContain('a name this broker refuses');
+      }
+    } finally {
+      await app.close();
+    }
+  });
+
   it("is CONFIG_INVALID at startup when its validate finds problems in the process's own env, naming the entry", async () => {
     const error = await startupError({
       env: 'dev',

@@ -170,6 +170,24 @@ describe('each process needs only its own env to be complete', () => {
     }
   });
 
+  it("starts with half of another env's SQS key pair set (its secret unset here), and refuses the pair on that env's first use", async () => {
+    const halfPair = laptop();
+    Object.assign((halfPair.brokers[0].envs[2] as unknown as { config: Record<string, unknown> }).config, {
+      region: 'eu-west-1',
+      accessKeyId: 'AKIAEXAMPLE',
+      secretAccessKey: process.env.DUCTAPE_TEST_UNSET_AWS_SECRET,
+    });
+    const { app, broker } = await createBrokerApp(halfPair);
+    try {
+      const error = await broker.publish({ env: 'prd', event: 'orders:new', product_tag: 'my_product', input: { message: {} } }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BrokerError);
+      expect((error as BrokerError).code).toBe('CONFIG_INVALID');
+      expect((error as BrokerError).message).toContain('accessKeyId and secretAccessKey must be given together');
+    } finally {
+      await app.close();
+    }
+  });
+
   it("still refuses at startup another env's settings that are given but wrong, and its own env's missing ones", async () => {
     const wrong = laptop();
     (wrong.brokers[0].envs[1] as { config: { url: string } }).config.url = 'http://not-amqp';

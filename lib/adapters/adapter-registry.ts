@@ -71,9 +71,8 @@ export class AdapterRegistry {
     try {
       adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger }, this.registered);
     } catch (error) {
-      throw new BrokerError('CONFIG_INVALID', `broker '${brokerTag}' env '${env.slug}' (${env.type}): ${describeError(error)}`, {
-        cause: error,
-      });
+      // The redacted text only, no cause: a factory's own error may hold the config it was given (a URL with its password, say).
+      throw new BrokerError('CONFIG_INVALID', `broker '${brokerTag}' env '${env.slug}' (${env.type}): ${describeError(error)}`);
     }
     try {
       await adapter.connect();
