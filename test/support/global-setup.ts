@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { startKafkaServer, type KafkaServer } from './kafka-server';
 
 /**
  * Probes each real broker the integration suites use, once per run, and tells the workers which
@@ -34,7 +35,9 @@ export default async function globalSetup(): Promise<void> {
 }
 
 /**
- * Kafka: the cluster in KAFKA_BROKERS (comma-separated host:port) when set, else librdkafka's mock
+ * Kafka: the cluster in KAFKA_BROKERS (comma-separated host:port) when set; else, with
+ * DUCTAPE_TEST_KAFKA=real, a real Apache Kafka node started here (test/support/kafka-server.ts;
+ * the workers get KAFKA_BROKERS and DUCTAPE_TEST_KAFKA_SERVER=real); else librdkafka's mock
  * cluster (test/kafka/mock-cluster.c, built here once per change of its source and cached under
  * node_modules/.cache/ductape). The workers get KAFKA_BROKERS, plus DUCTAPE_TEST_KAFKA_MOCK=1 and
  * the mock's control FIFO in DUCTAPE_TEST_KAFKA_MOCK_CONTROL (see test/support/kafka.ts). The mock
@@ -49,7 +52,7 @@ interface KafkaMock {
   control?: string;
 }
 
-const state = globalThis as typeof globalThis & { __ductapeKafkaMock?: KafkaMock; __ductapeSqsEmulator?: ChildProcess };
+const state = globalThis as typeof globalThis & { __ductapeKafkaMock?: KafkaMock; __ductapeKafkaServer?: KafkaServer; __ductapeSqsEmulator?: ChildProcess };
 
 async function setUpKafka(): Promise<string | undefined> {
   const external = process.env.KAFKA_BROKERS?.trim();
@@ -60,6 +63,9 @@ async function setUpKafka(): Promise<string | undefined> {
     const reason = await probe(host, colon > 0 ? Number(first.slice(colon + 1)) : 9092);
     return reason && `KAFKA_BROKERS=${external}: ${reason}`;
   }
+  const kind = process.env.DUCTAPE_TEST_KAFKA?.trim() || 'mock';
+  if (kind === 'real') return setUpRealKafka();
+  if (kind !== 'mock') return `no Kafka: DUCTAPE_TEST_KAFKA=${kind} is neither 'mock' (the default) nor 'real'`;
   try {
     const binary = await buildKafkaMock();
     const control = await makeFifo();
@@ -74,6 +80,26 @@ async function setUpKafka(): Promise<string | undefined> {
   } catch (error) {
     return `no Kafka: KAFKA_BROKERS is not set and librdkafka's mock cluster could not start: ${(error as Error).message}`;
   }
+}
+
+/** A real Kafka node for the run (DUCTAPE_TEST_KAFKA=real): undefined when it answers, else why not. */
+async function setUpRealKafka(): Promise<string | undefined> {
+  try {
+    const server = await startKafkaServer();
+    state.__ductapeKafkaServer = server;
+    process.env.KAFKA_BROKERS = server.bootstrap;
+    process.env.DUCTAPE_TEST_KAFKA_SERVER = 'real';
+    return undefined;
+  } catch (error) {
+    return `no Kafka: DUCTAPE_TEST_KAFKA=real and KAFKA_BROKERS is not set, but the Kafka server could not start: ${(error as Error).message}`;
+  }
+}
+
+/** Stops the real Kafka node started by globalSetup (global-teardown.ts); a no-op without one. */
+export async function stopKafkaServer(): Promise<void> {
+  const server = state.__ductapeKafkaServer;
+  state.__ductapeKafkaServer = undefined;
+  if (server) await server.stop();
 }
 
 /** The launcher's path, compiled when no binary of this source is cached. */
