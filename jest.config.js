@@ -11,7 +11,7 @@ module.exports = {
   moduleFileExtensions: ['ts', 'js', 'json'],
   // Probes the real brokers once; suites skip (or, with REQUIRE_BROKERS=1, fail) when theirs is down.
   globalSetup: '<rootDir>/test/support/global-setup.ts',
-  // Stops the Kafka mock cluster globalSetup started (when KAFKA_BROKERS was not set).
+  // Stops the Kafka broker globalSetup started (the mock cluster, or a real node under DUCTAPE_TEST_KAFKA=real) and the SQS emulator.
   globalTeardown: '<rootDir>/test/support/global-teardown.ts',
   testTimeout: 20000,
   // Suites that talk to real brokers share servers: run files on both cores, but bounded.
