@@ -29,7 +29,7 @@ runConformanceSuite({
           };
         },
       }
-    : { notApplicable: 'KAFKA_BROKERS names a Kafka of the user\'s: the test restarts only a mock cluster of its own' },
+    : { notApplicable: 'the suite runs on a real Kafka (KAFKA_BROKERS or DUCTAPE_TEST_KAFKA=real): the test restarts only a mock cluster of its own' },
   batchFailure: isKafkaMock()
     ? {
         what: "the batching producer on a mock cluster of the test's own, its next Produce requests failing with INVALID_RECORD (87, not retriable)",
@@ -42,7 +42,7 @@ runConformanceSuite({
           };
         },
       }
-    : { notApplicable: "KAFKA_BROKERS names a Kafka of the user's: failing its requests on demand needs the mock cluster" },
+    : { notApplicable: 'the suite runs on a real Kafka (KAFKA_BROKERS or DUCTAPE_TEST_KAFKA=real): failing its requests on demand needs the mock cluster' },
   // Every new consumer group's first join takes 3 s on the mock: run the tests side by side.
   concurrentTests: true,
   envConfig: (slug) => kafkaEnv(slug),
