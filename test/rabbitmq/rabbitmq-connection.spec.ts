@@ -1,10 +1,10 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
-import { Injectable, type LoggerService } from '@nestjs/common';
+import { Injectable } from '@nestjs/common';
 import { BrokerError, OnBrokerEvent, type BrokerModuleOptions } from '../../lib';
 import type { INestApplication } from '@nestjs/common';
-import { createBrokerApp } from '../support/app';
+import { CapturingLogger, createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { holdExclusively } from '../support/exclusive';
 import { RABBITMQ_URL, recordDeclarations } from '../support/rabbitmq';
@@ -25,28 +25,6 @@ const declared = recordDeclarations();
 
 // The resilience file restarts the broker: a restart in the middle would change what these tests see.
 holdExclusively('rabbitmq', { cleanup: () => declared.deleteAll() });
-
-/** A Nest logger that keeps every line with the time it came, relative to its creation. */
-class TimedLogger implements LoggerService {
-  readonly startedAt = Date.now();
-  readonly lines: { level: string; afterMs: number; text: string }[] = [];
-  log = (message: unknown, ...params: unknown[]) => this.add('log', message, params);
-  error = (message: unknown, ...params: unknown[]) => this.add('error', message, params);
-  warn = (message: unknown, ...params: unknown[]) => this.add('warn', message, params);
-  debug = (message: unknown, ...params: unknown[]) => this.add('debug', message, params);
-  verbose = (message: unknown, ...params: unknown[]) => this.add('verbose', message, params);
-  fatal = (message: unknown, ...params: unknown[]) => this.add('fatal', message, params);
-
-  /** The first line that mentions `text`, or undefined. */
-  first(text: string): { level: string; afterMs: number; text: string } | undefined {
-    return this.lines.find((line) => line.text.includes(text));
-  }
-
-  private add(level: string, message: unknown, params: unknown[]): void {
-    const text = [message, ...params].map((part) => (part instanceof Error ? `${part.message} ${part.stack ?? ''}` : String(part))).join(' ');
-    this.lines.push({ level, afterMs: Date.now() - this.startedAt, text });
-  }
-}
 
 @Injectable()
 class OrdersHandler {
@@ -90,7 +68,7 @@ function optionsFor(url: string, config: { connectTimeoutMs?: number; reconnectD
 
 /** Starts an app whose own env uses `url`; it must fail. Returns the error, when it came, and every log line. */
 async function failedStartup(url: string, config: { connectTimeoutMs?: number; reconnectDelayMs?: number } = {}) {
-  const logger = new TimedLogger();
+  const logger = new CapturingLogger();
   const thrown = await createBrokerApp(optionsFor(url, config), { providers: [OrdersHandler] }, logger).then(
     async ({ app }) => {
       await app.close();
@@ -104,10 +82,10 @@ async function failedStartup(url: string, config: { connectTimeoutMs?: number; r
 }
 
 /** Neither the error (message, stack, cause) nor any log line holds the secret, or the user and secret together. */
-function expectNoCredentials(error: BrokerError, logger: TimedLogger, user: string, secret: string): void {
+function expectNoCredentials(error: BrokerError, logger: CapturingLogger, user: string, secret: string): void {
   const causes: string[] = [];
   for (let cause: unknown = error; cause instanceof Error; cause = cause.cause) causes.push(cause.message, cause.stack ?? '');
-  const everything = [...causes, ...logger.lines.map((line) => line.text)].join('\n');
+  const everything = [...causes, ...logger.entries.map((line) => line.text)].join('\n');
   expect(everything).not.toContain(secret);
   expect(everything).not.toContain(`${user}:`);
 }
@@ -131,7 +109,7 @@ describeWithBroker('rabbitmq', 'RabbitMQ connection failures', () => {
     // At once: before, nothing was logged until the connect timeout had passed.
     expect(waiting!.afterMs).toBeLessThan(1000);
     // Retried every 250 ms, and logged once: the same cause is not repeated every attempt.
-    expect(logger.lines.filter((line) => line.text.includes('cannot connect to')).length).toBe(1);
+    expect(logger.entries.filter((line) => line.text.includes('cannot connect to')).length).toBe(1);
 
     expect(error.code).toBe('SUBSCRIBE_FAILED');
     expect(error.message).toContain(`cannot connect to ${endpoint} within 3000 ms (connectTimeoutMs), retrying every 250 ms`);
@@ -209,7 +187,7 @@ describeWithBroker('rabbitmq', 'RabbitMQ connection failures', () => {
 
     it('a connection lost later: each cause of its failed reconnects is logged once for both connections, and the return too', async () => {
       proxy = await startTcpProxy(Number(new URL(RABBITMQ_URL).port || 5672), new URL(RABBITMQ_URL).hostname);
-      const logger = new TimedLogger();
+      const logger = new CapturingLogger();
       ({ app } = await createBrokerApp(optionsFor(urlWith({ port: proxy.port }), { reconnectDelayMs: 100 }), { providers: [OrdersHandler] }, logger));
       const endpoint = `RabbitMQ at amqp://127.0.0.1:${proxy.port} (vhost '/')`;
 
@@ -219,7 +197,7 @@ describeWithBroker('rabbitmq', 'RabbitMQ connection failures', () => {
       // Reconnects every 100 ms, on two connections: each cause is logged once (again after 30 s).
       // The proxy's cut is seen as a close during the handshake, or as a reset, by turns.
       await new Promise((resolve) => setTimeout(resolve, 1000));
-      const failures = logger.lines.filter((line) => line.text.includes(`cannot connect to ${endpoint}`));
+      const failures = logger.entries.filter((line) => line.text.includes(`cannot connect to ${endpoint}`));
       expect(failures.length).toBeGreaterThanOrEqual(1);
       expect(failures.length).toBeLessThanOrEqual(2);
       expect(new Set(failures.map((line) => line.text)).size).toBe(failures.length);
@@ -230,7 +208,7 @@ describeWithBroker('rabbitmq', 'RabbitMQ connection failures', () => {
       }
 
       proxy.refuse(false);
-      await waitFor(() => logger.lines.filter((line) => line.text.includes('is back after')).length === 2, 'both connections back', 5000);
+      await waitFor(() => logger.entries.filter((line) => line.text.includes('is back after')).length === 2, 'both connections back', 5000);
     });
   });
 });

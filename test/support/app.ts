@@ -42,10 +42,13 @@ export interface LogEntry {
   message: string;
   /** The message and every parameter, errors with their stacks: for checks of what never reaches a log. */
   text: string;
+  /** When it came, in ms after the logger was made. */
+  afterMs: number;
 }
 
 /** Keeps every log line of an application (and keeps them off the console). */
 export class CapturingLogger implements LoggerService {
+  readonly startedAt = Date.now();
   readonly entries: LogEntry[] = [];
   log = (message: unknown, ...params: unknown[]) => this.add('log', message, params);
   error = (message: unknown, ...params: unknown[]) => this.add('error', message, params);
@@ -57,6 +60,11 @@ export class CapturingLogger implements LoggerService {
   /** The full text of every entry. */
   get texts(): string[] {
     return this.entries.map((entry) => entry.text);
+  }
+
+  /** The first entry whose full text mentions `text`. */
+  first(text: string): LogEntry | undefined {
+    return this.entries.find((entry) => entry.text.includes(text));
   }
 
   /** Messages logged under `context` that mention `text`. */
@@ -71,6 +79,7 @@ export class CapturingLogger implements LoggerService {
       context: typeof last === 'string' ? last : undefined,
       message: typeof message === 'string' ? message : JSON.stringify(message),
       text: [message, ...params].map(logText).join(' '),
+      afterMs: Date.now() - this.startedAt,
     });
   }
 }
