@@ -46,6 +46,8 @@ export class KafkaSubscription implements AdapterConsumer {
   /** `topic:partition` → offset below which this member passes messages over (a new group's start). */
   private readonly skipBelow = new Map<string, bigint>();
   private startReady: Promise<void> = Promise.resolve();
+  /** Settles once kafkajs's run() is past its first join (or failed). */
+  private runStarted: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly kafka: Kafka,
@@ -62,7 +64,8 @@ export class KafkaSubscription implements AdapterConsumer {
       maxWaitTimeInMs: this.spec.fetchMaxWaitMs,
       allowAutoTopicCreation: false,
       // The fetch loop retries after an error (a closed batch, say) only after this pause.
-      retry: { initialRetryTime: 100 },
+      // A closed subscription is not restarted after a crash.
+      retry: { initialRetryTime: 100, restartOnFailure: () => Promise.resolve(!this.stopped) },
     });
     this.consumer = consumer;
     let joinedOnce: () => void = () => undefined;
@@ -104,18 +107,28 @@ export class KafkaSubscription implements AdapterConsumer {
     await consumer.subscribe({ topics, fromBeginning: true });
     let startReady: () => void = () => undefined;
     this.startReady = new Promise<void>((resolve) => (startReady = resolve));
-    await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, partitionsConsumedConcurrently: concurrency, eachBatch: this.eachBatch });
-    running = true;
-    // run() resolves once the first join is done (kafkajs joins before it starts fetching); the
-    // batches wait until this member has committed where a new group starts.
-    try {
-      await commitStart();
-    } finally {
-      startReady();
+    // run() resolves only once JoinGroup and SyncGroup are done. While another member of the group
+    // is inside a long handler it does not rejoin, and the broker holds this join until it does or
+    // its rebalance timeout drops it (60 s): subscribe does not wait for that beyond joinWaitMs. The
+    // group's start offsets were taken before (spec.startAt), so nothing published from now on is missed.
+    const started = consumer
+      .run({ autoCommit: false, eachBatchAutoResolve: false, partitionsConsumedConcurrently: concurrency, eachBatch: this.eachBatch })
+      .then(async () => {
+        running = true;
+        // The batches wait until this member has committed where a new group starts.
+        try {
+          await commitStart();
+        } finally {
+          startReady();
+        }
+        if (Object.keys(assignment).length > 0) joinedOnce();
+      });
+    this.runStarted = started.catch(() => undefined);
+    if (!(await waitAtMost(Promise.race([started, crashed]), joinWaitMs))) {
+      started.catch((error: unknown) => this.logger.error(`${describeError(error)}; messages published before the subscription may be delivered`));
+      return;
     }
-    if (Object.keys(assignment).length > 0) joinedOnce();
-    // Once assigned, messages published from now on reach this member; a group busy rebalancing
-    // around a long handler elsewhere is not waited for beyond joinWaitMs (its offsets are set).
+    // Once assigned, messages published from now on reach this member.
     await waitAtMost(Promise.race([joined, crashed]), joinWaitMs);
   }
 
@@ -132,7 +145,8 @@ export class KafkaSubscription implements AdapterConsumer {
       } catch {
         // No consumer group (run() never started, or kafkajs is restarting it): nothing to pause.
       }
-      this.stopping = consumer.stop().catch((error: unknown) => this.logger.warn(`stopping consumer group '${this.spec.groupId}': ${describeError(error)}`));
+      // kafkajs's stop() does nothing while run() is still joining: stop once the join is over.
+      this.stopping = this.runStarted.then(() => consumer.stop()).catch((error: unknown) => this.logger.warn(`stopping consumer group '${this.spec.groupId}': ${describeError(error)}`));
     }
     return Promise.resolve();
   }
