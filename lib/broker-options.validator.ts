@@ -225,7 +225,7 @@ function connection(type: BrokerType, config: unknown, path: string, problems: P
       positiveInteger(config.maxBatchBytes, `${path}.maxBatchBytes`, problems);
       positiveInteger(config.numPartitions, `${path}.numPartitions`, problems);
       if (config.replicationFactor !== undefined && config.replicationFactor !== -1) positiveInteger(config.replicationFactor, `${path}.replicationFactor`, problems);
-      for (const field of ['connectTimeoutMs', 'requestTimeoutMs', 'sessionTimeoutMs', 'heartbeatIntervalMs', 'joinWaitMs', 'fetchMaxWaitMs']) {
+      for (const field of ['publishTimeoutMs', 'connectTimeoutMs', 'requestTimeoutMs', 'sessionTimeoutMs', 'heartbeatIntervalMs', 'joinWaitMs', 'fetchMaxWaitMs']) {
         duration(config[field], `${path}.${field}`, problems, 1);
       }
       break;

@@ -103,6 +103,11 @@ export interface KafkaEnvSettings {
   sasl?: unknown;
   /** Acknowledgement a publish waits for: every in-sync replica ('all', the default) or the leader only. */
   acks?: 'all' | 'leader';
+  /**
+   * How long publish waits for the broker's acknowledgement before PUBLISH_FAILED (default 30000).
+   * A publish that timed out may still reach the broker later (kafkajs goes on sending it).
+   */
+  publishTimeoutMs?: number;
   /** How long a publish waits for others to share its produce request (default 5). */
   lingerMs?: number;
   /** Most messages in one produce request (default 500). */

@@ -623,35 +623,34 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
     }, 30_000);
   });
 
-  describe('a new group on a topic with history', () => {
-    // Round-trip delays make kafkajs's first fetch (from the beginning: the group has no offsets
-    // yet) come back before the group's start offsets are committed; they would slow every other
-    // suite on the shared cluster, so this test has a mock cluster of its own.
-    const onTheMock: typeof it.only = isKafkaMock()
-      ? it
-      : (((name: string, fn: () => Promise<void>, timeout?: number) => {
-          // eslint-disable-next-line no-console
-          console.warn(`Skipping "${name}": it needs the librdkafka mock cluster (KAFKA_BROKERS points at a real one)`);
-          it.skip(`${name} (skipped: needs the librdkafka mock cluster)`, fn, timeout);
-        }) as unknown as typeof it.only);
+  // Tests that need a mock cluster of their own (round-trip delays, errors, brokers down), so as not to
+  // slow or break the other suites on the shared one.
+  const onTheMock: typeof it.only = isKafkaMock()
+    ? it
+    : (((name: string, fn: () => Promise<void>, timeout?: number) => {
+        // eslint-disable-next-line no-console
+        console.warn(`Skipping "${name}": it needs the librdkafka mock cluster (KAFKA_BROKERS points at a real one)`);
+        it.skip(`${name} (skipped: needs the librdkafka mock cluster)`, fn, timeout);
+      }) as unknown as typeof it.only);
 
-    /** Runs `body` with a mock cluster of its own and applications on it; all are closed after. */
-    async function onPrivateCluster(body: (cluster: { mock: Awaited<ReturnType<typeof startPrivateKafkaMock>>; open: () => Promise<MessageBrokerService>; opened: INestApplication[] }) => Promise<void>): Promise<void> {
-      const mock = await startPrivateKafkaMock();
-      const opened: INestApplication[] = [];
-      const open = async () => {
-        const started = await createBrokerApp(options(kafkaEnv('prd', { brokers: mock.brokers })));
-        opened.push(started.app);
-        return started.broker;
-      };
-      try {
-        await body({ mock, open, opened });
-      } finally {
-        for (const app of [...opened].reverse()) await app.close().catch(() => undefined);
-        await mock.stop();
-      }
+  /** Runs `body` with a mock cluster of its own and applications on it; all are closed after. */
+  async function onPrivateCluster(body: (cluster: { mock: Awaited<ReturnType<typeof startPrivateKafkaMock>>; open: (config?: Partial<KafkaEnvConfig['config']>, overrides?: Partial<BrokerModuleOptions>) => Promise<MessageBrokerService>; opened: INestApplication[] }) => Promise<void>): Promise<void> {
+    const mock = await startPrivateKafkaMock();
+    const opened: INestApplication[] = [];
+    const open = async (config: Partial<KafkaEnvConfig['config']> = {}, overrides: Partial<BrokerModuleOptions> = {}) => {
+      const started = await createBrokerApp(options(kafkaEnv('prd', { brokers: mock.brokers, ...config }), overrides));
+      opened.push(started.app);
+      return started.broker;
+    };
+    try {
+      await body({ mock, open, opened });
+    } finally {
+      for (const app of [...opened].reverse()) await app.close().catch(() => undefined);
+      await mock.stop();
     }
+  }
 
+  describe('a new group on a topic with history', () => {
     /** Subscribes `group`, publishes a marker after, and resolves with the old messages handled until the marker came. */
     async function oldMessagesHandled(consumer: MessageBrokerService, publisher: MessageBrokerService, event: string, group: string, timeoutMs: number): Promise<unknown[]> {
       const handled: unknown[] = [];
@@ -662,6 +661,9 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       return handled.filter((message) => (message as { old?: number }).old !== undefined);
     }
 
+    // Round-trip delays make kafkajs's first fetch (from the beginning: the group has no offsets
+    // yet) come back before the group's start offsets are committed; they would slow every other
+    // suite on the shared cluster, so this test has a mock cluster of its own.
     onTheMock('never commits below where it starts, so an instance that takes over does not handle the history', () =>
       onPrivateCluster(async ({ mock, open, opened }) => {
         const admin = new Kafka({ brokers: mock.brokers, logLevel: 0 }).admin();
@@ -709,6 +711,57 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         // first join inside run() and restarts the consumer, which joins later.
         mock.control('errors 11 40 15');
         expect(await oldMessagesHandled(await open(), publisher, event, 'late-join', 30_000)).toHaveLength(0);
+      }),
+    60_000);
+  });
+
+  describe('during a broker outage', () => {
+    onTheMock('rejects each publish within publishTimeoutMs and closes within the shutdown timeout', () =>
+      onPrivateCluster(async ({ mock, open, opened }) => {
+        const { event } = newTopic();
+        const shutdownTimeoutMs = 5000;
+        const publisher = await open({ publishTimeoutMs: 1500 }, { shutdownTimeoutMs });
+        await publish(publisher, event, { before: true });
+        mock.control('down -1');
+
+        const began = Date.now();
+        const results = await Promise.allSettled(Array.from({ length: 20 }, (_, n) => publish(publisher, event, { n })));
+        const took = Date.now() - began;
+        expect(results.map((result) => result.status === 'rejected' && (result.reason as BrokerError).code)).toEqual(Array(20).fill('PUBLISH_FAILED'));
+        expect(String((results[0] as PromiseRejectedResult).reason)).toMatch(/publishTimeoutMs/);
+        expect(took).toBeGreaterThanOrEqual(1400);
+        expect(took).toBeLessThan(1500 + 1000);
+
+        // A topic not known yet: its creation counts in the publish's time.
+        const fresh = Date.now();
+        await expect(publish(publisher, newTopic().event, { fresh: true })).rejects.toMatchObject({ code: 'PUBLISH_FAILED' });
+        expect(Date.now() - fresh).toBeLessThan(1500 + 1000);
+
+        // Publishes still waiting when the application closes: they fail, and the close does not wait for the brokers.
+        const late = Array.from({ length: 5 }, (_, n) => publish(publisher, event, { late: n }).then(() => 'sent', (error: BrokerError) => error.code));
+        await sleep(200);
+        const closing = Date.now();
+        await opened[0].close();
+        opened.length = 0;
+        expect(Date.now() - closing).toBeLessThan(shutdownTimeoutMs + 1000);
+        expect(await Promise.all(late)).toEqual(Array(5).fill('PUBLISH_FAILED'));
+      }),
+    60_000);
+
+    onTheMock('closes within the shutdown timeout with publishes pending under the default publishTimeoutMs', () =>
+      onPrivateCluster(async ({ mock, open, opened }) => {
+        const { event } = newTopic();
+        const shutdownTimeoutMs = 5000;
+        const broker = await open({}, { shutdownTimeoutMs });
+        await publish(broker, event, { before: true });
+        mock.control('down -1');
+        const pending = Array.from({ length: 10 }, (_, n) => publish(broker, event, { n }).then(() => 'sent', (error: BrokerError) => error.code));
+        await sleep(500);
+        const closing = Date.now();
+        await opened[0].close();
+        opened.length = 0;
+        expect(Date.now() - closing).toBeLessThan(shutdownTimeoutMs + 1000);
+        expect(await Promise.all(pending)).toEqual(Array(10).fill('PUBLISH_FAILED'));
       }),
     60_000);
   });

@@ -9,6 +9,9 @@ import { DUE_HEADER, fromKafkaMessage, headerText } from './kafka-headers';
 const RELEASE_PAUSE_MS = 1000;
 /** Longest single pause of a partition waiting for a due time. */
 const MAX_PAUSE_MS = 60_000;
+/** How long close() waits for kafkajs's stop (and a first join still pending before it), then for its disconnect. */
+const STOP_WAIT_MS = 3000;
+const DISCONNECT_WAIT_MS = 1000;
 
 export interface KafkaSubscriptionSpec {
   groupId: string;
@@ -157,8 +160,13 @@ export class KafkaSubscription implements AdapterConsumer {
     for (const settle of this.waiting) settle('abandoned');
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
-    await this.stopping;
-    await this.consumer?.disconnect().catch((error: unknown) => this.logger.warn(`closing consumer group '${this.spec.groupId}': ${describeError(error)}`));
+    // A first join still pending (a broker may hold it up to the group's rebalance timeout, 60 s),
+    // or a stop the brokers do not answer, is not waited for: disconnecting ends it.
+    if (this.stopping && !(await waitAtMost(this.stopping, STOP_WAIT_MS))) {
+      this.logger.warn(`consumer group '${this.spec.groupId}' did not stop within ${STOP_WAIT_MS} ms; disconnecting`);
+    }
+    const disconnected = this.consumer?.disconnect().catch((error: unknown) => this.logger.warn(`closing consumer group '${this.spec.groupId}': ${describeError(error)}`));
+    if (disconnected) await waitAtMost(disconnected, DISCONNECT_WAIT_MS);
   }
 
   private readonly eachBatch = async (payload: EachBatchPayload): Promise<void> => {

@@ -1,3 +1,4 @@
+import { waitAtMost } from '../../support/with-timeout';
 import type { Message, Producer } from 'kafkajs';
 
 export interface BatchingOptions {
@@ -7,12 +8,17 @@ export interface BatchingOptions {
   lingerMs: number;
   maxBatchMessages: number;
   maxBatchBytes: number;
+  /** How long a publish waits for the broker's answer before it fails (the record may still be sent later). */
+  publishTimeoutMs: number;
 }
 
 interface Pending {
   topic: string;
   message: Message;
   bytes: number;
+  /** When its publish fails if the broker has not answered. */
+  deadline: number;
+  settled: boolean;
   resolve: () => void;
   reject: (error: unknown) => void;
 }
@@ -22,32 +28,79 @@ interface Pending {
  * to `lingerMs` for others, and a batch goes at once when it reaches its size cap. Each caller
  * still gets its own result: when a batch fails, its messages are sent again one by one, so one
  * bad message (too large for the broker, say) fails alone.
+ *
+ * Every publish fails after `publishTimeoutMs` without an answer (a broker outage: kafkajs retries
+ * on its own for long). One timer serves all of them: it fires at the oldest publish's deadline,
+ * fails those past theirs, and is set again for the next. A publish that failed so may still reach
+ * the broker later (kafkajs is still sending its batch): delivery is at least once.
  */
 export class BatchingProducer {
   private pending: Pending[] = [];
   private pendingBytes = 0;
   private timer?: NodeJS.Timeout;
   private readonly inFlight = new Set<Promise<void>>();
+  /** The batches sent and not answered yet, oldest first. */
+  private readonly sentBatches = new Set<Pending[]>();
+  private deadlineTimer?: NodeJS.Timeout;
+  private timerDue = 0;
+  private closed = false;
 
   constructor(
     private readonly producer: Producer,
     private readonly options: BatchingOptions,
   ) {}
 
-  send(topic: string, message: Message): Promise<void> {
+  /** `deadline`: when the publish fails without an answer (default: `publishTimeoutMs` from now). */
+  send(topic: string, message: Message, deadline?: number): Promise<void> {
     return new Promise((resolve, reject) => {
+      if (this.closed) return reject(new Error('the Kafka adapter is closed'));
       const bytes = size(message);
-      this.pending.push({ topic, message, bytes, resolve, reject });
+      const now = Date.now();
+      deadline ??= now + this.options.publishTimeoutMs;
+      this.pending.push({ topic, message, bytes, deadline, settled: false, resolve, reject });
+      if (this.deadlineTimer === undefined || deadline < this.timerDue) this.armDeadline(deadline, now);
       this.pendingBytes += bytes;
       if (this.pending.length >= this.options.maxBatchMessages || this.pendingBytes >= this.options.maxBatchBytes) this.flush();
       else this.timer ??= setTimeout(() => this.flush(), this.options.lingerMs);
     });
   }
 
-  /** Sends what is waiting and resolves once every batch under way has its answer. */
-  async drain(): Promise<void> {
+  /**
+   * Sends what is waiting, waits at most `ms` for the answers, then fails every publish still
+   * unanswered; never waits longer than `ms`.
+   */
+  async close(ms: number): Promise<void> {
     this.flush();
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    this.closed = true;
+    await waitAtMost(Promise.allSettled([...this.inFlight]), ms);
+    const error = new Error('the Kafka adapter closed before the broker acknowledged the message; it may still have reached the broker');
+    for (const batch of this.sentBatches) for (const pending of batch) settle(pending, error);
+    this.sentBatches.clear();
+    clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+  }
+
+  /** Fails the publishes past their deadline, and sets the timer for the next one's. */
+  private readonly expire = (): void => {
+    this.deadlineTimer = undefined;
+    const now = Date.now();
+    let next = Infinity;
+    const error = () =>
+      new Error(`the Kafka broker did not acknowledge the message within ${this.options.publishTimeoutMs} ms (publishTimeoutMs); it may be unreachable, and the message may still reach it later`);
+    for (const batch of [...this.sentBatches, this.pending]) {
+      for (const pending of batch) {
+        if (pending.settled) continue;
+        if (pending.deadline <= now) settle(pending, error());
+        else next = Math.min(next, pending.deadline);
+      }
+    }
+    if (next !== Infinity) this.armDeadline(next, now);
+  };
+
+  private armDeadline(due: number, now: number): void {
+    clearTimeout(this.deadlineTimer);
+    this.timerDue = due;
+    this.deadlineTimer = setTimeout(this.expire, Math.max(0, due - now));
   }
 
   private flush(): void {
@@ -57,7 +110,16 @@ export class BatchingProducer {
     const batch = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
-    const sending = this.sendBatch(batch).finally(() => this.inFlight.delete(sending));
+    this.sentBatches.add(batch);
+    const sending = this.sendBatch(batch).finally(() => {
+      this.inFlight.delete(sending);
+      this.sentBatches.delete(batch);
+      if (this.sentBatches.size === 0 && this.pending.length === 0) {
+        // Nothing waits for an answer: no timer left behind.
+        clearTimeout(this.deadlineTimer);
+        this.deadlineTimer = undefined;
+      }
+    });
     this.inFlight.add(sending);
   }
 
@@ -70,15 +132,27 @@ export class BatchingProducer {
     }
     try {
       await this.producer.sendBatch({ acks: this.options.acks, topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })) });
-      for (const pending of batch) pending.resolve();
+      for (const pending of batch) settle(pending);
     } catch (error) {
-      if (batch.length === 1) return batch[0].reject(error);
-      // One by one and in order, so messages of one key keep their order.
-      for (const { topic, message, resolve, reject } of batch) {
-        await this.producer.send({ topic, messages: [message], acks: this.options.acks }).then(() => resolve(), reject);
+      if (batch.length === 1) return settle(batch[0], error);
+      // One by one and in order, so messages of one key keep their order. Those whose publish
+      // already failed (past its deadline, or the adapter closed) are not sent again.
+      for (const pending of batch) {
+        if (pending.settled) continue;
+        await this.producer.send({ topic: pending.topic, messages: [pending.message], acks: this.options.acks }).then(
+          () => settle(pending),
+          (failure: unknown) => settle(pending, failure),
+        );
       }
     }
   }
+}
+
+function settle(pending: Pending, error?: unknown): void {
+  if (pending.settled) return;
+  pending.settled = true;
+  if (error === undefined) pending.resolve();
+  else pending.reject(error);
 }
 
 /** A record's bytes, for the batch cap. Every record has half a dozen headers: counted without an array per record. */

@@ -1,4 +1,4 @@
-import { Kafka, logLevel, type Admin, type KafkaConfig, type Producer, type SASLOptions } from 'kafkajs';
+import { Kafka, logLevel, type Admin, type KafkaConfig, type Message, type Producer, type SASLOptions } from 'kafkajs';
 import { requiredSetting } from '../../broker-options.validator';
 import { describeError } from '../../errors';
 import type { KafkaEnvConfig } from '../../interfaces/broker-options.interface';
@@ -15,6 +15,7 @@ import type {
   OutboundMessage,
 } from '../broker-adapter';
 import { OpenConsumers } from '../open-consumers';
+import { waitAtMost, withTimeout } from '../../support/with-timeout';
 import { KafkaSubscription } from './kafka-consumer';
 import { checkHeaders, toKafkaMessage } from './kafka-headers';
 import { drainKafkaDeadLetters } from './kafka-dead-letters';
@@ -50,7 +51,16 @@ export const KAFKA_DEFAULTS = {
   heartbeatIntervalMs: 3000,
   joinWaitMs: 10_000,
   fetchMaxWaitMs: 500,
+  publishTimeoutMs: 30_000,
 } as const;
+
+/**
+ * How long close() waits for the publishes under way and the subscriptions to stop, and then for
+ * the clients to disconnect. The adapter is not told the module's shutdownTimeoutMs (10 s by
+ * default), which the handlers' drain has already used before this: kept well under it.
+ */
+export const KAFKA_CLOSE_WAIT_MS = 3000;
+export const KAFKA_DISCONNECT_WAIT_MS = 1000;
 
 type Config = KafkaEnvConfig['config'];
 type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl'>> & Pick<Config, 'ssl' | 'sasl'> & { brokers: string[] };
@@ -96,6 +106,7 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
       heartbeatIntervalMs: config.heartbeatIntervalMs ?? KAFKA_DEFAULTS.heartbeatIntervalMs,
       joinWaitMs: config.joinWaitMs ?? KAFKA_DEFAULTS.joinWaitMs,
       fetchMaxWaitMs: config.fetchMaxWaitMs ?? KAFKA_DEFAULTS.fetchMaxWaitMs,
+      publishTimeoutMs: config.publishTimeoutMs ?? KAFKA_DEFAULTS.publishTimeoutMs,
       ssl: config.ssl,
       sasl: config.sasl,
     };
@@ -136,6 +147,7 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
       lingerMs: this.settings.lingerMs,
       maxBatchMessages: this.settings.maxBatchMessages,
       maxBatchBytes: this.settings.maxBatchBytes,
+      publishTimeoutMs: this.settings.publishTimeoutMs,
     });
   }
 
@@ -148,23 +160,19 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
       const record = toKafkaMessage(message, { dueAt: delayed ? Date.now() + (message.delayMs ?? 0) : undefined, stampPublishedAt: true });
       // The hot path: a topic already known goes straight to the batch, without a promise of its own.
       if (this.topology.isKnown(target)) return this.requireBatching().send(target, record);
-      return this.topology.ensureTopics([target]).then(() => this.requireBatching().send(target, record));
+      return this.sendCreatingTopic(target, record);
     } catch (error) {
       return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
   }
 
   async sendToGroup(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    const target = retryTopic(topic.name, group);
-    await this.topology.ensureTopics([target]);
     // ce_id goes with it: the group reads the retry with the id of the first delivery, whatever its offset.
-    await this.requireBatching().send(target, toKafkaMessage(message, { dueAt: Date.now() + (message.delayMs ?? 0) }));
+    await this.sendCreatingTopic(retryTopic(topic.name, group), toKafkaMessage(message, { dueAt: Date.now() + (message.delayMs ?? 0) }));
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
-    const target = deadLetterTopic(topic.name, group);
-    await this.topology.ensureTopics([target]);
-    await this.requireBatching().send(target, toKafkaMessage(message));
+    await this.sendCreatingTopic(deadLetterTopic(topic.name, group), toKafkaMessage(message));
   }
 
   drainDeadLetters(topic: AdapterTopic, group: string, limit: number, visit: (record: InboundMessage) => Promise<void>): Promise<number> {
@@ -217,10 +225,10 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
 
   async close(): Promise<void> {
     this.closing = true;
-    await this.subscriptions.closeAll();
-    await this.batching?.drain();
+    // Neither waits for the brokers longer than KAFKA_CLOSE_WAIT_MS (the subscriptions then disconnect).
+    await Promise.all([this.subscriptions.closeAll(), this.batching?.close(KAFKA_CLOSE_WAIT_MS)]);
     const clients = [this.producer, this.admin].filter((client) => client !== undefined);
-    await Promise.all(clients.map((client) => client.disconnect().catch(() => undefined)));
+    await waitAtMost(Promise.all(clients.map((client) => client.disconnect().catch(() => undefined))), KAFKA_DISCONNECT_WAIT_MS);
   }
 
   /**
@@ -234,6 +242,20 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
     this.logger.warn(
       `topic '${topic}' [${this.envSlug}] has whenNoGroup: 'reject', which Kafka cannot honour: the adapter cannot tell cheaply whether a consumer group reads the topic, so publishes are accepted with or without a group (a group gets what is published after it first subscribed; none created later gets earlier messages). Warned once per topic`,
     );
+  }
+
+  /** Creates the topic if needed, then sends; the whole within publishTimeoutMs. */
+  private async sendCreatingTopic(target: string, record: Message): Promise<void> {
+    const timeoutMs = this.settings.publishTimeoutMs;
+    const deadline = Date.now() + timeoutMs;
+    if (!this.topology.isKnown(target)) {
+      await withTimeout(
+        this.topology.ensureTopics([target]),
+        timeoutMs,
+        () => new Error(`topic '${target}' could not be created or found within ${timeoutMs} ms (publishTimeoutMs); the Kafka brokers at ${this.endpoint} may be unreachable`),
+      );
+    }
+    await this.requireBatching().send(target, record, deadline);
   }
 
   private requireProducer(): Producer {
