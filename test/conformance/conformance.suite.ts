@@ -4,7 +4,7 @@ import { describeWithBroker } from '../support/broker-availability';
 import { gate, sleep, waitFor } from '../support/wait';
 import type { ConformanceTarget } from './conformance-target';
 import { defineFeatureTests } from './feature-tests';
-import { createHarness, type Received } from './harness';
+import { createHarness, peakConcurrency, type Received } from './harness';
 import { defineVolumeTests } from './volume-tests';
 
 /**
@@ -322,28 +322,7 @@ export function runConformanceSuite(target: ConformanceTarget): void {
     );
 
     it('honours the concurrency limit of a subscription', async () => {
-      const broker = await startApp();
-      const { event } = newEvent();
-      let running = 0;
-      let peak = 0;
-      let done = 0;
-      await broker.subscribe({
-        env: 'prd',
-        event,
-        product_tag: 'conformance',
-        input: {
-          concurrency: 3,
-          callback: async () => {
-            peak = Math.max(peak, ++running);
-            await sleep(40);
-            running--;
-            done++;
-          },
-        },
-      });
-      await Promise.all(Array.from({ length: 12 }, (_, i) => publish(broker, event, { i }, { key: `k${i}` })));
-      await waitFor(() => done === 12, 'all 12 handled', timeout);
-      expect(peak).toBe(3);
+      expect(await peakConcurrency(h, { concurrency: 3, count: 12, keyOf: (i) => `k${i}`, handleMs: 40, waitMs: timeout })).toBe(3);
     });
 
     it('stops delivery on unsubscribe, and keeps later messages for the group', async () => {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { BrokerError } from '../../lib';
 import { sleep, waitFor } from '../support/wait';
 import { formatDuration } from './features';
-import type { Harness, Received } from './harness';
+import { peakConcurrency, type Harness, type Received } from './harness';
 
 /**
  * Both sides of every declared feature (features.ts): where a target claims it, a test shows it
@@ -43,27 +43,7 @@ export function defineFeatureTests(h: Harness): void {
       ? 'handles the messages of one key one at a time, even with concurrency (ordering per key)'
       : 'handles the messages of one key side by side with concurrency > 1 (no ordering per key)',
     async () => {
-      const broker = await startApp();
-      const { event } = newEvent();
-      let running = 0;
-      let peak = 0;
-      let done = 0;
-      await broker.subscribe({
-        env: 'prd',
-        event,
-        product_tag: 'conformance',
-        input: {
-          concurrency: 4,
-          callback: async () => {
-            peak = Math.max(peak, ++running);
-            await sleep(100);
-            running--;
-            done++;
-          },
-        },
-      });
-      await Promise.all(Array.from({ length: 8 }, (_, i) => publish(broker, event, { i }, { key: 'one-key' })));
-      await waitFor(() => done === 8, 'all 8 handled', timeout + 2000);
+      const peak = await peakConcurrency(h, { concurrency: 4, count: 8, keyOf: () => 'one-key', handleMs: 100, waitMs: timeout + 2000 });
       if (features.orderingPerKey) expect(peak).toBe(1);
       else expect(peak).toBeGreaterThan(1);
     },

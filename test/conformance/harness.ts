@@ -6,6 +6,7 @@ import { Test } from '@nestjs/testing';
 import { DuctapeBrokerModule, MessageBrokerService, type BrokerContext, type BrokerModuleOptions, type RetryPolicy } from '../../lib';
 import { silentLogger } from '../support/app';
 import { printSkip } from '../support/broker-availability';
+import { sleep, waitFor } from '../support/wait';
 import type { ConformanceTarget } from './conformance-target';
 
 export const FAST_RETRY: RetryPolicy = { maxAttempts: 3, initialDelayMs: 20, multiplier: 2 };
@@ -117,4 +118,36 @@ export function createHarness(target: ConformanceTarget): Harness {
       return broker.publish({ env: 'prd', event, product_tag: 'conformance', input: { message, ...input } });
     },
   };
+}
+
+/**
+ * Publishes `count` messages (the i-th with key `keyOf(i)`) to a new subscription of `concurrency`
+ * whose handler takes `handleMs`, and resolves with the most handlers that ran at once.
+ */
+export async function peakConcurrency(
+  h: Harness,
+  options: { concurrency: number; count: number; keyOf: (i: number) => string; handleMs: number; waitMs: number },
+): Promise<number> {
+  const broker = await h.startApp();
+  const { event } = h.newEvent();
+  let running = 0;
+  let peak = 0;
+  let done = 0;
+  await broker.subscribe({
+    env: 'prd',
+    event,
+    product_tag: 'conformance',
+    input: {
+      concurrency: options.concurrency,
+      callback: async () => {
+        peak = Math.max(peak, ++running);
+        await sleep(options.handleMs);
+        running--;
+        done++;
+      },
+    },
+  });
+  await Promise.all(Array.from({ length: options.count }, (_, i) => h.publish(broker, event, { i }, { key: options.keyOf(i) })));
+  await waitFor(() => done === options.count, `all ${options.count} handled`, options.waitMs);
+  return peak;
 }

@@ -11,7 +11,7 @@ import {
   type MessageBrokerService,
 } from '../../lib';
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
-import { describeWithBroker } from '../support/broker-availability';
+import { describeWithBroker, printSkip } from '../support/broker-availability';
 import { runUnique } from '../support/names';
 import { committedOffsets, createTopic, deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, rawKafka, rawProduce, startPrivateKafkaMock, topicOffsets } from '../support/kafka';
 import { gate, sleep, waitFor } from '../support/wait';
@@ -628,8 +628,7 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
   const onTheMock: typeof it.only = isKafkaMock()
     ? it
     : (((name: string, fn: () => Promise<void>, timeout?: number) => {
-        // eslint-disable-next-line no-console
-        console.warn(`Skipping "${name}": it needs the librdkafka mock cluster (KAFKA_BROKERS points at a real one)`);
+        printSkip(`Skipping "${name}": it needs the librdkafka mock cluster (KAFKA_BROKERS points at a real one)`);
         it.skip(`${name} (skipped: needs the librdkafka mock cluster)`, fn, timeout);
       }) as unknown as typeof it.only);
 
