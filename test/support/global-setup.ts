@@ -12,6 +12,9 @@ import { startKafkaServer, type KafkaServer } from './kafka-server';
  */
 const PROBES: Record<string, { host: string; port: number }> = {
   rabbitmq: endpointOf(process.env.RABBITMQ_URL ?? 'amqp://127.0.0.1:5672', 5672),
+  redis: endpointOf(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', 6379),
+  // NATS_URL may list several servers (comma-separated): the first is probed.
+  nats: endpointOf((process.env.NATS_URL ?? 'nats://127.0.0.1:4222').split(',')[0].trim(), 4222),
 };
 
 /**
