@@ -1,0 +1,1 @@
+export { createNatsAdapter, describeServers, NatsAdapter, NATS_CAPABILITIES, NATS_DEFAULTS } from './nats.adapter';

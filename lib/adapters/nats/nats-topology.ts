@@ -1,0 +1,134 @@
+import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, type ConsumerConfig, type JetStreamManager, type StreamConfig } from 'nats';
+import { SingleFlight } from '../../support/single-flight';
+import { heldStream, heldSubjects, messageStream, messageSubjects, streamKey } from './nats-names';
+
+/** JetStream's API error code for "stream not found". */
+const STREAM_NOT_FOUND = 10059;
+/** ... and for "consumer not found". */
+const CONSUMER_NOT_FOUND = 10014;
+
+export interface TopologySettings {
+  storage: 'file' | 'memory';
+  replicas: number;
+  ackWaitMs: number;
+}
+
+export type ConsumerKind = 'group' | 'held';
+
+/**
+ * What exists on the server: the streams of each product and environment, and the durable
+ * consumers of groups, dead letters and delay movers. Each is made once per process (cached), and
+ * made again when the server says it is gone.
+ *
+ * Design for nats-server 2.9 (checked on 2.9.10): a consumer has one filter subject (several
+ * need 2.10), so each group's consumer filters its topic's subject exactly, and what a group
+ * reads beside its topic (copies for it alone) lives under subjects of their own with consumers
+ * of their own.
+ */
+export class NatsTopology {
+  private readonly streams = new Map<string, Promise<void>>();
+  private readonly consumers = new Map<string, Promise<void>>();
+  private readonly flights = new SingleFlight<string, void>();
+
+  constructor(
+    private readonly jsm: () => JetStreamManager,
+    private readonly settings: TopologySettings,
+  ) {}
+
+  /** The message stream of a topic's product and environment (interest retention). */
+  ensureMessageStream(topic: string): Promise<void> {
+    const key = streamKey(topic);
+    return this.ensureStream(messageStream(topic), messageSubjects(key), RetentionPolicy.Interest);
+  }
+
+  /** The held stream (delayed publishes, dead letters) of a topic's product and environment (work queue). */
+  ensureHeldStream(topic: string): Promise<void> {
+    const key = streamKey(topic);
+    return this.ensureStream(heldStream(topic), heldSubjects(key), RetentionPolicy.Workqueue);
+  }
+
+  /**
+   * A durable pull consumer: a group's (from the messages published after it is made, the
+   * issue's rule), or one over the held stream (every message there: delayed ones, dead letters).
+   */
+  ensureConsumer(stream: string, name: string, filterSubject: string, kind: ConsumerKind): Promise<void> {
+    const id = `${stream}/${name}`;
+    const known = this.consumers.get(id);
+    if (known) return known;
+    const config: Partial<ConsumerConfig> = {
+      durable_name: name,
+      filter_subject: filterSubject,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: kind === 'group' ? DeliverPolicy.New : DeliverPolicy.All,
+      ack_wait: this.settings.ackWaitMs * 1_000_000,
+      // The delivery layer counts attempts and moves a message to the dead letters itself
+      // (policies differ per subscription); the server must keep delivering until then.
+      max_deliver: -1,
+      // Far more than any subscription's concurrency: each member pulls only what it can run.
+      max_ack_pending: 10_000,
+    };
+    const made = this.flights.run(id, async () => {
+      const jsm = this.jsm();
+      try {
+        // An existing durable is kept as it is: re-adding it would fail on a changed setting.
+        await jsm.consumers.info(stream, name);
+      } catch (error) {
+        if (apiCode(error) !== CONSUMER_NOT_FOUND) throw error;
+        await jsm.consumers.add(stream, config);
+      }
+    });
+    this.consumers.set(id, made);
+    made.catch(() => this.consumers.delete(id));
+    return made;
+  }
+
+  /** Forgets what was made, after the server said a stream or consumer is gone. */
+  forget(): void {
+    this.streams.clear();
+    this.consumers.clear();
+  }
+
+  private ensureStream(name: string, subjects: string[], retention: RetentionPolicy): Promise<void> {
+    const known = this.streams.get(name);
+    if (known) return known;
+    const made = this.flights.run(`stream:${name}`, async () => {
+      const jsm = this.jsm();
+      try {
+        const info = await jsm.streams.info(name);
+        const missing = subjects.filter((subject) => !info.config.subjects?.includes(subject));
+        if (missing.length > 0) {
+          throw new Error(`the NATS stream '${name}' exists without the subjects ${missing.join(', ')}: it was not made by this module (or by another version); delete or rename it`);
+        }
+        return;
+      } catch (error) {
+        if (apiCode(error) !== STREAM_NOT_FOUND) throw error;
+      }
+      const config: Partial<StreamConfig> = {
+        name,
+        subjects,
+        retention,
+        storage: this.settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
+        num_replicas: this.settings.replicas,
+        // Publishes retried after a lost acknowledgement carry the same Nats-Msg-Id: stored once.
+        duplicate_window: 120 * 1_000_000_000,
+      };
+      try {
+        await jsm.streams.add(config);
+      } catch (error) {
+        // Another process made it meanwhile: the same config is fine.
+        if (!/already in use|already exists/i.test(String((error as Error).message))) throw error;
+      }
+    });
+    this.streams.set(name, made);
+    made.catch(() => this.streams.delete(name));
+    return made;
+  }
+}
+
+/** The JetStream API error code of a failed request (10059 stream not found, ...), when it has one. */
+export function apiCode(error: unknown): number | undefined {
+  const api = (error as { api_error?: { err_code?: unknown } } | undefined)?.api_error;
+  return typeof api?.err_code === 'number' ? api.err_code : undefined;
+}
+
+export const NATS_API_CODES = { STREAM_NOT_FOUND, CONSUMER_NOT_FOUND } as const;
