@@ -1,0 +1,1 @@
+export { createRedisAdapter, RedisAdapter, REDIS_CAPABILITIES, REDIS_DEFAULTS } from './redis.adapter';

@@ -1,0 +1,314 @@
+import type Redis from 'ioredis';
+import { describeError } from '../../errors';
+import { sleep } from '../../support/sleep';
+import { waitAtMost } from '../../support/with-timeout';
+import type { AdapterConsumer, AdapterLogger, DeliveryListener, InboundDelivery } from '../broker-adapter';
+import { isNoGroup } from './redis-connection';
+import { fromFields } from './redis-fields';
+
+/**
+ * Idle time given to an entry handed back (release, or a close with its handler unfinished): far
+ * beyond any claimIdleMs, so the next XAUTOCLAIM of any consumer of the group takes it.
+ */
+const RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000;
+/** Own pending entries read back after a reconnect, at most. */
+const RECOVER_COUNT = 1000;
+/** How long stop() waits for the read loop to leave its blocking read. */
+const STOP_WAIT_MS = 2000;
+/** Between two failed reads, growing to at most this. */
+const MAX_FAILURE_PAUSE_MS = 1000;
+
+export interface RedisConsumerOptions {
+  /** The streams read with one XREADGROUP, all by the consumer group `group`. */
+  streams: readonly string[];
+  group: string;
+  /** This consumer's name in the group, unique to it. */
+  consumer: string;
+  concurrency: number;
+  blockMs: number;
+  claimIdleMs: number;
+  /** How often the pending entries of other consumers are looked at for ones idle past claimIdleMs. */
+  claimIntervalMs: number;
+  /** Streams only this group reads (its copies, its dead letters): an entry acked is deleted. */
+  deleteOnAck: ReadonlySet<string>;
+  /** Creates the consumer groups; `again` after NOGROUP (a server that lost them). */
+  ensureGroups(again: boolean): Promise<void>;
+  listener: DeliveryListener;
+}
+
+interface InFlight {
+  stream: string;
+  id: string;
+  /** Handed back: no longer kept alive, and never acked by this consumer. */
+  released: boolean;
+}
+
+type StreamEntries = [Buffer, [Buffer, Buffer[] | null][]][];
+
+/**
+ * One consumer of a group: a blocking XREADGROUP over the group's streams on a connection of its
+ * own, at most `concurrency` entries in its handlers at once. An entry is acked (XACK) only when
+ * the delivery layer acks it. Entries pending too long at another consumer of the group (one that
+ * crashed) are taken over with XAUTOCLAIM; this consumer's own in-flight entries are kept from
+ * looking idle (an XCLAIM that resets their idle time every claimIdleMs / 3), so a slow handler is
+ * not taken over while it runs.
+ */
+export class RedisConsumer implements AdapterConsumer {
+  private readonly inFlight = new Map<string, InFlight>();
+  private readonly claimCursors = new Map<string, string>();
+  private stopped = false;
+  private closed = false;
+  private loopDone: Promise<void> = Promise.resolve();
+  private wake: () => void = () => undefined;
+  private readerId?: number;
+  private blocked = false;
+  private nextClaimAt = 0;
+  /** Read this consumer's own pending entries before new ones: after a start or a reconnect, a read's reply may have been lost. */
+  private recoverOwn = true;
+  private keepAlive?: NodeJS.Timeout;
+  private failures = 0;
+
+  constructor(
+    private readonly reader: Redis,
+    private readonly commands: () => Redis,
+    private readonly options: RedisConsumerOptions,
+    private readonly logger: AdapterLogger,
+  ) {}
+
+  async start(): Promise<void> {
+    this.readerId = Number(await this.reader.call('CLIENT', 'ID'));
+    this.reader.on('ready', () => {
+      this.readerId = undefined;
+      this.recoverOwn = true;
+      this.nextClaimAt = 0;
+      void this.reader.call('CLIENT', 'ID').then(
+        (id) => (this.readerId = Number(id)),
+        () => undefined,
+      );
+    });
+    const interval = Math.max(100, Math.floor(this.options.claimIdleMs / 3));
+    this.keepAlive = setInterval(() => void this.keepInFlightAlive(), interval);
+    this.keepAlive.unref();
+    this.loopDone = this.loop();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return this.waitForLoop();
+    this.stopped = true;
+    this.wake();
+    // Ends the blocking read now, as if it had timed out: nothing it would have read is lost.
+    if (this.blocked && this.readerId !== undefined) {
+      await this.commands().call('CLIENT', 'UNBLOCK', this.readerId).catch(() => undefined);
+    }
+    await this.waitForLoop();
+  }
+
+  async close(): Promise<void> {
+    await this.stop();
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.keepAlive);
+    try {
+      await this.handBackPending();
+    } catch (error) {
+      // Still pending under this consumer: another consumer takes them over after claimIdleMs.
+      this.logger.warn(`consumer '${this.options.consumer}' of group '${this.options.group}' could not hand back its unacked entries on close (${describeError(error)}); another consumer takes them over after claimIdleMs (${this.options.claimIdleMs} ms)`);
+    }
+    this.reader.disconnect();
+  }
+
+  private async waitForLoop(): Promise<void> {
+    const ended = await waitAtMost(this.loopDone, STOP_WAIT_MS);
+    if (!ended) {
+      // The reader is cut off: its read cannot outlive the consumer (what it read stays pending, handed back on close).
+      this.reader.disconnect();
+      await this.loopDone;
+    }
+  }
+
+  private async loop(): Promise<void> {
+    const { concurrency } = this.options;
+    while (!this.stopped) {
+      if (this.inFlight.size >= concurrency) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        continue;
+      }
+      try {
+        await this.readOnce(concurrency - this.inFlight.size);
+        this.failures = 0;
+      } catch (error) {
+        if (this.stopped) break;
+        if (isNoGroup(error)) {
+          // The stream or its group is gone (a server restarted without persistence, a deleted
+          // key): made again, from the start of what the stream holds now.
+          this.logger.warn(`the consumer group '${this.options.group}' is missing on Redis; creating it again`);
+          await this.options.ensureGroups(true).catch(() => undefined);
+          continue;
+        }
+        if (this.failures++ % 30 === 0) {
+          this.logger.warn(`reading group '${this.options.group}' from Redis failed (${describeError(error)}); trying again`);
+        }
+        await sleep(Math.min(MAX_FAILURE_PAUSE_MS, 50 * this.failures));
+      }
+    }
+  }
+
+  private async readOnce(free: number): Promise<void> {
+    const { streams, group, consumer } = this.options;
+    if (this.recoverOwn) {
+      this.recoverOwn = false;
+      const own = (await this.reader.callBuffer('XREADGROUP', 'GROUP', group, consumer, 'COUNT', RECOVER_COUNT, 'STREAMS', ...streams, ...streams.map(() => '0'))) as StreamEntries | null;
+      this.dispatchAll(own);
+      return;
+    }
+    if (Date.now() >= this.nextClaimAt) {
+      this.nextClaimAt = Date.now() + this.options.claimIntervalMs;
+      for (const stream of streams) {
+        if (free <= 0 || this.stopped) return;
+        free -= await this.claimIdle(stream, free);
+      }
+      if (free <= 0) return;
+    }
+    this.blocked = true;
+    let reply: StreamEntries | null;
+    try {
+      if (this.stopped) return;
+      reply = (await this.reader.callBuffer(
+        'XREADGROUP',
+        'GROUP',
+        group,
+        consumer,
+        'COUNT',
+        free,
+        'BLOCK',
+        this.options.blockMs,
+        'STREAMS',
+        ...streams,
+        ...streams.map(() => '>'),
+      )) as StreamEntries | null;
+    } finally {
+      this.blocked = false;
+    }
+    // Read after stop: left pending under this consumer, and handed back by close().
+    if (!this.stopped) this.dispatchAll(reply);
+  }
+
+  /** Takes over entries idle past claimIdleMs at any consumer of the group (one that crashed, or one handed back). */
+  private async claimIdle(stream: string, count: number): Promise<number> {
+    const cursor = this.claimCursors.get(stream) ?? '0-0';
+    // On the reader (idle between its reads): ioredis's auto-pipelining of the shared connection
+    // drops the command name of callBuffer (6.1.0), and the entries must come as bytes.
+    const reply = (await this.reader.callBuffer(
+      'XAUTOCLAIM',
+      stream,
+      this.options.group,
+      this.options.consumer,
+      this.options.claimIdleMs,
+      cursor,
+      'COUNT',
+      count,
+    )) as [Buffer, [Buffer, Buffer[] | null][], Buffer[]?];
+    this.claimCursors.set(stream, reply[0].toString());
+    if (this.stopped) return 0;
+    let dispatched = 0;
+    for (const [id, fields] of reply[1]) if (fields && this.dispatch(stream, id.toString(), fields)) dispatched++;
+    return dispatched;
+  }
+
+  private dispatchAll(reply: StreamEntries | null): void {
+    if (!reply) return;
+    for (const [streamName, entries] of reply) {
+      const stream = streamName.toString();
+      for (const [id, fields] of entries) if (fields) this.dispatch(stream, id.toString(), fields);
+    }
+  }
+
+  private dispatch(stream: string, id: string, fields: Buffer[]): boolean {
+    const key = `${stream}\n${id}`;
+    // Already in a handler here (read back after a reconnect): that delivery settles it.
+    if (this.inFlight.has(key)) return false;
+    const entry: InFlight = { stream, id, released: false };
+    this.inFlight.set(key, entry);
+    const delivery: InboundDelivery = {
+      ...fromFields(stream, id, fields),
+      raw: { stream, id, fields },
+      ack: () => this.ack(entry),
+      release: () => this.release(entry),
+    };
+    let handled: Promise<void>;
+    try {
+      handled = this.options.listener(delivery);
+    } catch (error) {
+      handled = Promise.reject(error instanceof Error ? error : new Error(String(error)));
+    }
+    handled
+      .catch((error: unknown) => this.logger.error(`a delivery of group '${this.options.group}' failed unsettled (${describeError(error)}); it stays pending and is delivered again`))
+      .finally(() => {
+        this.inFlight.delete(key);
+        this.wake();
+      });
+    return true;
+  }
+
+  private async ack(entry: InFlight): Promise<void> {
+    // A late ack (after close, or of an entry handed back) must not settle what another consumer may hold now.
+    if (this.closed || entry.released) return;
+    const client = this.commands();
+    if (this.options.deleteOnAck.has(entry.stream)) {
+      await client.multi().xack(entry.stream, this.options.group, entry.id).xdel(entry.stream, entry.id).exec();
+    } else {
+      await client.xack(entry.stream, this.options.group, entry.id);
+    }
+  }
+
+  private async release(entry: InFlight): Promise<void> {
+    if (this.closed || entry.released) return;
+    entry.released = true;
+    await this.handBack(entry.stream, [entry.id]);
+    this.nextClaimAt = 0;
+  }
+
+  /** Marks entries pending under this consumer as long idle: the next XAUTOCLAIM of any consumer of the group takes them. */
+  private async handBack(stream: string, ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.commands().call('XCLAIM', stream, this.options.group, this.options.consumer, 0, ...ids, 'IDLE', RELEASED_IDLE_MS, 'JUSTID');
+  }
+
+  /** On close: every entry still pending under this consumer goes back to the group; an empty consumer is removed from it. */
+  private async handBackPending(): Promise<void> {
+    const client = this.commands();
+    let pendingTotal = 0;
+    for (const stream of this.options.streams) {
+      let start = '-';
+      for (;;) {
+        const pending = (await client.call('XPENDING', stream, this.options.group, start, '+', 1000, this.options.consumer)) as [string, string, number, number][];
+        pendingTotal += pending.length;
+        // Those marked idle already (released) need nothing more.
+        await this.handBack(stream, pending.filter(([, , idle]) => idle < RELEASED_IDLE_MS / 2).map(([id]) => id));
+        if (pending.length < 1000) break;
+        start = `(${pending[pending.length - 1][0]}`;
+      }
+    }
+    if (pendingTotal === 0) {
+      // Nothing pending: the consumer's name can go (DELCONSUMER would drop pending entries with it).
+      for (const stream of this.options.streams) await client.call('XGROUP', 'DELCONSUMER', stream, this.options.group, this.options.consumer).catch(() => undefined);
+    }
+  }
+
+  /** Resets the idle time of the entries in this consumer's handlers, so no other consumer takes them over while they run. */
+  private async keepInFlightAlive(): Promise<void> {
+    if (this.closed || this.inFlight.size === 0) return;
+    const byStream = new Map<string, string[]>();
+    for (const entry of this.inFlight.values()) {
+      if (entry.released) continue;
+      const ids = byStream.get(entry.stream) ?? [];
+      ids.push(entry.id);
+      byStream.set(entry.stream, ids);
+    }
+    for (const [stream, ids] of byStream) {
+      await this.commands()
+        .call('XCLAIM', stream, this.options.group, this.options.consumer, 0, ...ids, 'JUSTID')
+        .catch(() => undefined);
+    }
+  }
+}

@@ -1,0 +1,149 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Redis from 'ioredis';
+import type { RedisEnvConfig } from '../../lib';
+import { sleep } from './wait';
+
+/** The Redis the integration suites use; REDIS_URL points them elsewhere. */
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** An env config for tests: short timeouts, so a broken test fails in seconds. */
+export function redisEnv(slug: string, config: Partial<RedisEnvConfig['config']> = {}): RedisEnvConfig {
+  return { slug, type: 'redis', config: { url: REDIS_URL, connectTimeoutMs: 5000, publishTimeoutMs: 10_000, ...config } };
+}
+
+/** A plain ioredis client, as a foreign producer or an operator's script would use; its errors are the commands'. */
+export function rawRedis(url = REDIS_URL): Redis {
+  const client = new Redis(url, { maxRetriesPerRequest: 3 });
+  client.on('error', () => undefined);
+  return client;
+}
+
+/** Runs `work` on a plain client, closed afterwards. */
+export async function withRawRedis<T>(work: (client: Redis) => Promise<T>, url = REDIS_URL): Promise<T> {
+  const client = rawRedis(url);
+  try {
+    return await work(client);
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** XADD with a plain client: the body as the `data` field, the headers as plain fields, none of this module's metadata. */
+export function rawXadd(stream: string, body: Buffer | string, headers: Record<string, string> = {}, url = REDIS_URL): Promise<string> {
+  return withRawRedis(async (client) => (await client.xadd(stream, '*', 'data', body, ...Object.entries(headers).flat())) ?? '', url);
+}
+
+/**
+ * Deletes, when the file ends, the keys matching `patterns` that were not there when it started:
+ * the streams, sorted sets and groups this file's tests made under their run-unique or random
+ * names. Nothing else on the shared server is touched (never FLUSHDB).
+ */
+export function deleteCreatedRedisKeysAfterAll(patterns: readonly string[]): void {
+  let before = new Set<string>();
+  beforeAll(async () => {
+    before = new Set(await scanKeys(patterns));
+  });
+  afterAll(async () => {
+    const created = (await scanKeys(patterns)).filter((key) => !before.has(key));
+    await withRawRedis(async (client) => {
+      for (let i = 0; i < created.length; i += 500) await client.del(...created.slice(i, i + 500));
+    });
+  });
+}
+
+export async function scanKeys(patterns: readonly string[], url = REDIS_URL): Promise<string[]> {
+  return withRawRedis(async (client) => {
+    const keys: string[] = [];
+    for (const pattern of patterns) {
+      let cursor = '0';
+      do {
+        const [next, found] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+        cursor = next;
+        keys.push(...found);
+      } while (cursor !== '0');
+    }
+    return keys;
+  }, url);
+}
+
+/** A free TCP port on the loopback interface. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export interface PrivateRedis {
+  url: string;
+  port: number;
+  /** Kills the server (SIGKILL: no shutdown save), waits `downMs`, and starts it again on the same port and data directory. */
+  restart(downMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * A redis-server of the test's own, on a free loopback port with its own data directory and AOF
+ * fsynced on every write, so a restart keeps every write it acknowledged. `extraArgs` add settings
+ * (`--requirepass x`). Never the machine's server.
+ */
+export async function startPrivateRedis(extraArgs: string[] = []): Promise<PrivateRedis> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'ductape-redis-'));
+  const url = `redis://127.0.0.1:${port}`;
+  let child: ChildProcess | undefined;
+  const start = async () => {
+    child = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir, '--save', '', ...extraArgs],
+      { stdio: 'ignore' },
+    );
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const client = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        const reply = await client.ping().catch((error: Error) => error.message);
+        // NOAUTH: up, and asking for the password it was started with.
+        if (reply === 'PONG' || /NOAUTH/.test(reply)) return;
+      } catch {
+        // not listening yet
+      } finally {
+        client.disconnect();
+      }
+      if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start within 10 s`);
+      await sleep(50);
+    }
+  };
+  const kill = async () => {
+    const running = child;
+    child = undefined;
+    if (!running || running.exitCode !== null) return;
+    const exited = new Promise<void>((resolve) => running.once('exit', () => resolve()));
+    running.kill('SIGKILL');
+    await exited;
+  };
+  await start();
+  return {
+    url,
+    port,
+    restart: async (downMs = 1000) => {
+      await kill();
+      await sleep(downMs);
+      await start();
+    },
+    stop: async () => {
+      await kill();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
