@@ -87,6 +87,9 @@ export interface PrivateRedis {
   port: number;
   /** Kills the server (SIGKILL: no shutdown save), waits `downMs`, and starts it again on the same port and data directory. */
   restart(downMs?: number): Promise<void>;
+  /** Kills the server (SIGKILL); `up()` starts it again on the same port and data directory. */
+  down(): Promise<void>;
+  up(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -141,6 +144,8 @@ export async function startPrivateRedis(extraArgs: string[] = []): Promise<Priva
       await sleep(downMs);
       await start();
     },
+    down: kill,
+    up: start,
     stop: async () => {
       await kill();
       rmSync(dir, { recursive: true, force: true });
