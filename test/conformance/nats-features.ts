@@ -6,7 +6,7 @@ export const NATS_FEATURES: ConformanceFeatures = {
   fanOut: true,
   // One durable consumer per group, pulled by every member with several messages in hand.
   orderingPerKey: false,
-  // Interest retention: a message no group's consumer filters is not kept, and a new consumer starts at `new`.
+  // A group's consumer starts at deliver policy `new`: what came before it is not its to read.
   noGroupPublish: 'dropped',
   // A JetStream acknowledgement does not say whether a consumer's filter matched.
   whenNoGroupReject: 'accepted',

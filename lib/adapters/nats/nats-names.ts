@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto';
  * - Each topic is the subject T itself: a plain `nats pub <T>` is a publish to the topic.
  * - The stream of a product and environment: `ductape_<product>_<env>`, over the subjects
  *   `<product>.<env>` and `<product>.<env>.>` (its key K is T's first two tokens; a topic name of
- *   one or two tokens is its own key). Interest retention: a message is kept until every group
- *   whose consumer filters its subject acked it, and one that no group reads is not kept.
+ *   one or two tokens is its own key). Limits retention: a message is kept for `retentionMs`;
+ *   a group's consumer, made with deliver policy `new`, reads only what came after it.
  * - Beside it, `ductape_<product>_<env>_held` (work-queue retention: kept until acked once) holds
  *   what waits: delayed publishes (`_ductape.delay.<T>`) and dead letters
  *   (`_ductape.dl.<group>.<T>`, the group as one token, its dots as '~').

@@ -46,6 +46,8 @@ export const NATS_DEFAULTS = {
   ackWaitMs: 30_000,
   storage: 'file',
   replicas: 1,
+  /** 7 days, Kafka's default retention. */
+  retentionMs: 7 * 24 * 3_600_000,
 } as const;
 
 /** One publish request waits at most this long for its acknowledgement before it is sent again (same Nats-Msg-Id). */
@@ -64,7 +66,7 @@ type Settings = Required<Omit<NatsEnvSettings, 'servers' | 'token' | 'user' | 'p
 
 /**
  * NATS JetStream through the `nats` client. What exists on the server is described in
- * nats-names.ts and made by NatsTopology: an interest-retention stream per product and
+ * nats-names.ts and made by NatsTopology: a limits-retention stream per product and
  * environment (each topic is its own subject), a durable pull consumer per group made with
  * deliver policy `new`, and a work-queue stream beside it for delayed publishes and dead letters.
  * Retries are the same stored message, given back with `nak(delay)`: JetStream counts the
@@ -103,6 +105,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
       ackWaitMs: config.ackWaitMs ?? NATS_DEFAULTS.ackWaitMs,
       storage: config.storage ?? NATS_DEFAULTS.storage,
       replicas: config.replicas ?? NATS_DEFAULTS.replicas,
+      retentionMs: config.retentionMs ?? NATS_DEFAULTS.retentionMs,
     };
     this.endpoint = describeServers(this.settings.servers);
     this.topology = new NatsTopology(() => this.requireManager(), this.settings);
@@ -139,8 +142,8 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
 
   /**
    * To the topic's subject, once JetStream stored it (the stream made first if this process has
-   * not yet). A stream with no group's consumer on that subject keeps nothing: the publish
-   * resolves and no group made later gets it. A delayed publish waits in the held stream.
+   * not yet). With no group yet the publish resolves, and no group made later gets it (a group's
+   * consumer starts at `new`). A delayed publish waits in the held stream.
    */
   async publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
     checkHeaders(message.headers);
