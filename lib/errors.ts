@@ -14,7 +14,8 @@ export type BrokerErrorCode =
   | 'INVALID_SUBSCRIPTION'
   | 'INVALID_REQUEST'
   | 'PUBLISH_FAILED'
-  | 'SUBSCRIBE_FAILED';
+  | 'SUBSCRIBE_FAILED'
+  | 'REPROCESS_INCOMPLETE';
 
 export interface BrokerErrorOptions {
   cause?: unknown;
@@ -38,6 +39,21 @@ export class BrokerError extends Error {
     const problems = options.problems ?? [];
     // Not enumerable when empty: a log or an inspection of the error then shows no `problems: []`.
     Object.defineProperty(this, 'problems', { value: problems, enumerable: problems.length > 0, writable: false, configurable: true });
+  }
+}
+
+/**
+ * Thrown by an adapter's drainDeadLetters that stopped before it was done (a time limit, say)
+ * with `moved` dead letters moved: the rest are still there. reprocessDeadLetters turns it into
+ * REPROCESS_INCOMPLETE, so a partial count is never taken for the whole.
+ */
+export class IncompleteDrainError extends Error {
+  constructor(
+    readonly moved: number,
+    reason: string,
+  ) {
+    super(reason);
+    this.name = 'IncompleteDrainError';
   }
 }
 

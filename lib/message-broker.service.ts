@@ -23,7 +23,7 @@ import { encodeMessage } from './delivery/message-codec';
 import { newMessageId } from './delivery/message-id';
 import { resolveRetryPolicy } from './delivery/retry';
 import { SubscriptionRunner } from './delivery/subscription-runner';
-import { BrokerError, describeError, type BrokerErrorCode } from './errors';
+import { BrokerError, describeError, IncompleteDrainError, type BrokerErrorCode } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 import type { StandardSchemaV1 } from './interfaces/standard-schema.interface';
 import type {
@@ -207,6 +207,13 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
     try {
       return await reprocessDeadLetters(adapter, route, group, limit);
     } catch (error) {
+      if (error instanceof IncompleteDrainError) {
+        throw new BrokerError(
+          'REPROCESS_INCOMPLETE',
+          `reprocessDeadLetters '${route.event}' [${route.env}] group ${group} moved ${error.moved} dead letters, then stopped (${error.message}); the others are still among the dead letters: call it again`,
+          { cause: error },
+        );
+      }
       throw this.wrap('PUBLISH_FAILED', `reprocessDeadLetters '${route.event}' [${route.env}] group ${group} failed`, error);
     }
   }

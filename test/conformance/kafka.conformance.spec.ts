@@ -1,5 +1,5 @@
 import { KAFKA_CAPABILITIES } from '../../lib/adapters/kafka';
-import { deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, kafkaRawReader, rawProduce, startPrivateKafkaMock } from '../support/kafka';
+import { deleteCreatedKafkaResourcesAfterAll, isKafkaMock, kafkaEnv, kafkaRawReader, privateKafkaMockUnavailable, rawProduce, startPrivateKafkaMock, startPrivateKafkaServer } from '../support/kafka';
 import { sleep } from '../support/wait';
 import { runConformanceSuite } from './conformance.suite';
 import { FEATURES } from './declarations';
@@ -29,9 +29,20 @@ runConformanceSuite({
           };
         },
       }
-    : { notApplicable: 'the suite runs on a real Kafka (KAFKA_BROKERS or DUCTAPE_TEST_KAFKA=real): the test restarts only a mock cluster of its own' },
-  batchFailure: isKafkaMock()
-    ? {
+    : {
+        what: "a real Kafka node of the test's own: its process stopped (SIGTERM), then started again on the same store and port",
+        open: async () => {
+          const server = await startPrivateKafkaServer();
+          return {
+            envConfig: (slug: string) => kafkaEnv(slug, { brokers: [server.bootstrap] }),
+            restart: () => server.restart(),
+            close: () => server.stop(),
+          };
+        },
+      },
+  batchFailure: privateKafkaMockUnavailable()
+    ? { notApplicable: `failing a real broker's requests on demand needs a mock cluster of the test's own, and ${privateKafkaMockUnavailable()}` }
+    : {
         what: "the batching producer on a mock cluster of the test's own, its next Produce requests failing with INVALID_RECORD (87, not retriable)",
         open: async () => {
           const mock = await startPrivateKafkaMock();
@@ -41,8 +52,7 @@ runConformanceSuite({
             close: () => mock.stop(),
           };
         },
-      }
-    : { notApplicable: 'the suite runs on a real Kafka (KAFKA_BROKERS or DUCTAPE_TEST_KAFKA=real): failing its requests on demand needs the mock cluster' },
+      },
   // Every new consumer group's first join takes 3 s on the mock: run the tests side by side.
   concurrentTests: true,
   envConfig: (slug) => kafkaEnv(slug),

@@ -38,14 +38,17 @@ export default async function globalSetup(): Promise<void> {
 }
 
 /**
- * Kafka: the cluster in KAFKA_BROKERS (comma-separated host:port) when set; else, with
- * DUCTAPE_TEST_KAFKA=real, a real Apache Kafka node started here (test/support/kafka-server.ts;
- * the workers get KAFKA_BROKERS and DUCTAPE_TEST_KAFKA_SERVER=real); else librdkafka's mock
- * cluster (test/kafka/mock-cluster.c, built here once per change of its source and cached under
- * node_modules/.cache/ductape). The workers get KAFKA_BROKERS, plus DUCTAPE_TEST_KAFKA_MOCK=1 and
- * the mock's control FIFO in DUCTAPE_TEST_KAFKA_MOCK_CONTROL (see test/support/kafka.ts). The mock
- * reads our end of a pipe as its standard input: it ends when global-teardown.ts closes it, or
- * when this process dies, however it dies.
+ * Kafka: the cluster in KAFKA_BROKERS (comma-separated host:port) when set; else a real Apache
+ * Kafka node started here (test/support/kafka-server.ts; the workers get KAFKA_BROKERS and
+ * DUCTAPE_TEST_KAFKA_SERVER=real); else, with DUCTAPE_TEST_KAFKA=mock, librdkafka's mock cluster
+ * (the workers get DUCTAPE_TEST_KAFKA_MOCK=1 and its control FIFO in DUCTAPE_TEST_KAFKA_MOCK_CONTROL).
+ *
+ * Whichever cluster the suites share, the mock's binary (test/kafka/mock-cluster.c, built here
+ * once per change of its source and cached under node_modules/.cache/ductape) is offered to the
+ * tests that need faults on demand, on a mock cluster of their own (DUCTAPE_TEST_KAFKA_MOCK_BINARY;
+ * when it cannot be built, DUCTAPE_TEST_UNAVAILABLE_KAFKA_MOCK says why). A shared mock reads our
+ * end of a pipe as its standard input: it ends when global-teardown.ts closes it, or when this
+ * process dies, however it dies.
  */
 const MOCK_SOURCE = join(__dirname, '..', 'kafka', 'mock-cluster.c');
 const MOCK_BROKERS = 3;
@@ -58,34 +61,47 @@ interface KafkaMock {
 const state = globalThis as typeof globalThis & { __ductapeKafkaMock?: KafkaMock; __ductapeKafkaServer?: KafkaServer; __ductapeSqsEmulator?: ChildProcess };
 
 async function setUpKafka(): Promise<string | undefined> {
+  const binary = buildKafkaMock().then(
+    (built) => {
+      process.env.DUCTAPE_TEST_KAFKA_MOCK_BINARY = built;
+      return built;
+    },
+    (error: Error) => {
+      process.env.DUCTAPE_TEST_UNAVAILABLE_KAFKA_MOCK = `librdkafka's mock cluster could not be built: ${error.message}`;
+      return undefined;
+    },
+  );
   const external = process.env.KAFKA_BROKERS?.trim();
   if (external) {
+    await binary;
     const first = external.split(',')[0].trim();
     const colon = first.lastIndexOf(':');
     const host = colon > 0 ? first.slice(0, colon).replace(/^\[|\]$/g, '') : first;
     const reason = await probe(host, colon > 0 ? Number(first.slice(colon + 1)) : 9092);
     return reason && `KAFKA_BROKERS=${external}: ${reason}`;
   }
-  const kind = process.env.DUCTAPE_TEST_KAFKA?.trim() || 'mock';
-  if (kind === 'real') return setUpRealKafka();
-  if (kind !== 'mock') return `no Kafka: DUCTAPE_TEST_KAFKA=${kind} is neither 'mock' (the default) nor 'real'`;
+  const kind = process.env.DUCTAPE_TEST_KAFKA?.trim() || 'real';
+  if (kind === 'real') {
+    const [reason] = await Promise.all([setUpRealKafka(), binary]);
+    return reason;
+  }
+  if (kind !== 'mock') return `no Kafka: DUCTAPE_TEST_KAFKA=${kind} is neither 'real' (the default) nor 'mock'`;
+  const built = await binary;
+  if (!built) return `no Kafka: DUCTAPE_TEST_KAFKA=mock, but ${process.env.DUCTAPE_TEST_UNAVAILABLE_KAFKA_MOCK}`;
   try {
-    const binary = await buildKafkaMock();
     const control = await makeFifo();
-    const { child, bootstrap } = await startKafkaMock(binary, control);
+    const { child, bootstrap } = await startKafkaMock(built, control);
     state.__ductapeKafkaMock = { child, control };
     process.env.KAFKA_BROKERS = bootstrap;
     process.env.DUCTAPE_TEST_KAFKA_MOCK = '1';
-    // For a test that needs a cluster of its own (round-trip delays that would slow every other suite).
-    process.env.DUCTAPE_TEST_KAFKA_MOCK_BINARY = binary;
     if (control) process.env.DUCTAPE_TEST_KAFKA_MOCK_CONTROL = control;
     return undefined;
   } catch (error) {
-    return `no Kafka: KAFKA_BROKERS is not set and librdkafka's mock cluster could not start: ${(error as Error).message}`;
+    return `no Kafka: DUCTAPE_TEST_KAFKA=mock, but librdkafka's mock cluster could not start: ${(error as Error).message}`;
   }
 }
 
-/** A real Kafka node for the run (DUCTAPE_TEST_KAFKA=real): undefined when it answers, else why not. */
+/** A real Kafka node for the run (the default): undefined when it answers, else why not. */
 async function setUpRealKafka(): Promise<string | undefined> {
   try {
     const server = await startKafkaServer();
@@ -94,7 +110,7 @@ async function setUpRealKafka(): Promise<string | undefined> {
     process.env.DUCTAPE_TEST_KAFKA_SERVER = 'real';
     return undefined;
   } catch (error) {
-    return `no Kafka: DUCTAPE_TEST_KAFKA=real and KAFKA_BROKERS is not set, but the Kafka server could not start: ${(error as Error).message}`;
+    return `no Kafka: KAFKA_BROKERS is not set and the Kafka server could not start (it needs java 17 and, the first time, mvn with Maven Central; DUCTAPE_TEST_KAFKA=mock runs the suites on librdkafka's mock cluster instead): ${(error as Error).message}`;
   }
 }
 

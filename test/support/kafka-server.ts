@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, type WriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -56,11 +56,17 @@ export interface KafkaServer {
   version: string;
   /** The temporary folder: server.properties, data/, server.log. */
   dir: string;
-  child: ChildProcess;
-  /** Resolves when the server exits (by stop() or on its own), to its exit code or signal. */
-  exited: Promise<number | string | null>;
+  /** The node's process now (a restart starts another). */
+  readonly child: ChildProcess;
+  /** Resolves when the node now running exits (by stop() or on its own), to its exit code or signal. */
+  readonly exited: Promise<number | string | null>;
   /** SIGTERM, SIGKILL after `timeoutMs` (default 15 s), then removes the folder. Idempotent. */
   stop(timeoutMs?: number): Promise<void>;
+  /**
+   * Stops the node (SIGTERM, or SIGKILL with `kill`), waits `downMs`, and starts it again on the
+   * same store and port; resolves once it answers again.
+   */
+  restart(options?: { kill?: boolean; downMs?: number }): Promise<void>;
 }
 
 /** The folder the classpaths of each version are cached in. */
@@ -128,9 +134,71 @@ export async function startKafkaServer(options: KafkaServerOptions = {}): Promis
     throw error;
   }
 
-  // In this process's group: a Ctrl-C in the terminal stops it too (Kafka shuts down on SIGINT).
+  const bootstrap = `127.0.0.1:${port}`;
   const log = join(dir, 'server.log');
   const out = createWriteStream(log);
+  const launch = async (): Promise<RunningNode> => {
+    const node = spawnNode(jvm, properties, out);
+    try {
+      await waitUntilAnswers(bootstrap, options.startTimeoutMs ?? 60_000, node.failed);
+    } catch (error) {
+      await node.stop(5000).catch(() => undefined);
+      const tail = readTail(log);
+      throw new Error(`Kafka ${version} did not start: ${(error as Error).message}${tail ? `\n${tail}` : ''}`);
+    }
+    return node;
+  };
+
+  let node: RunningNode;
+  try {
+    node = await launch();
+  } catch (error) {
+    await new Promise<void>((resolve) => out.end(resolve));
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
+  let stopping: Promise<void> | undefined;
+  const server: KafkaServer = {
+    bootstrap,
+    port,
+    version,
+    dir,
+    get child() {
+      return node.child;
+    },
+    get exited() {
+      return node.exited;
+    },
+    stop: (timeoutMs = 15_000) =>
+      (stopping ??= (async () => {
+        await node.stop(timeoutMs);
+        await new Promise<void>((resolve) => out.end(resolve));
+        rmSync(dir, { recursive: true, force: true });
+      })()),
+    restart: async ({ kill = false, downMs = 0 } = {}) => {
+      if (stopping) throw new Error('the Kafka server was stopped');
+      await (kill ? node.kill() : node.stop(15_000));
+      if (downMs > 0) await new Promise((resolve) => setTimeout(resolve, downMs));
+      node = await launch();
+    },
+  };
+  return server;
+}
+
+interface RunningNode {
+  child: ChildProcess;
+  exited: Promise<number | string | null>;
+  /** Why the node cannot answer (it exited, java is missing), or undefined while it may yet. */
+  failed(): string | undefined;
+  /** SIGTERM (a clean shutdown, its logs flushed), SIGKILL after `timeoutMs`. */
+  stop(timeoutMs: number): Promise<void>;
+  /** SIGKILL: a crash, with whatever the store had not flushed. */
+  kill(): Promise<void>;
+}
+
+/** Starts the node on `properties` (a store already formatted), its output appended to `out`. */
+function spawnNode(jvm: string[], properties: string, out: WriteStream): RunningNode {
+  // In this process's group: a Ctrl-C in the terminal stops it too (Kafka shuts down on SIGINT).
   const child = spawn('java', [...jvm, 'kafka.Kafka', properties], { stdio: ['ignore', 'pipe', 'pipe'] });
   // A launcher that exits without stopping it (an uncaught error, process.exit) takes it along; one
   // killed with SIGKILL cannot, and leaves the node and its folder under the system's temp folder.
@@ -142,36 +210,31 @@ export async function startKafkaServer(options: KafkaServerOptions = {}): Promis
     child.once('error', () => resolve('spawn error'));
     child.once('exit', (code, signal) => resolve(signal ?? code));
   });
+  void exited.then(() => process.off('exit', killOnExit));
   let spawnError: Error | undefined;
   child.once('error', (error) => void (spawnError = error));
-
-  let stopping: Promise<void> | undefined;
-  const stop = (timeoutMs = 15_000): Promise<void> =>
-    (stopping ??= (async () => {
-      if (child.exitCode === null && child.signalCode === null && child.pid) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-        await exited;
-        clearTimeout(timer);
-      }
-      process.off('exit', killOnExit);
-      await new Promise<void>((resolve) => out.end(resolve));
-      rmSync(dir, { recursive: true, force: true });
-    })());
-
-  const bootstrap = `127.0.0.1:${port}`;
-  try {
-    await waitUntilAnswers(bootstrap, options.startTimeoutMs ?? 60_000, () => {
+  const alive = () => child.exitCode === null && child.signalCode === null && child.pid !== undefined && !spawnError;
+  const end = async (signal: NodeJS.Signals, timeoutMs: number) => {
+    if (alive()) {
+      child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      await exited;
+      clearTimeout(timer);
+    }
+    child.stdout.unpipe(out);
+    child.stderr.unpipe(out);
+  };
+  return {
+    child,
+    exited,
+    failed: () => {
       if (spawnError) return (spawnError as NodeJS.ErrnoException).code === 'ENOENT' ? 'java is not installed (apt-get install openjdk-17-jre-headless)' : spawnError.message;
       if (child.exitCode !== null || child.signalCode !== null) return `the server exited (${child.signalCode ?? child.exitCode})`;
       return undefined;
-    });
-  } catch (error) {
-    await stop(5000).catch(() => undefined);
-    const tail = readTail(log);
-    throw new Error(`Kafka ${version} did not start: ${(error as Error).message}${tail ? `\n${tail}` : ''}`);
-  }
-  return { bootstrap, port, version, dir, child, exited, stop };
+    },
+    stop: (timeoutMs) => end('SIGTERM', timeoutMs),
+    kill: () => end('SIGKILL', 5000),
+  };
 }
 
 async function waitUntilAnswers(bootstrap: string, timeoutMs: number, failed: () => string | undefined): Promise<void> {

@@ -1,9 +1,12 @@
 import { spawn } from 'node:child_process';
-import { closeSync, constants, openSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readdirSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Kafka, logLevel, Partitioners, type Admin, type IHeaders } from 'kafkajs';
 import type { KafkaEnvConfig } from '../../lib';
 import type { RawReader, RawRecord } from '../conformance/conformance-target';
+import { whileLeadershipSettles } from '../../lib/adapters/kafka/kafka-topology';
+import { startKafkaServer, type KafkaServer } from './kafka-server';
 
 /**
  * The Kafka cluster the integration suites use: KAFKA_BROKERS (comma-separated host:port), which
@@ -20,6 +23,27 @@ export const KAFKA_BROKERS: string[] = (process.env.KAFKA_BROKERS ?? '')
  * rebalance that takes about sessionTimeout - 1 s, a fetch that waits its full maxWaitTime when
  * there is nothing to return, and auto-created topics with 4 partitions.
  */
+/**
+ * kafkajs requires each protocol request's module when first used (an idempotent producer's
+ * InitProducerId, say). Jest 30 refuses a require while it is between two tests, where a file's
+ * concurrent tests (it.concurrent) may well be: every one is loaded here, once, up front.
+ */
+function preloadKafkaProtocol(): void {
+  const requests = join(dirname(require.resolve('kafkajs/package.json')), 'src', 'protocol', 'requests');
+  for (const api of readdirSync(requests, { withFileTypes: true })) {
+    if (!api.isDirectory()) continue;
+    for (const version of readdirSync(join(requests, api.name))) {
+      if (!/^v\d+$/.test(version)) continue;
+      for (const file of ['request.js', 'response.js']) {
+        const path = join(requests, api.name, version, file);
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        if (existsSync(path)) require(path);
+      }
+    }
+  }
+}
+preloadKafkaProtocol();
+
 export function isKafkaMock(): boolean {
   return process.env.DUCTAPE_TEST_KAFKA_MOCK === '1';
 }
@@ -107,19 +131,19 @@ export async function createTopic(topic: string, partitions: number): Promise<{ 
       if (Date.now() > deadline) throw new Error(`topic ${topic} did not appear within 10 s of the mock's control command`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    const metadata = await admin.fetchTopicMetadata({ topics: [topic] }); // auto-creates when still missing
+    const metadata = await whileLeadershipSettles(() => admin.fetchTopicMetadata({ topics: [topic] })); // auto-creates when still missing
     return { via, partitions: metadata.topics[0].partitions.length };
   });
 }
 
 /** Latest offsets of each partition of a topic (ListOffsets). */
 export function topicOffsets(topic: string): Promise<{ partition: number; offset: string; low: string; high: string }[]> {
-  return withKafkaAdmin((admin) => admin.fetchTopicOffsets(topic));
+  return withKafkaAdmin((admin) => whileLeadershipSettles(() => admin.fetchTopicOffsets(topic)));
 }
 
 /** The offsets a consumer group committed on a topic, by partition ('-1': none). */
 export async function committedOffsets(groupId: string, topic: string): Promise<Record<number, string>> {
-  const [result] = await withKafkaAdmin((admin) => admin.fetchOffsets({ groupId, topics: [topic] }));
+  const [result] = await withKafkaAdmin((admin) => whileLeadershipSettles(() => admin.fetchOffsets({ groupId, topics: [topic] })));
   return Object.fromEntries(result.partitions.map(({ partition, offset }) => [partition, offset]));
 }
 
@@ -141,13 +165,30 @@ export function kafkaMockControl(command: string): void {
 }
 
 /**
+ * Why a test cannot have a mock cluster of its own (librdkafka-dev or gcc missing), or undefined
+ * when it can. The mock's binary is built by the global setup whatever cluster the suites share.
+ */
+export function privateKafkaMockUnavailable(): string | undefined {
+  if (process.env.DUCTAPE_TEST_KAFKA_MOCK_BINARY) return undefined;
+  return process.env.DUCTAPE_TEST_UNAVAILABLE_KAFKA_MOCK || "librdkafka's mock cluster was not built";
+}
+
+/**
+ * A real Kafka node of the test's own (test/support/kafka-server.ts), for a test that stops,
+ * kills or restarts the broker: never the run's shared node, nor the user's cluster.
+ */
+export function startPrivateKafkaServer(): Promise<KafkaServer> {
+  return startKafkaServer({ startTimeoutMs: 60_000 });
+}
+
+/**
  * A mock cluster of the test's own (3 brokers), from the binary the global setup built: for a test
  * that slows its brokers down, which the shared one must not be. `control` takes the commands of
  * kafkaMockControl; `stop` closes its stdin, which ends it.
  */
 export async function startPrivateKafkaMock(): Promise<{ brokers: string[]; control: (command: string) => void; stop: () => Promise<void> }> {
   const binary = process.env.DUCTAPE_TEST_KAFKA_MOCK_BINARY;
-  if (!binary) throw new Error('no Kafka mock binary (KAFKA_BROKERS points at a real cluster)');
+  if (!binary) throw new Error(privateKafkaMockUnavailable() ?? 'no Kafka mock binary');
   const child = spawn(binary, ['3'], { stdio: ['pipe', 'pipe', 'inherit'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const bootstrap = await new Promise<string>((resolve, reject) => {

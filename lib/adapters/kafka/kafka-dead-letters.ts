@@ -1,15 +1,14 @@
 import type { Kafka } from 'kafkajs';
-import { describeError } from '../../errors';
+import { describeError, IncompleteDrainError } from '../../errors';
 import { waitAtMost } from '../../support/with-timeout';
 import type { AdapterLogger, InboundMessage } from '../broker-adapter';
 import { fromKafkaMessage } from './kafka-headers';
 import { deadLetterGroupId, deadLetterTopic } from './kafka-names';
 import type { KafkaTopology } from './kafka-topology';
 
-/** How long a drain waits for its reader to join and read. */
-const DRAIN_TIMEOUT_MS = 30_000;
-
 export interface DeadLetterReaderSettings {
+  /** How long one drain may take, its reader's join included; then it stops with what it moved. */
+  drainTimeoutMs: number;
   sessionTimeoutMs: number;
   heartbeatIntervalMs: number;
   fetchMaxWaitMs: number;
@@ -82,11 +81,17 @@ export async function drainKafkaDeadLetters(
         if (failure !== undefined || visited >= limit || remaining.size === 0) finish();
       },
     });
-    const done = await waitAtMost(finished, DRAIN_TIMEOUT_MS);
-    if (!done && failure === undefined) logger.warn(`reprocessing the dead letters of '${group}' stopped after ${DRAIN_TIMEOUT_MS} ms with ${visited} moved`);
+    const done = await waitAtMost(finished, settings.drainTimeoutMs);
+    if (!done && failure === undefined) {
+      failure = new IncompleteDrainError(visited, `the drain's time limit (drainTimeoutMs ${settings.drainTimeoutMs} ms) passed`);
+      logger.warn(`reprocessing the dead letters of '${group}' stopped after ${settings.drainTimeoutMs} ms with ${visited} moved; the others remain`);
+    }
   } finally {
     await consumer.disconnect().catch(() => undefined);
   }
+  if (failure instanceof IncompleteDrainError) throw failure;
+  // Stopped by a failure after moving some: the caller learns how many moved, and why it stopped.
+  if (failure !== undefined && visited > 0) throw new IncompleteDrainError(visited, describeError(failure));
   if (failure !== undefined) throw failure instanceof Error ? failure : new Error(describeError(failure));
   return visited;
 }

@@ -49,11 +49,11 @@ export class KafkaTopology {
   async endsOfUncommitted(groupId: string, topics: string[]): Promise<Map<string, bigint>> {
     const admin = this.admin();
     const startAt = new Map<string, bigint>();
-    for (const { topic, partitions } of await admin.fetchOffsets({ groupId, topics })) {
+    for (const { topic, partitions } of await whileLeadershipSettles(() => admin.fetchOffsets({ groupId, topics }))) {
       // A group that committed on some partition of the topic is not new there: its other
       // partitions had nothing for it yet, and start at their beginning.
       if (partitions.some((p) => p.offset !== '-1')) continue;
-      for (const { partition, high } of await admin.fetchTopicOffsets(topic)) startAt.set(`${topic}:${partition}`, BigInt(high));
+      for (const { partition, high } of await whileLeadershipSettles(() => admin.fetchTopicOffsets(topic))) startAt.set(`${topic}:${partition}`, BigInt(high));
     }
     return startAt;
   }
@@ -61,7 +61,7 @@ export class KafkaTopology {
   /** The group's committed offsets now, `topic:partition` → offset ('-1': none). */
   async committedOffsets(groupId: string, topics: string[]): Promise<Map<string, string>> {
     const result = new Map<string, string>();
-    for (const { topic, partitions } of await this.admin().fetchOffsets({ groupId, topics })) {
+    for (const { topic, partitions } of await whileLeadershipSettles(() => this.admin().fetchOffsets({ groupId, topics }))) {
       for (const { partition, offset } of partitions) result.set(`${topic}:${partition}`, offset);
     }
     return result;
@@ -73,8 +73,8 @@ export class KafkaTopology {
    */
   async uncommittedEnds(groupId: string, topic: string): Promise<Map<number, bigint>> {
     const admin = this.admin();
-    const ends = new Map((await admin.fetchTopicOffsets(topic)).map((p) => [p.partition, { high: BigInt(p.high), low: BigInt(p.low) }]));
-    const [committed] = await admin.fetchOffsets({ groupId, topics: [topic] });
+    const ends = new Map((await whileLeadershipSettles(() => admin.fetchTopicOffsets(topic))).map((p) => [p.partition, { high: BigInt(p.high), low: BigInt(p.low) }]));
+    const [committed] = await whileLeadershipSettles(() => admin.fetchOffsets({ groupId, topics: [topic] }));
     const remaining = new Map<number, bigint>();
     for (const [partition, { high, low }] of ends) {
       const entry = committed?.partitions.find((p) => p.partition === partition);
@@ -115,6 +115,47 @@ export class KafkaTopology {
     const producer = this.producer();
     await withRetries<unknown>(() => (topicCreation === 'none' ? admin.fetchTopicMetadata({ topics: [topic] }) : producer.send({ topic, messages: [] })), 10);
     this.knownTopics.add(topic);
+  }
+}
+
+/**
+ * Kafka's answers while a new topic's (or the group coordinator's) leadership settles. A KRaft
+ * broker answers a ListOffsets for a topic created a moment ago with NOT_LEADER_OR_FOLLOWER until
+ * it has applied its own leadership, though createTopics (waitForLeaders) has already resolved,
+ * and kafkajs's admin retries only UNKNOWN_TOPIC_OR_PARTITION there: the others are retried here.
+ */
+const SETTLING_ERRORS = new Set([
+  'NOT_LEADER_OR_FOLLOWER',
+  'NOT_LEADER_FOR_PARTITION',
+  'LEADER_NOT_AVAILABLE',
+  'UNKNOWN_TOPIC_OR_PARTITION',
+  'NOT_COORDINATOR',
+  'NOT_COORDINATOR_FOR_GROUP',
+  'COORDINATOR_NOT_AVAILABLE',
+  'GROUP_COORDINATOR_NOT_AVAILABLE',
+  'COORDINATOR_LOAD_IN_PROGRESS',
+  'GROUP_LOAD_IN_PROGRESS',
+  'REPLICA_NOT_AVAILABLE',
+]);
+
+/** Whether a kafkajs error (or the one it wraps) is a leadership or coordinator still settling. */
+export function isSettlingError(error: unknown): boolean {
+  for (let current = error as { type?: unknown; originalError?: unknown; cause?: unknown } | undefined, depth = 0; current && depth < 4; depth++) {
+    if (typeof current.type === 'string' && SETTLING_ERRORS.has(current.type)) return true;
+    current = (current.originalError ?? current.cause) as typeof current;
+  }
+  return false;
+}
+
+/** Runs an admin read again while the broker answers that leadership is settling (at most ~5 s). */
+export async function whileLeadershipSettles<T>(work: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (error) {
+      if (attempt >= 12 || !isSettlingError(error)) throw error;
+      await sleep(Math.min(50 * attempt, 800), { unref: true });
+    }
   }
 }
 
