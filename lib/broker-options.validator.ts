@@ -208,6 +208,14 @@ function connection(type: BrokerType, config: unknown, path: string, problems: P
       break;
     case 'redis':
       if (!absent(config.url)) url(config.url, `${path}.url`, ['redis:', 'rediss:'], problems);
+      optionalString(config.username, `${path}.username`, problems);
+      optionalString(config.password, `${path}.password`, problems);
+      if (config.db !== undefined) integerIn(config.db, `${path}.db`, 0, 65_535, problems);
+      if (config.tls !== undefined && typeof config.tls !== 'boolean' && !isObject(config.tls)) problems.push(`${path}.tls: must be a boolean or an object`);
+      if (config.maxLen !== undefined && config.maxLen !== 0) positiveInteger(config.maxLen, `${path}.maxLen`, problems);
+      for (const field of ['publishTimeoutMs', 'connectTimeoutMs', 'blockMs', 'claimIdleMs', 'claimIntervalMs', 'delayPollMs']) {
+        duration(config[field], `${path}.${field}`, problems, 1);
+      }
       break;
     case 'kafka':
       if (!absent(config.brokers)) hostPorts(config.brokers, `${path}.brokers`, problems);
@@ -217,6 +225,8 @@ function connection(type: BrokerType, config: unknown, path: string, problems: P
       }
       if (config.sasl !== undefined && !isObject(config.sasl)) problems.push(`${path}.sasl: must be an object`);
       if (config.acks !== undefined && config.acks !== 'all' && config.acks !== 'leader') problems.push(`${path}.acks: must be 'all' or 'leader'`);
+      if (config.idempotent !== undefined && typeof config.idempotent !== 'boolean') problems.push(`${path}.idempotent: must be true or false`);
+      else if (config.idempotent === true && config.acks === 'leader') problems.push(`${path}.idempotent: an idempotent producer needs acks 'all', not 'leader'`);
       if (config.topicCreation !== undefined && !['admin', 'auto', 'none'].includes(config.topicCreation as string)) {
         problems.push(`${path}.topicCreation: must be 'admin', 'auto' or 'none'`);
       }
@@ -225,7 +235,7 @@ function connection(type: BrokerType, config: unknown, path: string, problems: P
       positiveInteger(config.maxBatchBytes, `${path}.maxBatchBytes`, problems);
       positiveInteger(config.numPartitions, `${path}.numPartitions`, problems);
       if (config.replicationFactor !== undefined && config.replicationFactor !== -1) positiveInteger(config.replicationFactor, `${path}.replicationFactor`, problems);
-      for (const field of ['publishTimeoutMs', 'connectTimeoutMs', 'requestTimeoutMs', 'sessionTimeoutMs', 'heartbeatIntervalMs', 'joinWaitMs', 'fetchMaxWaitMs']) {
+      for (const field of ['publishTimeoutMs', 'connectTimeoutMs', 'requestTimeoutMs', 'sessionTimeoutMs', 'heartbeatIntervalMs', 'joinWaitMs', 'fetchMaxWaitMs', 'drainTimeoutMs']) {
         duration(config[field], `${path}.${field}`, problems, 1);
       }
       break;
@@ -255,6 +265,23 @@ function connection(type: BrokerType, config: unknown, path: string, problems: P
       optionalString(config.token, `${path}.token`, problems);
       optionalString(config.user, `${path}.user`, problems);
       optionalString(config.pass, `${path}.pass`, problems);
+      optionalString(config.name, `${path}.name`, problems);
+      // Deferred: another env's secrets may be unset on this machine; the pair is checked on first use.
+      if (!deferred && (config.user === undefined) !== (config.pass === undefined)) problems.push(`${path}: user and pass must be given together`);
+      if (!deferred && config.token !== undefined && config.user !== undefined) problems.push(`${path}: give token or user and pass, not both`);
+      if (config.tls !== undefined && typeof config.tls !== 'boolean') {
+        if (!isObject(config.tls)) problems.push(`${path}.tls: must be a boolean or an object`);
+        else {
+          for (const field of ['ca', 'caFile', 'cert', 'certFile', 'key', 'keyFile']) optionalString(config.tls[field], `${path}.tls.${field}`, problems);
+          if (config.tls.handshakeFirst !== undefined && typeof config.tls.handshakeFirst !== 'boolean') problems.push(`${path}.tls.handshakeFirst: must be a boolean`);
+        }
+      }
+      for (const field of ['connectTimeoutMs', 'publishTimeoutMs', 'reconnectDelayMs', 'ackWaitMs']) duration(config[field], `${path}.${field}`, problems, 1);
+      if (config.retentionMs !== undefined && (typeof config.retentionMs !== 'number' || !Number.isInteger(config.retentionMs) || config.retentionMs < 0)) {
+        problems.push(`${path}.retentionMs: must be a whole number of milliseconds, 0 or more`);
+      }
+      if (config.storage !== undefined && config.storage !== 'file' && config.storage !== 'memory') problems.push(`${path}.storage: must be 'file' or 'memory'`);
+      positiveInteger(config.replicas, `${path}.replicas`, problems);
       break;
   }
 }

@@ -104,6 +104,14 @@ export interface KafkaEnvSettings {
   /** Acknowledgement a publish waits for: every in-sync replica ('all', the default) or the leader only. */
   acks?: 'all' | 'leader';
   /**
+   * An idempotent producer: the broker drops a retried produce request it already wrote, so a
+   * retry never writes a message twice. Default: on with acks 'all' (idempotence needs it), off
+   * with 'leader'; where the brokers give no producer id, the adapter falls back to a plain
+   * producer with a warning. `true` refuses that fallback (connect fails); `false` never asks.
+   * An idempotent producer has one produce request in flight at a time.
+   */
+  idempotent?: boolean;
+  /**
    * How long publish waits for the broker's acknowledgement before PUBLISH_FAILED (default 30000).
    * A publish that timed out may still reach the broker later (kafkajs goes on sending it).
    */
@@ -136,6 +144,11 @@ export interface KafkaEnvSettings {
   joinWaitMs?: number;
   /** How long a consumer's fetch waits for data (default 500; some Kafka-protocol brokers only answer then). */
   fetchMaxWaitMs?: number;
+  /**
+   * How long one reprocessDeadLetters may take on this broker, its reader's join included
+   * (default 30000). One that stops then rejects with REPROCESS_INCOMPLETE, saying how many moved.
+   */
+  drainTimeoutMs?: number;
 }
 
 export interface KafkaEnvConfig extends BrokerEnvCommon {
@@ -176,10 +189,43 @@ export interface SqsEnvConfig extends BrokerEnvCommon {
   config: SqsEnvSettings;
 }
 
-/** The `config` of a redis env entry. */
+/** The `config` of a redis env entry (Redis 6.2 or later: Streams with XAUTOCLAIM). */
 export interface RedisEnvSettings {
-  /** `redis://…` or `rediss://…`. Required; `undefined` (an unset variable) is refused when this env is used. */
+  /**
+   * `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. Required; `undefined` (an
+   * unset variable) is refused when this env is used.
+   */
   url: string | undefined;
+  /** ACL user name (Redis 6+); overrides the URL's. */
+  username?: string | undefined;
+  /** Password (of `username`, or the `requirepass` one); overrides the URL's. Never logged. */
+  password?: string | undefined;
+  /** Database number (default: the URL's, else 0). */
+  db?: number;
+  /** `true`, or Node.js TLS options (`ca`, `cert`, `key`, `servername`, …); a `rediss://` URL turns TLS on by itself. */
+  tls?: boolean | Readonly<Record<string, unknown>>;
+  /**
+   * Approximate most entries kept in each topic's stream (XADD MAXLEN ~; default 1000000; 0 keeps
+   * every entry). A group that falls further behind than this loses the oldest entries it has not
+   * read: size it for the longest outage of a consumer.
+   */
+  maxLen?: number;
+  /** How long a publish waits for Redis to accept it, reconnects included, before PUBLISH_FAILED (default 30000). */
+  publishTimeoutMs?: number;
+  /** How long startup (and each new consumer's connection) waits for Redis (default 10000). */
+  connectTimeoutMs?: number;
+  /** How long one blocking XREADGROUP waits for entries (default 1000); also bounds how late a claim check comes. */
+  blockMs?: number;
+  /**
+   * How long an entry stays pending at a consumer that no longer renews it (a crashed process)
+   * before another consumer of the group takes it over with XAUTOCLAIM (default 30000). A running
+   * handler renews its entry every claimIdleMs / 3, so a slow handler is not taken over.
+   */
+  claimIdleMs?: number;
+  /** How often each consumer looks for entries to take over (default 1000). */
+  claimIntervalMs?: number;
+  /** How often the sorted sets of delayed messages and retries are checked at least (default 250). */
+  delayPollMs?: number;
 }
 
 export interface RedisEnvConfig extends BrokerEnvCommon {
@@ -189,12 +235,52 @@ export interface RedisEnvConfig extends BrokerEnvCommon {
 
 /** The `config` of a nats env entry. */
 export interface NatsEnvSettings {
-  /** Server addresses. Required; `undefined` (an unset variable) is refused when this env is used. */
+  /**
+   * Server addresses (`nats://host:4222`, `host:4222`, `tls://host:4222`). Required; `undefined`
+   * (an unset variable) is refused when this env is used. Credentials in an address are never logged.
+   */
   servers: string[] | undefined;
-  /** Credentials: never logged. */
+  /** Token authentication: never logged. */
   token?: string | undefined;
+  /** User and password authentication: the password is never logged. */
   user?: string | undefined;
   pass?: string | undefined;
+  /** TLS: `true` (the system's CAs), or PEM texts or file paths (`ca`, `caFile`, `cert`, `certFile`, `key`, `keyFile`); handed to the nats client. */
+  tls?: boolean | NatsTlsSettings;
+  /** The client name the server shows (default 'ductape'). */
+  name?: string;
+  /** How long the first connection may take (default 10000). */
+  connectTimeoutMs?: number;
+  /** How long publish waits for JetStream's acknowledgement, through reconnects, before PUBLISH_FAILED (default 30000). */
+  publishTimeoutMs?: number;
+  /** Pause between reconnect attempts (default 1000); reconnects go on for ever. */
+  reconnectDelayMs?: number;
+  /**
+   * The group consumers' ack wait: a delivery whose process died is given to another member after
+   * this long (default 30000). A running handler keeps its message for as long as it runs.
+   */
+  ackWaitMs?: number;
+  /** Storage of the streams the adapter creates (default 'file', which survives a server restart). */
+  storage?: 'file' | 'memory';
+  /** Replicas of the streams the adapter creates, on a cluster (default 1). */
+  replicas?: number;
+  /**
+   * How long a stream the adapter creates keeps a message (default 604800000, 7 days; 0 keeps it
+   * until the server's limits): a group whose consumers are all away for longer loses what is older.
+   */
+  retentionMs?: number;
+}
+
+/** TLS settings of a nats env entry (the nats client's TlsOptions). */
+export interface NatsTlsSettings {
+  ca?: string;
+  caFile?: string;
+  cert?: string;
+  certFile?: string;
+  key?: string;
+  keyFile?: string;
+  /** TLS before the server's INFO (the server must be configured with `handshake_first`). */
+  handshakeFirst?: boolean;
 }
 
 export interface NatsEnvConfig extends BrokerEnvCommon {

@@ -10,6 +10,11 @@ export interface BatchingOptions {
   maxBatchBytes: number;
   /** How long a publish waits for the broker's answer before it fails (the record may still be sent later). */
   publishTimeoutMs: number;
+  /**
+   * Produce requests of this producer in flight at once (1 for an idempotent producer: kafkajs
+   * gives a failed request's sequence numbers back, and a request sent beside it would take them).
+   */
+  maxInFlight: number;
 }
 
 interface Pending {
@@ -106,15 +111,15 @@ export class BatchingProducer {
   private flush(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.pending.length === 0) return;
-    const batch = this.pending;
-    this.pending = [];
-    this.pendingBytes = 0;
+    // At the in-flight cap, what waits goes when a request is answered (and grows meanwhile).
+    if (this.pending.length === 0 || this.inFlight.size >= this.options.maxInFlight) return;
+    const batch = this.takeBatch();
     this.sentBatches.add(batch);
     const sending = this.sendBatch(batch).finally(() => {
       this.inFlight.delete(sending);
       this.sentBatches.delete(batch);
-      if (this.sentBatches.size === 0 && this.pending.length === 0) {
+      if (this.pending.length > 0) this.flush();
+      else if (this.sentBatches.size === 0) {
         // Nothing waits for an answer: no timer left behind.
         clearTimeout(this.deadlineTimer);
         this.deadlineTimer = undefined;
@@ -123,13 +128,30 @@ export class BatchingProducer {
     this.inFlight.add(sending);
   }
 
+  /** The oldest waiting publishes, within the batch caps (more wait while a request is in flight). */
+  private takeBatch(): Pending[] {
+    let count = 0;
+    let bytes = 0;
+    while (count < this.pending.length && count < this.options.maxBatchMessages && (count === 0 || bytes + this.pending[count].bytes <= this.options.maxBatchBytes)) {
+      bytes += this.pending[count].bytes;
+      count++;
+    }
+    const batch = count === this.pending.length ? this.pending : this.pending.slice(0, count);
+    this.pending = count === this.pending.length ? [] : this.pending.slice(count);
+    this.pendingBytes -= bytes;
+    return batch;
+  }
+
   private async sendBatch(batch: Pending[]): Promise<void> {
     const byTopic = new Map<string, Message[]>();
-    for (const { topic, message } of batch) {
+    for (const { topic, message, settled } of batch) {
+      // A publish that already failed (past its deadline while it waited) is not sent after all.
+      if (settled) continue;
       const messages = byTopic.get(topic);
       if (messages) messages.push(message);
       else byTopic.set(topic, [message]);
     }
+    if (byTopic.size === 0) return;
     try {
       await this.producer.sendBatch({ acks: this.options.acks, topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })) });
       for (const pending of batch) settle(pending);

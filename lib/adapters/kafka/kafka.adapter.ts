@@ -1,4 +1,4 @@
-import { Kafka, logLevel, type Admin, type KafkaConfig, type Message, type Producer, type SASLOptions } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Admin, type ICustomPartitioner, type KafkaConfig, type Message, type Producer, type SASLOptions } from 'kafkajs';
 import { requiredSetting } from '../../broker-options.validator';
 import { describeError } from '../../errors';
 import type { KafkaEnvConfig } from '../../interfaces/broker-options.interface';
@@ -52,6 +52,7 @@ export const KAFKA_DEFAULTS = {
   joinWaitMs: 10_000,
   fetchMaxWaitMs: 500,
   publishTimeoutMs: 30_000,
+  drainTimeoutMs: 30_000,
 } as const;
 
 /**
@@ -63,7 +64,7 @@ export const KAFKA_CLOSE_WAIT_MS = 3000;
 export const KAFKA_DISCONNECT_WAIT_MS = 1000;
 
 type Config = KafkaEnvConfig['config'];
-type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl'>> & Pick<Config, 'ssl' | 'sasl'> & { brokers: string[] };
+type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl' | 'idempotent'>> & Pick<Config, 'ssl' | 'sasl' | 'idempotent'> & { brokers: string[] };
 
 /**
  * Kafka through kafkajs. What exists on the cluster (topics, consumer groups) is in
@@ -107,6 +108,8 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
       joinWaitMs: config.joinWaitMs ?? KAFKA_DEFAULTS.joinWaitMs,
       fetchMaxWaitMs: config.fetchMaxWaitMs ?? KAFKA_DEFAULTS.fetchMaxWaitMs,
       publishTimeoutMs: config.publishTimeoutMs ?? KAFKA_DEFAULTS.publishTimeoutMs,
+      idempotent: config.idempotent,
+      drainTimeoutMs: config.drainTimeoutMs ?? KAFKA_DEFAULTS.drainTimeoutMs,
       ssl: config.ssl,
       sasl: config.sasl,
     };
@@ -135,20 +138,53 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
   }
 
   async connect(): Promise<void> {
-    this.producer = this.kafka.producer({ allowAutoTopicCreation: this.settings.topicCreation !== 'none' });
     this.admin = this.kafka.admin();
     try {
-      await Promise.all([this.producer.connect(), this.admin.connect()]);
+      await this.admin.connect();
     } catch (error) {
       throw new Error(`cannot connect to Kafka at ${this.endpoint}: ${describeError(error)}`);
     }
-    this.batching = new BatchingProducer(this.producer, {
+    const idempotent = await this.connectProducer();
+    this.batching = new BatchingProducer(this.requireProducer(), {
       acks: this.settings.acks === 'all' ? -1 : 1,
       lingerMs: this.settings.lingerMs,
       maxBatchMessages: this.settings.maxBatchMessages,
       maxBatchBytes: this.settings.maxBatchBytes,
       publishTimeoutMs: this.settings.publishTimeoutMs,
+      maxInFlight: idempotent ? 1 : Number.MAX_SAFE_INTEGER,
     });
+  }
+
+  /**
+   * The producer: idempotent by default with acks 'all' (the broker drops a retried produce it
+   * already wrote, so a retry never duplicates). A broker that cannot give it a producer id (an
+   * old or partial Kafka-protocol broker) gets a plain producer, with a warning, unless
+   * `idempotent: true` was asked for. Resolves whether the producer is idempotent.
+   */
+  private async connectProducer(): Promise<boolean> {
+    const allowAutoTopicCreation = this.settings.topicCreation !== 'none';
+    const asked = this.settings.idempotent;
+    const idempotent = asked ?? this.settings.acks === 'all';
+    // kafkajs retries an idempotent producer's request for ever by default: publishTimeoutMs bounds each publish.
+    this.producer = this.kafka.producer({ allowAutoTopicCreation, idempotent, createPartitioner: pinnedPartitioner });
+    try {
+      await this.producer.connect();
+      return idempotent;
+    } catch (error) {
+      if (!idempotent || asked === true) throw new Error(`cannot connect to Kafka at ${this.endpoint}: ${describeError(error)}`);
+      await this.producer.disconnect().catch(() => undefined);
+      // A plain producer that connects tells that the brokers are there but gave no producer id.
+      this.producer = this.kafka.producer({ allowAutoTopicCreation, createPartitioner: pinnedPartitioner });
+      try {
+        await this.producer.connect();
+      } catch (plainError) {
+        throw new Error(`cannot connect to Kafka at ${this.endpoint}: ${describeError(plainError)}`);
+      }
+      this.logger.warn(
+        `the Kafka brokers at ${this.endpoint} gave no idempotent producer id (${describeError(error)}); publishing with a plain producer, whose retried requests may write a message twice. Set idempotent: false to silence this`,
+      );
+      return false;
+    }
   }
 
   publish(topic: AdapterTopic, message: OutboundMessage): Promise<void> {
@@ -273,6 +309,22 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
     return this.admin;
   }
 }
+
+/**
+ * kafkajs's default partitioner (murmur2 of the key, as the Java client; round robin without a
+ * key), with the partition it chose kept on the record. kafkajs picks the partitions again on
+ * every retry of a request: a keyless record then went to another partition, so an idempotent
+ * producer's retry no longer matched the request the broker had written (OUT_OF_ORDER_SEQUENCE_NUMBER),
+ * and a plain one's re-send went elsewhere. Pinned, a retry is the same request.
+ */
+const pinnedPartitioner: ICustomPartitioner = () => {
+  const choose = Partitioners.DefaultPartitioner();
+  return (args) => {
+    const partition = choose(args);
+    args.message.partition ??= partition;
+    return partition;
+  };
+};
 
 export function createKafkaAdapter(config: Config, context: AdapterContext): CompleteBrokerAdapter {
   return new KafkaAdapter(config, context);
