@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect as connectTcp, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Redis from 'ioredis';
@@ -103,6 +103,14 @@ export async function startPrivateRedis(extraArgs: string[] = []): Promise<Priva
   const dir = mkdtempSync(join(tmpdir(), 'ductape-redis-'));
   const url = `redis://127.0.0.1:${port}`;
   let child: ChildProcess | undefined;
+  const kill = async () => {
+    const running = child;
+    child = undefined;
+    if (!running || running.exitCode !== null) return;
+    const exited = new Promise<void>((resolve) => running.once('exit', () => resolve()));
+    running.kill('SIGKILL');
+    await exited;
+  };
   const start = async () => {
     child = spawn(
       'redis-server',
@@ -111,29 +119,14 @@ export async function startPrivateRedis(extraArgs: string[] = []): Promise<Priva
     );
     const deadline = Date.now() + 10_000;
     for (;;) {
-      const client = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        const reply = await client.ping().catch((error: Error) => error.message);
-        // NOAUTH: up, and asking for the password it was started with.
-        if (reply === 'PONG' || /NOAUTH/.test(reply)) return;
-      } catch {
-        // not listening yet
-      } finally {
-        client.disconnect();
+      // A plain PING over TCP: a server started with a password answers NOAUTH, which is up too.
+      if (/^(\+PONG|-NOAUTH)/.test(await pingReply(port))) return;
+      if (Date.now() > deadline) {
+        await kill();
+        throw new Error(`redis-server on port ${port} did not start within 10 s`);
       }
-      if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start within 10 s`);
       await sleep(50);
     }
-  };
-  const kill = async () => {
-    const running = child;
-    child = undefined;
-    if (!running || running.exitCode !== null) return;
-    const exited = new Promise<void>((resolve) => running.once('exit', () => resolve()));
-    running.kill('SIGKILL');
-    await exited;
   };
   await start();
   return {
@@ -151,4 +144,23 @@ export async function startPrivateRedis(extraArgs: string[] = []): Promise<Priva
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The first reply line to a PING on a loopback port, or '' when nothing answers. */
+function pingReply(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connectTcp(port, '127.0.0.1');
+    let reply = '';
+    const done = (text: string) => {
+      socket.destroy();
+      resolve(text);
+    };
+    socket.setTimeout(1000, () => done(''));
+    socket.on('error', () => done(''));
+    socket.on('connect', () => socket.write('PING\r\n'));
+    socket.on('data', (chunk: Buffer) => {
+      reply += chunk.toString();
+      if (reply.includes('\r\n')) done(reply);
+    });
+  });
 }
