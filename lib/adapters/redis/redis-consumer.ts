@@ -39,6 +39,7 @@ export interface RedisConsumerOptions {
 interface InFlight {
   stream: string;
   id: string;
+  key: string;
   /** Handed back: no longer kept alive, and never acked by this consumer. */
   released: boolean;
 }
@@ -67,6 +68,10 @@ export class RedisConsumer implements AdapterConsumer {
   private recoverOwn = true;
   private keepAlive?: NodeJS.Timeout;
   private failures = 0;
+  /** Acks waiting for this turn's XACK, by stream. */
+  private readonly acks = new Map<string, { ids: string[]; keys: string[]; settle: { resolve: () => void; reject: (error: Error) => void }[] }>();
+  /** Entries whose XACK is sent or about to be. */
+  private readonly acking = new Set<string>();
 
   constructor(
     private readonly reader: Redis,
@@ -108,6 +113,8 @@ export class RedisConsumer implements AdapterConsumer {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.keepAlive);
+    // Acks of this turn go out first, ahead of the hand-back on the same connection.
+    this.flushAcks();
     try {
       await this.handBackPending();
     } catch (error) {
@@ -131,6 +138,9 @@ export class RedisConsumer implements AdapterConsumer {
     while (!this.stopped) {
       if (this.inFlight.size >= concurrency) {
         await new Promise<void>((resolve) => (this.wake = resolve));
+        // Acks come back together (one pipelined flush): let the others finish too, so the next
+        // read fetches many entries rather than one for each ack.
+        await new Promise<void>((resolve) => setImmediate(resolve));
         continue;
       }
       try {
@@ -225,9 +235,10 @@ export class RedisConsumer implements AdapterConsumer {
 
   private dispatch(stream: string, id: string, fields: Buffer[]): boolean {
     const key = `${stream}\n${id}`;
-    // Already in a handler here (read back after a reconnect): that delivery settles it.
-    if (this.inFlight.has(key)) return false;
-    const entry: InFlight = { stream, id, released: false };
+    // Already in a handler here, or handled with its XACK on the way (read back after a
+    // reconnect): that delivery settles it. An XACK that fails leaves it to XAUTOCLAIM.
+    if (this.inFlight.has(key) || this.acking.has(key)) return false;
+    const entry: InFlight = { stream, id, key, released: false };
     this.inFlight.set(key, entry);
     const delivery: InboundDelivery = {
       ...fromFields(stream, id, fields),
@@ -243,21 +254,63 @@ export class RedisConsumer implements AdapterConsumer {
     }
     handled
       .catch((error: unknown) => this.logger.error(`a delivery of group '${this.options.group}' failed unsettled (${describeError(error)}); it stays pending and is delivered again`))
-      .finally(() => {
-        this.inFlight.delete(key);
-        this.wake();
-      });
+      .finally(() => this.finish(key, entry));
     return true;
   }
 
-  private async ack(entry: InFlight): Promise<void> {
+  private ack(entry: InFlight): Promise<void> {
     // A late ack (after close, or of an entry handed back) must not settle what another consumer may hold now.
-    if (this.closed || entry.released) return;
-    const client = this.commands();
-    if (this.options.deleteOnAck.has(entry.stream)) {
-      await client.multi().xack(entry.stream, this.options.group, entry.id).xdel(entry.stream, entry.id).exec();
-    } else {
-      await client.xack(entry.stream, this.options.group, entry.id);
+    if (this.closed || entry.released) return Promise.resolve();
+    let batch = this.acks.get(entry.stream);
+    if (!batch) {
+      batch = { ids: [], keys: [], settle: [] };
+      this.acks.set(entry.stream, batch);
+      if (this.acks.size === 1) setImmediate(() => this.flushAcks());
+    }
+    batch.ids.push(entry.id);
+    batch.keys.push(entry.key);
+    this.acking.add(entry.key);
+    // The handler is done: its slot is free now, while the XACK is on its way (it goes out before
+    // anything close() sends on the same connection, so a close never hands back an acked entry).
+    this.finish(entry.key, entry);
+    return new Promise<void>((resolve, reject) => batch.settle.push({ resolve, reject }));
+  }
+
+  private finish(key: string, entry: InFlight): void {
+    if (this.inFlight.get(key) !== entry) return;
+    this.inFlight.delete(key);
+    this.wake();
+  }
+
+  /**
+   * Acks of one turn of the event loop go in one XACK per stream (the deliveries of one read
+   * mostly finish together); each ack resolves once Redis has answered the XACK that carried it.
+   */
+  private flushAcks(): void {
+    if (this.acks.size === 0) return;
+    const batches = [...this.acks];
+    this.acks.clear();
+    let client: Redis;
+    try {
+      client = this.commands();
+    } catch (error) {
+      // The adapter closed: these entries stay pending and go to another consumer (at least once).
+      for (const [, { keys, settle }] of batches) {
+        keys.forEach((key) => this.acking.delete(key));
+        settle.forEach(({ reject }) => reject(error instanceof Error ? error : new Error(String(error))));
+      }
+      return;
+    }
+    for (const [stream, { ids, keys, settle }] of batches) {
+      const done = this.options.deleteOnAck.has(stream)
+        ? client.multi().xack(stream, this.options.group, ...ids).xdel(stream, ...ids).exec()
+        : client.xack(stream, this.options.group, ...ids);
+      done
+        .finally(() => keys.forEach((key) => this.acking.delete(key)))
+        .then(
+          () => settle.forEach(({ resolve }) => resolve()),
+          (error: unknown) => settle.forEach(({ reject }) => reject(error instanceof Error ? error : new Error(String(error)))),
+        );
     }
   }
 
