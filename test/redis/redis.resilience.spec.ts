@@ -188,4 +188,22 @@ describeWithBroker('redis', 'Redis: server restart, a killed consumer process an
     await sleep(2500);
     expect(next).toEqual([{ id: 'drain-0', attempt: 1 }]);
   });
+
+  it('closes within seconds while its server is down, its consumers and publishers included', async () => {
+    const server = await startPrivateRedis();
+    servers.push(server);
+    const { app, broker } = await start({ url: server.url });
+    const { event } = newEvent();
+    await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', callback: () => undefined } });
+    await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'x', delayMs: 60_000 } });
+    await server.down();
+    // A publish waiting for the reconnect when the application closes.
+    const waiting = broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'y' } }).catch((e: unknown) => e);
+    await sleep(300);
+    const closing = Date.now();
+    await app.close();
+    apps.splice(apps.indexOf(app), 1);
+    expect(Date.now() - closing).toBeLessThan(5000);
+    expect(await waiting).toBeInstanceOf(Error);
+  });
 });

@@ -15,6 +15,10 @@ const RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000;
 const RECOVER_COUNT = 1000;
 /** How long stop() waits for the read loop to leave its blocking read. */
 const STOP_WAIT_MS = 2000;
+/** How long stop() waits for Redis to end the blocking read (CLIENT UNBLOCK) before cutting the reader's connection. */
+const UNBLOCK_WAIT_MS = 500;
+/** How long close() waits to hand back the unacked entries: a server that is away leaves them to claimIdleMs. */
+const HAND_BACK_WAIT_MS = 2000;
 /** Between two failed reads, growing to at most this. */
 const MAX_FAILURE_PAUSE_MS = 1000;
 
@@ -102,8 +106,11 @@ export class RedisConsumer implements AdapterConsumer {
     this.stopped = true;
     this.wake();
     // Ends the blocking read now, as if it had timed out: nothing it would have read is lost.
-    if (this.blocked && this.readerId !== undefined) {
-      await this.commands().call('CLIENT', 'UNBLOCK', this.readerId).catch(() => undefined);
+    // A reader without a connection has sent nothing yet (its read waits in the offline queue): cut it off now.
+    if (this.reader.status !== 'ready') this.reader.disconnect();
+    else if (this.blocked && this.readerId !== undefined) {
+      // Bounded: during an outage the command would wait in the offline queue (the reader is cut off below instead).
+      await waitAtMost(this.commands().call('CLIENT', 'UNBLOCK', this.readerId).catch(() => undefined), UNBLOCK_WAIT_MS);
     }
     await this.waitForLoop();
   }
@@ -116,7 +123,8 @@ export class RedisConsumer implements AdapterConsumer {
     // Acks of this turn go out first, ahead of the hand-back on the same connection.
     this.flushAcks();
     try {
-      await this.handBackPending();
+      if (this.commands().status !== 'ready') throw new Error('the connection to Redis is down');
+      if (!(await waitAtMost(this.handBackPending(), HAND_BACK_WAIT_MS))) throw new Error(`no answer from Redis within ${HAND_BACK_WAIT_MS} ms`);
     } catch (error) {
       // Still pending under this consumer: another consumer takes them over after claimIdleMs.
       this.logger.warn(`consumer '${this.options.consumer}' of group '${this.options.group}' could not hand back its unacked entries on close (${describeError(error)}); another consumer takes them over after claimIdleMs (${this.options.claimIdleMs} ms)`);

@@ -213,7 +213,8 @@ export class RedisAdapter implements CompleteBrokerAdapter {
     }
     const consumer = new RedisConsumer(
       reader,
-      () => this.requireClient(),
+      // Not requireClient: a consumer closed by the adapter's close() still acks and hands back on it.
+      () => this.connectedClient(),
       {
         streams,
         group,
@@ -250,6 +251,7 @@ export class RedisAdapter implements CompleteBrokerAdapter {
     this.mover.close();
     const client = this.client;
     if (!client) return;
+    if (client.status !== 'ready') return void client.disconnect();
     const quit = client.quit().catch(() => undefined);
     if (!(await waitAtMost(quit, QUIT_WAIT_MS))) client.disconnect();
   }
@@ -295,6 +297,11 @@ export class RedisAdapter implements CompleteBrokerAdapter {
       );
     }
     throw new Error(`Redis at ${this.endpoint} refused the message: ${text}`);
+  }
+
+  private connectedClient(): Redis {
+    if (!this.client) throw new Error('the Redis adapter is not connected');
+    return this.client;
   }
 
   private requireClient(): Redis {
