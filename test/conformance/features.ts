@@ -57,6 +57,8 @@ export interface ConformanceFeatures {
 export interface RestartHook {
   /** What restart() does, for the test's title and report (and what it does not do). */
   what: string;
+  /** How many messages the test publishes across the restart (default 2,000). */
+  volume?: number;
   /**
    * Set when restart() acts on a server other tests or the user may use (RabbitMQ: the user's own
    * broker): the test runs only under REQUIRE_BROKERS=1 or DUCTAPE_TEST_RESTART_BROKERS=1.

@@ -31,6 +31,7 @@ runConformanceSuite({
       }
     : {
         what: "a real Kafka node of the test's own: its process stopped (SIGTERM), then started again on the same store and port",
+        volume: 5000,
         open: async () => {
           const server = await startPrivateKafkaServer();
           return {

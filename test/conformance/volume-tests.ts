@@ -68,7 +68,7 @@ function report(h: Harness, what: string, ids: readonly string[], tallies: Tally
  */
 export function defineVolumeTests(h: Harness): void {
   const { target, it, startApp, newEvent, skip } = h;
-  const ids = (prefix: string) => Array.from({ length: VOLUME }, (_, i) => `${prefix}-${i}`);
+  const ids = (prefix: string, count = VOLUME) => Array.from({ length: count }, (_, i) => `${prefix}-${i}`);
   const deliveryBound = 30_000;
 
   it(
@@ -187,7 +187,8 @@ export function defineVolumeTests(h: Harness): void {
   );
 
   const restart = target.restart;
-  const restartTitle = `loses none of ${VOLUME} messages published across a restart`;
+  const restartVolume = ('volume' in restart && restart.volume) || VOLUME;
+  const restartTitle = `loses none of ${restartVolume} messages published across a restart`;
   if ('notApplicable' in restart) {
     skip(restartTitle, restart.notApplicable, () => Promise.resolve());
   } else {
@@ -199,7 +200,7 @@ export function defineVolumeTests(h: Harness): void {
         const { event } = newEvent();
         const tally = new Tally();
         await broker.subscribe({ env: 'prd', event, product_tag: 'conformance', input: { group: 'restart', concurrency: 20, callback: tally.handler } });
-        const published = ids('restart');
+        const published = ids('restart', restartVolume);
         let restarted = false;
         const { rejected, disruptions } = await publishAll(broker, event, published, {
           retryRejected: true,
@@ -211,7 +212,7 @@ export function defineVolumeTests(h: Harness): void {
           },
         });
         await disruptions;
-        await waitFor(() => tally.missing(published).length === 0, `all ${VOLUME} messages`, 40_000).catch(() => undefined);
+        await waitFor(() => tally.missing(published).length === 0, `all ${restartVolume} messages`, 40_000).catch(() => undefined);
         report(h, title, published, [tally], `; ${rejected} publishes rejected during the outage and sent again`);
         expect(restarted).toBe(true);
         expect(tally.missing(published)).toEqual([]);

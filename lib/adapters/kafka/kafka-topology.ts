@@ -103,6 +103,13 @@ export class KafkaTopology {
         this.knownTopics.add(topic);
         return;
       } catch (error) {
+        if (isSettlingError(error)) {
+          // Created: kafkajs's wait for its leaders met a broker still applying them. Not a reason
+          // to give up on the admin API (auto-created topics get the broker's num.partitions).
+          await whileLeadershipSettles(() => admin.fetchTopicMetadata({ topics: [topic] }));
+          this.knownTopics.add(topic);
+          return;
+        }
         this.adminCreationFailed = true;
         this.logger.warn(`creating topics with the Kafka admin API failed (${describeError(error)}); relying on the brokers' auto-creation from now on`);
       }
