@@ -182,6 +182,24 @@ describeWithBroker('redis', 'Redis adapter: wire format, bad input, credentials,
       expect(error.message).toMatch(/refused the login or database.*NOAUTH/);
     });
 
+    it('an ACL user (the username and password settings): delivers; a wrong one is refused naming the user, not the password', async () => {
+      const userPassword = `acl-${randomUUID()}`;
+      await withRawRedis(
+        (client) => client.call('ACL', 'SETUSER', 'orders-svc', 'on', `>${userPassword}`, '~*', '&*', '+@all'),
+        `redis://:${password}@127.0.0.1:${server.port}`,
+      );
+      const { broker } = await start({ url: server.url, username: 'orders-svc', password: userPassword });
+      const { event } = newEvent();
+      const got: Received[] = [];
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: collect(got) } });
+      await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'as orders-svc' } });
+      await waitFor(() => got.length === 1, 'the message', 10_000);
+      const secret = `wrong-${randomUUID()}`;
+      const { error, logger } = await failedStartup({ url: `redis://orders-svc:${secret}@127.0.0.1:${server.port}`, connectTimeoutMs: 10_000 });
+      expect(error.message).toContain(`cannot connect to Redis at redis://127.0.0.1:${server.port}/0 as user 'orders-svc': the server refused the login`);
+      expectNoSecret(error, logger, secret);
+    });
+
     it('the right password (the password setting) and a db number: delivers, in that database only', async () => {
       const { broker } = await start({ url: server.url, password, db: 3 });
       const { event, topic } = newEvent();
