@@ -63,12 +63,13 @@ describeWithBroker('nats', SUITE, () => {
         expect(stream.config.storage).toBe(StorageType.File);
         expect(stream.config.max_age).toBe(7 * 24 * 3_600_000 * 1_000_000);
         const consumers: { filter?: string; deliver: DeliverPolicy; ack: AckPolicy; durable?: string }[] = [];
+        const durableName: unknown = expect.stringMatching(/^g_.*topo_[0-9a-f]{12}$/);
         for await (const consumer of jsm.consumers.list(STREAM)) {
           if (consumer.config.filter_subject === topic) {
             consumers.push({ filter: consumer.config.filter_subject, deliver: consumer.config.deliver_policy, ack: consumer.config.ack_policy, durable: consumer.config.durable_name });
           }
         }
-        expect(consumers).toEqual([{ filter: topic, deliver: DeliverPolicy.New, ack: AckPolicy.Explicit, durable: expect.stringMatching(/^g_.*topo_[0-9a-f]{12}$/) as unknown as string }]);
+        expect(consumers).toEqual([{ filter: topic, deliver: DeliverPolicy.New, ack: AckPolicy.Explicit, durable: durableName }]);
       });
     });
   });

@@ -3,8 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { INestApplication } from '@nestjs/common';
-import { BrokerError, type BrokerContext, type BrokerModuleOptions, type MessageBrokerService, type NatsEnvConfig } from '../../lib';
-import { CapturingLogger, createBrokerApp } from '../support/app';
+import { BrokerError, type BrokerContext, type BrokerModuleOptions, type NatsEnvConfig } from '../../lib';
+import { createBrokerApp, type CapturingLogger } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { runUnique } from '../support/names';
 import { deleteCreatedNatsResourcesAfterAll, NATS_URL, natsEnv, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
@@ -91,6 +91,7 @@ describeWithBroker('nats', SUITE, () => {
     const duplicates = received.deliveries() - received.seen.size;
     // eslint-disable-next-line no-console
     console.log(`NATS server restart: ${MESSAGES} published, ${received.seen.size} received, ${lost} lost, ${duplicates} duplicate deliveries`);
+    // eslint-disable-next-line no-console
     if (lost > 0) console.log(`lost: ${Array.from({ length: MESSAGES }, (_, n) => `m-${n}`).filter((id) => !received.seen.has(id)).join(' ')}`);
     if (lost > 0) {
       await withRawConnection(async (nc) => {
@@ -98,6 +99,7 @@ describeWithBroker('nats', SUITE, () => {
         const stream = await jsm.streams.info(`ductape_${PRODUCT}_prd`);
         // eslint-disable-next-line no-console
         console.log(JSON.stringify(stream.state));
+        // eslint-disable-next-line no-console
         for await (const c of jsm.consumers.list(`ductape_${PRODUCT}_prd`)) console.log(c.name, c.num_pending, c.num_ack_pending, c.num_redelivered, JSON.stringify(c.delivered), JSON.stringify(c.ack_floor));
       }, server.url);
     }

@@ -1,7 +1,7 @@
 import { headers as natsHeaders, type MsgHdrs } from 'nats';
 import { BrokerError } from '../../errors';
 import type { InboundMessage, InboundMetadata, OutboundMessage } from '../broker-adapter';
-import { CE_ATTRIBUTES, readCloudEventHeaders, writeCloudEventHeaders, type Mutable } from '../cloudevents';
+import { CE_ATTRIBUTES, CLOUDEVENTS_SPEC_VERSION, formatTime, readCloudEventHeaders, type Mutable } from '../cloudevents';
 
 /**
  * The wire format on NATS (CloudEvents NATS protocol binding, binary content mode): the payload is
@@ -37,10 +37,16 @@ export function checkHeaders(headers: Readonly<Record<string, string>>): void {
 
 /** The NATS headers of a message: its CloudEvents attributes, its content type, its application headers, and `extra`. */
 export function toNatsHeaders(message: OutboundMessage, extra?: Readonly<Record<string, string>>): MsgHdrs {
-  const table: Record<string, string | Buffer | number> = {};
-  writeCloudEventHeaders(CE_PREFIX, message, table);
   const result = natsHeaders();
-  for (const name in table) result.set(name, String(table[name]));
+  // Set one by one, as writeCloudEventHeaders would name them: this is on every publish.
+  result.set(CE_SPECVERSION, CLOUDEVENTS_SPEC_VERSION);
+  result.set(CE_ID, message.messageId);
+  result.set(CE_SOURCE, message.source);
+  result.set(CE_TYPE, message.type);
+  result.set(CE_TIME, timeText(message.publishedAt));
+  if (message.correlationId !== undefined) result.set(CE_CORRELATION_ID, message.correlationId);
+  if (message.key !== undefined) result.set(CE_KEY, message.key);
+  if (message.attempt > 1) result.set(CE_ATTEMPT, String(message.attempt));
   if (message.contentType !== undefined) result.set(CONTENT_TYPE_HEADER, message.contentType);
   const application = message.headers;
   for (const name in application) {
@@ -51,6 +57,27 @@ export function toNatsHeaders(message: OutboundMessage, extra?: Readonly<Record<
   }
   if (extra) for (const name in extra) result.set(name, extra[name]);
   return result;
+}
+
+const CE_SPECVERSION = CE_PREFIX + CE_ATTRIBUTES.specversion;
+const CE_ID = CE_PREFIX + CE_ATTRIBUTES.id;
+const CE_SOURCE = CE_PREFIX + CE_ATTRIBUTES.source;
+const CE_TYPE = CE_PREFIX + CE_ATTRIBUTES.type;
+const CE_TIME = CE_PREFIX + CE_ATTRIBUTES.time;
+const CE_CORRELATION_ID = CE_PREFIX + CE_ATTRIBUTES.correlationId;
+const CE_KEY = CE_PREFIX + CE_ATTRIBUTES.key;
+const CE_ATTEMPT = CE_PREFIX + CE_ATTRIBUTES.attempt;
+
+/** The last time formatted: publishes made at once mostly share their millisecond. */
+let lastTime = Number.NaN;
+let lastTimeText = '';
+
+function timeText(epochMs: number): string {
+  if (epochMs !== lastTime) {
+    lastTime = epochMs;
+    lastTimeText = formatTime(epochMs);
+  }
+  return lastTimeText;
 }
 
 /** Headers of a delivery as strings (the first value of a repeated one), by their name as sent. */

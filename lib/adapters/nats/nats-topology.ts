@@ -29,6 +29,8 @@ export type ConsumerKind = 'group' | 'held';
  */
 export class NatsTopology {
   private readonly streams = new Map<string, Promise<void>>();
+  /** Streams known to exist: a publish to one of them skips the await. */
+  private readonly madeStreams = new Set<string>();
   private readonly consumers = new Map<string, Promise<void>>();
   private readonly flights = new SingleFlight<string, void>();
 
@@ -44,9 +46,10 @@ export class NatsTopology {
    * before its consumers were back, and dropped them as wanted by no one (150 of 5,000 lost in
    * test/nats/nats.resilience.spec.ts); with limits retention none was lost.
    */
-  ensureMessageStream(topic: string): Promise<void> {
+  ensureMessageStream(topic: string): Promise<void> | undefined {
+    if (this.madeStreams.has(topic)) return undefined;
     const key = streamKey(topic);
-    return this.ensureStream(messageStream(topic), messageSubjects(key), RetentionPolicy.Limits);
+    return this.ensureStream(messageStream(topic), messageSubjects(key), RetentionPolicy.Limits).then(() => void this.madeStreams.add(topic));
   }
 
   /** The held stream (delayed publishes, dead letters) of a topic's product and environment (work queue). */
@@ -92,6 +95,7 @@ export class NatsTopology {
 
   /** Forgets what was made, after the server said a stream or consumer is gone. */
   forget(): void {
+    this.madeStreams.clear();
     this.streams.clear();
     this.consumers.clear();
   }

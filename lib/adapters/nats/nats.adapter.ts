@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { connect, headers as natsHeaders, type ConnectionOptions, type JetStreamClient, type JetStreamManager, type JsMsg, type MsgHdrs, type NatsConnection } from 'nats';
+import { connect, Events, headers as natsHeaders, type ConnectionOptions, type JetStreamClient, type JetStreamManager, type JsMsg, type MsgHdrs, type NatsConnection } from 'nats';
 import { requiredSetting } from '../../broker-options.validator';
 import { MAX_TIMER_MS } from '../../constants';
 import { BrokerError, describeError, redactSecrets } from '../../errors';
@@ -160,7 +160,8 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
       await this.send(delaySubject(topic.name), message, deadline, { [DUE_HEADER]: String(Date.now() + Math.ceil(delayMs)) });
       return;
     }
-    await this.topology.ensureMessageStream(topic.name);
+    const made = this.topology.ensureMessageStream(topic.name);
+    if (made) await made;
     await this.send(topic.name, message, deadline);
   }
 
@@ -236,7 +237,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     this.closing = true;
     await this.consumers.closeAll();
     const movers = await Promise.all([...this.movers.values()].map((mover) => mover.catch(() => undefined)));
-    await Promise.all(movers.map((mover) => mover?.close()));
+    await Promise.all(movers.map((mover) => (mover ? mover.close() : Promise.resolve())));
     const nc = this.nc;
     if (!nc || nc.isClosed()) return;
     // Acks and naks are written asynchronously: flushed before the connection closes.
@@ -359,13 +360,13 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     let lostAt: number | undefined;
     for await (const status of nc.status()) {
       if (this.closing) continue;
-      if (status.type === 'disconnect' && lostAt === undefined) {
+      if (status.type === Events.Disconnect && lostAt === undefined) {
         lostAt = Date.now();
         this.logger.warn(`connection to NATS at ${this.endpoint} lost; reconnecting every ${this.settings.reconnectDelayMs} ms`);
-      } else if (status.type === 'reconnect') {
+      } else if (status.type === Events.Reconnect) {
         this.logger.log(`connection to NATS at ${this.endpoint} is back${lostAt === undefined ? '' : ` after ${Date.now() - lostAt} ms`}`);
         lostAt = undefined;
-      } else if (status.type === 'error') {
+      } else if (status.type === Events.Error) {
         this.logger.warn(`NATS at ${this.endpoint}: ${this.explain(status.data)}`);
       }
     }
@@ -414,7 +415,8 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
 
 /** Worth sending again: the server is away or restarting (no responders, a timeout, a reconnect). */
 function retriable(error: unknown): boolean {
-  const code = String((error as { code?: unknown } | undefined)?.code ?? '');
+  const raw = (error as { code?: unknown } | undefined)?.code;
+  const code = typeof raw === 'string' || typeof raw === 'number' ? String(raw) : '';
   if (['503', 'TIMEOUT', 'CONNECTION_CLOSED', 'DISCONNECT', 'CONNECTION_REFUSED', 'CONNECTION_DRAINING', 'STALE_CONNECTION_ERROR'].includes(code)) return true;
   const apiError = apiCode(error);
   // JetStream not ready yet after a restart (no leader, temporarily unavailable).
