@@ -17,7 +17,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import globalSetup, { stopKafkaMock, stopSqsEmulator } from '../test/support/global-setup';
+import globalSetup, { stopKafkaMock, stopKafkaServer, stopSqsEmulator } from '../test/support/global-setup';
 import { met, printTable, type Ratio, type ScenarioResult } from './harness';
 import { benchMemory, type BenchOptions } from './memory.bench';
 
@@ -35,6 +35,8 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   rabbitmq: async () => (await import('./rabbitmq.bench')).benchRabbitMq,
   kafka: async () => (await import('./kafka.bench')).benchKafka,
   sqs: async () => (await import('./sqs.bench')).benchSqs,
+  redis: async () => (await import('./redis.bench')).benchRedis,
+  nats: async () => (await import('./nats.bench')).benchNats,
 };
 
 /** In a child process: runs one suite, prints its tables, and writes its report to `out`. */
@@ -134,11 +136,11 @@ async function main(): Promise<void> {
 main()
   .then(async () => {
     // A suite's child leaves the brokers to the parent, which started them.
-    if (!argument('--suite')) await Promise.all([stopKafkaMock(), stopSqsEmulator()]);
+    if (!argument('--suite')) await Promise.all([stopKafkaMock(), stopKafkaServer(), stopSqsEmulator()]);
     process.exit(0);
   })
   .catch(async (error: unknown) => {
     console.error(error);
-    if (!argument('--suite')) await Promise.all([stopKafkaMock(), stopSqsEmulator()]);
+    if (!argument('--suite')) await Promise.all([stopKafkaMock(), stopKafkaServer(), stopSqsEmulator()]);
     process.exit(1);
   });

@@ -10,6 +10,8 @@ import type * as MemoryAdapterModule from './memory';
 import type * as KafkaAdapterModule from './kafka';
 import type * as RabbitMqAdapterModule from './rabbitmq';
 import type * as SqsAdapterModule from './sqs';
+import type * as RedisAdapterModule from './redis';
+import type * as NatsAdapterModule from './nats';
 
 type BuiltInFactory = (config: BuiltInBrokerEnvConfig, context: AdapterContext) => BrokerAdapter;
 
@@ -49,6 +51,20 @@ const ADAPTER_LOADERS: Partial<Record<BrokerType, () => BuiltInFactory>> = {
     return (env, context) => {
       if (env.type !== 'sqs') throw new Error(`expected an sqs config, got '${env.type}'`);
       return createSqsAdapter(env.config, context);
+    };
+  },
+  redis: () => {
+    const { createRedisAdapter } = requireClient<typeof RedisAdapterModule>('./redis', 'redis', ['ioredis']);
+    return (env, context) => {
+      if (env.type !== 'redis') throw new Error(`expected a redis config, got '${env.type}'`);
+      return createRedisAdapter(env.config, context);
+    };
+  },
+  nats: () => {
+    const { createNatsAdapter } = requireClient<typeof NatsAdapterModule>('./nats', 'nats', ['nats']);
+    return (env, context) => {
+      if (env.type !== 'nats') throw new Error(`expected a nats config, got '${env.type}'`);
+      return createNatsAdapter(env.config, context);
     };
   },
 };

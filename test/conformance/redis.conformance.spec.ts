@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { REDIS_CAPABILITIES } from '../../lib/adapters/redis';
 import { deleteCreatedRedisKeysAfterAll, rawRedis, rawXadd, redisEnv, startPrivateRedis } from '../support/redis';
 import { runConformanceSuite } from './conformance.suite';
-import { REDIS_FEATURES } from './redis-features';
+import { FEATURES } from './declarations';
 
 // Every test names its topics with a fresh random tag (conformance.prd.t-3f9c2a1b); the file
 // deletes the keys under the suite's products that it created, and nothing else.
@@ -14,7 +14,7 @@ const CLAIM_IDLE_MS = 5000;
 runConformanceSuite({
   broker: 'redis',
   capabilities: REDIS_CAPABILITIES,
-  features: REDIS_FEATURES,
+  features: FEATURES.redis,
   restart: {
     what: "a redis-server of the test's own (AOF, fsync always) killed with SIGKILL, down 1 s, started again on its data directory",
     open: async () => {
