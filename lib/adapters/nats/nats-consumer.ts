@@ -1,19 +1,24 @@
-import type { Consumer, ConsumerMessages, JetStreamClient, JsMsg } from 'nats';
+import { createInbox, type JsMsg, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { describeError } from '../../errors';
-import { sleep } from '../../support/sleep';
-import { waitAtMost } from '../../support/with-timeout';
 import type { AdapterConsumer, AdapterLogger } from '../broker-adapter';
-import { apiCode, NATS_API_CODES } from './nats-topology';
 
-/** A pull waits this long for messages before it is renewed (and a stop ends it sooner). */
-const FETCH_EXPIRES_MS = 5000;
-/** After a failed pull (server away, consumer gone), the next comes after this, doubling up to the max. */
+// The client makes a JsMsg (ack, nak, working, info) from a pulled message here; not re-exported by its entry point.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { toJsMsg } = require('nats/lib/jetstream/jsmsg') as { toJsMsg: (this: void, msg: Msg, ackTimeout?: number) => JsMsg };
+
+/** A pull request waits this long for messages before the server ends it (and a new one is sent). */
+const PULL_EXPIRES_MS = 5000;
+/** While a pull request is open the server sends a heartbeat this often when it has nothing else to send. */
+const PULL_HEARTBEAT_MS = 1000;
+/** Pull requests thought lost (no message or heartbeat for this long: a reconnect, a server restart) are asked again. */
+const PULL_SILENCE_MS = 3 * PULL_HEARTBEAT_MS;
+/** After a refused pull (consumer gone, server away), the next comes after this, doubling up to the max. */
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 2000;
 /** The same pull failure is logged at most this often. */
 const FAILURE_LOG_INTERVAL_MS = 30_000;
-/** How long close() waits for the pull loop to end. */
-const LOOP_END_WAIT_MS = 2000;
+/** Status headers of a pull's replies (Nats-Pending-Messages: what the ended request had left). */
+const PENDING_MESSAGES_HEADER = 'Nats-Pending-Messages';
 
 /** How the handler of one message settles it; each is a no-op once the message is settled or the consumer closed. */
 export interface Settle {
@@ -44,56 +49,69 @@ interface InHand {
 }
 
 /**
- * Pulls a durable consumer's messages, at most `concurrency` in hand at once: each pull asks for
- * as many as there are free slots, so nothing waits unseen in a buffer while its ack wait runs.
- * A message in hand is kept alive on the server (`working`) until settled. A message not settled
- * by close() is given back (`nak`), for another member of the group.
+ * Pulls a durable consumer's messages, at most `concurrency` in hand at once. Pull requests go
+ * out on one inbox of its own as slots free up (a quarter of them, at least one), each for no more
+ * than the slots neither in hand nor already asked for: nothing waits unseen in a buffer while its
+ * ack wait runs, and the server always has work to send while handlers run. (The client's own
+ * fetch() made one inbox per pull and ran at 0.44 of its consume(), whose buffer has no bound
+ * when handlers are slow.) A message in hand is kept alive on the server (`working`) until
+ * settled; one not settled by close() is given back (`nak`), for another member of the group.
  */
 export class NatsPuller implements AdapterConsumer {
   private readonly inHand = new Set<InHand>();
   private stopped = false;
   private closed = false;
-  private loop?: Promise<void>;
-  /** Pulls open now. */
-  private readonly batches = new Set<ConsumerMessages>();
-  /** Messages asked for by the open pulls and not yet received. */
+  private inbox?: Subscription;
+  /** Messages asked for by open pull requests and not yet received. */
   private requested = 0;
-  /** A failure's pause is under way: no new pull until it ends. */
-  private failing = false;
+  /** When the inbox last heard from the server (a message, a heartbeat, a status). */
+  private lastHeard = 0;
+  private watchdog?: NodeJS.Timeout;
+  /** A refused pull's pause is under way: no new pull until it ends. */
+  private pausedUntil = 0;
+  private pause = RETRY_MIN_MS;
   /** Acks waiting for this turn's end (see queueAck). */
   private acks: JsMsg[] = [];
   private heartbeat?: NodeJS.Timeout;
-  private pause = RETRY_MIN_MS;
-  private consumer?: Consumer;
-  private wake?: () => void;
   private lastFailureLog = new Map<string, number>();
+  private readonly refillAt: number;
 
   constructor(
-    private readonly js: () => JetStreamClient,
+    private readonly nc: () => NatsConnection,
     private readonly options: PullerOptions,
     private readonly logger: AdapterLogger,
-  ) {}
+  ) {
+    this.refillAt = Math.max(1, Math.floor(options.concurrency / 4));
+  }
 
   async start(): Promise<void> {
     await this.options.ensure();
-    this.consumer = await this.js().consumers.get(this.options.stream, this.options.consumer);
-    this.loop = this.run();
+    const nc = this.nc();
+    this.inbox = nc.subscribe(createInbox(), { callback: (_error, msg) => this.onReply(msg) });
+    this.lastHeard = Date.now();
+    this.watchdog = setInterval(() => this.checkSilence(), PULL_HEARTBEAT_MS);
+    this.watchdog.unref();
+    this.pull();
   }
 
   stop(): Promise<void> {
     this.stopped = true;
-    for (const batch of this.batches) batch.stop();
-    this.wake?.();
+    if (this.watchdog) clearInterval(this.watchdog);
+    // No new pulls; what the open ones still bring is given back at once (onReply).
     return Promise.resolve();
   }
 
+  /**
+   * Detaches. A pull request still open on the server (at most PULL_EXPIRES_MS) may yet send a
+   * message to the closed inbox: the server gives it to another member after the ack wait.
+   */
   async close(): Promise<void> {
     await this.stop();
-    if (this.loop) await waitAtMost(this.loop, LOOP_END_WAIT_MS).catch(() => false);
+    if (this.inbox && !this.inbox.isClosed()) this.inbox.unsubscribe();
     this.sendAcks();
     this.closed = true;
-    // Not finished: back to the server now, rather than after the ack wait.
     if (this.heartbeat) clearInterval(this.heartbeat);
+    // Not finished: back to the server now, rather than after the ack wait.
     for (const entry of this.inHand) {
       if (!entry.settled) {
         entry.settled = true;
@@ -103,77 +121,78 @@ export class NatsPuller implements AdapterConsumer {
     this.inHand.clear();
   }
 
-  /**
-   * Keeps pulls open for the free slots: a new pull is asked as soon as a quarter of the slots (at least
-   * one) are neither in hand nor already asked for, without waiting for earlier pulls to end, so
-   * the server always has work to send while handlers run (one pull at a time ran at 0.44 of the
-   * raw client's consume()). What is asked for never exceeds the free slots.
-   */
-  private async run(): Promise<void> {
-    const refillAt = Math.max(1, Math.floor(this.options.concurrency / 4));
-    while (!this.stopped) {
-      const want = this.options.concurrency - this.inHand.size - this.requested;
-      if (want < refillAt || this.failing) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        continue;
-      }
-      this.requested += want;
-      let batch: ConsumerMessages;
-      try {
-        this.consumer ??= await this.js().consumers.get(this.options.stream, this.options.consumer);
-        batch = await this.consumer.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
-      } catch (error) {
-        this.requested -= want;
-        await this.failed(error);
-        continue;
-      }
-      if (this.stopped) batch.stop();
-      this.batches.add(batch);
-      void this.read(batch, want);
-    }
-    // Stopped: the pulls still open end now (what they bring is given back at once).
-    for (const batch of this.batches) batch.stop();
-  }
-
-  /** Hands over what one pull brings; when it ends, its unanswered part is free to ask again. */
-  private async read(batch: ConsumerMessages, asked: number): Promise<void> {
-    let received = 0;
+  /** Asks for the free slots not yet asked for, once they are worth a request. */
+  private pull(): void {
+    if (this.stopped || !this.inbox) return;
+    const want = this.options.concurrency - this.inHand.size - this.requested;
+    if (want < this.refillAt || Date.now() < this.pausedUntil) return;
+    const nc = this.nc();
+    if (nc.isClosed()) return;
+    this.requested += want;
+    const request = JSON.stringify({ batch: want, expires: PULL_EXPIRES_MS * 1_000_000, idle_heartbeat: PULL_HEARTBEAT_MS * 1_000_000 });
     try {
-      for await (const msg of batch) {
-        if (received < asked) {
-          received++;
-          this.requested--;
-        }
-        // Pulled as the consumer stopped: back at once, for another member.
-        if (this.stopped) safely(() => msg.nak());
-        else this.dispatch(msg);
-      }
-      this.pause = RETRY_MIN_MS;
+      nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${this.options.stream}.${this.options.consumer}`, request, { reply: this.inbox.getSubject() });
     } catch (error) {
-      if (!this.stopped) await this.failed(error);
-    } finally {
-      this.requested -= asked - received;
-      this.batches.delete(batch);
-      this.wake?.();
+      this.requested -= want;
+      this.refused(describeError(error), false);
     }
   }
 
-  /** A pull failed (server away, consumer gone): logged, the consumer made again if it is gone, and a pause before the next. */
-  private async failed(error: unknown): Promise<void> {
+  /** A reply on the inbox: a message, or a status of the pull requests (heartbeat, expiry, refusal). */
+  private onReply(msg: Msg): void {
+    this.lastHeard = Date.now();
+    const status = msg.headers?.code ?? 0;
+    if (msg.data.length === 0 && status >= 100) return this.onStatus(msg, status);
+    if (this.requested > 0) this.requested--;
+    const jsMsg = toJsMsg(msg);
+    // Pulled as the consumer stopped: back at once, for another member.
+    if (this.stopped) return safely(() => jsMsg.nak());
+    this.pause = RETRY_MIN_MS;
+    this.dispatch(jsMsg);
+  }
+
+  private onStatus(msg: Msg, status: number): void {
+    // 100: an idle heartbeat (or flow control): the requests are alive.
+    if (status === 100) return;
+    const description = msg.headers?.description ?? '';
+    const pending = Number(msg.headers?.get(PENDING_MESSAGES_HEADER));
+    // 404 no messages, 408 request expired, 409 some limit reached: that request is over, its unanswered part free again.
+    if (Number.isFinite(pending) && msg.headers?.get(PENDING_MESSAGES_HEADER) !== '') this.requested = Math.max(0, this.requested - pending);
+    else this.requested = 0;
+    if (status === 404 || status === 408) return this.pull();
+    if (status === 409 && /exceeded|leadership change|batch completed/i.test(description)) return this.pull();
+    // A refusal: the consumer is gone (deleted), or the server cannot serve it now.
+    this.refused(`${status} ${description}`, /consumer (is )?deleted|not found/i.test(description) || status === 503);
+  }
+
+  /** No word from the server for a while with requests open: they went with the connection; asked again. */
+  private checkSilence(): void {
     if (this.stopped) return;
-    this.failing = true;
-    try {
-      this.logFailure(error);
-      if (apiCode(error) === NATS_API_CODES.CONSUMER_NOT_FOUND || /consumer (not found|deleted)/i.test(describeError(error))) {
-        this.consumer = undefined;
-        await this.options.ensure().catch(() => undefined);
-      }
-      await sleep(this.pause);
-      this.pause = Math.min(RETRY_MAX_MS, this.pause * 2);
-    } finally {
-      this.failing = false;
-      this.wake?.();
+    if (this.requested > 0 && Date.now() - this.lastHeard > PULL_SILENCE_MS) {
+      this.requested = 0;
+      this.lastHeard = Date.now();
     }
+    this.pull();
+  }
+
+  /** A pull the server refused: logged, the consumer made again when it is gone, and a pause before the next. */
+  private refused(reason: string, remake: boolean): void {
+    this.logFailure(reason);
+    this.pausedUntil = Date.now() + this.pause;
+    const wait = this.pause;
+    this.pause = Math.min(RETRY_MAX_MS, this.pause * 2);
+    const next = (): void => {
+      this.pausedUntil = 0;
+      this.pull();
+    };
+    if (!remake) {
+      setTimeout(next, wait).unref();
+      return;
+    }
+    void this.options
+      .ensure()
+      .catch((error: unknown) => this.logFailure(describeError(error)))
+      .finally(() => setTimeout(next, wait).unref());
   }
 
   private dispatch(msg: JsMsg): void {
@@ -208,15 +227,15 @@ export class NatsPuller implements AdapterConsumer {
         // A message its handler left unsettled stays in hand (kept alive) until settled or closed.
         if (entry.settled) this.inHand.delete(entry);
         else void this.whenSettled(entry);
-        this.wake?.();
+        this.pull();
       });
   }
 
   /** Frees the slot of a message settled after its handler returned (an ack from a later drain). */
   private async whenSettled(entry: InHand): Promise<void> {
-    while (!entry.settled && !this.closed) await sleep(50);
+    while (!entry.settled && !this.closed) await new Promise((resolve) => setTimeout(resolve, 50));
     this.inHand.delete(entry);
-    this.wake?.();
+    this.pull();
   }
 
   /**
@@ -255,8 +274,7 @@ export class NatsPuller implements AdapterConsumer {
     for (const msg of acks) safely(() => msg.ack());
   };
 
-  private logFailure(error: unknown): void {
-    const text = describeError(error);
+  private logFailure(text: string): void {
     const now = Date.now();
     const last = this.lastFailureLog.get(text);
     if (last !== undefined && now - last < FAILURE_LOG_INTERVAL_MS) return;

@@ -1,7 +1,7 @@
 import { headers as natsHeaders, type MsgHdrs } from 'nats';
 import { BrokerError } from '../../errors';
 import type { InboundMessage, InboundMetadata, OutboundMessage } from '../broker-adapter';
-import { CE_ATTRIBUTES, CLOUDEVENTS_SPEC_VERSION, formatTime, readCloudEventHeaders, type Mutable } from '../cloudevents';
+import { CE_ATTRIBUTES, CLOUDEVENTS_SPEC_VERSION, formatTime, setAttribute, type Mutable } from '../cloudevents';
 
 /**
  * The wire format on NATS (CloudEvents NATS protocol binding, binary content mode): the payload is
@@ -91,29 +91,35 @@ export function headerTable(hdrs: MsgHdrs | undefined): Record<string, string> {
   return table;
 }
 
+/** `ce-<attribute>` (lower case) → attribute, for the attributes this module maps. */
+const ATTRIBUTE_OF: ReadonlyMap<string, string> = new Map(Object.values(CE_ATTRIBUTES).map((name) => [CE_PREFIX + name, name]));
+
 /**
- * A stored message as the delivery layer reads it: its metadata from the `ce-` headers and
- * `content-type`; its broker id a plain producer's `Nats-Msg-Id`, else `<stream>/<sequence>` (the
- * same for every group and every redelivery); its time the stream's timestamp.
+ * A stored message as the delivery layer reads it: its metadata from the `ce-` headers (any case)
+ * and `content-type`; its broker id a plain producer's `Nats-Msg-Id`, else `<stream>/<sequence>`
+ * (the same for every group and every redelivery); its time the stream's timestamp. One pass over
+ * the headers: this is on every delivery.
  */
 export function inboundMessage(data: Uint8Array, hdrs: MsgHdrs | undefined, stream: string, sequence: number, timestampNanos: number, raw: unknown): InboundMessage {
-  const table = headerTable(hdrs);
-  const lowered: Record<string, string> = {};
+  const metadata: Mutable<InboundMetadata> = {};
+  const headers: Record<string, string> = {};
   let msgId: string | undefined;
-  let contentType: string | undefined;
-  for (const name in table) {
-    const lower = name.toLowerCase();
-    if (lower === 'nats-msg-id') msgId = table[name];
-    if (lower === CONTENT_TYPE_HEADER) contentType = table[name];
-    if (lower.startsWith(NATS_HEADER_PREFIX) || lower === CONTENT_TYPE_HEADER || lower === DUE_HEADER) continue;
-    // ce- attributes are matched case-insensitively; other headers keep their name.
-    lowered[lower.startsWith(CE_PREFIX) && MAPPED_HEADERS.has(lower) ? lower : name] = table[name];
+  if (hdrs) {
+    for (const name of hdrs.keys()) {
+      const value = hdrs.values(name)[0];
+      if (value === undefined) continue;
+      const lower = name.toLowerCase();
+      const attribute = ATTRIBUTE_OF.get(lower);
+      if (attribute !== undefined) setAttribute(metadata, attribute, value);
+      else if (lower === CONTENT_TYPE_HEADER) {
+        if (value !== '') metadata.contentType = value;
+      } else if (lower.startsWith(NATS_HEADER_PREFIX)) {
+        if (lower === 'nats-msg-id') msgId = value;
+      } else if (lower !== DUE_HEADER) headers[name] = value;
+    }
   }
-  const { metadata, headers } = readCloudEventHeaders([CE_PREFIX], lowered);
-  const full: Mutable<InboundMetadata> = metadata;
-  if (contentType !== undefined && contentType !== '') full.contentType = contentType;
-  full.brokerMessageId = msgId !== undefined && msgId !== '' ? msgId : `${stream}/${sequence}`;
-  if (timestampNanos > 0) full.brokerTime = Math.floor(timestampNanos / 1e6);
+  metadata.brokerMessageId = msgId !== undefined && msgId !== '' ? msgId : `${stream}/${sequence}`;
+  if (timestampNanos > 0) metadata.brokerTime = Math.floor(timestampNanos / 1e6);
   const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  return { body, headers, metadata: full, raw };
+  return { body, headers, metadata, raw };
 }

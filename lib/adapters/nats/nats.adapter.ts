@@ -50,6 +50,7 @@ export const NATS_DEFAULTS = {
   retentionMs: 7 * 24 * 3_600_000,
 } as const;
 
+const RESOLVED: Promise<void> = Promise.resolve();
 /** One publish request waits at most this long for its acknowledgement before it is sent again (same Nats-Msg-Id). */
 const PUBLISH_ATTEMPT_MS = 5000;
 /** Between publish attempts while the server is away. */
@@ -207,7 +208,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     const name = messages ? groupConsumer(topic.name, options.group) : deadLetterConsumer(topic.name, options.group);
     const subject = messages ? topic.name : deadLetterSubject(topic.name, options.group);
     const puller = new NatsPuller(
-      () => this.requireClient(),
+      () => this.requireConnection(),
       {
         stream,
         consumer: name,
@@ -294,20 +295,25 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
 
   /** A delivery as the delivery layer reads it. */
   private delivery(msg: JsMsg, settle: Settle, messages: boolean): InboundDelivery {
-    const inbound = this.inbound(msg);
-    if (!messages) {
-      return { ...inbound, ack: () => Promise.resolve(settle.ack()), release: () => Promise.resolve(settle.nak()) };
-    }
+    const info = msg.info;
+    const { body, headers, metadata } = inboundMessage(msg.data, msg.headers, info.stream, msg.seq, info.timestampNanos, msg);
+    const ack = (): Promise<void> => {
+      settle.ack();
+      return RESOLVED;
+    };
+    const release = (): Promise<void> => {
+      settle.nak();
+      return RESOLVED;
+    };
+    if (!messages) return { body, headers, metadata, raw: msg, ack, release };
     // JetStream counts every delivery of this stored message to the group, crashes included; a
     // copy sent for one group (a reprocessed dead letter) starts from the attempt it carries.
-    const attempt = (inbound.metadata.attempt ?? 1) + msg.info.deliveryCount - 1;
-    return {
-      ...inbound,
-      attempt,
-      ack: () => Promise.resolve(settle.ack()),
-      release: () => Promise.resolve(settle.nak()),
-      retryLater: (delayMs: number) => Promise.resolve(settle.nak(delayMs)),
+    const attempt = (metadata.attempt ?? 1) + info.deliveryCount - 1;
+    const retryLater = (delayMs: number): Promise<void> => {
+      settle.nak(delayMs);
+      return RESOLVED;
     };
+    return { body, headers, metadata, raw: msg, attempt, ack, release, retryLater };
   }
 
   private inbound(msg: JsMsg): InboundMessage {
@@ -327,7 +333,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     const stream = heldStream(topic);
     const name = delayConsumer(topic);
     const mover = new NatsPuller(
-      () => this.requireClient(),
+      () => this.requireConnection(),
       {
         stream,
         consumer: name,
