@@ -171,8 +171,18 @@ export class KafkaSubscription implements AdapterConsumer {
 
   private readonly eachBatch = async (payload: EachBatchPayload): Promise<void> => {
     await this.startReady;
+    // The session must not lapse while long handlers run; a rebalance waits for the batch to end.
+    // One timer per batch: one per message cost a setInterval and a clearInterval each.
+    const beat = setInterval(() => void payload.heartbeat().catch(() => undefined), this.spec.heartbeatIntervalMs);
+    try {
+      await this.handleBatch(payload);
+    } finally {
+      clearInterval(beat);
+    }
+  };
+
+  private async handleBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
-    const heartbeat = () => payload.heartbeat();
     const startAt = this.skipBelow.get(`${batch.topic}:${batch.partition}`);
     let resolved = false;
     let passedOver = false;
@@ -195,7 +205,7 @@ export class KafkaSubscription implements AdapterConsumer {
           break;
         }
       }
-      const outcome = await this.deliver(batch.topic, batch.partition, message, heartbeat);
+      const outcome = await this.deliver(batch.topic, batch.partition, message);
       if (outcome === 'abandoned') {
         // Closing: ending the batch with an error keeps kafkajs from heartbeating (and so from
         // rejoining a group it is about to leave) after it.
@@ -211,15 +221,12 @@ export class KafkaSubscription implements AdapterConsumer {
     }
     // Committed here, after the handlers resolved (kafkajs's own auto-commit is off).
     if (resolved) await payload.commitOffsetsIfNecessary(ownOffsets(payload));
-  };
+  }
 
   /** Hands one message to the delivery layer and waits until it is acked or given back. */
-  private deliver(topic: string, partition: number, message: KafkaMessage, heartbeat: () => Promise<void>): Promise<Outcome> {
+  private deliver(topic: string, partition: number, message: KafkaMessage): Promise<Outcome> {
     return new Promise<Outcome>((resolve) => {
-      // The session must not lapse while a long handler runs; a rebalance waits for it to finish.
-      const beat = setInterval(() => void heartbeat().catch(() => undefined), this.spec.heartbeatIntervalMs);
       const settle = (outcome: Outcome) => {
-        clearInterval(beat);
         this.waiting.delete(settle);
         resolve(outcome);
       };

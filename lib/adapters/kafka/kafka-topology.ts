@@ -53,7 +53,7 @@ export class KafkaTopology {
       // A group that committed on some partition of the topic is not new there: its other
       // partitions had nothing for it yet, and start at their beginning.
       if (partitions.some((p) => p.offset !== '-1')) continue;
-      for (const { partition, high } of await whileLeadershipSettles(() => admin.fetchTopicOffsets(topic))) startAt.set(`${topic}:${partition}`, BigInt(high));
+      for (const { partition, high } of await topicEnds(admin, topic)) startAt.set(`${topic}:${partition}`, BigInt(high));
     }
     return startAt;
   }
@@ -73,7 +73,7 @@ export class KafkaTopology {
    */
   async uncommittedEnds(groupId: string, topic: string): Promise<Map<number, bigint>> {
     const admin = this.admin();
-    const ends = new Map((await whileLeadershipSettles(() => admin.fetchTopicOffsets(topic))).map((p) => [p.partition, { high: BigInt(p.high), low: BigInt(p.low) }]));
+    const ends = new Map((await topicEnds(admin, topic)).map((p) => [p.partition, { high: BigInt(p.high), low: BigInt(p.low) }]));
     const [committed] = await whileLeadershipSettles(() => admin.fetchOffsets({ groupId, topics: [topic] }));
     const remaining = new Map<number, bigint>();
     for (const [partition, { high, low }] of ends) {
@@ -152,6 +152,22 @@ export function isSettlingError(error: unknown): boolean {
     current = (current.originalError ?? current.cause) as typeof current;
   }
   return false;
+}
+
+/**
+ * Each partition's offsets (ListOffsets), once the topic's metadata shows every partition with a
+ * leader: on a topic created a moment ago kafkajs's fetchTopicOffsets otherwise asked for no
+ * partition and failed on its own empty answer (a TypeError).
+ */
+function topicEnds(admin: Admin, topic: string): ReturnType<Admin['fetchTopicOffsets']> {
+  return whileLeadershipSettles(async () => {
+    const { topics } = await admin.fetchTopicMetadata({ topics: [topic] });
+    const partitions = topics.find((entry) => entry.name === topic)?.partitions ?? [];
+    if (partitions.length === 0 || partitions.some((partition) => partition.leader < 0)) {
+      throw Object.assign(new Error(`topic '${topic}' has no partition leaders in the metadata yet`), { type: 'LEADER_NOT_AVAILABLE' });
+    }
+    return admin.fetchTopicOffsets(topic);
+  });
 }
 
 /** Runs an admin read again while the broker answers that leadership is settling (at most ~5 s). */
