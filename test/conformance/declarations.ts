@@ -43,8 +43,8 @@ export const FEATURES: Record<(typeof TABLE_COLUMNS)[number], ConformanceFeature
     // The attempt is a header of the record; an uncommitted offset is read again as it was.
     attemptsSurviveCrash: false,
     maxDelayMs: MAX_TIMER_MS,
-    // The delay topic's partitions are read in order: a record waits behind one due later.
-    longDelayHoldsBackShorter: true,
+    // Records of the delay and retry topics are read ahead and held until due, each on its own timer.
+    longDelayHoldsBackShorter: false,
     publishDuringOutage: 'waits',
     survivesProcessRestart: true,
   },

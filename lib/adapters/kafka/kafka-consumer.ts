@@ -5,6 +5,8 @@ import { sleep } from '../../support/sleep';
 import { waitAtMost } from '../../support/with-timeout';
 import { DUE_HEADER, fromKafkaMessage, headerText } from './kafka-headers';
 
+/** Records of a due topic's partition held in memory until due; past this the partition pauses. */
+const HELD_PER_PARTITION = 1000;
 /** Pause before a partition whose message was given back is read again. */
 const RELEASE_PAUSE_MS = 1000;
 /** Longest single pause of a partition waiting for a due time. */
@@ -35,6 +37,28 @@ export interface KafkaSubscriptionSpec {
 type Outcome = 'acked' | 'released' | 'abandoned';
 
 /**
+ * One partition of a due topic (delays, retries) as this member reads it: records are read ahead
+ * and each is held on a timer until due, so none waits behind one due later; the group's offset
+ * moves only past records that are done.
+ */
+interface HeldPartition {
+  topic: string;
+  partition: number;
+  /** Offsets read and not done: held on a timer, or in a handler. */
+  readonly open: Map<bigint, NodeJS.Timeout | undefined>;
+  /** Offsets done above the committed one, so a re-read (after a rebalance) skips them. */
+  readonly done: Set<bigint>;
+  /** The offset committed for the group (the next one to read after a restart). */
+  committed: bigint;
+  /** The offset after the last one read. */
+  readTo: bigint;
+  /** Resumes the partition paused at HELD_PER_PARTITION. */
+  resume?: () => void;
+  /** No longer this member's (rebalanced away, or closing): nothing more is delivered or committed. */
+  revoked: boolean;
+}
+
+/**
  * One subscription: a kafkajs consumer in its own consumer group. Partitions are handled
  * concurrently (up to `concurrency`), the messages of one partition one after the other, and an
  * offset is committed only once its handler resolved, never past an unfinished message. A message
@@ -46,6 +70,11 @@ export class KafkaSubscription implements AdapterConsumer {
   private stopping?: Promise<void>;
   private readonly waiting = new Set<(outcome: Outcome) => void>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Due topics' partitions read ahead, by `topic:partition`. */
+  private readonly held = new Map<string, HeldPartition>();
+  /** Held records due and waiting for a delivery slot (at most `concurrency` delivered at once). */
+  private readonly dueQueue: (() => void)[] = [];
+  private heldInFlight = 0;
   /** `topic:partition` → offset below which this member passes messages over (a new group's start). */
   private readonly skipBelow = new Map<string, bigint>();
   private startReady: Promise<void> = Promise.resolve();
@@ -82,6 +111,10 @@ export class KafkaSubscription implements AdapterConsumer {
     };
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       assignment = event.payload.memberAssignment;
+      // Held records of partitions now another member's are that member's to read again.
+      for (const [key, state] of this.held) {
+        if (!(assignment[state.topic] ?? []).includes(state.partition)) this.revoke(key, state);
+      }
       if (!running) return;
       if (!startCommitted) {
         // The first join failed inside run() (kafkajs restarts the consumer and joins again): the
@@ -160,6 +193,9 @@ export class KafkaSubscription implements AdapterConsumer {
     for (const settle of this.waiting) settle('abandoned');
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
+    // Held records not delivered are not committed: the group reads them again.
+    for (const [key, state] of this.held) this.revoke(key, state);
+    this.dueQueue.length = 0;
     // A first join still pending (a broker may hold it up to the group's rebalance timeout, 60 s),
     // or a stop the brokers do not answer, is not waited for: disconnecting ends it.
     if (this.stopping && !(await waitAtMost(this.stopping, STOP_WAIT_MS))) {
@@ -183,6 +219,7 @@ export class KafkaSubscription implements AdapterConsumer {
 
   private async handleBatch(payload: EachBatchPayload): Promise<void> {
     const { batch } = payload;
+    if (this.spec.dueTopics.has(batch.topic)) return this.holdBatch(payload);
     const startAt = this.skipBelow.get(`${batch.topic}:${batch.partition}`);
     let resolved = false;
     let passedOver = false;
@@ -196,14 +233,6 @@ export class KafkaSubscription implements AdapterConsumer {
         if (!passedOver) payload.resolveOffset((startAt - 1n).toString());
         passedOver = resolved = true;
         continue;
-      }
-      if (this.spec.dueTopics.has(batch.topic)) {
-        const wait = Number(headerText(message.headers, DUE_HEADER) ?? 0) - Date.now();
-        if (wait > 0) {
-          // Not due: pause this partition only; it is read again from this message when resumed.
-          this.resumeLater(payload.pause(), wait);
-          break;
-        }
       }
       const outcome = await this.deliver(batch.topic, batch.partition, message);
       if (outcome === 'abandoned') {
@@ -221,6 +250,125 @@ export class KafkaSubscription implements AdapterConsumer {
     }
     // Committed here, after the handlers resolved (kafkajs's own auto-commit is off).
     if (resolved) await payload.commitOffsetsIfNecessary(ownOffsets(payload));
+  }
+
+  /**
+   * A batch of a due topic: each record is held on a timer until due (at once when it is), and
+   * the batch ends without waiting, so the partition is read on. Past HELD_PER_PARTITION records
+   * held, the partition pauses until half of them are done.
+   */
+  private holdBatch(payload: EachBatchPayload): void {
+    const { batch } = payload;
+    const key = `${batch.topic}:${batch.partition}`;
+    if (batch.messages.length === 0) return;
+    let state = this.held.get(key);
+    if (!state || state.revoked) {
+      const first = BigInt(batch.messages[0].offset);
+      state = { topic: batch.topic, partition: batch.partition, open: new Map(), done: new Set(), committed: first, readTo: first, revoked: false };
+      this.held.set(key, state);
+    }
+    const startAt = this.skipBelow.get(key);
+    for (const message of batch.messages) {
+      if (this.stopped || !payload.isRunning() || payload.isStale()) break;
+      const offset = BigInt(message.offset);
+      if (startAt !== undefined && offset < startAt) {
+        // Published before this new group existed (see handleBatch).
+        payload.resolveOffset((startAt - 1n).toString());
+        if (state.committed < startAt) state.committed = state.readTo = startAt;
+        continue;
+      }
+      if (offset < state.committed || state.open.has(offset) || state.done.has(offset)) {
+        // Read again after a rebalance: held already, or done.
+        payload.resolveOffset(message.offset);
+        continue;
+      }
+      if (state.open.size >= HELD_PER_PARTITION) {
+        // Read again from this record when resumed (its offset is not resolved).
+        state.resume = payload.pause();
+        break;
+      }
+      this.hold(state, message);
+      if (offset + 1n > state.readTo) state.readTo = offset + 1n;
+      payload.resolveOffset(message.offset);
+    }
+  }
+
+  private hold(state: HeldPartition, message: KafkaMessage): void {
+    const offset = BigInt(message.offset);
+    const wait = Number(headerText(message.headers, DUE_HEADER) ?? 0) - Date.now();
+    const due = () => {
+      state.open.set(offset, undefined);
+      this.whenSlotFree(() => void this.deliverHeld(state, message));
+    };
+    if (wait <= 0) return due();
+    // A long wait is cut into the longest a Node.js timer takes.
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      if (!state.revoked) due();
+    }, Math.min(wait, 2_147_483_647));
+    timer.unref();
+    this.timers.add(timer);
+    state.open.set(offset, timer);
+  }
+
+  private whenSlotFree(start: () => void): void {
+    if (this.heldInFlight < this.spec.concurrency) {
+      this.heldInFlight++;
+      start();
+    } else this.dueQueue.push(start);
+  }
+
+  private async deliverHeld(state: HeldPartition, message: KafkaMessage): Promise<void> {
+    const offset = BigInt(message.offset);
+    try {
+      if (state.revoked || this.stopped) return;
+      const outcome = await this.deliver(state.topic, state.partition, message);
+      if (outcome !== 'acked' || state.revoked) {
+        // Given back (closing): left open, so it is not committed and is read again.
+        return;
+      }
+      state.open.delete(offset);
+      state.done.add(offset);
+      await this.commitHeld(state);
+      if (state.resume && state.open.size < HELD_PER_PARTITION / 2) {
+        const resume = state.resume;
+        state.resume = undefined;
+        resume();
+      }
+    } finally {
+      this.heldInFlight--;
+      const next = this.dueQueue.shift();
+      if (next) {
+        this.heldInFlight++;
+        next();
+      }
+    }
+  }
+
+  /** Commits the partition up to its lowest record not done. */
+  private async commitHeld(state: HeldPartition): Promise<void> {
+    let watermark = state.readTo;
+    for (const offset of state.open.keys()) if (offset < watermark) watermark = offset;
+    if (watermark <= state.committed || state.revoked || !this.consumer) return;
+    try {
+      await this.consumer.commitOffsets([{ topic: state.topic, partition: state.partition, offset: watermark.toString() }]);
+      if (watermark > state.committed) state.committed = watermark;
+      for (const offset of state.done) if (offset < state.committed) state.done.delete(offset);
+    } catch (error) {
+      // Done records above the committed offset may be read again (at least once); the next commit tries again.
+      this.logger.warn(`committing '${state.topic}' partition ${state.partition} at ${watermark}: ${describeError(error)}`);
+    }
+  }
+
+  private revoke(key: string, state: HeldPartition): void {
+    state.revoked = true;
+    for (const timer of state.open.values()) {
+      if (timer) {
+        clearTimeout(timer);
+        this.timers.delete(timer);
+      }
+    }
+    this.held.delete(key);
   }
 
   /** Hands one message to the delivery layer and waits until it is acked or given back. */
