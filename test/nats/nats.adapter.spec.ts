@@ -6,7 +6,7 @@ import { BrokerError, type BrokerContext, type BrokerEnvConfig, type BrokerModul
 import { CapturingLogger, createBrokerApp, startupError } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { runUnique } from '../support/names';
-import { deleteCreatedNatsResourcesAfterAll, natsEnv, rawTopicReader, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
+import { deleteCreatedNatsResourcesAfterAll, itWithNatsServer, natsEnv, rawTopicReader, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
 import { sleep, waitFor } from '../support/wait';
 
 // A product of this run's own: every stream and consumer the file makes is named after it.
@@ -16,6 +16,7 @@ const STREAM = `ductape_${PRODUCT.replace(/\./g, '_')}_prd`;
 const HELD = `${STREAM}_held`;
 
 deleteCreatedNatsResourcesAfterAll();
+const itWithServer = itWithNatsServer(SUITE);
 
 describeWithBroker('nats', SUITE, () => {
   jest.setTimeout(30_000);
@@ -240,7 +241,7 @@ describeWithBroker('nats', SUITE, () => {
       expect(JSON.stringify([(error as Error).message, (error as Error).stack, logger.texts])).not.toContain('t0ken-s3cret');
     });
 
-    it('says the login was refused, without the password, when user and pass are wrong (a private server with --user/--pass)', async () => {
+    itWithServer('says the login was refused, without the password, when user and pass are wrong (a private server with --user/--pass)', async () => {
       const server = await startPrivateNats({ user: 'ductape', pass: 'r1ght-pass' });
       servers.push(server);
       const logger = new CapturingLogger();
@@ -259,7 +260,7 @@ describeWithBroker('nats', SUITE, () => {
       await waitFor(() => got.length === 1, 'the message on the server with a login', 5000);
     });
 
-    it('says the login was refused, without the token, when the token is wrong (a private server with --auth)', async () => {
+    itWithServer('says the login was refused, without the token, when the token is wrong (a private server with --auth)', async () => {
       const server = await startPrivateNats({ token: 'r1ght-t0ken' });
       servers.push(server);
       const logger = new CapturingLogger();

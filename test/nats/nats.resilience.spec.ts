@@ -7,7 +7,7 @@ import { BrokerError, type BrokerContext, type BrokerModuleOptions, type NatsEnv
 import { createBrokerApp, type CapturingLogger } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
 import { runUnique } from '../support/names';
-import { deleteCreatedNatsResourcesAfterAll, NATS_URL, natsEnv, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
+import { deleteCreatedNatsResourcesAfterAll, itWithNatsServer, NATS_URL, natsEnv, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
 import { gate, sleep, waitFor } from '../support/wait';
 
 // A product of this run's own: every stream and consumer the file makes is named after it.
@@ -16,6 +16,7 @@ const MESSAGES = 5000;
 const SUITE = 'NATS: server restart, a killed consumer process and shutdown';
 
 const created = deleteCreatedNatsResourcesAfterAll();
+const itWithServer = itWithNatsServer(SUITE);
 
 describeWithBroker('nats', SUITE, () => {
   jest.setTimeout(60_000);
@@ -57,7 +58,7 @@ describeWithBroker('nats', SUITE, () => {
     };
   }
 
-  it(`loses none of ${MESSAGES} messages published while its server restarts (same store directory); publishers and consumers recover by themselves`, async () => {
+  itWithServer(`loses none of ${MESSAGES} messages published while its server restarts (same store directory); publishers and consumers recover by themselves`, async () => {
     const server = await startPrivateNats();
     servers.push(server);
     const { broker } = await start({ servers: [server.url] });

@@ -1,10 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, headers as natsHeaders, type NatsConnection } from 'nats';
 import type { NatsEnvConfig } from '../../lib';
+import { printSkip, REQUIRE_BROKERS } from './broker-availability';
 
 /** The NATS server (with JetStream) the integration suites use; NATS_URL points them elsewhere. */
 export const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222';
@@ -133,6 +134,28 @@ export function deleteCreatedNatsResourcesAfterAll(servers: () => string = () =>
   };
   afterAll(deleteAll, 30_000);
   return { streams, consumers, deleteAll };
+}
+
+/**
+ * Why the tests that start a nats-server of their own cannot run here (no `nats-server` on the
+ * PATH), or undefined when they can.
+ */
+export const NATS_SERVER_MISSING: string | undefined = (() => {
+  const probe = spawnSync('nats-server', ['--version'], { timeout: 5000 });
+  return probe.status === 0 ? undefined : 'nats-server is not on the PATH (the test starts a server of its own: install nats-server 2.9 or later)';
+})();
+
+/**
+ * `it` for a test that starts a nats-server of its own: skipped with the reason printed where
+ * nats-server is missing, and failing instead under REQUIRE_BROKERS=1.
+ */
+export function itWithNatsServer(suite: string): (title: string, fn: jest.ProvidesCallback, timeout?: number) => void {
+  if (!NATS_SERVER_MISSING || REQUIRE_BROKERS) return it;
+  return (title, fn, timeout) => {
+    printSkip(`Skipping "${suite} > ${title}": ${NATS_SERVER_MISSING}`);
+    const skipped: jest.It = it.skip;
+    skipped(title, fn, timeout);
+  };
 }
 
 /** A nats-server of a test's own: its port, its store directory, and its restart. */
