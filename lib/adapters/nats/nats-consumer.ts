@@ -126,7 +126,13 @@ export class NatsPuller implements AdapterConsumer {
     if (this.stopped || !this.inbox) return;
     const want = this.options.concurrency - this.inHand.size - this.requested;
     if (want < this.refillAt || Date.now() < this.pausedUntil) return;
-    const nc = this.nc();
+    let nc: NatsConnection;
+    try {
+      nc = this.nc();
+    } catch {
+      // The adapter is closing: it closes this consumer next.
+      return;
+    }
     if (nc.isClosed()) return;
     this.requested += want;
     const request = JSON.stringify({ batch: want, expires: PULL_EXPIRES_MS * 1_000_000, idle_heartbeat: PULL_HEARTBEAT_MS * 1_000_000 });
