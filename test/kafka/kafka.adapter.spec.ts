@@ -216,6 +216,13 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       }
     });
 
+    it("with topicCreation 'admin' (the default), creates a topic and its delay and retry topics through the admin API with numPartitions", async () => {
+      const { broker } = await start({ numPartitions: 3 });
+      const { event, topic } = newTopic();
+      await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'g', callback: () => undefined } });
+      for (const name of [topic, `${topic}.delay`, `${topic}.g.retry`]) expect([name, (await topicOffsets(name)).length]).toEqual([name, 3]);
+    });
+
     it("with topicCreation 'none', never asks for metadata that allows auto-creation", async () => {
       const { event, topic } = newTopic();
       await createTopic(topic, 2);
@@ -548,6 +555,20 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
   });
 
   describe('dead letters', () => {
+    it("refuses reprocessDeadLetters while a dead-letter subscription of the group runs (DescribeGroups), and moves them once it stopped", async () => {
+      const { broker } = await start();
+      const { event } = newTopic();
+      const reading = await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'audit', deadLetter: true, callback: () => undefined } });
+      const refused = (await broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT, group: 'audit' }).then(
+        () => new Error('resolved'),
+        (error: Error) => error,
+      )) as Error & { code?: string };
+      expect(refused.code).toBe('PUBLISH_FAILED');
+      expect(refused.message).toMatch(/dead letters of 'audit' are being consumed/);
+      await reading.unsubscribe();
+      await expect(broker.reprocessDeadLetters({ env: 'prd', event, product_tag: PRODUCT, group: 'audit' })).resolves.toBe(0);
+    });
+
     it('a reprocessDeadLetters that runs out of drainTimeoutMs rejects with REPROCESS_INCOMPLETE saying how many moved; a later call moves the rest, none lost', async () => {
       const { broker } = await start({}, { retry: { maxAttempts: 1, initialDelayMs: 50 } });
       const { event, topic } = newTopic();
@@ -616,6 +637,62 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
       };
       return { consumers, restore: () => void (Kafka.prototype.consumer = original) };
     }
+
+    it('a member inside a long handler when another joins takes no further message of that batch: the group forms again right after the handler, not after the batch', async () => {
+      const spy = watchConsumers();
+      try {
+        const { event, topic } = newTopic();
+        const { broker: first } = await start({ numPartitions: 1 });
+        const handled: { n: number; at: number; by: string }[] = [];
+        let longStarted = 0;
+        let longEnded = 0;
+        const callback = (by: string) => async (message: { n: number }) => {
+          if (message.n === 0) {
+            longStarted = Date.now();
+            await sleep(4000);
+            longEnded = Date.now();
+          } else await sleep(400);
+          handled.push({ n: message.n, at: Date.now(), by });
+        };
+        // The group exists, then the eight wait for it: the first fetch takes them in one batch.
+        const created = await first.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'slow', callback: () => undefined } });
+        await created.unsubscribe();
+        for (let n = 0; n < 8; n++) await publish(first, event, { n }, { key: 'k' });
+        await first.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'slow', callback: callback('first') } });
+        await waitFor(() => longStarted > 0, 'the long handler to start', 10_000);
+        await sleep(300);
+        // A second instance joins: the group rebalances while the first is in its long handler.
+        const { broker: second } = await start({ numPartitions: 1 });
+        const joining = second.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'slow', callback: callback('second') } });
+        await waitFor(() => handled.length === 8, 'all eight messages', 30_000);
+        await joining;
+        const secondConsumer = () => spy.consumers.filter((consumer) => consumer.groupId === `${topic}:slow`)[2];
+        await waitFor(() => (secondConsumer()?.joins.length ?? 0) > 0, 'the second instance to join', 15_000);
+        const formedAt = secondConsumer().joins[0];
+        // eslint-disable-next-line no-console
+        console.log(`kafka rebalance during a long handler: the group formed again ${formedAt - longEnded} ms after the handler ended`);
+        // Before: the first member went on with the batch (seven more handlers of 400 ms), holding the group 2.8 s more.
+        expect(formedAt - longEnded).toBeLessThan(2000);
+        expect(handled.filter((entry) => entry.by === 'first' && entry.n > 0 && entry.at < formedAt)).toEqual([]);
+        expect(handled.map((entry) => entry.n).sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+      } finally {
+        spy.restore();
+      }
+    }, 45_000);
+
+    it('two brand-new instances that subscribe within one join window handle none of the history', async () => {
+      const { event } = newTopic();
+      const { broker: publisher } = await start();
+      for (let old = 0; old < 50; old++) await publish(publisher, event, { old });
+      const instances = await Promise.all([start(), start()]);
+      const handled: { old?: number; marker?: boolean }[] = [];
+      await Promise.all(instances.map(({ broker }) => broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'twins', callback: (message: { old?: number; marker?: boolean }) => void handled.push(message) } })));
+      await publish(publisher, event, { marker: true });
+      await waitFor(() => handled.some((message) => message.marker), 'the marker', 20_000);
+      await sleep(1000);
+      expect(handled.filter((message) => message.old !== undefined)).toEqual([]);
+      expect(handled).toEqual([{ marker: true }]);
+    }, 45_000);
 
     it('shares a group between two instances, each message once; after one closes the other handles everything', async () => {
       const spy = watchConsumers();

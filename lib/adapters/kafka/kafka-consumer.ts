@@ -75,6 +75,12 @@ export class KafkaSubscription implements AdapterConsumer {
   /** Held records due and waiting for a delivery slot (at most `concurrency` delivered at once). */
   private readonly dueQueue: (() => void)[] = [];
   private heldInFlight = 0;
+  /**
+   * Set when a heartbeat learns the group is rebalancing (another member joined or left): the
+   * batch under way takes no further message, so the member rejoins as soon as its handler in
+   * flight is done instead of holding the whole group until the batch ends. Cleared on the join.
+   */
+  private rebalancing = false;
   /** `topic:partition` → offset below which this member passes messages over (a new group's start). */
   private readonly skipBelow = new Map<string, bigint>();
   private startReady: Promise<void> = Promise.resolve();
@@ -111,6 +117,7 @@ export class KafkaSubscription implements AdapterConsumer {
     };
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       assignment = event.payload.memberAssignment;
+      this.rebalancing = false;
       // Held records of partitions now another member's are that member's to read again.
       for (const [key, state] of this.held) {
         if (!(assignment[state.topic] ?? []).includes(state.partition)) this.revoke(key, state);
@@ -209,7 +216,13 @@ export class KafkaSubscription implements AdapterConsumer {
     await this.startReady;
     // The session must not lapse while long handlers run; a rebalance waits for the batch to end.
     // One timer per batch: one per message cost a setInterval and a clearInterval each.
-    const beat = setInterval(() => void payload.heartbeat().catch(() => undefined), this.spec.heartbeatIntervalMs);
+    const beat = setInterval(
+      () =>
+        void payload.heartbeat().catch((error: { type?: string }) => {
+          if (error.type === 'REBALANCE_IN_PROGRESS' || error.type === 'ILLEGAL_GENERATION' || error.type === 'NOT_COORDINATOR_FOR_GROUP') this.rebalancing = true;
+        }),
+      this.spec.heartbeatIntervalMs,
+    );
     try {
       await this.handleBatch(payload);
     } finally {
@@ -224,7 +237,7 @@ export class KafkaSubscription implements AdapterConsumer {
     let resolved = false;
     let passedOver = false;
     for (const message of batch.messages) {
-      if (this.stopped || !payload.isRunning() || payload.isStale()) break;
+      if (this.stopped || this.rebalancing || !payload.isRunning() || payload.isStale()) break;
       if (startAt !== undefined && BigInt(message.offset) < startAt) {
         // Published before this new group existed (kafkajs fetched before the start was committed).
         // Resolved at once up to the start: resolving them one by one committed offsets below the
