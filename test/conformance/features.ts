@@ -86,7 +86,7 @@ export interface BatchFailureHook {
 }
 
 /** The columns of README.md's guarantees table, each a conformance target's file. */
-export const TABLE_COLUMNS = ['memory', 'rabbitmq', 'kafka', 'sqs (queue mode)', 'sqs (fan-out)', 'redis'] as const;
+export const TABLE_COLUMNS = ['memory', 'rabbitmq', 'kafka', 'sqs (queue mode)', 'sqs (fan-out)', 'redis', 'nats'] as const;
 
 /**
  * The rows of the README's table that are declared features: each cell begins with the value the

@@ -17,11 +17,12 @@ const MARKER = '<!-- guarantees-table -->';
  * Which conformance file runs each column, and how it names its declarations (a target defined in
  * its spec file; importing that file would run its suite, so its text is read).
  */
-const TARGET_FILES: Record<'memory' | 'rabbitmq' | 'kafka' | 'redis', { file: string; reference: string }> = {
+const TARGET_FILES: Record<'memory' | 'rabbitmq' | 'kafka' | 'redis' | 'nats', { file: string; reference: string }> = {
   memory: { file: 'memory.conformance.spec.ts', reference: 'FEATURES.memory' },
   rabbitmq: { file: 'rabbitmq.conformance.spec.ts', reference: 'FEATURES.rabbitmq' },
   kafka: { file: 'kafka.conformance.spec.ts', reference: 'FEATURES.kafka' },
   redis: { file: 'redis.conformance.spec.ts', reference: 'FEATURES.redis' },
+  nats: { file: 'nats.conformance.spec.ts', reference: 'FEATURES.nats' },
 };
 
 function cells(line: string): string[] {

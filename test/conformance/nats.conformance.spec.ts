@@ -1,7 +1,7 @@
 import { NATS_CAPABILITIES } from '../../lib/adapters/nats';
 import { deleteCreatedNatsResourcesAfterAll, NATS_SERVER_MISSING, natsEnv, rawPublish, rawTopicReader, startPrivateNats } from '../support/nats';
 import { runConformanceSuite } from './conformance.suite';
-import { NATS_FEATURES } from './nats-features';
+import { FEATURES } from './declarations';
 
 // Every test names its topics with a fresh random tag; the file deletes exactly the consumers it
 // made, and each stream it made once no consumer is left on it.
@@ -10,7 +10,7 @@ deleteCreatedNatsResourcesAfterAll();
 runConformanceSuite({
   broker: 'nats',
   capabilities: NATS_CAPABILITIES,
-  features: NATS_FEATURES,
+  features: FEATURES.nats,
   restart: NATS_SERVER_MISSING
     ? { notApplicable: NATS_SERVER_MISSING }
     : {
