@@ -54,10 +54,10 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
 
   constructor(@Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions<string>) {
     this.routes = new RouteResolver(options);
-    this.adapters = new AdapterRegistry(this.logger, options.adapters);
+    this.shutdownTimeoutMs = options.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
+    this.adapters = new AdapterRegistry(this.logger, options.adapters, this.shutdownTimeoutMs);
     this.service = options.service ?? options.product;
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-    this.shutdownTimeoutMs = options.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
   }
 
   /** The environment slug and product this module runs as. */

@@ -22,6 +22,8 @@ export class AdapterRegistry {
     private readonly logger: Logger,
     /** Broker types registered in the module's `adapters` option. */
     private readonly registered: Readonly<Record<string, BrokerAdapterDefinition>> = {},
+    /** The module's shutdownTimeoutMs, which bounds each adapter's close(). */
+    private readonly shutdownTimeoutMs?: number,
   ) {}
 
   get(brokerTag: string, env: BrokerEnvConfig<string>): Promise<BrokerAdapter> {
@@ -69,7 +71,7 @@ export class AdapterRegistry {
     validateEnvConnection(brokerTag, env, this.registered);
     let adapter: BrokerAdapter;
     try {
-      adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger }, this.registered);
+      adapter = createAdapter(env, { brokerTag, envSlug: env.slug, logger, shutdownTimeoutMs: this.shutdownTimeoutMs }, this.registered);
     } catch (error) {
       // The redacted text only, no cause: a factory's own error may hold the config it was given (a URL with its password, say).
       throw new BrokerError('CONFIG_INVALID', `broker '${brokerTag}' env '${env.slug}' (${env.type}): ${describeError(error)}`);

@@ -211,6 +211,11 @@ export interface AdapterContext {
   brokerTag: string;
   envSlug: string;
   logger: AdapterLogger;
+  /**
+   * The module's shutdownTimeoutMs: `close()` should not take longer (it runs after the handlers'
+   * drain, which has its own). Absent where an adapter is made outside a module (tests).
+   */
+  shutdownTimeoutMs?: number;
 }
 
 export interface AdapterLogger {

@@ -950,6 +950,26 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         expect(await Promise.all(pending)).toEqual(Array(10).fill('PUBLISH_FAILED'));
       }),
     60_000);
+
+    withPrivateMock('closes within a short shutdownTimeoutMs too, with a subscription and publishes pending while every broker is down', () =>
+      onPrivateCluster(async ({ mock, open, opened }) => {
+        const { event } = newTopic();
+        const shutdownTimeoutMs = 1200;
+        const broker = await open({}, { shutdownTimeoutMs });
+        await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: () => undefined } });
+        mock.control('down -1');
+        const pending = Array.from({ length: 5 }, (_, n) => publish(broker, event, { n }).then(() => 'sent', (error: BrokerError) => error.code));
+        await sleep(300);
+        const closing = Date.now();
+        await opened[0].close();
+        opened.length = 0;
+        const took = Date.now() - closing;
+        // The drain (no handler in flight) and then the adapter's close, each within shutdownTimeoutMs;
+        // before, the Kafka adapter's close waited a fixed 3 s and then 1 s.
+        expect(took).toBeLessThan(shutdownTimeoutMs + 800);
+        expect(await Promise.all(pending)).toEqual(Array(5).fill('PUBLISH_FAILED'));
+      }),
+    60_000);
   });
 
   describe('bad input and safety', () => {

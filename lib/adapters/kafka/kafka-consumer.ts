@@ -11,9 +11,6 @@ const HELD_PER_PARTITION = 1000;
 const RELEASE_PAUSE_MS = 1000;
 /** Longest single pause of a partition waiting for a due time. */
 const MAX_PAUSE_MS = 60_000;
-/** How long close() waits for kafkajs's stop (and a first join still pending before it), then for its disconnect. */
-const STOP_WAIT_MS = 3000;
-const DISCONNECT_WAIT_MS = 1000;
 
 export interface KafkaSubscriptionSpec {
   groupId: string;
@@ -28,6 +25,8 @@ export interface KafkaSubscriptionSpec {
   joinWaitMs: number;
   /** How long a fetch waits for data (some brokers answer only then, even when data arrives). */
   fetchMaxWaitMs: number;
+  /** How long close() waits for kafkajs's stop (and a first join still pending before it), then for its disconnect. */
+  closeWaits: { stopMs: number; disconnectMs: number };
   /** `topic:partition` → the offset where this group starts if it is new there; earlier messages are passed over. */
   startAt: ReadonlyMap<string, bigint>;
   /** The group's committed offsets now, `topic:partition` → offset ('-1': none). */
@@ -205,11 +204,11 @@ export class KafkaSubscription implements AdapterConsumer {
     this.dueQueue.length = 0;
     // A first join still pending (a broker may hold it up to the group's rebalance timeout, 60 s),
     // or a stop the brokers do not answer, is not waited for: disconnecting ends it.
-    if (this.stopping && !(await waitAtMost(this.stopping, STOP_WAIT_MS))) {
-      this.logger.warn(`consumer group '${this.spec.groupId}' did not stop within ${STOP_WAIT_MS} ms; disconnecting`);
+    if (this.stopping && !(await waitAtMost(this.stopping, this.spec.closeWaits.stopMs))) {
+      this.logger.warn(`consumer group '${this.spec.groupId}' did not stop within ${this.spec.closeWaits.stopMs} ms; disconnecting`);
     }
     const disconnected = this.consumer?.disconnect().catch((error: unknown) => this.logger.warn(`closing consumer group '${this.spec.groupId}': ${describeError(error)}`));
-    if (disconnected) await waitAtMost(disconnected, DISCONNECT_WAIT_MS);
+    if (disconnected) await waitAtMost(disconnected, this.spec.closeWaits.disconnectMs);
   }
 
   private readonly eachBatch = async (payload: EachBatchPayload): Promise<void> => {

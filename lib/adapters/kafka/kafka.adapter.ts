@@ -56,12 +56,18 @@ export const KAFKA_DEFAULTS = {
 } as const;
 
 /**
- * How long close() waits for the publishes under way and the subscriptions to stop, and then for
- * the clients to disconnect. The adapter is not told the module's shutdownTimeoutMs (10 s by
- * default), which the handlers' drain has already used before this: kept well under it.
+ * How long close() waits at most for the publishes under way and the subscriptions to stop, and
+ * then for the clients to disconnect; within the module's shutdownTimeoutMs when it is shorter
+ * (three quarters of it, then a quarter).
  */
 export const KAFKA_CLOSE_WAIT_MS = 3000;
 export const KAFKA_DISCONNECT_WAIT_MS = 1000;
+
+/** close()'s two waits for a module's shutdownTimeoutMs. */
+export function kafkaCloseWaits(shutdownTimeoutMs: number | undefined): { stopMs: number; disconnectMs: number } {
+  const budget = shutdownTimeoutMs ?? KAFKA_CLOSE_WAIT_MS + KAFKA_DISCONNECT_WAIT_MS;
+  return { stopMs: Math.min(KAFKA_CLOSE_WAIT_MS, Math.floor(budget * 0.75)), disconnectMs: Math.min(KAFKA_DISCONNECT_WAIT_MS, Math.floor(budget * 0.25)) };
+}
 
 type Config = KafkaEnvConfig['config'];
 type Settings = Required<Omit<Config, 'brokers' | 'ssl' | 'sasl' | 'idempotent'>> & Pick<Config, 'ssl' | 'sasl' | 'idempotent'> & { brokers: string[] };
@@ -86,10 +92,12 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
   /** Topics with whenNoGroup 'reject' already warned about: Kafka cannot honour it. */
   private readonly rejectWarned = new Set<string>();
   private readonly logger: AdapterLogger;
+  private readonly closeWaits: { stopMs: number; disconnectMs: number };
   private readonly envSlug: string;
 
-  constructor(config: Config, context: Pick<AdapterContext, 'logger' | 'envSlug'>) {
+  constructor(config: Config, context: Pick<AdapterContext, 'logger' | 'envSlug' | 'shutdownTimeoutMs'>) {
     this.logger = context.logger;
+    this.closeWaits = kafkaCloseWaits(context.shutdownTimeoutMs);
     this.envSlug = context.envSlug;
     this.settings = {
       brokers: requiredSetting(config.brokers, 'brokers'),
@@ -236,6 +244,7 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
         heartbeatIntervalMs: this.settings.heartbeatIntervalMs,
         joinWaitMs: this.settings.joinWaitMs,
         fetchMaxWaitMs: this.settings.fetchMaxWaitMs,
+        closeWaits: this.closeWaits,
         startAt,
         committedOffsets: (topicNames) => this.topology.committedOffsets(groupId, topicNames),
       },
@@ -262,9 +271,9 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
   async close(): Promise<void> {
     this.closing = true;
     // Neither waits for the brokers longer than KAFKA_CLOSE_WAIT_MS (the subscriptions then disconnect).
-    await Promise.all([this.subscriptions.closeAll(), this.batching?.close(KAFKA_CLOSE_WAIT_MS)]);
+    await Promise.all([this.subscriptions.closeAll(), this.batching?.close(this.closeWaits.stopMs)]);
     const clients = [this.producer, this.admin].filter((client) => client !== undefined);
-    await waitAtMost(Promise.all(clients.map((client) => client.disconnect().catch(() => undefined))), KAFKA_DISCONNECT_WAIT_MS);
+    await waitAtMost(Promise.all(clients.map((client) => client.disconnect().catch(() => undefined))), this.closeWaits.disconnectMs);
   }
 
   /**
