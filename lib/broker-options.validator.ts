@@ -29,6 +29,7 @@ export function validateBrokerOptions(input: unknown): BrokerModuleOptions<strin
   if (input.service !== undefined) name(input.service, 'service', problems);
   if (input.retry !== undefined) retryPolicy(input.retry, 'retry', problems);
   duration(input.shutdownTimeoutMs, 'shutdownTimeoutMs', problems);
+  if (input.registerHandlers !== undefined && typeof input.registerHandlers !== 'boolean') problems.push('registerHandlers: must be true or false');
   positiveInteger(input.maxMessageBytes, 'maxMessageBytes', problems);
   const registered = adapters(input.adapters, problems);
 

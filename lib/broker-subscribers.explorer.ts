@@ -25,6 +25,8 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
   async onApplicationBootstrap(): Promise<void> {
     // Find and check every handler first, so a misconfigured one fails startup before any consumer starts.
     const requests = this.discoverHandlers();
+    // A publish-only replica: the handlers are checked, none is subscribed.
+    if (this.options.registerHandlers === false) return;
     // Subscribe all at once; on an error, detach those that started and fail startup with its code.
     const results = await Promise.allSettled(requests.map((request) => this.broker.subscribe(request)));
     const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');

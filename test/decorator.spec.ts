@@ -123,6 +123,23 @@ describe('@OnBrokerEvent', () => {
     expect([...ledger.entries].sort()).toEqual(['audit sqsbroker:new-orders first', 'order first attempt 1 env prd']);
   });
 
+  it('with registerHandlers: false, subscribes none of them (a publish-only replica); subscribe() in code still works', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options({ registerHandlers: false }), { imports: [ShopModule] }));
+    expect(server().consumerCount('shop.prd.new-orders', 'orders.OrdersListener.onOrder')).toBe(0);
+    expect(server().consumerCount('shop.prd.refunds', 'orders.RefundsController.onRefund')).toBe(0);
+    const seen: string[] = [];
+    await broker.subscribe({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { group: 'in-code', callback: (message: { id: string }) => void seen.push(message.id) } });
+    await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 'o2' } } });
+    await waitFor(() => seen.length === 1, 'the in-code subscription');
+    expect(app.get(Ledger).entries).toEqual([]);
+  });
+
+  it('refuses a registerHandlers that is not a boolean', async () => {
+    const error = await startupError(options({ registerHandlers: 'no' as unknown as boolean }), { imports: [ShopModule] });
+    expect(error).toMatchObject({ code: 'CONFIG_INVALID', problems: ['registerHandlers: must be true or false'] });
+  });
+
   it('subscribes an aliased provider (useExisting) once, not twice', async () => {
     @Module({ providers: [Ledger, OrdersListener, { provide: 'ALIAS', useExisting: OrdersListener }] })
     class AliasModule {}

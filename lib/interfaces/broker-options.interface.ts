@@ -396,6 +396,12 @@ export interface BrokerModuleOptions<Custom extends string = never> {
   retry?: RetryPolicy;
   /** How long shutdown waits for in-flight handlers (default 10000). */
   shutdownTimeoutMs?: number;
+  /**
+   * Whether the @OnBrokerEvent methods are subscribed at bootstrap (default true). `false` starts
+   * no consumer: a replica that only publishes (an API behind a load balancer, say) runs the same
+   * modules as the workers. `subscribe()` called in code still subscribes.
+   */
+  registerHandlers?: boolean;
   /** Largest encoded message accepted by publish, in bytes (default 1 MiB). */
   maxMessageBytes?: number;
 }
