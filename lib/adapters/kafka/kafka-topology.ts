@@ -147,6 +147,10 @@ const SETTLING_ERRORS = new Set([
 
 /** Whether a kafkajs error (or the one it wraps) is a leadership or coordinator still settling. */
 export function isSettlingError(error: unknown): boolean {
+  // kafkajs's fetchTopicOffsets fails on its own empty ListOffsets answer while a new topic's
+  // leadership settles ("Cannot destructure property 'partitions' of 'high.pop(...)'" or 'low'):
+  // seen on Kafka 3.9.2 and 4.4.0 right after CreateTopics.
+  if (error instanceof TypeError && /property 'partitions' of '(high|low)\.pop/.test(error.message)) return true;
   for (let current = error as { type?: unknown; originalError?: unknown; cause?: unknown } | undefined, depth = 0; current && depth < 4; depth++) {
     if (typeof current.type === 'string' && SETTLING_ERRORS.has(current.type)) return true;
     current = (current.originalError ?? current.cause) as typeof current;
