@@ -2,9 +2,34 @@ import { createInbox, type JsMsg, type Msg, type NatsConnection, type Subscripti
 import { describeError } from '../../errors';
 import type { AdapterConsumer, AdapterLogger } from '../broker-adapter';
 
-// The client makes a JsMsg (ack, nak, working, info) from a pulled message here; not re-exported by its entry point.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const { toJsMsg } = require('nats/lib/jetstream/jsmsg') as { toJsMsg: (this: void, msg: Msg, ackTimeout?: number) => JsMsg };
+/** Where the client makes a JsMsg (ack, nak, working, info) from a pulled message; not re-exported by its entry point. */
+const JSMSG_MODULE = 'nats/lib/jetstream/jsmsg';
+const toJsMsg = loadToJsMsg();
+
+/**
+ * The client's internal toJsMsg, found at JSMSG_MODULE in nats 2.29 (reachable while the package
+ * has no exports map). Another version that moved or hid it fails the adapter's load with an
+ * error that says so, not with a bare MODULE_NOT_FOUND.
+ */
+function loadToJsMsg(): (this: void, msg: Msg, ackTimeout?: number) => JsMsg {
+  let reason: string;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const loaded = require(JSMSG_MODULE) as { toJsMsg?: unknown };
+    if (typeof loaded.toJsMsg === 'function') return loaded.toJsMsg as (this: void, msg: Msg, ackTimeout?: number) => JsMsg;
+    reason = 'it has no toJsMsg';
+  } catch (error) {
+    reason = describeError(error);
+  }
+  let version = 'the installed version';
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    version = `nats ${(require('nats/package.json') as { version: string }).version}`;
+  } catch {
+    // An exports map hides package.json too.
+  }
+  throw new Error(`the NATS adapter needs the nats client's internal module '${JSMSG_MODULE}' (toJsMsg), as in nats 2.29; ${version} does not provide it (${reason}): install nats@^2.29`);
+}
 
 /** A pull request waits this long for messages before the server ends it (and a new one is sent). */
 const PULL_EXPIRES_MS = 5000;
@@ -15,6 +40,9 @@ const PULL_SILENCE_MS = 3 * PULL_HEARTBEAT_MS;
 /** After a refused pull (consumer gone, server away), the next comes after this, doubling up to the max. */
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 2000;
+/** A delivery whose handler failed unexpectedly comes back after this, doubling up to the max while failures go on. */
+const FAILED_DELIVERY_MIN_MS = 1000;
+const FAILED_DELIVERY_MAX_MS = 30_000;
 /** The same pull failure is logged at most this often. */
 const FAILURE_LOG_INTERVAL_MS = 30_000;
 /** Status headers of a pull's replies (Nats-Pending-Messages: what the ended request had left). */
@@ -36,8 +64,11 @@ export interface PullerOptions {
   concurrency: number;
   /** The consumer's ack wait: a message in hand tells the server it is still working at a third of it. */
   ackWaitMs: number;
-  /** Makes the durable consumer (again, when the server lost it). */
-  ensure(): Promise<void>;
+  /**
+   * Makes the durable consumer. With `lost`, after a refused pull said it (or its stream) may be
+   * gone: what was cached is looked up again, and made when missing.
+   */
+  ensure(lost?: boolean): Promise<void>;
   handle(msg: JsMsg, settle: Settle): Promise<void>;
 }
 
@@ -75,6 +106,13 @@ export class NatsPuller implements AdapterConsumer {
   private heartbeat?: NodeJS.Timeout;
   private lastFailureLog = new Map<string, number>();
   private readonly refillAt: number;
+  /**
+   * Messages that came with every slot taken (a pull request thought over was not: see onStatus),
+   * waiting for a slot in arrival order, kept alive like those in hand. Not given back with a nak,
+   * which would count a delivery that never reached a handler as an attempt.
+   */
+  private waiting: InHand[] = [];
+  private failedPause = FAILED_DELIVERY_MIN_MS;
 
   constructor(
     private readonly nc: () => NatsConnection,
@@ -94,21 +132,27 @@ export class NatsPuller implements AdapterConsumer {
     this.pull();
   }
 
+  /**
+   * No new pulls, and the inbox is unsubscribed: the server drops a pull request whose reply
+   * subject lost its interest before it hands it a message, so what arrives after this goes to
+   * another member (or waits for the next one) as it was. Only a message already on its way when
+   * the unsubscribe reached the server is lost to this inbox: the server gives it again after the
+   * ack wait. (Giving such messages back with a plain nak sent them straight back down the same open
+   * requests, once per slot: 40 deliveries of one message to a stopped member of concurrency 40.)
+   * Messages in hand are still acked: acks go to each message's own reply subject.
+   */
   stop(): Promise<void> {
     this.stopped = true;
     if (this.watchdog) clearInterval(this.watchdog);
-    // No new pulls; what the open ones still bring is given back at once (onReply).
+    if (this.inbox && !this.inbox.isClosed()) safely(() => this.inbox?.unsubscribe());
     return Promise.resolve();
   }
 
-  /**
-   * Detaches. A pull request still open on the server (at most PULL_EXPIRES_MS) may yet send a
-   * message to the closed inbox: the server gives it to another member after the ack wait.
-   */
+  /** Detaches (after stop()): what is in hand and unsettled goes back to the server at once. */
   async close(): Promise<void> {
     await this.stop();
-    if (this.inbox && !this.inbox.isClosed()) this.inbox.unsubscribe();
     this.sendAcks();
+    for (const entry of this.waiting.splice(0)) this.inHand.add(entry);
     this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     // Not finished: back to the server now, rather than after the ack wait.
@@ -150,10 +194,16 @@ export class NatsPuller implements AdapterConsumer {
     const status = msg.headers?.code ?? 0;
     if (msg.data.length === 0 && status >= 100) return this.onStatus(msg, status);
     if (this.requested > 0) this.requested--;
+    // Pulled as the consumer stopped (on its way before the unsubscribe): left to the ack wait.
+    // A nak would send it straight back down the same open requests.
+    if (this.stopped) return;
     const jsMsg = toJsMsg(msg);
-    // Pulled as the consumer stopped: back at once, for another member.
-    if (this.stopped) return safely(() => jsMsg.nak());
     this.pause = RETRY_MIN_MS;
+    if (this.inHand.size >= this.options.concurrency) {
+      this.waiting.push({ msg: jsMsg, settled: false, since: Date.now() });
+      this.startHeartbeat();
+      return;
+    }
     this.dispatch(jsMsg);
   }
 
@@ -166,8 +216,11 @@ export class NatsPuller implements AdapterConsumer {
     if (Number.isFinite(pending) && msg.headers?.get(PENDING_MESSAGES_HEADER) !== '') this.requested = Math.max(0, this.requested - pending);
     else this.requested = 0;
     if (status === 404 || status === 408) return this.pull();
-    if (status === 409 && /exceeded|leadership change|batch completed/i.test(description)) return this.pull();
-    // A refusal: the consumer is gone (deleted), or the server cannot serve it now.
+    if (status === 409 && /leadership change|batch completed/i.test(description)) return this.pull();
+    // A limit of the consumer (409 Exceeded MaxWaiting, MaxRequestBatch, ...): asked again after a
+    // pause, not at once (the same request would be refused again, in a loop).
+    if (status === 409 && /exceeded/i.test(description)) return this.refused(`${status} ${description}`, false);
+    // A refusal: the consumer is gone (deleted; 503 no responders: nothing serves its pulls), or the server cannot serve it now.
     this.refused(`${status} ${description}`, /consumer (is )?deleted|not found/i.test(description) || status === 503);
   }
 
@@ -196,7 +249,7 @@ export class NatsPuller implements AdapterConsumer {
       return;
     }
     void this.options
-      .ensure()
+      .ensure(true)
       .catch((error: unknown) => this.logFailure(describeError(error)))
       .finally(() => setTimeout(next, wait).unref());
   }
@@ -225,23 +278,39 @@ export class NatsPuller implements AdapterConsumer {
     };
     void this.options
       .handle(msg, settle)
-      .catch((error: unknown) => {
-        this.logger.error(`NATS consumer ${this.options.consumer}: a delivery failed unexpectedly (${describeError(error)}); it goes back to the server`);
-        settle.nak();
-      })
+      .then(
+        () => {
+          this.failedPause = FAILED_DELIVERY_MIN_MS;
+        },
+        (error: unknown) => {
+          // Back after a pause growing while failures go on: a failure that is not the message's
+          // (a stream the mover cannot publish to) is not a loop of redeliveries and log lines.
+          const delay = this.failedPause;
+          this.failedPause = Math.min(FAILED_DELIVERY_MAX_MS, this.failedPause * 2);
+          this.logThrottled('error', `a delivery failed unexpectedly (${describeError(error)}); it goes back to the server, delivered again after a pause`);
+          settle.nak(delay);
+        },
+      )
       .finally(() => {
         // A message its handler left unsettled stays in hand (kept alive) until settled or closed.
         if (entry.settled) this.inHand.delete(entry);
         else void this.whenSettled(entry);
-        this.pull();
+        this.next();
       });
+  }
+
+  /** A slot freed: the next waiting message, else a pull. */
+  private next(): void {
+    const waiting = this.stopped ? undefined : this.waiting.shift();
+    if (waiting) this.dispatch(waiting.msg);
+    else this.pull();
   }
 
   /** Frees the slot of a message settled after its handler returned (an ack from a later drain). */
   private async whenSettled(entry: InHand): Promise<void> {
     while (!entry.settled && !this.closed) await new Promise((resolve) => setTimeout(resolve, 50));
     this.inHand.delete(entry);
-    this.pull();
+    this.next();
   }
 
   /**
@@ -254,7 +323,7 @@ export class NatsPuller implements AdapterConsumer {
     const every = Math.max(100, Math.floor(this.options.ackWaitMs / 3));
     this.heartbeat = setInterval(() => {
       const now = Date.now();
-      for (const entry of this.inHand) {
+      for (const entry of [...this.inHand, ...this.waiting]) {
         if (entry.settled || now - entry.since < every / 2) continue;
         entry.since = now;
         safely(() => entry.msg.working());
@@ -281,12 +350,17 @@ export class NatsPuller implements AdapterConsumer {
   };
 
   private logFailure(text: string): void {
+    this.logThrottled('warn', `pull failed (${text}); retrying`);
+  }
+
+  /** Logs a text at most once per FAILURE_LOG_INTERVAL_MS. */
+  private logThrottled(level: 'warn' | 'error', text: string): void {
     const now = Date.now();
     const last = this.lastFailureLog.get(text);
     if (last !== undefined && now - last < FAILURE_LOG_INTERVAL_MS) return;
     if (this.lastFailureLog.size > 20) this.lastFailureLog = new Map();
     this.lastFailureLog.set(text, now);
-    this.logger.warn(`NATS consumer ${this.options.consumer} on stream ${this.options.stream}: pull failed (${text}); retrying`);
+    this.logger[level](`NATS consumer ${this.options.consumer} on stream ${this.options.stream}: ${text}`);
   }
 }
 
