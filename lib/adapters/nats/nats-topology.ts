@@ -6,6 +6,8 @@ import { heldStream, heldSubjects, messageStream, messageSubjects, streamKey } f
 const STREAM_NOT_FOUND = 10059;
 /** ... and for "consumer not found". */
 const CONSUMER_NOT_FOUND = 10014;
+/** How long a stream remembers a Nats-Msg-Id (at most its max_age). */
+const DUPLICATE_WINDOW_MS = 120_000;
 
 export interface TopologySettings {
   storage: 'file' | 'memory';
@@ -20,7 +22,7 @@ export type ConsumerKind = 'group' | 'held';
 /**
  * What exists on the server: the streams of each product and environment, and the durable
  * consumers of groups, dead letters and delay movers. Each is made once per process (cached), and
- * made again when the server says it is gone.
+ * looked up (and made again if missing) after the server says it may be gone (forgetStream).
  *
  * Design for nats-server 2.9 (checked on 2.9.10): a consumer has one filter subject (several
  * need 2.10), so each group's consumer filters its topic's subject exactly, and what a group
@@ -47,9 +49,10 @@ export class NatsTopology {
    * test/nats/nats.resilience.spec.ts); with limits retention none was lost.
    */
   ensureMessageStream(topic: string): Promise<void> | undefined {
-    if (this.madeStreams.has(topic)) return undefined;
+    const name = messageStream(topic);
+    if (this.madeStreams.has(name)) return undefined;
     const key = streamKey(topic);
-    return this.ensureStream(messageStream(topic), messageSubjects(key), RetentionPolicy.Limits).then(() => void this.madeStreams.add(topic));
+    return this.ensureStream(name, messageSubjects(key), RetentionPolicy.Limits).then(() => void this.madeStreams.add(name));
   }
 
   /** The held stream (delayed publishes, dead letters) of a topic's product and environment (work queue). */
@@ -62,10 +65,10 @@ export class NatsTopology {
    * A durable pull consumer: a group's (from the messages published after it is made, the
    * issue's rule), or one over the held stream (every message there: delayed ones, dead letters).
    */
-  ensureConsumer(stream: string, name: string, filterSubject: string, kind: ConsumerKind): Promise<void> {
+  ensureConsumer(stream: string, name: string, filterSubject: string, kind: ConsumerKind, mover = false): Promise<boolean> {
     const id = `${stream}/${name}`;
     const known = this.consumers.get(id);
-    if (known) return known;
+    if (known) return known.then(() => false);
     const config: Partial<ConsumerConfig> = {
       durable_name: name,
       filter_subject: filterSubject,
@@ -75,29 +78,39 @@ export class NatsTopology {
       // The delivery layer counts attempts and moves a message to the dead letters itself
       // (policies differ per subscription); the server must keep delivering until then.
       max_deliver: -1,
-      // Far more than any subscription's concurrency: each member pulls only what it can run.
-      max_ack_pending: 10_000,
+      // A group's: far more than any subscription's concurrency (each member pulls only what it
+      // can run). A delay mover's: no limit, because every delayed message not yet due is one it
+      // gave back with nak(delay), and the server counts those as pending acks: with a limit, once
+      // that many delays waited, one coming due would wait behind them.
+      max_ack_pending: mover ? -1 : 10_000,
     };
+    let created = false;
     const made = this.flights.run(id, async () => {
       const jsm = this.jsm();
       try {
         // An existing durable is kept as it is: re-adding it would fail on a changed setting.
-        await jsm.consumers.info(stream, name);
+        const info = await jsm.consumers.info(stream, name);
+        // A mover made by an earlier version, with the limit: lifted.
+        if (mover && info.config.max_ack_pending !== -1) await jsm.consumers.update(stream, name, { max_ack_pending: -1 });
       } catch (error) {
         if (apiCode(error) !== CONSUMER_NOT_FOUND) throw error;
         await jsm.consumers.add(stream, config);
+        created = true;
       }
     });
     this.consumers.set(id, made);
     made.catch(() => this.consumers.delete(id));
-    return made;
+    return made.then(() => created);
   }
 
-  /** Forgets what was made, after the server said a stream or consumer is gone. */
-  forget(): void {
-    this.madeStreams.clear();
-    this.streams.clear();
-    this.consumers.clear();
+  /**
+   * Forgets a stream, and every consumer on it, after the server said it (or one of them) may be
+   * gone: the next ensure asks the server again, and makes what is missing.
+   */
+  forgetStream(stream: string): void {
+    this.madeStreams.delete(stream);
+    this.streams.delete(stream);
+    for (const id of [...this.consumers.keys()]) if (id.startsWith(`${stream}/`)) this.consumers.delete(id);
   }
 
   private ensureStream(name: string, subjects: string[], retention: RetentionPolicy): Promise<void> {
@@ -115,6 +128,7 @@ export class NatsTopology {
       } catch (error) {
         if (apiCode(error) !== STREAM_NOT_FOUND) throw error;
       }
+      const maxAgeMs = retention === RetentionPolicy.Limits && this.settings.retentionMs > 0 ? this.settings.retentionMs : undefined;
       const config: Partial<StreamConfig> = {
         name,
         subjects,
@@ -122,8 +136,9 @@ export class NatsTopology {
         storage: this.settings.storage === 'memory' ? StorageType.Memory : StorageType.File,
         num_replicas: this.settings.replicas,
         // Publishes retried after a lost acknowledgement carry the same Nats-Msg-Id: stored once.
-        duplicate_window: 120 * 1_000_000_000,
-        ...(retention === RetentionPolicy.Limits && this.settings.retentionMs > 0 ? { max_age: this.settings.retentionMs * 1_000_000 } : {}),
+        // The server refuses a window longer than max_age (every publish failed with retentionMs under 2 minutes).
+        duplicate_window: Math.min(DUPLICATE_WINDOW_MS, maxAgeMs ?? DUPLICATE_WINDOW_MS) * 1_000_000,
+        ...(maxAgeMs !== undefined ? { max_age: maxAgeMs * 1_000_000 } : {}),
       };
       try {
         await jsm.streams.add(config);

@@ -51,6 +51,14 @@ export const NATS_DEFAULTS = {
 } as const;
 
 const RESOLVED: Promise<void> = Promise.resolve();
+/** A publish that found no stream looks the stream up again at most this often. */
+const STREAM_LOOKUP_MS = 1000;
+
+/** The stream a publish goes to, and how to make it (again). */
+interface StreamTarget {
+  stream: string;
+  ensure(): Promise<void>;
+}
 /** One publish request waits at most this long for its acknowledgement before it is sent again (same Nats-Msg-Id). */
 const PUBLISH_ATTEMPT_MS = 5000;
 /** Between publish attempts while the server is away. */
@@ -158,17 +166,17 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
       await this.topology.ensureHeldStream(topic.name);
       // The mover runs before the message is stored: work-queue retention keeps it either way, and it is moved when due.
       await this.ensureMover(topic.name);
-      await this.send(delaySubject(topic.name), message, deadline, { [DUE_HEADER]: String(Date.now() + Math.ceil(delayMs)) });
+      await this.send(this.heldTarget(topic.name), delaySubject(topic.name), message, deadline, { [DUE_HEADER]: String(Date.now() + Math.ceil(delayMs)) });
       return;
     }
     const made = this.topology.ensureMessageStream(topic.name);
     if (made) await made;
-    await this.send(topic.name, message, deadline);
+    await this.send(this.messageTarget(topic.name), topic.name, message, deadline);
   }
 
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     await this.topology.ensureHeldStream(topic.name);
-    await this.send(deadLetterSubject(topic.name, group), message, Date.now() + this.settings.publishTimeoutMs);
+    await this.send(this.heldTarget(topic.name), deadLetterSubject(topic.name, group), message, Date.now() + this.settings.publishTimeoutMs);
   }
 
   /**
@@ -214,10 +222,18 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
         consumer: name,
         concurrency: options.concurrency,
         ackWaitMs: this.settings.ackWaitMs,
-        ensure: async () => {
+        ensure: async (lost) => {
+          if (lost) this.topology.forgetStream(stream);
           if (messages) await this.topology.ensureMessageStream(topic.name);
           else await this.topology.ensureHeldStream(topic.name);
-          await this.topology.ensureConsumer(stream, name, subject, messages ? 'group' : 'held');
+          const created = await this.topology.ensureConsumer(stream, name, subject, messages ? 'group' : 'held');
+          if (lost && created) {
+            this.logger.error(
+              messages
+                ? `NATS consumer '${name}' of group '${options.group}' on stream '${stream}' at ${this.endpoint} was gone (deleted) and is made again, with deliver policy new: what was published to '${topic.name}' while it was gone is not delivered to the group`
+                : `NATS consumer '${name}' (dead letters of group '${options.group}') on stream '${stream}' at ${this.endpoint} was gone (deleted) and is made again`,
+            );
+          }
         },
         handle: (msg, settle) => listener(this.delivery(msg, settle, messages)),
       },
@@ -225,12 +241,13 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     );
     try {
       await puller.start();
+      // Delayed publishes to this topic are moved by every process that reads it.
+      if (messages) await this.ensureMover(topic.name);
     } catch (error) {
+      // Not left pulling for a subscription its caller was told failed.
       await puller.close();
       throw new Error(`cannot start the consumer '${name}' of stream '${stream}' on NATS at ${this.endpoint}: ${this.explain(error)}`);
     }
-    // Delayed publishes to this topic are moved by every process that reads it.
-    if (messages) await this.ensureMover(topic.name);
     return this.consumers.adopt(puller, 'NATS');
   }
 
@@ -254,20 +271,35 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
    * (a restart, a reconnect) until the publish timeout: each attempt carries the same
    * Nats-Msg-Id, so the stream keeps one copy even when an acknowledgement was lost.
    */
-  private async send(subject: string, message: OutboundMessage, deadline: number, extra?: Record<string, string>, msgID: string = randomUUID()): Promise<void> {
+  private async send(target: StreamTarget, subject: string, message: OutboundMessage, deadline: number, extra?: Record<string, string>, msgID: string = randomUUID()): Promise<void> {
     const headers = toNatsHeaders(message, extra);
     const data = typeof message.body === 'string' ? Buffer.from(message.body) : message.body;
-    await this.sendRaw(subject, data, headers, deadline, msgID);
+    await this.sendRaw(target, subject, data, headers, deadline, msgID);
   }
 
-  private async sendRaw(subject: string, data: Uint8Array, headers: MsgHdrs, deadline: number, msgID: string): Promise<void> {
+  /** The message stream a publish to `topic` goes to, and how to make it again. */
+  private messageTarget(topic: string): StreamTarget {
+    return { stream: messageStream(topic), ensure: () => this.topology.ensureMessageStream(topic) ?? RESOLVED };
+  }
+
+  private heldTarget(topic: string): StreamTarget {
+    return { stream: heldStream(topic), ensure: () => this.topology.ensureHeldStream(topic) };
+  }
+
+  /**
+   * A publish refused for want of a stream (503 no responders: no stream takes the subject) may
+   * mean the stream was deleted since this process made it: the stream is looked up again (at most
+   * once a second) and made if missing, and the publish sent again. A server still starting up
+   * answers 503 too: the lookup then fails as retriable, and the publish is retried as before.
+   */
+  private async sendRaw(target: StreamTarget, subject: string, data: Uint8Array, headers: MsgHdrs, deadline: number, msgID: string): Promise<void> {
     const nc = this.requireConnection();
     const maxPayload = nc.info?.max_payload;
     if (maxPayload !== undefined && data.byteLength > maxPayload) {
       throw new BrokerError('INVALID_MESSAGE', `the message is ${data.byteLength} bytes, more than this NATS server takes (max_payload ${maxPayload})`);
     }
     let lastError: unknown;
-    let streamMade = false;
+    let nextLookup = 0;
     for (;;) {
       if (this.closing) throw new Error('the NATS adapter closed before JetStream acknowledged the message');
       const left = deadline - Date.now();
@@ -279,13 +311,17 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
         return;
       } catch (error) {
         lastError = error;
-        if (!retriable(error)) {
-          // A stream deleted since this process made it: made again, once.
-          if (isNoStream(error) && !streamMade) {
-            streamMade = true;
-            this.topology.forget();
+        if (isNoStream(error) && Date.now() >= nextLookup) {
+          nextLookup = Date.now() + STREAM_LOOKUP_MS;
+          this.topology.forgetStream(target.stream);
+          try {
+            await target.ensure();
             continue;
+          } catch (lookup) {
+            lastError = lookup;
+            if (!retriable(lookup)) throw new Error(`JetStream at ${this.endpoint} refused the message: ${this.explain(lookup)}`);
           }
+        } else if (!retriable(error)) {
           throw new Error(`JetStream at ${this.endpoint} refused the message: ${this.explain(error)}`);
         }
         await sleep(Math.min(PUBLISH_RETRY_MS, Math.max(0, deadline - Date.now())));
@@ -339,9 +375,11 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
         consumer: name,
         concurrency: MOVER_CONCURRENCY,
         ackWaitMs: this.settings.ackWaitMs,
-        ensure: async () => {
+        ensure: async (lost) => {
+          if (lost) this.topology.forgetStream(stream);
           await this.topology.ensureHeldStream(topic);
-          await this.topology.ensureConsumer(stream, name, delaySubject(topic), 'held');
+          const created = await this.topology.ensureConsumer(stream, name, delaySubject(topic), 'held', true);
+          if (lost && created) this.logger.error(`NATS delay mover '${name}' on stream '${stream}' at ${this.endpoint} was gone (deleted) and is made again`);
         },
         handle: async (msg, settle) => {
           const due = Number(msg.headers?.get(DUE_HEADER));
@@ -349,7 +387,10 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
           if (wait > 0) return settle.nak(wait);
           const headers = headersWithout(msg.headers, DUE_HEADER);
           await this.topology.ensureMessageStream(topic);
-          await this.sendRaw(topic, msg.data, headers, Date.now() + this.settings.publishTimeoutMs, `moved:${msg.info.stream}:${msg.seq}`);
+          // The stored message's stream, sequence and store time: the same for a move repeated after
+          // a lost ack, another for a message of a held stream made again with the same sequence.
+          const msgID = `moved:${msg.info.stream}:${msg.seq}:${msg.info.timestampNanos}`;
+          await this.sendRaw(this.messageTarget(topic), topic, msg.data, headers, Date.now() + this.settings.publishTimeoutMs, msgID);
           settle.ack();
         },
       },
@@ -430,9 +471,13 @@ function retriable(error: unknown): boolean {
   return /timeout|no responders|disconnect|unavailable|not ready/i.test(describeError(error));
 }
 
+/** No stream takes the subject: JetStream's error, or (what js.publish gives) 503 no responders. */
 function isNoStream(error: unknown): boolean {
-  return apiCode(error) === NATS_API_CODES.STREAM_NOT_FOUND || /no stream matches subject/i.test(describeError(error));
+  const raw = (error as { code?: unknown } | undefined)?.code;
+  if (raw === '503' || raw === 503) return true;
+  return apiCode(error) === NATS_API_CODES.STREAM_NOT_FOUND || /no stream matches subject|no responders/i.test(describeError(error));
 }
+
 
 function headersWithout(hdrs: MsgHdrs | undefined, drop: string): MsgHdrs {
   const table = headerTable(hdrs);

@@ -1,0 +1,207 @@
+import 'reflect-metadata';
+import { randomUUID } from 'node:crypto';
+import type { AdapterConsumer, AdapterTopic, InboundDelivery, OutboundMessage } from '../../lib/adapters/broker-adapter';
+import { AckPolicy, DeliverPolicy } from 'nats';
+import { NatsAdapter } from '../../lib/adapters/nats';
+import { delayConsumer } from '../../lib/adapters/nats/nats-names';
+import { describeWithBroker } from '../support/broker-availability';
+import { runUnique } from '../support/names';
+import { deleteCreatedNatsResourcesAfterAll, itWithNatsServer, NATS_URL, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
+import { sleep, waitFor } from '../support/wait';
+
+/**
+ * The adapter on its own (no module around it), where the service layer would hide what the
+ * server does: a stopped subscription's open pulls, a stream or consumer deleted under a running
+ * process, the stream settings. Real servers only: the shared one, and a private one where a test
+ * deletes streams.
+ */
+const PRODUCT = runUnique('nats-recovery');
+const SUITE = 'NATS adapter: stop, lost streams and consumers, limits';
+const STREAM = `ductape_${PRODUCT.replace(/\./g, '_')}_prd`;
+
+deleteCreatedNatsResourcesAfterAll();
+const itWithServer = itWithNatsServer(SUITE);
+
+class Logs {
+  readonly lines: { level: string; text: string }[] = [];
+  log = (text: string): void => void this.lines.push({ level: 'log', text });
+  warn = (text: string): void => void this.lines.push({ level: 'warn', text });
+  error = (text: string): void => void this.lines.push({ level: 'error', text });
+  at(level: string): string[] {
+    return this.lines.filter((line) => line.level === level).map((line) => line.text);
+  }
+}
+
+describeWithBroker('nats', SUITE, () => {
+  jest.setTimeout(40_000);
+  const adapters: NatsAdapter[] = [];
+  const servers: PrivateNatsServer[] = [];
+
+  afterEach(async () => {
+    await Promise.all(adapters.splice(0).map((adapter) => adapter.close()));
+    await Promise.all(servers.splice(0).map((server) => server.close()));
+  });
+
+  async function adapter(config: Record<string, unknown> = {}, logs = new Logs()): Promise<NatsAdapter> {
+    const made = new NatsAdapter({ servers: [NATS_URL], connectTimeoutMs: 5000, reconnectDelayMs: 200, ackWaitMs: 5000, publishTimeoutMs: 5000, ...config }, logs);
+    await made.connect();
+    adapters.push(made);
+    return made;
+  }
+
+  function newTopic(): AdapterTopic {
+    const tag = `t-${randomUUID().slice(0, 8)}`;
+    return { name: `${PRODUCT}.prd.${tag}`, tag };
+  }
+
+  function message(body: string, extra: Partial<OutboundMessage> = {}): OutboundMessage {
+    return { body, messageId: randomUUID(), publishedAt: Date.now(), type: 'nats:test', source: `/${PRODUCT}/prd/test`, attempt: 1, headers: {}, ...extra };
+  }
+
+  /** A consumer that records each delivery and leaves it to the test to settle. */
+  async function collect(from: NatsAdapter, topic: AdapterTopic, group: string, concurrency: number, settle: (delivery: InboundDelivery) => Promise<void> = (d) => d.ack()) {
+    const got: InboundDelivery[] = [];
+    const consumer: AdapterConsumer = await from.consume(topic, { group, concurrency, source: 'messages' }, async (delivery) => {
+      got.push(delivery);
+      await settle(delivery);
+    });
+    return { got, consumer };
+  }
+
+  describe('stop()', () => {
+    it('leaves a message published after stop() to the next member, as its first attempt (no pull of the stopped one hands it round)', async () => {
+      const topic = newTopic();
+      const first = await adapter({ ackWaitMs: 2000 });
+      const stopped = await collect(first, topic, 'stop', 40);
+      // Its pull requests (40 slots) are open on the server now.
+      await sleep(300);
+      await stopped.consumer.stop();
+      await first.publish(topic, message('after stop'));
+      await sleep(1000);
+      expect(stopped.got).toHaveLength(0);
+      const second = await adapter({ ackWaitMs: 2000 });
+      const next = await collect(second, topic, 'stop', 1);
+      await waitFor(() => next.got.length >= 1, 'the message at the next member', 10_000);
+      await sleep(500);
+      expect(next.got.map((d) => d.attempt)).toEqual([1]);
+      await stopped.consumer.close();
+    });
+  });
+
+  describe('a stream or consumer deleted under a running process', () => {
+    itWithServer('makes the message stream again when it was deleted: the next publish succeeds (a private server)', async () => {
+      const server = await startPrivateNats();
+      servers.push(server);
+      const topic = newTopic();
+      const publisher = await adapter({ servers: [server.url] });
+      await publisher.publish(topic, message('before'));
+      await withRawConnection(async (nc) => {
+        const jsm = await nc.jetstreamManager();
+        await jsm.streams.delete(STREAM);
+      }, server.url);
+      await publisher.publish(topic, message('after'));
+      await withRawConnection(async (nc) => {
+        const jsm = await nc.jetstreamManager();
+        expect((await jsm.streams.info(STREAM)).state.messages).toBe(1);
+      }, server.url);
+    });
+
+    it("makes a group's consumer again when it was deleted, says so at error level, and the group gets what is published after", async () => {
+      const logs = new Logs();
+      const topic = newTopic();
+      const member = await adapter({}, logs);
+      const { got } = await collect(member, topic, 'deleted', 4);
+      await member.publish(topic, message('first'));
+      await waitFor(() => got.length === 1, 'the first message', 5000);
+      const consumerName = await withRawConnection(async (nc) => {
+        const jsm = await nc.jetstreamManager();
+        for await (const consumer of jsm.consumers.list(STREAM)) {
+          if (consumer.config.filter_subject === topic.name) {
+            await jsm.consumers.delete(STREAM, consumer.name);
+            return consumer.name;
+          }
+        }
+        throw new Error('no consumer of the group');
+      });
+      await waitFor(() => logs.at('error').some((text) => text.includes(consumerName) && /made again.*deliver policy new/.test(text)), 'the consumer made again', 10_000);
+      await member.publish(topic, message('second'));
+      await waitFor(() => got.length === 2, 'the message published after the consumer was made again', 10_000);
+      expect(got.map((d) => d.body.toString())).toEqual(['first', 'second']);
+    });
+
+    it('does not leave a subscription pulling when its start failed after its consumer started (the delay mover could not be made)', async () => {
+      // A product of its own, whose held stream nothing made yet.
+      const tag = `t-${randomUUID().slice(0, 8)}`;
+      const topic = { name: `${PRODUCT}-half.prd.${tag}`, tag };
+      const stream = `ductape_${PRODUCT.replace(/\./g, '_')}-half_prd`;
+      // A stream by the held stream's name with other subjects: the module refuses to touch it.
+      await withRawConnection(async (nc) => {
+        const jsm = await nc.jetstreamManager();
+        await jsm.streams.add({ name: `${stream}_held`, subjects: [`${PRODUCT}-foreign.held`] });
+      });
+      try {
+        const member = await adapter();
+        const error = await member.consume(topic, { group: 'half', concurrency: 8, source: 'messages' }, () => Promise.resolve()).catch((e: unknown) => e);
+        expect(String(error)).toMatch(/exists without the subjects/);
+        await sleep(300);
+        const waiting = await withRawConnection(async (nc) => {
+          const jsm = await nc.jetstreamManager();
+          const found: number[] = [];
+          for await (const consumer of jsm.consumers.list(stream)) if (consumer.config.filter_subject === topic.name) found.push(consumer.num_waiting);
+          return found;
+        });
+        // The group's consumer was made, and no pull request of the failed subscription is left open on it.
+        expect(waiting).toEqual([0]);
+      } finally {
+        await withRawConnection(async (nc) => void (await (await nc.jetstreamManager()).streams.delete(`${stream}_held`)));
+      }
+    });
+  });
+
+  describe('stream and consumer settings', () => {
+    it('takes a retentionMs under the 2-minute duplicate window: the window is cut to it and publishes succeed', async () => {
+      const topic = newTopic();
+      // A product of its own: the stream is made with this retention.
+      const short = { ...topic, name: `${PRODUCT}-short.prd.${topic.tag}` };
+      const publisher = await adapter({ retentionMs: 60_000 });
+      await publisher.publish(short, message('kept a minute'));
+      await withRawConnection(async (nc) => {
+        const info = await (await nc.jetstreamManager()).streams.info(`ductape_${PRODUCT.replace(/\./g, '_')}-short_prd`);
+        expect(info.config.max_age).toBe(60_000 * 1_000_000);
+        expect(info.config.duplicate_window).toBe(60_000 * 1_000_000);
+        expect(info.state.messages).toBe(1);
+      });
+    });
+
+    it("runs the delay mover without a max_ack_pending (the delays it gave back count as pending), lifting an earlier version's limit", async () => {
+      const topic = newTopic();
+      const publisher = await adapter();
+      await publisher.publish(topic, message('made'));
+      const mover = delayConsumer(topic.name);
+      // The mover as an earlier version made it: max_ack_pending 10,000.
+      await publisher.publish(newTopic(), message('the held stream', { delayMs: 1 }));
+      await withRawConnection(async (nc) => {
+        const jsm = await nc.jetstreamManager();
+        await jsm.consumers.add(`${STREAM}_held`, {
+          durable_name: mover,
+          filter_subject: `_ductape.delay.${topic.name}`,
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: DeliverPolicy.All,
+          max_deliver: -1,
+          max_ack_pending: 10_000,
+        });
+      });
+      const got: string[] = [];
+      await publisher.consume(topic, { group: 'later', concurrency: 1, source: 'messages' }, async (delivery) => {
+        got.push(delivery.body.toString());
+        await delivery.ack();
+      });
+      await publisher.publish(topic, message('due', { delayMs: 200 }));
+      await waitFor(() => got.includes('due'), 'the delayed message', 5000);
+      await withRawConnection(async (nc) => {
+        const info = await (await nc.jetstreamManager()).consumers.info(`${STREAM}_held`, mover);
+        expect(info.config.max_ack_pending).toBe(-1);
+      });
+    });
+  });
+});
