@@ -26,8 +26,8 @@ import { SubscriptionRunner } from './delivery/subscription-runner';
 import { BrokerError, describeError, IncompleteDrainError, type BrokerErrorCode } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 import type { StandardSchemaV1 } from './interfaces/standard-schema.interface';
+import type { DuctapeEvents, TypedPublishRequest, TypedSubscribeRequest } from './interfaces/typed-events.interface';
 import type {
-  BrokerMessageHandler,
   PublishRequest,
   PublishResult,
   ReprocessDeadLettersRequest,
@@ -41,7 +41,7 @@ import { RouteResolver, type Route } from './routing/route-resolver';
  * requested environment. Validates and routes the request; the delivery layer does the rest.
  */
 @Injectable()
-export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationShutdown, OnApplicationShutdown {
+export class MessageBrokerService<Events extends object = DuctapeEvents> implements OnModuleDestroy, BeforeApplicationShutdown, OnApplicationShutdown {
   private readonly logger = new Logger('DuctapeBroker');
   private readonly routes: RouteResolver;
   private readonly adapters: AdapterRegistry;
@@ -70,7 +70,8 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   }
 
   /** Resolves once the broker has accepted the message. Nothing is sent when it rejects with a validation error. */
-  publish<T>(request: PublishRequest<T>): Promise<PublishResult> {
+  publish<T = unknown, E extends string = string>(typed: TypedPublishRequest<E, Events, T>): Promise<PublishResult> {
+    const request = typed as PublishRequest<unknown>;
     try {
       const route = this.route(request);
       const input = request.input;
@@ -137,7 +138,8 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
   }
 
   /** Starts consuming; every message of the topic reaches each group once (more on retry). */
-  async subscribe<T>(request: SubscribeRequest<T>): Promise<Subscription> {
+  async subscribe<T = unknown, E extends string = string>(typed: TypedSubscribeRequest<E, Events, T>): Promise<Subscription> {
+    const request = typed as SubscribeRequest<unknown>;
     const route = this.route(request);
     const input = request.input;
     if (typeof input !== 'object' || input === null || typeof input.callback !== 'function') {
@@ -165,7 +167,7 @@ export class MessageBrokerService implements OnModuleDestroy, BeforeApplicationS
         concurrency: input.concurrency ?? DEFAULT_CONCURRENCY,
         retry: resolveRetryPolicy(input.retry, route.retry, this.options.retry),
         source: input.deadLetter ? 'dead-letters' : 'messages',
-        handler: input.callback as BrokerMessageHandler,
+        handler: input.callback,
       },
       adapter,
       this.logger,

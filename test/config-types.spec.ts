@@ -1,8 +1,9 @@
 import 'reflect-metadata';
 import { join } from 'node:path';
-import * as ts from 'typescript';
+import type * as ts from 'typescript';
 import type { BrokerModuleOptions } from '../lib';
 import { createBrokerApp, startupError } from './support/app';
+import { typeCheckSnippets, type Reported } from './support/type-check';
 import { BrokerError } from '../lib';
 
 /**
@@ -16,47 +17,9 @@ import { BrokerError } from '../lib';
 const SNIPPETS_DIR = join(__dirname, '__config-types__');
 const HEADER = `import type { BrokerModuleOptions } from '../../lib/interfaces/broker-options.interface';\n`;
 
-interface Reported {
-  /** The text the diagnostic points at. */
-  at: string;
-  /** Line of the snippet (1-based, after the import line). */
-  line: number;
-  message: string;
-}
-
 /** Type-checks each snippet (a module exporting a config) and returns its diagnostics. */
 function typeCheck(snippets: Record<string, string>, extra: ts.CompilerOptions = {}): Record<string, Reported[]> {
-  const options: ts.CompilerOptions = {
-    strict: true,
-    noEmit: true,
-    target: ts.ScriptTarget.ES2022,
-    module: ts.ModuleKind.CommonJS,
-    moduleResolution: ts.ModuleResolutionKind.Node10,
-    lib: ['lib.es2022.d.ts'],
-    types: ['node'],
-    skipLibCheck: true,
-    ...extra,
-  };
-  const files = new Map(Object.entries(snippets).map(([name, body]) => [join(SNIPPETS_DIR, `${name}.ts`), HEADER + body]));
-  const host = ts.createCompilerHost(options);
-  const { getSourceFile, fileExists, readFile } = host;
-  host.fileExists = (file) => files.has(file) || fileExists.call(host, file);
-  host.readFile = (file) => files.get(file) ?? readFile.call(host, file);
-  host.getSourceFile = (file, language, ...rest) => {
-    const text = files.get(file);
-    return text !== undefined ? ts.createSourceFile(file, text, language) : getSourceFile.call(host, file, language, ...rest);
-  };
-  const program = ts.createProgram([...files.keys()], options, host);
-  const reported: Record<string, Reported[]> = {};
-  for (const [name] of Object.entries(snippets)) {
-    const source = program.getSourceFile(join(SNIPPETS_DIR, `${name}.ts`))!;
-    reported[name] = [...program.getSyntacticDiagnostics(source), ...program.getSemanticDiagnostics(source)].map((diagnostic) => ({
-      at: source.text.slice(diagnostic.start, (diagnostic.start ?? 0) + (diagnostic.length ?? 0)),
-      line: source.getLineAndCharacterOfPosition(diagnostic.start ?? 0).line,
-      message: ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'),
-    }));
-  }
-  return reported;
+  return typeCheckSnippets(SNIPPETS_DIR, HEADER, snippets, extra);
 }
 
 /** A config whose env entries are `envs`, one per line. */

@@ -1,5 +1,6 @@
 import { ON_BROKER_EVENT_METADATA } from '../constants';
 import type { OnBrokerEventOptions } from '../interfaces/message-broker.interface';
+import type { BrokerEventHandler, DuctapeEvents, ValidEvent } from '../interfaces/typed-events.interface';
 
 export interface OnBrokerEventMetadata {
   event: string;
@@ -10,7 +11,10 @@ export interface OnBrokerEventMetadata {
  * Subscribes the decorated method to `brokerTag:topicTag` when the application boots. The method
  * gets `(message, ctx: BrokerContext)`; the message is acked once it resolves. Stackable.
  */
-export function OnBrokerEvent(event: string, options: OnBrokerEventOptions = {}): MethodDecorator {
+export function OnBrokerEvent<E extends string, Events extends object = DuctapeEvents>(
+  event: E & ValidEvent<E>,
+  options: OnBrokerEventOptions = {},
+): <M extends BrokerEventHandler<E, Events>>(target: object, propertyKey: string | symbol, descriptor: TypedPropertyDescriptor<M>) => TypedPropertyDescriptor<M> {
   return (target, propertyKey, descriptor) => {
     if (typeof descriptor.value !== 'function') {
       throw new TypeError(`@OnBrokerEvent('${event}') can only decorate a method (${String(propertyKey)})`);

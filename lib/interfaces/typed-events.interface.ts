@@ -1,0 +1,55 @@
+import type { BrokerContext, PublishRequest, SubscribeRequest } from './message-broker.interface';
+
+/**
+ * The application's events and their message types, declared once by module augmentation:
+ *
+ * ```ts
+ * declare module '@ductape/nestjs-broker' {
+ *   interface DuctapeEvents {
+ *     'sqsbroker:new-orders': Order;
+ *   }
+ * }
+ * ```
+ *
+ * Then `publish` checks the message of each declared event at compile time, and an
+ * `@OnBrokerEvent` method's message parameter must take it. Events not declared take any message.
+ * Empty by default. `MessageBrokerService<Events>` takes a map of its own instead.
+ */
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- filled by the application's declaration merging
+export interface DuctapeEvents {}
+
+/** `brokerTag:topicTag`. */
+export type EventName = `${string}:${string}`;
+
+/**
+ * `E` when it is an event name: a literal without a colon becomes `never`, so it fails to
+ * compile. A `string` that is not a literal (a variable) is checked at runtime instead.
+ */
+export type ValidEvent<E extends string> = string extends E ? string : E extends EventName ? E : never;
+
+/** The message type of event `E` in `Events`; `unknown` (any message) for an event not declared. */
+export type EventMessage<E extends string, Events = DuctapeEvents> = E extends keyof Events ? Events[E] : unknown;
+
+/**
+ * The message type of a publish or subscribe: its event's when declared; else `T`, given or
+ * inferred from the message or the callback (as before events could be declared).
+ */
+export type MessageOf<E extends string, Events, T> = E extends keyof Events ? Events[E] : T;
+
+/** A publish request whose message is checked against its event's type. */
+export type TypedPublishRequest<E extends string, Events = DuctapeEvents, T = unknown> = Omit<PublishRequest<MessageOf<E, Events, T>>, 'event'> & {
+  /** `brokerTag:topicTag` */
+  event: E & ValidEvent<E>;
+};
+
+/** A subscribe request whose callback takes its event's message type. */
+export type TypedSubscribeRequest<E extends string, Events = DuctapeEvents, T = unknown> = Omit<SubscribeRequest<MessageOf<E, Events, T>>, 'event'> & {
+  /** `brokerTag:topicTag` */
+  event: E & ValidEvent<E>;
+};
+
+/**
+ * What an `@OnBrokerEvent(E)` method must accept: its event's message type when declared (the
+ * method may take a wider one), anything when not.
+ */
+export type BrokerEventHandler<E extends string, Events = DuctapeEvents> = (message: E extends keyof Events ? Events[E] : never, ctx: BrokerContext) => unknown;
