@@ -62,6 +62,13 @@ export class MemoryQueue {
     return this.items[this.head];
   }
 
+  /** Every message held and not in flight, without removing any (the testing helper reads dead letters with it). */
+  snapshot(): MemoryMessage[] {
+    const held = this.items.slice(this.head);
+    for (const list of this.waitingByKey.values()) held.push(...list);
+    return held;
+  }
+
   /** Removes `message` if it is still the oldest; false when a consumer took it meanwhile. */
   removeOldest(message: MemoryMessage): boolean {
     if (this.items[this.head] !== message) return false;
