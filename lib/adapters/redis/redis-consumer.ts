@@ -48,7 +48,16 @@ interface InFlight {
   released: boolean;
 }
 
+const RESOLVED = (): void => undefined;
+
 type StreamEntries = [Buffer, [Buffer, Buffer[] | null][]][];
+
+/** An entry read (pending under this consumer) but not yet in a handler: a read returned more than the free slots. */
+interface Waiting {
+  stream: string;
+  id: string;
+  fields: Buffer[];
+}
 
 /**
  * One consumer of a group: a blocking XREADGROUP over the group's streams on a connection of its
@@ -71,11 +80,23 @@ export class RedisConsumer implements AdapterConsumer {
   /** Read this consumer's own pending entries before new ones: after a start or a reconnect, a read's reply may have been lost. */
   private recoverOwn = true;
   private keepAlive?: NodeJS.Timeout;
+  /** Failed passes in a row, for the pause before the next; and of each kind, for their warnings. */
   private failures = 0;
+  private noGroups = 0;
+  private otherFailures = 0;
   /** Acks waiting for this turn's XACK, by stream. */
   private readonly acks = new Map<string, { ids: string[]; keys: string[]; settle: { resolve: () => void; reject: (error: Error) => void }[] }>();
   /** Entries whose XACK is sent or about to be. */
   private readonly acking = new Set<string>();
+  /** The XACKs sent and not answered yet, settled either way. */
+  private readonly ackFlights = new Set<Promise<void>>();
+  /**
+   * Entries read but not dispatched, by key, in the order read: an XREADGROUP over several streams
+   * applies COUNT to each, so it may return more than the free slots. They are pending under this
+   * consumer, kept alive like those in handlers, dispatched before anything new is read, and handed
+   * back by close() with the rest.
+   */
+  private readonly waiting = new Map<string, Waiting>();
 
   constructor(
     private readonly reader: Redis,
@@ -154,16 +175,26 @@ export class RedisConsumer implements AdapterConsumer {
       try {
         await this.readOnce(concurrency - this.inFlight.size);
         this.failures = 0;
+        this.noGroups = 0;
+        this.otherFailures = 0;
       } catch (error) {
         if (this.stopped) break;
+        // Logged on the first failure and every 30th after (a server away for a while fails each pass).
+        this.failures++;
         if (isNoGroup(error)) {
           // The stream or its group is gone (a server restarted without persistence, a deleted
           // key): made again, from the start of what the stream holds now.
-          this.logger.warn(`the consumer group '${this.options.group}' is missing on Redis; creating it again`);
-          await this.options.ensureGroups(true).catch(() => undefined);
-          continue;
-        }
-        if (this.failures++ % 30 === 0) {
+          const logged = this.noGroups++ % 30 === 0;
+          if (logged) this.logger.warn(`the consumer group '${this.options.group}' is missing on Redis; creating it again`);
+          const made = await this.options.ensureGroups(true).then(
+            () => true,
+            (cause: unknown) => {
+              if (logged) this.logger.warn(`creating the consumer group '${this.options.group}' again failed (${describeError(cause)}); trying again`);
+              return false;
+            },
+          );
+          if (made) continue;
+        } else if (this.otherFailures++ % 30 === 0) {
           this.logger.warn(`reading group '${this.options.group}' from Redis failed (${describeError(error)}); trying again`);
         }
         await sleep(Math.min(MAX_FAILURE_PAUSE_MS, 50 * this.failures));
@@ -175,8 +206,20 @@ export class RedisConsumer implements AdapterConsumer {
     const { streams, group, consumer } = this.options;
     if (this.recoverOwn) {
       this.recoverOwn = false;
+      // Every entry pending here comes back, those waiting included: read again rather than kept twice.
+      this.waiting.clear();
+      // XACKs on their way go first: answered on the other connection before this read's reply,
+      // they would no longer mark their entries as handled when the read returns them.
+      await waitAtMost(Promise.all([...this.ackFlights]), STOP_WAIT_MS);
       const own = (await this.reader.callBuffer('XREADGROUP', 'GROUP', group, consumer, 'COUNT', RECOVER_COUNT, 'STREAMS', ...streams, ...streams.map(() => '0'))) as StreamEntries | null;
-      this.dispatchAll(own);
+      this.dispatchAll(own, free);
+      return;
+    }
+    if (this.waiting.size > 0) {
+      for (const { stream, id, fields } of [...this.waiting.values()]) {
+        if (free <= 0) break;
+        if (this.dispatch(stream, id, fields)) free--;
+      }
       return;
     }
     if (Date.now() >= this.nextClaimAt) {
@@ -208,7 +251,7 @@ export class RedisConsumer implements AdapterConsumer {
       this.blocked = false;
     }
     // Read after stop: left pending under this consumer, and handed back by close().
-    if (!this.stopped) this.dispatchAll(reply);
+    if (!this.stopped) this.dispatchAll(reply, free);
   }
 
   /** Takes over entries idle past claimIdleMs at any consumer of the group (one that crashed, or one handed back). */
@@ -227,22 +270,61 @@ export class RedisConsumer implements AdapterConsumer {
       count,
     )) as [Buffer, [Buffer, Buffer[] | null][], Buffer[]?];
     this.claimCursors.set(stream, reply[0].toString());
-    if (this.stopped) return 0;
+    // Redis 7 names the pending entries the stream no longer holds (trimmed by MAXLEN, or XDEL) apart;
+    // 6.2 returns them with no fields.
+    const lost = (reply[2] ?? []).map((id) => id.toString());
     let dispatched = 0;
-    for (const [id, fields] of reply[1]) if (fields && this.dispatch(stream, id.toString(), fields)) dispatched++;
+    for (const [id, fields] of reply[1]) {
+      if (!fields) lost.push(id.toString());
+      else if (!this.stopped && dispatched < count && this.dispatch(stream, id.toString(), fields)) dispatched++;
+    }
+    this.dropLost(stream, lost);
     return dispatched;
   }
 
-  private dispatchAll(reply: StreamEntries | null): void {
+  /** Dispatches at most `free` entries of a read; the rest wait, pending here, for the next free slots. */
+  private dispatchAll(reply: StreamEntries | null, free: number): void {
     if (!reply) return;
     for (const [streamName, entries] of reply) {
       const stream = streamName.toString();
-      for (const [id, fields] of entries) if (fields) this.dispatch(stream, id.toString(), fields);
+      const lost: string[] = [];
+      for (const [rawId, fields] of entries) {
+        const id = rawId.toString();
+        if (!fields) lost.push(id);
+        else if (free > 0) {
+          if (this.dispatch(stream, id, fields)) free--;
+        } else {
+          const key = `${stream}\n${id}`;
+          if (!this.inFlight.has(key) && !this.acking.has(key)) this.waiting.set(key, { stream, id, fields });
+        }
+      }
+      this.dropLost(stream, lost);
     }
+  }
+
+  /**
+   * Pending entries whose stream no longer holds them (MAXLEN trimmed them, or an XDEL, after they
+   * were read and before they were acked): nothing can deliver them. Logged as lost, without their
+   * content (there is none left), and acked so they leave the group's pending list.
+   */
+  private dropLost(stream: string, ids: readonly string[]): void {
+    if (ids.length === 0) return;
+    const shown = ids.slice(0, 10).join(', ');
+    this.logger.error(
+      `${ids.length} entr${ids.length === 1 ? 'y' : 'ies'} pending for group '${this.options.group}' on stream '${stream}' ${ids.length === 1 ? 'was' : 'were'} deleted from the stream before being handled (trimmed by maxLen, or XDEL), and are lost: ${shown}${ids.length > 10 ? ', ...' : ''}`,
+    );
+    let client: Redis;
+    try {
+      client = this.commands();
+    } catch {
+      return;
+    }
+    client.xack(stream, this.options.group, ...ids).catch(() => undefined);
   }
 
   private dispatch(stream: string, id: string, fields: Buffer[]): boolean {
     const key = `${stream}\n${id}`;
+    this.waiting.delete(key);
     // Already in a handler here, or handled with its XACK on the way (read back after a
     // reconnect): that delivery settles it. An XACK that fails leaves it to XAUTOCLAIM.
     if (this.inFlight.has(key) || this.acking.has(key)) return false;
@@ -313,6 +395,9 @@ export class RedisConsumer implements AdapterConsumer {
       const done = this.options.deleteOnAck.has(stream)
         ? client.multi().xack(stream, this.options.group, ...ids).xdel(stream, ...ids).exec()
         : client.xack(stream, this.options.group, ...ids);
+      const flight = done.then(RESOLVED, RESOLVED);
+      this.ackFlights.add(flight);
+      void flight.then(() => this.ackFlights.delete(flight));
       done
         .finally(() => keys.forEach((key) => this.acking.delete(key)))
         .then(
@@ -356,12 +441,12 @@ export class RedisConsumer implements AdapterConsumer {
     }
   }
 
-  /** Resets the idle time of the entries in this consumer's handlers, so no other consumer takes them over while they run. */
+  /** Resets the idle time of the entries in this consumer's handlers (and those waiting for one), so no other consumer takes them over meanwhile. */
   private async keepInFlightAlive(): Promise<void> {
-    if (this.closed || this.inFlight.size === 0) return;
+    if (this.closed || this.inFlight.size + this.waiting.size === 0) return;
     const byStream = new Map<string, string[]>();
-    for (const entry of this.inFlight.values()) {
-      if (entry.released) continue;
+    for (const entry of [...this.inFlight.values(), ...this.waiting.values()]) {
+      if ('released' in entry && entry.released) continue;
       const ids = byStream.get(entry.stream) ?? [];
       ids.push(entry.id);
       byStream.set(entry.stream, ids);

@@ -52,6 +52,8 @@ const NO_GROUP_PROBE_INTERVAL_MS = 60_000;
 const MAX_PROBED_TOPICS = 10_000;
 /** How long close() waits for the server to answer QUIT before dropping the connection. */
 const QUIT_WAIT_MS = 1000;
+/** A reader's socket silent this long past blockMs is taken for dead (ioredis socketTimeout). */
+const READER_SOCKET_SLACK_MS = 5000;
 /** Dead letters read per XRANGE of a drain. */
 const DRAIN_PAGE = 100;
 
@@ -204,7 +206,10 @@ export class RedisAdapter implements CompleteBrokerAdapter {
     } catch (error) {
       throw new Error(`cannot create consumer group '${group}' on stream '${streams[0]}' at Redis ${this.endpoint}: ${describeError(error)}`);
     }
-    const reader = createClient(this.settings);
+    // A read answers within blockMs: a socket silent for 5 s beyond it is dead (a peer gone without a
+    // reset, a network dropping packets) and is dropped and reconnected, rather than waited on for
+    // the minutes TCP takes to notice.
+    const reader = createClient(this.settings, { socketTimeout: this.settings.blockMs + READER_SOCKET_SLACK_MS });
     try {
       await connectClient(reader, this.settings);
     } catch (error) {
@@ -229,7 +234,13 @@ export class RedisAdapter implements CompleteBrokerAdapter {
       },
       this.logger,
     );
-    await consumer.start();
+    try {
+      await consumer.start();
+    } catch (error) {
+      // Its connection would otherwise stay open, reconnecting for ever.
+      reader.disconnect();
+      throw new Error(`cannot start a consumer of group '${group}' on stream '${streams[0]}' at Redis ${this.endpoint}: ${describeError(error)}`);
+    }
     const unwatch = messages
       ? [this.mover.watch(topicDelayed(topic.name), main, this.settings.maxLen), this.mover.watch(groupDelayed(topic.name, group), copies, 0)]
       : [];
