@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import type { AdapterConsumer, AdapterTopic, InboundDelivery, OutboundMessage } from '../../lib/adapters/broker-adapter';
 import { AckPolicy, DeliverPolicy } from 'nats';
 import { NatsAdapter } from '../../lib/adapters/nats';
-import { delayConsumer } from '../../lib/adapters/nats/nats-names';
+import { delayConsumer, groupConsumer } from '../../lib/adapters/nats/nats-names';
 import { describeWithBroker } from '../support/broker-availability';
 import { runUnique } from '../support/names';
 import { deleteCreatedNatsResourcesAfterAll, itWithNatsServer, NATS_URL, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
@@ -155,6 +155,77 @@ describeWithBroker('nats', SUITE, () => {
       } finally {
         await withRawConnection(async (nc) => void (await (await nc.jetstreamManager()).streams.delete(`${stream}_held`)));
       }
+    });
+  });
+
+  describe('concurrency', () => {
+    itWithServer('runs at most `concurrency` handlers when a pull request thought lost was not (a private server frozen past the silence watchdog)', async () => {
+      const server = await startPrivateNats();
+      servers.push(server);
+      const topic = newTopic();
+      const member = await adapter({ servers: [server.url] });
+      const publisher = await adapter({ servers: [server.url] });
+      await publisher.publish(topic, message('makes the stream'));
+      let running = 0;
+      let most = 0;
+      let release: () => void = () => undefined;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      const { got } = await collect(member, topic, 'bounded', 2, async (delivery) => {
+        running++;
+        most = Math.max(most, running);
+        await released;
+        running--;
+        await delivery.ack();
+      });
+      // Its pull request (2 slots) is open. Frozen for 4.3 s: no heartbeat for more than 3 s, so the
+      // member takes the request for lost and asks again; the server, back, holds both (the first
+      // expires 5 s after it was asked).
+      await sleep(100);
+      server.pause();
+      await sleep(4300);
+      server.resume();
+      await Promise.all([1, 2, 3, 4].map((n) => publisher.publish(topic, message(`m${n}`))));
+      await waitFor(() => got.length >= 2, 'two deliveries', 5000);
+      await sleep(1000);
+      expect(most).toBe(2);
+      release();
+      await waitFor(() => got.length === 4, 'all four, two at a time', 10_000);
+      expect(most).toBe(2);
+    });
+
+    it('asks again after a pause, not at once, when the consumer refuses a pull for a limit (409 Exceeded MaxWaiting)', async () => {
+      const topic = newTopic();
+      const publisher = await adapter();
+      await publisher.publish(topic, message('makes the stream'));
+      // The group's consumer made beforehand with max_waiting 1 (an existing durable is kept as it is).
+      await withRawConnection(async (nc) => {
+        const jsm = await nc.jetstreamManager();
+        await jsm.consumers.add(STREAM, {
+          durable_name: groupConsumer(topic.name, 'limited'),
+          filter_subject: topic.name,
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: DeliverPolicy.New,
+          max_deliver: -1,
+          max_waiting: 1,
+        });
+      });
+      const logs = new Logs();
+      const member = await adapter({}, logs);
+      // Two slots in hand then freed while the first request (8) is still open: the next pull is one too many.
+      const { got } = await collect(member, topic, 'limited', 8);
+      await publisher.publish(topic, message('one'));
+      await publisher.publish(topic, message('two'));
+      await waitFor(() => got.length === 2, 'two deliveries', 5000);
+      const pulls = await withRawConnection(async (nc) => {
+        let count = 0;
+        nc.subscribe(`$JS.API.CONSUMER.MSG.NEXT.${STREAM}.${groupConsumer(topic.name, 'limited')}`, { callback: () => void count++ });
+        await nc.flush();
+        await sleep(1000);
+        return count;
+      });
+      // Paused 100 ms, doubling up to 2 s: a handful in a second (a loop sent them by the thousand).
+      expect(pulls).toBeLessThan(10);
+      expect(logs.at('warn').some((text) => /409 Exceeded MaxWaiting/i.test(text))).toBe(true);
     });
   });
 

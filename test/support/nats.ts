@@ -167,6 +167,9 @@ export interface PrivateNatsServer {
   restart(downMs?: number): Promise<void>;
   stop(): Promise<void>;
   start(): Promise<void>;
+  /** Freezes the server (SIGSTOP): its connections stay open and silent until resume() (SIGCONT). */
+  pause(): void;
+  resume(): void;
   close(): Promise<void>;
 }
 
@@ -182,8 +185,13 @@ export async function startPrivateNats(auth: { user?: string; pass?: string; tok
     child = spawn('nats-server', args, { stdio: 'ignore' });
     await waitForPort(port, 10_000);
   };
+  const signal = (name: NodeJS.Signals): void => {
+    if (child && child.exitCode === null) child.kill(name);
+  };
   const stop = async (): Promise<void> => {
     const running = child;
+    // A paused server would not handle SIGTERM.
+    if (running && running.exitCode === null) running.kill('SIGCONT');
     child = undefined;
     if (!running || running.exitCode !== null) return;
     const exited = new Promise<void>((resolve) => running.once('exit', () => resolve()));
@@ -200,6 +208,8 @@ export async function startPrivateNats(auth: { user?: string; pass?: string; tok
     storeDir,
     start,
     stop,
+    pause: () => signal('SIGSTOP'),
+    resume: () => signal('SIGCONT'),
     restart: async (downMs = 1000) => {
       await stop();
       await new Promise((resolve) => setTimeout(resolve, downMs));
