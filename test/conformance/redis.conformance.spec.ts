@@ -1,12 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import { REDIS_CAPABILITIES } from '../../lib/adapters/redis';
-import { deleteCreatedRedisKeysAfterAll, rawRedis, rawXadd, redisEnv, startPrivateRedis } from '../support/redis';
+import { deleteRecordedRedisKeysAfterAll, rawRedis, rawXadd, redisEnv, startPrivateRedis } from '../support/redis';
 import { runConformanceSuite } from './conformance.suite';
 import { FEATURES } from './declarations';
 
-// Every test names its topics with a fresh random tag (conformance.prd.t-3f9c2a1b); the file
-// deletes the keys under the suite's products that it created, and nothing else.
-deleteCreatedRedisKeysAfterAll(['conformance.*', 'shop.*', 'blog.*']);
+// Every test names its topics with a fresh random tag (conformance.prd.t-3f9c2a1b) under the
+// suite's fixed products; the file deletes exactly the keys its own commands named on the shared
+// server, never another run's under the same products.
+const recorded = deleteRecordedRedisKeysAfterAll();
+
+afterAll(() => {
+  // The recording worked: the suite's topics, and nothing but them, are among the keys deleted.
+  expect([...recorded].some((key) => key.startsWith('conformance.prd.t-'))).toBe(true);
+  expect([...recorded].filter((key) => !/^(conformance|shop|blog)\.(prd|stg)\.t-[0-9a-f]{8}(:|$)/.test(key))).toEqual([]);
+});
 
 /** Shorter than the default 30 s, so an entry a lost reply left pending is taken over within the tests' bounds. */
 const CLAIM_IDLE_MS = 5000;

@@ -55,6 +55,45 @@ export function deleteCreatedRedisKeysAfterAll(patterns: readonly string[]): voi
   });
 }
 
+/**
+ * Deletes, when the file ends, exactly the keys that this process's ioredis clients named in a
+ * command sent to the shared server (REDIS_URL's host, port and database): the streams, sorted
+ * sets and groups the adapter and the file's plain clients made, whatever their product. For a
+ * suite whose names are not the run's own (the conformance suite's fixed products): a key another
+ * run made is never touched, as no command of this process named it. Keys on private servers are
+ * not recorded (they go with the server's data directory).
+ */
+export function deleteRecordedRedisKeysAfterAll(): ReadonlySet<string> {
+  const recorded = new Set<string>();
+  const shared = new URL(REDIS_URL);
+  const host = shared.hostname;
+  const port = Number(shared.port || 6379);
+  const db = shared.pathname.length > 1 ? Number(shared.pathname.slice(1)) : 0;
+  type Send = (this: Redis, command: { getKeys(): (string | Buffer)[] }, ...rest: unknown[]) => unknown;
+  const proto = Redis.prototype as unknown as { sendCommand: Send };
+  const original = proto.sendCommand;
+  proto.sendCommand = function (command, ...rest) {
+    const { options } = this;
+    if (options.host === host && options.port === port && (options.db ?? 0) === db) {
+      try {
+        for (const key of command.getKeys()) recorded.add(key.toString());
+      } catch {
+        // A command whose keys ioredis cannot tell names none this suite makes.
+      }
+    }
+    return original.call(this, command, ...rest);
+  };
+  afterAll(async () => {
+    proto.sendCommand = original;
+    const keys = [...recorded];
+    if (keys.length === 0) return;
+    await withRawRedis(async (client) => {
+      for (let i = 0; i < keys.length; i += 500) await client.del(...keys.slice(i, i + 500));
+    });
+  });
+  return recorded;
+}
+
 export async function scanKeys(patterns: readonly string[], url = REDIS_URL): Promise<string[]> {
   return withRawRedis(async (client) => {
     const keys: string[] = [];
