@@ -2,6 +2,7 @@ import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import type { AdapterConsumer, AdapterTopic, InboundDelivery, OutboundMessage } from '../../lib/adapters/broker-adapter';
 import { AckPolicy, DeliverPolicy } from 'nats';
+import { BrokerError } from '../../lib';
 import { NatsAdapter } from '../../lib/adapters/nats';
 import { delayConsumer, groupConsumer } from '../../lib/adapters/nats/nats-names';
 import { describeWithBroker } from '../support/broker-availability';
@@ -226,6 +227,42 @@ describeWithBroker('nats', SUITE, () => {
       // Paused 100 ms, doubling up to 2 s: a handful in a second (a loop sent them by the thousand).
       expect(pulls).toBeLessThan(10);
       expect(logs.at('warn').some((text) => /409 Exceeded MaxWaiting/i.test(text))).toBe(true);
+    });
+  });
+
+  describe('a delay mover that cannot move', () => {
+    it('gives a delayed message it cannot publish back after a growing pause, logging once (no loop of redeliveries and error lines)', async () => {
+      // A product of its own, whose message stream's name a foreign stream holds: every move fails, and not for a while only.
+      const tag = `t-${randomUUID().slice(0, 8)}`;
+      const topic = { name: `${PRODUCT}-stuck.prd.${tag}`, tag };
+      const stream = `ductape_${PRODUCT.replace(/\./g, '_')}-stuck_prd`;
+      await withRawConnection(async (nc) => void (await (await nc.jetstreamManager()).streams.add({ name: stream, subjects: [`${PRODUCT}-foreign.stuck`] })));
+      try {
+        const logs = new Logs();
+        const publisher = await adapter({}, logs);
+        await publisher.publish(topic, message('never moved', { delayMs: 1 }));
+        await sleep(2500);
+        const delivered = await withRawConnection(async (nc) => (await (await nc.jetstreamManager()).consumers.info(`${stream}_held`, delayConsumer(topic.name))).delivered.consumer_seq);
+        // Delivered at once, then after 1 s, then 2 s: at most three in 2.5 s (a loop delivered it hundreds of times).
+        expect(delivered).toBeLessThanOrEqual(3);
+        const failures = logs.at('error').filter((text) => text.includes('exists without the subjects'));
+        expect(failures).toHaveLength(1);
+      } finally {
+        await withRawConnection(async (nc) => void (await (await nc.jetstreamManager()).streams.delete(stream)));
+      }
+    });
+  });
+
+  describe("the server's max_payload", () => {
+    it('refuses a message larger than the max_payload the server announced with INVALID_MESSAGE, before sending it (the adapter itself, no service layer in front)', async () => {
+      const topic = newTopic();
+      const publisher = await adapter();
+      const error = await publisher.publish(topic, message('x'.repeat(1024 * 1024 + 1))).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BrokerError);
+      expect((error as BrokerError).code).toBe('INVALID_MESSAGE');
+      expect((error as BrokerError).message).toBe('the message is 1048577 bytes, more than this NATS server takes (max_payload 1048576)');
+      // One under it (with its headers) goes through.
+      await publisher.publish(topic, message('x'.repeat(1024 * 1024 - 2048)));
     });
   });
 
