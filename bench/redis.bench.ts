@@ -10,17 +10,23 @@ const WINDOW = 1000;
 const CONCURRENCY = 100;
 /** Ours' default trim, applied by the raw client too. */
 const MAX_LEN = 1_000_000;
-/** The bench's own keys on the shared server: product 'bench' (ours) and bench.raw.* (the raw client); deleted at the end. */
-const TOPIC = 'bench.prd.orders';
+/**
+ * The bench's own keys on the shared server, named for this run (product 'bench', topic tag
+ * orders-<random>; bench.raw.orders-<random> for the raw client), so another run's are never
+ * touched; deleted at the end, whatever happened.
+ */
+const TAG = `orders-${randomUUID().slice(0, 8)}`;
+const EVENT = `redis:${TAG}`;
+const TOPIC = `bench.prd.${TAG}`;
 const GROUP = 'bench';
-const RAW_STREAM = 'bench.raw.orders';
+const RAW_STREAM = `bench.raw.${TAG}`;
 const RAW_GROUP = 'bench-raw';
 
 async function ours() {
   const { app, broker } = await benchApp('redis', { slug: 'prd', type: 'redis', config: { url: URL } }, GROUP);
   // The group exists from its first subscribe on: it then keeps what is published while it is away.
-  await (await broker.subscribe({ env: 'prd', event: 'redis:orders', product_tag: 'bench', input: { callback: () => undefined } })).unsubscribe();
-  const publish = (message: unknown) => broker.publish({ env: 'prd', event: 'redis:orders', product_tag: 'bench', input: { message } });
+  await (await broker.subscribe({ env: 'prd', event: EVENT, product_tag: 'bench', input: { callback: () => undefined } })).unsubscribe();
+  const publish = (message: unknown) => broker.publish({ env: 'prd', event: EVENT, product_tag: 'bench', input: { message } });
   return { app, broker, publish };
 }
 
@@ -53,7 +59,7 @@ function sameWorkFields(): string[] {
     'ce-source',
     '/bench/prd/bench',
     'ce-type',
-    'redis:orders',
+    EVENT,
     'ce-time',
     new Date().toISOString(),
     'content-type',
@@ -64,14 +70,25 @@ function sameWorkFields(): string[] {
 type Entries = [Buffer, [Buffer, Buffer[]][]][] | null;
 
 export async function benchRedis(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[] }> {
-  const publishCount = options.quick ? 5000 : 20_000;
-  const consumeCount = options.quick ? 5000 : 20_000;
   // The raw client with ours' connection options: one connection, auto-pipelined.
   const raw = new Redis(URL, { enableAutoPipelining: true });
   const rawReader = new Redis(URL);
   const keys = [TOPIC, `${TOPIC}:delayed`, `${TOPIC}:group:${GROUP}`, `${TOPIC}:group:${GROUP}:delayed`, `${TOPIC}:dead-letters:${GROUP}`, RAW_STREAM];
-  await raw.del(...keys);
-  const mine = await ours();
+  let mine: Awaited<ReturnType<typeof ours>> | undefined;
+  try {
+    mine = await ours();
+    return await measure(options, mine, raw, rawReader);
+  } finally {
+    await mine?.app.close();
+    await raw.del(...keys);
+    raw.disconnect();
+    rawReader.disconnect();
+  }
+}
+
+async function measure(options: BenchOptions, mine: Awaited<ReturnType<typeof ours>>, raw: Redis, rawReader: Redis): Promise<{ results: ScenarioResult[]; ratios: Ratio[] }> {
+  const publishCount = options.quick ? 5000 : 20_000;
+  const consumeCount = options.quick ? 5000 : 20_000;
   await raw.xgroup('CREATE', RAW_STREAM, RAW_GROUP, '$', 'MKSTREAM');
   /** Empties both streams for the next round; the consumer groups stay. */
   const emptyAll = async () => {
@@ -122,7 +139,7 @@ export async function benchRedis(options: BenchOptions): Promise<{ results: Scen
         const clock = consumeClock(consumeCount);
         const subscription: Subscription = await mine.broker.subscribe({
           env: 'prd',
-          event: 'redis:orders',
+          event: EVENT,
           product_tag: 'bench',
           input: { concurrency: CONCURRENCY, callback: () => clock.handled() },
         });
@@ -143,10 +160,6 @@ export async function benchRedis(options: BenchOptions): Promise<{ results: Scen
     },
   ]);
 
-  await mine.app.close();
-  await raw.del(...keys);
-  raw.disconnect();
-  rawReader.disconnect();
   const p = publish.medians;
   const c = consume.medians;
   const ratios: Ratio[] = [
