@@ -23,11 +23,12 @@ import { encodeMessage } from './delivery/message-codec';
 import { newMessageId } from './delivery/message-id';
 import { resolveRetryPolicy } from './delivery/retry';
 import { SubscriptionRunner } from './delivery/subscription-runner';
-import { BrokerError, describeError, IncompleteDrainError, type BrokerErrorCode } from './errors';
+import { BrokerError, describeError, IncompleteDrainError, redactSecrets, type BrokerErrorCode } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 import type { StandardSchemaV1 } from './interfaces/standard-schema.interface';
 import type { DuctapeEvents, TypedPublishRequest, TypedSubscribeRequest } from './interfaces/typed-events.interface';
 import type {
+  BrokerHealth,
   PublishRequest,
   PublishResult,
   ReprocessDeadLettersRequest,
@@ -192,6 +193,20 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
         await runner.stop(this.shutdownTimeoutMs);
       },
     };
+  }
+
+  /**
+   * Each broker env this process has used, up or down by its adapter's own view of its
+   * connections (no request to the broker). Empty before the first publish or subscribe.
+   */
+  health(): BrokerHealth[] {
+    return this.adapters.inUse().map(({ brokerTag, env, adapter }) => {
+      const own = adapter ? (adapter.health?.() ?? { up: true }) : { up: false, reason: 'not connected: its first connection is under way, or failed' };
+      const state: BrokerHealth = { broker: brokerTag, env: env.slug, type: env.type, up: this.state !== 'closed' && own.up };
+      const reason = this.state === 'closed' ? 'the broker module is shut down' : own.reason;
+      if (reason) state.reason = redactSecrets(reason);
+      return state;
+    });
   }
 
   /** Moves dead letters of one group back to that group's queue; resolves with how many moved. */

@@ -86,7 +86,8 @@ function compilerOptions(): ts.CompilerOptions {
     sourceMap: false,
     types: ['node'],
     baseUrl: ROOT,
-    paths: { [PACKAGE_NAME]: [path.relative(ROOT, LIBRARY)] },
+    // The package's entry points (package.json "exports"): '.', and './health', './testing' as lib/<name>/index.ts.
+    paths: { [PACKAGE_NAME]: [path.relative(ROOT, LIBRARY)], [`${PACKAGE_NAME}/*`]: ['lib/*/index.ts'] },
   };
 }
 

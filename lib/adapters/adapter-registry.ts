@@ -17,6 +17,8 @@ export class AdapterRegistry {
   /** The same adapters once connected, for the publish hot path (no await of a settled promise). */
   private readonly ready = new Map<BrokerEnvConfig<string>, BrokerAdapter>();
   private closed = false;
+  /** Each env asked for, with its broker tag, in the order first asked. */
+  private readonly opened = new Map<BrokerEnvConfig<string>, string>();
 
   constructor(
     private readonly logger: Logger,
@@ -29,12 +31,21 @@ export class AdapterRegistry {
   get(brokerTag: string, env: BrokerEnvConfig<string>): Promise<BrokerAdapter> {
     const existing = this.adapters.get(env);
     if (existing) return existing;
+    if (!this.opened.has(env)) this.opened.set(env, brokerTag);
     const adapter = this.adapters.run(env, () => this.open(brokerTag, env));
     adapter.then(
       (opened) => !this.closed && this.ready.set(env, opened),
       () => undefined,
     );
     return adapter;
+  }
+
+  /**
+   * Every adapter connected now, with its broker tag and env: what a health check reports. One
+   * whose first connection is still under way (or failed) is `opening` (or absent).
+   */
+  inUse(): { brokerTag: string; env: BrokerEnvConfig<string>; adapter?: BrokerAdapter }[] {
+    return [...this.opened.entries()].map(([env, brokerTag]) => ({ brokerTag, env, adapter: this.ready.get(env) }));
   }
 
   /** The adapter of this broker env if it is already connected. */

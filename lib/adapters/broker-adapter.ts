@@ -41,6 +41,20 @@ export interface BrokerAdapter extends Partial<GroupSender>, Partial<DeadLetterS
 
   /** Closes connections. Deliveries not acked by now go back to the broker. */
   close(): Promise<void>;
+
+  /**
+   * Optional: whether the broker can be reached now (its connections are open), with why not.
+   * Cheap and synchronous: no request to the broker. Without it, a connected adapter counts as up.
+   * The reason never holds a credential.
+   */
+  health?(): AdapterHealth;
+}
+
+/** An adapter's own view of its connections. */
+export interface AdapterHealth {
+  up: boolean;
+  /** Why it is down (or degraded), for people; never a credential. */
+  reason?: string;
 }
 
 /** Optional: the broker can put a message in the queue of one group only. */

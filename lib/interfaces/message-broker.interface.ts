@@ -72,6 +72,19 @@ export interface ReprocessDeadLettersRequest {
   limit?: number;
 }
 
+/** One broker env this process uses, as a health check reports it; never a credential. */
+export interface BrokerHealth {
+  /** The broker tag. */
+  broker: string;
+  /** The env slug. */
+  env: string;
+  /** The broker type of that env (`rabbitmq`, `kafka`, ...). */
+  type: string;
+  up: boolean;
+  /** Why it is down. */
+  reason?: string;
+}
+
 export interface Subscription {
   readonly event: string;
   readonly env: string;

@@ -5,6 +5,8 @@ import type { ConsumeMessage } from 'amqplib';
 import { BrokerError, type BrokerContext, type BrokerModuleOptions, type MessageBrokerService, type RabbitMqEnvConfig } from '../../lib';
 import { CapturingLogger, createBrokerApp } from '../support/app';
 import { describeWithBroker, itNeeding } from '../support/broker-availability';
+import { TerminusModule } from '@nestjs/terminus';
+import { BrokerHealthIndicator } from '../../lib/health';
 import { holdExclusively } from '../support/exclusive';
 import { listQueues, queueDepth, RABBITMQ_URL, rabbitEnv, rabbitmqctl, recordDeclarations, runUnique, withRawConnection } from '../support/rabbitmq';
 import { startTcpProxy } from '../support/tcp-proxy';
@@ -107,6 +109,27 @@ describeWithBroker('rabbitmq', SUITE, () => {
     console.log(`${what}: ${MESSAGES} published, ${received.seen.size} received, ${lost} lost, ${duplicates} duplicate deliveries`);
     return { lost, duplicates };
   }
+
+  itControllingServer('reports the broker down while the server has closed its connections, and up once they are back (BrokerHealthIndicator for @nestjs/terminus)', async () => {
+    const options: BrokerModuleOptions = { env: 'prd', product: PRODUCT, brokers: [{ tag: 'rmq', envs: [rabbitEnv('prd', { reconnectDelayMs: 500 })] }], shutdownTimeoutMs: 5000 };
+    const { app, broker } = await createBrokerApp(options, { imports: [TerminusModule], providers: [BrokerHealthIndicator] });
+    apps.push(app);
+    const health = app.get(BrokerHealthIndicator);
+    const { event } = newEvent();
+    await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: () => undefined } });
+    await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'opens both connections' } });
+    expect(health.isHealthy('broker')).toEqual({ broker: { status: 'up', brokers: [{ broker: 'rmq', env: 'prd', type: 'rabbitmq', up: true }] } });
+
+    await serverControl('close_all_connections', 'test');
+    await waitFor(() => health.isHealthy('broker').broker.status === 'down', 'the indicator to report the broker down', 5000);
+    const down = health.isHealthy('broker');
+    expect(down.broker.brokers[0]).toMatchObject({ broker: 'rmq', env: 'prd', type: 'rabbitmq', up: false });
+    expect(down.broker.brokers[0].reason).toMatch(/connection to \S+ not open \(reconnecting\)/);
+    // The URL's password is in no report.
+    const password = new URL(RABBITMQ_URL).password;
+    if (password) expect(JSON.stringify(down)).not.toContain(`:${password}@`);
+    await waitFor(() => health.isHealthy('broker').broker.status === 'up', 'the indicator to report the broker up again', 20_000);
+  });
 
   itControllingServer(`loses none of ${MESSAGES} messages while every connection is closed twice from the server`, async () => {
     const broker = await start();

@@ -6,6 +6,7 @@ import type { RabbitMqEnvConfig } from '../../interfaces/broker-options.interfac
 import type {
   AdapterCapabilities,
   AdapterConsumer,
+  AdapterHealth,
   AdapterContext,
   AdapterLogger,
   AdapterTopic,
@@ -126,6 +127,12 @@ export class RabbitMqAdapter implements CompleteBrokerAdapter {
     this.target = rabbitMqEndpoint(url);
     this.endpoint = this.target.address;
     this.topology = new RabbitMqTopology(this.settings, (work, waitMs) => this.withChannel(work, waitMs));
+  }
+
+  health(): AdapterHealth {
+    const down = (['publishing', 'consuming'] as const).filter((name) => !this[name]?.isConnected());
+    if (this.closing) return { up: false, reason: 'closed' };
+    return down.length === 0 ? { up: true } : { up: false, reason: `${down.join(' and ')} connection to ${this.endpoint} not open (reconnecting)` };
   }
 
   async connect(): Promise<void> {
