@@ -268,7 +268,7 @@ describe('BrokerTestHarness', () => {
     const messageId = await publishOrder(app, { orderId: 'w1', total: 42 });
     await expect(invoice).resolves.toMatchObject({ message: { orderId: 'w1', amount: 42 }, correlationId: messageId });
     // Already published: resolves at once.
-    await expect(harness.waitForPublished(ORDERS, { messageId, timeoutMs: 1 })).resolves.toMatchObject({ messageId });
+    await expect(harness.waitForPublished(ORDERS, { messageId, timeoutMs: 20 })).resolves.toMatchObject({ messageId });
     await expect(harness.waitForPublished(ORDERS, { messageId: 'no-such-id', timeoutMs: 50 })).rejects.toThrow(
       /waitForPublished\('shop:orders', \{ messageId: "no-such-id" \}\) timed out after 50 ms; published to it meanwhile: message /,
     );

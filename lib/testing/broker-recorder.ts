@@ -61,6 +61,7 @@ export class BrokerRecorder implements BrokerTestHarness {
   private readonly waiters = new Set<Waiter>();
   private sequence = 0;
   private closed = false;
+  private checkScheduled = false;
 
   constructor(private readonly options: BrokerModuleOptions<string>) {
     this.env = options.env;
@@ -353,9 +354,10 @@ export class BrokerRecorder implements BrokerTestHarness {
           reject(new Error(`${what}: ${error.message}`));
         },
       };
-      if (waiter.check()) return;
       if (this.closed) return waiter.fail(new Error('the application is closed'));
       this.waiters.add(waiter);
+      // What already happened is checked after this turn too, once the broker is done with it.
+      this.changed();
       pending.timer = setTimeout(() => {
         this.waiters.delete(waiter);
         reject(new Error(`${what} timed out after ${limit} ms; ${seen()}`));
@@ -363,8 +365,18 @@ export class BrokerRecorder implements BrokerTestHarness {
     });
   }
 
+  /**
+   * Checks the waits after the current turn of the event loop: by then the delivery layer has
+   * acked the message, scheduled its retry or dead-lettered it, so a test that goes on from a
+   * wait sees the broker in the state that follows.
+   */
   private changed(): void {
-    for (const waiter of [...this.waiters]) waiter.check();
+    if (this.checkScheduled || this.waiters.size === 0) return;
+    this.checkScheduled = true;
+    setImmediate(() => {
+      this.checkScheduled = false;
+      for (const waiter of [...this.waiters]) waiter.check();
+    });
   }
 }
 
