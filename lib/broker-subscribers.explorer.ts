@@ -1,6 +1,7 @@
 import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
 import { DiscoveryService, MetadataScanner } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
+import { BrokerHandlerInvoker } from './broker-handler-invoker';
 import { BrokerMetadataAccessor } from './broker-metadata.accessor';
 import { DUCTAPE_BROKER_OPTIONS } from './constants';
 import { BrokerError } from './errors';
@@ -20,6 +21,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
     private readonly accessor: BrokerMetadataAccessor,
     private readonly broker: MessageBrokerService,
     @Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions<string>,
+    private readonly invoker: BrokerHandlerInvoker,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
@@ -60,13 +62,15 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
               `@OnBrokerEvent('${event}', { deadLetter: true }) on ${className}.${methodName}: name the group whose dead letters it consumes (options.group)`,
             );
           }
+          const env = options.env ?? this.options.env;
+          const group = options.group ?? `${this.options.service ?? this.options.product}.${className}.${methodName}`;
           requests.push({
-            env: options.env ?? this.options.env,
+            env,
             event,
             product_tag: options.product ?? this.options.product,
             input: {
-              callback: handler,
-              group: options.group ?? `${this.options.service ?? this.options.product}.${className}.${methodName}`,
+              callback: this.invoker.decorate(handler, { event, env, group, className, methodName, deadLetter: options.deadLetter === true }),
+              group,
               concurrency: options.concurrency,
               retry: options.retry,
               deadLetter: options.deadLetter,

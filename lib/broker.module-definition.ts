@@ -1,4 +1,5 @@
-import { ConfigurableModuleBuilder, type ConfigurableModuleAsyncOptions, type ConfigurableModuleOptionsFactory } from '@nestjs/common';
+import { ConfigurableModuleBuilder, type ConfigurableModuleAsyncOptions, type ConfigurableModuleOptionsFactory, type Type } from '@nestjs/common';
+import { BrokerHandlerInvoker } from './broker-handler-invoker';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
 
 export const {
@@ -9,13 +10,19 @@ export const {
   .setClassMethodName('forRoot')
   // A class given to forRootAsync({ useClass }) says what it does: createBrokerOptions(), not create().
   .setFactoryMethodName('createBrokerOptions')
-  .setExtras({ isGlobal: true }, (definition, extras) => ({ ...definition, global: extras.isGlobal }))
+  .setExtras<BrokerModuleExtras>({ isGlobal: true }, (definition, extras) => ({
+    ...definition,
+    global: extras.isGlobal,
+    providers: [...(definition.providers ?? []), ...(extras.handlerInvoker ? [{ provide: BrokerHandlerInvoker, useClass: extras.handlerInvoker }] : [])],
+  }))
   .build();
 
 /** What the module's extras add to its options: `isGlobal: false` scopes it to the importing module. */
 export interface BrokerModuleExtras {
   /** Default true. */
   isGlobal?: boolean;
+  /** A subclass of BrokerHandlerInvoker that wraps every `@OnBrokerEvent` handler (instrumentation). */
+  handlerInvoker?: Type<BrokerHandlerInvoker>;
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   type DuctapeBrokerModuleAsyncOptions,
 } from './broker.module-definition';
 import { validateBrokerOptions } from './broker-options.validator';
+import { BrokerHandlerInvoker } from './broker-handler-invoker';
 import { BrokerSubscribersExplorer } from './broker-subscribers.explorer';
 import { DUCTAPE_BROKER_OPTIONS } from './constants';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
@@ -25,6 +26,7 @@ import { MessageBrokerService } from './message-broker.service';
     BrokerMetadataAccessor,
     BrokerSubscribersExplorer,
     MessageBrokerService,
+    BrokerHandlerInvoker,
   ],
   exports: [MessageBrokerService, DUCTAPE_BROKER_OPTIONS],
 })

@@ -1,10 +1,15 @@
 import 'reflect-metadata';
 import { Controller, Inject, Injectable, Module, Scope, type INestApplication } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
 import {
+  BrokerHandlerInvoker,
+  DuctapeBrokerModule,
   MemoryBrokerServer,
   MessageBrokerService,
   OnBrokerEvent,
   type BrokerContext,
+  type BrokerHandlerDescriptor,
+  type BrokerMessageHandler,
   type BrokerModuleOptions,
 } from '../lib';
 import { createBrokerApp, startupError } from './support/app';
@@ -138,6 +143,37 @@ describe('@OnBrokerEvent', () => {
   it('refuses a registerHandlers that is not a boolean', async () => {
     const error = await startupError(options({ registerHandlers: 'no' as unknown as boolean }), { imports: [ShopModule] });
     expect(error).toMatchObject({ code: 'CONFIG_INVALID', problems: ['registerHandlers: must be true or false'] });
+  });
+
+  it('runs every handler through the module\'s handlerInvoker: it wraps each once, knows which it wraps, and what it throws is the handler\'s failure', async () => {
+    const seen: string[] = [];
+    @Injectable()
+    class CountingInvoker extends BrokerHandlerInvoker {
+      override decorate(handler: BrokerMessageHandler, descriptor: BrokerHandlerDescriptor): BrokerMessageHandler {
+        return async (message, ctx) => {
+          seen.push(`${descriptor.className}.${descriptor.methodName} ${descriptor.group} ${ctx.event} attempt ${ctx.attempt}`);
+          // A refusal of the invoker's own: retried, then dead-lettered, as a handler's error.
+          if ((message as { id: string }).id === 'refused') throw new Error('refused by the invoker');
+          return handler(message, ctx);
+        };
+      }
+    }
+    const moduleRef = await Test.createTestingModule({
+      imports: [DuctapeBrokerModule.forRoot({ ...options(), handlerInvoker: CountingInvoker }), ShopModule],
+    }).compile();
+    app = moduleRef.createNestApplication({ logger: false });
+    await app.init();
+    const broker = app.get(MessageBrokerService);
+    const ledger = app.get(Ledger);
+    await broker.publish({ env: 'prd', event: 'sqsbroker:refunds', product_tag: 'shop', input: { message: { id: 'r9' } } });
+    await waitFor(() => ledger.entries.filter((entry) => entry.includes('r9')).length === 4, 'the refund (three attempts) and its audit');
+    expect(seen.filter((line) => line.startsWith('RefundsController')).sort()).toEqual(
+      ['RefundsController.onRefund orders.RefundsController.onRefund sqsbroker:refunds attempt 1', 'RefundsController.onRefund orders.RefundsController.onRefund sqsbroker:refunds attempt 2', 'RefundsController.onRefund orders.RefundsController.onRefund sqsbroker:refunds attempt 3'],
+    );
+    expect(seen).toContain('OrdersListener.audit audit-trail sqsbroker:refunds attempt 1');
+    await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 'refused' } } });
+    await waitFor(() => seen.filter((line) => line.startsWith('OrdersListener.onOrder ')).length === 2, 'two attempts refused by the invoker (maxAttempts 2)');
+    expect(ledger.entries.filter((entry) => entry.includes('refused'))).toEqual([]);
   });
 
   it('subscribes an aliased provider (useExisting) once, not twice', async () => {

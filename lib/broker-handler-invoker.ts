@@ -1,0 +1,31 @@
+import { Injectable } from '@nestjs/common';
+import type { BrokerMessageHandler } from './interfaces/message-broker.interface';
+
+/** Which handler `BrokerHandlerInvoker.decorate` is given. */
+export interface BrokerHandlerDescriptor {
+  /** `brokerTag:topicTag` */
+  event: string;
+  env: string;
+  group: string;
+  /** The provider or controller class, and the decorated method. */
+  className: string;
+  methodName: string;
+  /** Whether it consumes the group's dead letters. */
+  deadLetter: boolean;
+}
+
+/**
+ * The override point around every `@OnBrokerEvent` handler: `decorate` is called once per
+ * handler at bootstrap and returns the function the broker calls instead. The default returns the
+ * handler as it is (nothing added to each message's path). Give your own subclass in the module's
+ * options (`forRoot({ ..., handlerInvoker: TracingInvoker })`) to time, trace or log every handler;
+ * it is a provider, so it may inject what it needs. What the returned function throws or rejects
+ * with counts as the handler's failure (retries, then dead letters).
+ */
+@Injectable()
+export class BrokerHandlerInvoker {
+  decorate(handler: BrokerMessageHandler, descriptor: BrokerHandlerDescriptor): BrokerMessageHandler {
+    void descriptor;
+    return handler;
+  }
+}
