@@ -127,8 +127,7 @@ describe('the testing example in the documentation', () => {
     expect(exampleIn('docs/testing-your-app.md')).toBe(exampleOfThisFile());
   });
 
-  it('README.md, where it shows the example, shows exactly the one this file runs', () => {
-    const readme = exampleIn('README.md');
-    if (readme !== undefined) expect(readme).toBe(exampleOfThisFile());
+  it('README.md shows exactly the example this file runs', () => {
+    expect(exampleIn('README.md')).toBe(exampleOfThisFile());
   });
 });
