@@ -107,6 +107,21 @@ describeWithBroker('nats', SUITE, () => {
       }, server.url);
     });
 
+    itWithServer('moves a delayed message of a held stream deleted and made again, though its sequence is that of one moved before (a private server)', async () => {
+      const server = await startPrivateNats();
+      servers.push(server);
+      const topic = newTopic();
+      const member = await adapter({ servers: [server.url] });
+      const { got } = await collect(member, topic, 'moved', 4);
+      await member.publish(topic, message('first', { delayMs: 1 }));
+      await waitFor(() => got.length === 1, 'the first delayed message', 5000);
+      await withRawConnection(async (nc) => void (await (await nc.jetstreamManager()).streams.delete(`${STREAM}_held`)), server.url);
+      // Made again by the mover's next pull, or by this publish: the message is sequence 1 again.
+      await member.publish(topic, message('second', { delayMs: 1 }));
+      await waitFor(() => got.length === 2, 'the second delayed message (not taken for a duplicate of the first)', 15_000);
+      expect(got.map((d) => d.body.toString())).toEqual(['first', 'second']);
+    });
+
     it("makes a group's consumer again when it was deleted, says so at error level, and the group gets what is published after", async () => {
       const logs = new Logs();
       const topic = newTopic();

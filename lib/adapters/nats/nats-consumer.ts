@@ -113,6 +113,7 @@ export class NatsPuller implements AdapterConsumer {
    */
   private waiting: InHand[] = [];
   private failedPause = FAILED_DELIVERY_MIN_MS;
+  private lookingUp = false;
 
   constructor(
     private readonly nc: () => NatsConnection,
@@ -230,8 +231,27 @@ export class NatsPuller implements AdapterConsumer {
     if (this.requested > 0 && Date.now() - this.lastHeard > PULL_SILENCE_MS) {
       this.requested = 0;
       this.lastHeard = Date.now();
+      // A pull for a consumer that is gone gets no answer at all (the JetStream API takes the
+      // subject, so no 503 either): the consumer is looked up, and made again if missing.
+      this.lookUp();
     }
     this.pull();
+  }
+
+  /** Looks the consumer up (and makes it when missing), one lookup at a time; then pulls. */
+  private lookUp(then: () => void = () => this.pull()): void {
+    if (this.lookingUp) {
+      then();
+      return;
+    }
+    this.lookingUp = true;
+    void this.options
+      .ensure(true)
+      .catch((error: unknown) => this.logFailure(describeError(error)))
+      .finally(() => {
+        this.lookingUp = false;
+        then();
+      });
   }
 
   /** A pull the server refused: logged, the consumer made again when it is gone, and a pause before the next. */
@@ -248,10 +268,9 @@ export class NatsPuller implements AdapterConsumer {
       setTimeout(next, wait).unref();
       return;
     }
-    void this.options
-      .ensure(true)
-      .catch((error: unknown) => this.logFailure(describeError(error)))
-      .finally(() => setTimeout(next, wait).unref());
+    // Looked up after the pause, not at once: '409 Consumer Deleted' comes while the server may
+    // still be deleting the stream, and a stream or consumer made then did not last.
+    setTimeout(() => this.lookUp(next), wait).unref();
   }
 
   private dispatch(msg: JsMsg): void {
