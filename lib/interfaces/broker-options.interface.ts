@@ -118,7 +118,7 @@ export interface KafkaEnvSettings {
   publishTimeoutMs?: number;
   /** How long a publish waits for others to share its produce request (default 5). */
   lingerMs?: number;
-  /** Most messages in one produce request (default 500). */
+  /** Most messages in one produce request (default 1000). */
   maxBatchMessages?: number;
   /** Most bytes in one produce request (default 1 MiB). */
   maxBatchBytes?: number;

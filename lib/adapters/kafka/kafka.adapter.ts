@@ -40,7 +40,7 @@ export const KAFKA_DEFAULTS = {
   clientId: 'ductape',
   acks: 'all',
   lingerMs: 5,
-  maxBatchMessages: 500,
+  maxBatchMessages: 1000,
   maxBatchBytes: 1024 * 1024,
   topicCreation: 'admin',
   numPartitions: 6,
