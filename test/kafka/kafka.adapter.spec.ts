@@ -97,7 +97,7 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
     it('sends 200 concurrent publishes in a few produce requests, and each publish resolves', async () => {
       const spy = countProduceRequests();
       try {
-        const { broker } = await start(); // lingerMs 5, maxBatchMessages 500 (defaults)
+        const { broker } = await start(); // lingerMs 5, maxBatchMessages 1000 (defaults)
         const { event, topic } = newTopic();
         const results = await Promise.all(Array.from({ length: 200 }, (_, i) => publish(broker, event, { i })));
         expect(new Set(results.map((r) => r.messageId)).size).toBe(200);
