@@ -177,14 +177,14 @@ async function benchConsume(broker: MessageBrokerService, options: BenchOptions)
             autoCommit: false,
             eachBatchAutoResolve: false,
             partitionsConsumedConcurrently: CONSUME_PARTITIONS,
-            eachBatch: async ({ batch, resolveOffset, commitOffsetsIfNecessary, isRunning, isStale }) => {
-              for (const message of batch.messages) {
-                if (!isRunning() || isStale()) break;
+            eachBatch: async (payload) => {
+              for (const message of payload.batch.messages) {
+                if (!payload.isRunning() || payload.isStale()) break;
                 JSON.parse(String(message.value));
-                resolveOffset(message.offset);
+                payload.resolveOffset(message.offset);
                 clock.handled();
               }
-              await commitOffsetsIfNecessary();
+              await payload.commitOffsetsIfNecessary();
             },
           }
         : {
