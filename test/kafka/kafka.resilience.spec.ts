@@ -1,11 +1,11 @@
 import 'reflect-metadata';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import type { INestApplication } from '@nestjs/common';
 import type { BrokerContext, BrokerModuleOptions, KafkaEnvConfig } from '../../lib';
 import { createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
+import { startGroupMemberProcess } from '../support/group-member';
 import { runUnique } from '../support/names';
 import { deleteCreatedKafkaResourcesAfterAll, kafkaEnv } from '../support/kafka';
 import { gate, sleep, waitFor } from '../support/wait';
@@ -38,7 +38,7 @@ describeWithBroker('kafka', 'Kafka: a killed consumer process and shutdown', () 
   }
 
   it('gives the message of a consumer process killed (SIGKILL) mid-handler to the other member of the group, as a first attempt', async () => {
-    const { tag, event } = newEvent();
+    const { event } = newEvent();
     const group = 'killed';
     const got: { id: string; attempt: number; at: number }[] = [];
     // The other member: in this process.
@@ -49,23 +49,16 @@ describeWithBroker('kafka', 'Kafka: a killed consumer process and shutdown', () 
       product_tag: PRODUCT,
       input: { group, concurrency: 6, callback: (_m: unknown, ctx: BrokerContext) => void got.push({ id: ctx.messageId, attempt: ctx.attempt, at: Date.now() }) },
     });
-    const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', join(__dirname, 'consumer-process.ts'), PRODUCT, tag, group], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const member = await startGroupMemberProcess({ product: PRODUCT, event, group, concurrency: 6, env: kafkaEnv('prd') });
+    const child = member.child;
     children.push(child);
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    await waitFor(() => output.includes('ready') || output.includes('failed'), 'the consumer process to subscribe', 30_000);
-    expect(output).toContain('ready');
     // The rebalance that gives the child its share of the partitions ends a moment after it joined.
-    let started: RegExpExecArray | null = null;
-    for (let i = 0; i < 60 && !started; i++) {
+    for (let i = 0; i < 60 && !member.started(); i++) {
       await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i }, messageId: `kill-${i}`, key: `key-${i}` } });
       await sleep(150);
-      started = /started (\S+) (\d+)/.exec(output);
     }
-    expect(started).not.toBeNull();
-    const [, inChild, attempt] = started as RegExpExecArray;
-    expect(attempt).toBe('1');
+    const { messageId: inChild, attempt } = member.started() ?? { messageId: 'none', attempt: 0 };
+    expect(attempt).toBe(1);
     await sleep(500);
     expect(got.some((entry) => entry.id === inChild)).toBe(false);
     child.kill('SIGKILL');

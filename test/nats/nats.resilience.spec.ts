@@ -1,11 +1,11 @@
 import 'reflect-metadata';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import type { INestApplication } from '@nestjs/common';
 import { BrokerError, type BrokerContext, type BrokerModuleOptions, type NatsEnvConfig } from '../../lib';
 import { createBrokerApp, type CapturingLogger } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
+import { startGroupMemberProcess } from '../support/group-member';
 import { runUnique } from '../support/names';
 import { deleteCreatedNatsResourcesAfterAll, itWithNatsServer, NATS_URL, natsEnv, startPrivateNats, withRawConnection, type PrivateNatsServer } from '../support/nats';
 import { gate, sleep, waitFor } from '../support/wait';
@@ -115,7 +115,7 @@ describeWithBroker('nats', SUITE, () => {
   });
 
   it('gives the message of a consumer process killed (SIGKILL) mid-handler to another member of the group, as attempt 2', async () => {
-    const { tag, event } = newEvent();
+    const { event } = newEvent();
     const group = 'killed';
     const got: { id: string; attempt: number }[] = [];
     // The other member: in this process, with the same short ack wait.
@@ -126,24 +126,16 @@ describeWithBroker('nats', SUITE, () => {
       product_tag: PRODUCT,
       input: { group, concurrency: 1, callback: (_m: unknown, ctx: BrokerContext) => void got.push({ id: ctx.messageId, attempt: ctx.attempt }) },
     });
-    const child = spawn(join(process.cwd(), 'node_modules/.bin/ts-node-transpile-only'), [join(__dirname, 'consumer-process.ts'), PRODUCT, tag, group, NATS_URL], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const member = await startGroupMemberProcess({ product: PRODUCT, event, group, concurrency: 1, env: natsEnv('prd', { servers: [NATS_URL], ackWaitMs: 2000 }) });
+    const child = member.child;
     children.push(child);
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    await waitFor(() => output.includes('ready'), 'the consumer process to subscribe', 30_000);
     // Publish until one message lands in the child's handler (the two members share the group's messages).
-    let started: RegExpExecArray | null = null;
-    for (let i = 0; i < 20 && !started; i++) {
+    for (let i = 0; i < 20 && !member.started(); i++) {
       await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i }, messageId: `kill-${i}` } });
       await sleep(100);
-      started = /started (\S+) (\d+)/.exec(output);
     }
-    expect(started).not.toBeNull();
-    const [, inChild, attempt] = started as RegExpExecArray;
-    expect(attempt).toBe('1');
+    const { messageId: inChild, attempt } = member.started() ?? { messageId: 'none', attempt: 0 };
+    expect(attempt).toBe(1);
     expect(got.some((entry) => entry.id === inChild)).toBe(false);
     child.kill('SIGKILL');
     // After the ack wait (2 s) the server gives it to the member that is left.

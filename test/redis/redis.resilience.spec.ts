@@ -1,11 +1,11 @@
 import 'reflect-metadata';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
 import type { INestApplication } from '@nestjs/common';
 import { BrokerError, type BrokerContext, type BrokerModuleOptions, type RedisEnvConfig } from '../../lib';
 import { type CapturingLogger, createBrokerApp } from '../support/app';
 import { describeWithBroker } from '../support/broker-availability';
+import { startGroupMemberProcess } from '../support/group-member';
 import { runUnique } from '../support/names';
 import { deleteCreatedRedisKeysAfterAll, REDIS_URL, redisEnv, startPrivateRedis, type PrivateRedis } from '../support/redis';
 import { gate, sleep, waitFor } from '../support/wait';
@@ -105,7 +105,7 @@ describeWithBroker('redis', 'Redis: server restart, a killed consumer process an
   });
 
   it('gives the message of a consumer process killed (SIGKILL) mid-handler to another member of the group (XAUTOCLAIM after claimIdleMs)', async () => {
-    const { tag, event } = newEvent();
+    const { event } = newEvent();
     const group = 'killed';
     const got: { id: string; attempt: number; at: number }[] = [];
     // The other member: in this process, with the same short claimIdleMs.
@@ -116,24 +116,16 @@ describeWithBroker('redis', 'Redis: server restart, a killed consumer process an
       product_tag: PRODUCT,
       input: { group, concurrency: 1, callback: (_m: unknown, ctx: BrokerContext) => void got.push({ id: ctx.messageId, attempt: ctx.attempt, at: Date.now() }) },
     });
-    const child = spawn(join(process.cwd(), 'node_modules/.bin/ts-node-transpile-only'), [join(__dirname, 'consumer-process.ts'), PRODUCT, tag, group, REDIS_URL, String(CLAIM_IDLE_MS)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const member = await startGroupMemberProcess({ product: PRODUCT, event, group, concurrency: 1, env: redisEnv('prd', { url: REDIS_URL, claimIdleMs: CLAIM_IDLE_MS }) });
+    const child = member.child;
     children.push(child);
-    let output = '';
-    child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    await waitFor(() => output.includes('ready'), 'the consumer process to subscribe', 30_000);
     // Publish until one message lands in the child's handler (the two members share the group's messages).
-    let started: RegExpExecArray | null = null;
-    for (let i = 0; i < 30 && !started; i++) {
+    for (let i = 0; i < 30 && !member.started(); i++) {
       await broker.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: { i }, messageId: `kill-${i}` } });
       await sleep(100);
-      started = /started (\S+) (\d+)/.exec(output);
     }
-    expect(started).not.toBeNull();
-    const [, inChild, attempt] = started as RegExpExecArray;
-    expect(attempt).toBe('1');
+    const { messageId: inChild, attempt } = member.started() ?? { messageId: 'none', attempt: 0 };
+    expect(attempt).toBe(1);
     // Held by the child's running handler, kept alive by its renewals: not taken over meanwhile.
     await sleep(CLAIM_IDLE_MS * 2);
     expect(got.some((entry) => entry.id === inChild)).toBe(false);
