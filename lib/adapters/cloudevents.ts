@@ -135,6 +135,26 @@ export function formatTime(epochMs: number): string {
   return new Date(epochMs).toISOString();
 }
 
+/** The last time formatted by formatRecentTime: publishes made at once mostly share their millisecond. */
+let recentTime = Number.NaN;
+let recentTimeText = '';
+
+/** formatTime, remembering the last millisecond formatted (a publish's hot path). */
+export function formatRecentTime(epochMs: number): string {
+  if (epochMs !== recentTime) {
+    recentTime = epochMs;
+    recentTimeText = formatTime(epochMs);
+  }
+  return recentTimeText;
+}
+
+/** The header (or field) names of the CloudEvents attributes this module maps, after `prefix` (`ce-`, `ce_`, ...). */
+export function cloudEventNames(prefix: string): { readonly [K in keyof typeof CE_ATTRIBUTES]: string } {
+  const names = {} as Record<keyof typeof CE_ATTRIBUTES, string>;
+  for (const key of Object.keys(CE_ATTRIBUTES) as (keyof typeof CE_ATTRIBUTES)[]) names[key] = prefix + CE_ATTRIBUTES[key];
+  return names;
+}
+
 /** Epoch milliseconds of an RFC 3339 timestamp; undefined when it is not one. */
 export function parseTime(text: string): number | undefined {
   const time = Date.parse(text);

@@ -1,7 +1,7 @@
 import { headers as natsHeaders, type MsgHdrs } from 'nats';
 import { BrokerError } from '../../errors';
 import type { InboundMessage, InboundMetadata, OutboundMessage } from '../broker-adapter';
-import { CE_ATTRIBUTES, CLOUDEVENTS_SPEC_VERSION, formatTime, setAttribute, type Mutable } from '../cloudevents';
+import { CE_ATTRIBUTES, cloudEventNames, CLOUDEVENTS_SPEC_VERSION, formatRecentTime, setAttribute, type Mutable } from '../cloudevents';
 
 /**
  * The wire format on NATS (CloudEvents NATS protocol binding, binary content mode): the payload is
@@ -39,14 +39,14 @@ export function checkHeaders(headers: Readonly<Record<string, string>>): void {
 export function toNatsHeaders(message: OutboundMessage, extra?: Readonly<Record<string, string>>): MsgHdrs {
   const result = natsHeaders();
   // Set one by one, as writeCloudEventHeaders would name them: this is on every publish.
-  result.set(CE_SPECVERSION, CLOUDEVENTS_SPEC_VERSION);
-  result.set(CE_ID, message.messageId);
-  result.set(CE_SOURCE, message.source);
-  result.set(CE_TYPE, message.type);
-  result.set(CE_TIME, timeText(message.publishedAt));
-  if (message.correlationId !== undefined) result.set(CE_CORRELATION_ID, message.correlationId);
-  if (message.key !== undefined) result.set(CE_KEY, message.key);
-  if (message.attempt > 1) result.set(CE_ATTEMPT, String(message.attempt));
+  result.set(CE.specversion, CLOUDEVENTS_SPEC_VERSION);
+  result.set(CE.id, message.messageId);
+  result.set(CE.source, message.source);
+  result.set(CE.type, message.type);
+  result.set(CE.time, formatRecentTime(message.publishedAt));
+  if (message.correlationId !== undefined) result.set(CE.correlationId, message.correlationId);
+  if (message.key !== undefined) result.set(CE.key, message.key);
+  if (message.attempt > 1) result.set(CE.attempt, String(message.attempt));
   if (message.contentType !== undefined) result.set(CONTENT_TYPE_HEADER, message.contentType);
   const application = message.headers;
   for (const name in application) {
@@ -59,26 +59,8 @@ export function toNatsHeaders(message: OutboundMessage, extra?: Readonly<Record<
   return result;
 }
 
-const CE_SPECVERSION = CE_PREFIX + CE_ATTRIBUTES.specversion;
-const CE_ID = CE_PREFIX + CE_ATTRIBUTES.id;
-const CE_SOURCE = CE_PREFIX + CE_ATTRIBUTES.source;
-const CE_TYPE = CE_PREFIX + CE_ATTRIBUTES.type;
-const CE_TIME = CE_PREFIX + CE_ATTRIBUTES.time;
-const CE_CORRELATION_ID = CE_PREFIX + CE_ATTRIBUTES.correlationId;
-const CE_KEY = CE_PREFIX + CE_ATTRIBUTES.key;
-const CE_ATTEMPT = CE_PREFIX + CE_ATTRIBUTES.attempt;
+const CE = cloudEventNames(CE_PREFIX);
 
-/** The last time formatted: publishes made at once mostly share their millisecond. */
-let lastTime = Number.NaN;
-let lastTimeText = '';
-
-function timeText(epochMs: number): string {
-  if (epochMs !== lastTime) {
-    lastTime = epochMs;
-    lastTimeText = formatTime(epochMs);
-  }
-  return lastTimeText;
-}
 
 /** Headers of a delivery as strings (the first value of a repeated one), by their name as sent. */
 export function headerTable(hdrs: MsgHdrs | undefined): Record<string, string> {

@@ -1,6 +1,6 @@
 import { BrokerError } from '../../errors';
 import type { InboundMetadata, OutboundMessage } from '../broker-adapter';
-import { CE_ATTRIBUTES, CLOUDEVENTS_SPEC_VERSION, formatTime, setAttribute, type Mutable } from '../cloudevents';
+import { CE_ATTRIBUTES, cloudEventNames, CLOUDEVENTS_SPEC_VERSION, formatRecentTime, setAttribute, type Mutable } from '../cloudevents';
 
 /**
  * The fields of a stream entry, after the CloudEvents binary content mode (Redis has no binding of
@@ -13,14 +13,7 @@ export const DATA_FIELD = 'data';
 export const CE_PREFIX = 'ce-';
 export const CONTENT_TYPE_FIELD = 'content-type';
 
-const CE_SPECVERSION = CE_PREFIX + CE_ATTRIBUTES.specversion;
-const CE_ID = CE_PREFIX + CE_ATTRIBUTES.id;
-const CE_SOURCE = CE_PREFIX + CE_ATTRIBUTES.source;
-const CE_TYPE = CE_PREFIX + CE_ATTRIBUTES.type;
-const CE_TIME = CE_PREFIX + CE_ATTRIBUTES.time;
-const CE_CORRELATION_ID = CE_PREFIX + CE_ATTRIBUTES.correlationId;
-const CE_KEY = CE_PREFIX + CE_ATTRIBUTES.key;
-const CE_ATTEMPT = CE_PREFIX + CE_ATTRIBUTES.attempt;
+const CE = cloudEventNames(CE_PREFIX);
 
 /** `ce-<attribute>` → attribute, for the attributes this module maps into metadata. */
 const MAPPED_ATTRIBUTES: ReadonlyMap<string, string> = new Map(Object.values(CE_ATTRIBUTES).map((attribute) => [CE_PREFIX + attribute, attribute]));
@@ -40,34 +33,26 @@ export function checkHeaders(headers: Readonly<Record<string, string>>): void {
   }
 }
 
-/** The last time formatted: publishes made at once mostly share their millisecond. */
-let lastTime = Number.NaN;
-let lastTimeText = '';
-
 /** The entry's fields as XADD takes them: name, value, name, value, ... */
 export function toFields(message: OutboundMessage): (string | Buffer)[] {
-  if (message.publishedAt !== lastTime) {
-    lastTime = message.publishedAt;
-    lastTimeText = formatTime(message.publishedAt);
-  }
   const fields: (string | Buffer)[] = [
     DATA_FIELD,
     message.body,
-    CE_SPECVERSION,
+    CE.specversion,
     CLOUDEVENTS_SPEC_VERSION,
-    CE_ID,
+    CE.id,
     message.messageId,
-    CE_SOURCE,
+    CE.source,
     message.source,
-    CE_TYPE,
+    CE.type,
     message.type,
-    CE_TIME,
-    lastTimeText,
+    CE.time,
+    formatRecentTime(message.publishedAt),
   ];
   if (message.contentType !== undefined) fields.push(CONTENT_TYPE_FIELD, message.contentType);
-  if (message.correlationId !== undefined) fields.push(CE_CORRELATION_ID, message.correlationId);
-  if (message.key !== undefined) fields.push(CE_KEY, message.key);
-  if (message.attempt > 1) fields.push(CE_ATTEMPT, String(message.attempt));
+  if (message.correlationId !== undefined) fields.push(CE.correlationId, message.correlationId);
+  if (message.key !== undefined) fields.push(CE.key, message.key);
+  if (message.attempt > 1) fields.push(CE.attempt, String(message.attempt));
   const application = message.headers;
   // A publish was checked already; a retry's headers may hold a reserved name from an older
   // format (a 0.1.0 envelope's headers): the fields written above win.
