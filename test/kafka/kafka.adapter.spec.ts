@@ -954,7 +954,7 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
     withPrivateMock('closes within a short shutdownTimeoutMs too, with a subscription and publishes pending while every broker is down', () =>
       onPrivateCluster(async ({ mock, open, opened }) => {
         const { event } = newTopic();
-        const shutdownTimeoutMs = 1200;
+        const shutdownTimeoutMs = 800;
         const broker = await open({}, { shutdownTimeoutMs });
         await broker.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { callback: () => undefined } });
         mock.control('down -1');
@@ -964,9 +964,10 @@ describeWithBroker('kafka', 'Kafka adapter', () => {
         await opened[0].close();
         opened.length = 0;
         const took = Date.now() - closing;
-        // The drain (no handler in flight) and then the adapter's close, each within shutdownTimeoutMs;
-        // before, the Kafka adapter's close waited a fixed 3 s and then 1 s.
-        expect(took).toBeLessThan(shutdownTimeoutMs + 800);
+        // The drain (no handler in flight) and then the adapter's close, each within shutdownTimeoutMs,
+        // with room for a loaded machine (1.2 s of it seen in CI); before, the Kafka adapter's close
+        // waited a fixed 3 s and then 1 s (3004 ms measured).
+        expect(took).toBeLessThan(2 * shutdownTimeoutMs + 600);
         expect(await Promise.all(pending)).toEqual(Array(5).fill('PUBLISH_FAILED'));
       }),
     60_000);
