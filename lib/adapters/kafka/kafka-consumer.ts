@@ -74,12 +74,6 @@ export class KafkaSubscription implements AdapterConsumer {
   /** Held records due and waiting for a delivery slot (at most `concurrency` delivered at once). */
   private readonly dueQueue: (() => void)[] = [];
   private heldInFlight = 0;
-  /**
-   * Set when a heartbeat learns the group is rebalancing (another member joined or left): the
-   * batch under way takes no further message, so the member rejoins as soon as its handler in
-   * flight is done instead of holding the whole group until the batch ends. Cleared on the join.
-   */
-  private rebalancing = false;
   /** `topic:partition` → offset below which this member passes messages over (a new group's start). */
   private readonly skipBelow = new Map<string, bigint>();
   private startReady: Promise<void> = Promise.resolve();
@@ -116,7 +110,6 @@ export class KafkaSubscription implements AdapterConsumer {
     };
     consumer.on(consumer.events.GROUP_JOIN, (event) => {
       assignment = event.payload.memberAssignment;
-      this.rebalancing = false;
       // Held records of partitions now another member's are that member's to read again.
       for (const [key, state] of this.held) {
         if (!(assignment[state.topic] ?? []).includes(state.partition)) this.revoke(key, state);
@@ -215,28 +208,33 @@ export class KafkaSubscription implements AdapterConsumer {
     await this.startReady;
     // The session must not lapse while long handlers run; a rebalance waits for the batch to end.
     // One timer per batch: one per message cost a setInterval and a clearInterval each.
+    // When a heartbeat learns the group is rebalancing (another member joined or left), this batch
+    // takes no further message: the member rejoins as soon as its handler in flight is done instead
+    // of holding the whole group until the batch ends. Per batch: a flag kept across batches stalled
+    // the consumer for good when no rejoin followed (a coordinator that moved during a broker restart).
+    const state = { rebalancing: false };
     const beat = setInterval(
       () =>
         void payload.heartbeat().catch((error: { type?: string }) => {
-          if (error.type === 'REBALANCE_IN_PROGRESS' || error.type === 'ILLEGAL_GENERATION' || error.type === 'NOT_COORDINATOR_FOR_GROUP') this.rebalancing = true;
+          if (error.type === 'REBALANCE_IN_PROGRESS' || error.type === 'ILLEGAL_GENERATION') state.rebalancing = true;
         }),
       this.spec.heartbeatIntervalMs,
     );
     try {
-      await this.handleBatch(payload);
+      await this.handleBatch(payload, state);
     } finally {
       clearInterval(beat);
     }
   };
 
-  private async handleBatch(payload: EachBatchPayload): Promise<void> {
+  private async handleBatch(payload: EachBatchPayload, state: { rebalancing: boolean }): Promise<void> {
     const { batch } = payload;
     if (this.spec.dueTopics.has(batch.topic)) return this.holdBatch(payload);
     const startAt = this.skipBelow.get(`${batch.topic}:${batch.partition}`);
     let resolved = false;
     let passedOver = false;
     for (const message of batch.messages) {
-      if (this.stopped || this.rebalancing || !payload.isRunning() || payload.isStale()) break;
+      if (this.stopped || state.rebalancing || !payload.isRunning() || payload.isStale()) break;
       if (startAt !== undefined && BigInt(message.offset) < startAt) {
         // Published before this new group existed (kafkajs fetched before the start was committed).
         // Resolved at once up to the start: resolving them one by one committed offsets below the
