@@ -142,3 +142,19 @@ export const MESSAGE = {
   items: [{ sku: 'sku-1', qty: 2 }],
   note: 'x'.repeat(23),
 };
+
+/** `alternate` after one untimed run of every contender (cold JIT, queues or consumers not yet made). */
+export async function warmedUp(scenario: string, unit: string, rounds: number, contenders: Contender[]): Promise<ScenarioResult> {
+  for (const contender of contenders) await contender.run();
+  return alternate(scenario, unit, rounds, contenders);
+}
+
+/** Runs `one` `count` times, `window` at a time, each window awaited whole before the next. */
+export async function inWindows(count: number, window: number, one: () => Promise<unknown>): Promise<void> {
+  for (let sent = 0; sent < count; sent += window) {
+    const running: Promise<unknown>[] = [];
+    for (let i = 0; i < window && sent + i < count; i++) running.push(one());
+    await Promise.all(running);
+  }
+}
+

@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import { AckPolicy, connect, DeliverPolicy, headers as natsHeaders, type JetStreamClient, type JetStreamManager, type JsMsg, type NatsConnection } from 'nats';
 import type { Subscription } from '../lib';
-import { alternate, benchApp, consumeClock, heapAfterGcMb, MESSAGE, perSecond, within, type Contender, type Ratio, type ScenarioResult } from './harness';
+import { benchApp, consumeClock, heapAfterGcMb, inWindows, MESSAGE, perSecond, warmedUp, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222';
@@ -22,20 +22,6 @@ async function ours() {
   await (await broker.subscribe({ env: 'prd', event: 'nats:orders', product_tag: 'bench', input: { callback: () => undefined } })).unsubscribe();
   const publish = (message: unknown) => broker.publish({ env: 'prd', event: 'nats:orders', product_tag: 'bench', input: { message } });
   return { app, broker, publish };
-}
-
-/** `alternate` after one untimed run of every contender (cold JIT, consumers not yet made). */
-async function warmedUp(scenario: string, unit: string, rounds: number, contenders: Contender[]): Promise<ScenarioResult> {
-  for (const contender of contenders) await contender.run();
-  return alternate(scenario, unit, rounds, contenders);
-}
-
-async function inWindows(count: number, one: () => Promise<unknown>): Promise<void> {
-  for (let sent = 0; sent < count; sent += WINDOW) {
-    const window: Promise<unknown>[] = [];
-    for (let i = 0; i < WINDOW && sent + i < count; i++) window.push(one());
-    await Promise.all(window);
-  }
 }
 
 /**
@@ -75,17 +61,17 @@ export async function benchNats(options: BenchOptions): Promise<{ results: Scena
   };
   const SAME_WORK = 'raw nats js.publish of ours’ message (same bytes, headers, Nats-Msg-Id)';
   const publish = await warmedUp(`nats publish (JetStream acknowledged, ${WINDOW} in flight)`, 'msg/s', options.rounds, [
-    { name: 'ours', run: () => publishRound(() => inWindows(publishCount, () => mine.publish(MESSAGE))) },
-    { name: SAME_WORK, run: () => publishRound(() => inWindows(publishCount, () => sameWorkPublish(js))) },
+    { name: 'ours', run: () => publishRound(() => inWindows(publishCount, WINDOW, () => mine.publish(MESSAGE))) },
+    { name: SAME_WORK, run: () => publishRound(() => inWindows(publishCount, WINDOW, () => sameWorkPublish(js))) },
     {
       name: 'raw nats js.publish (bare body)',
-      run: () => publishRound(() => inWindows(publishCount, () => js.publish(RAW_SUBJECT, Buffer.from(JSON.stringify(MESSAGE))))),
+      run: () => publishRound(() => inWindows(publishCount, WINDOW, () => js.publish(RAW_SUBJECT, Buffer.from(JSON.stringify(MESSAGE))))),
     },
   ]);
 
   /** A raw pull consumer of `consumeCount` messages at `IN_HAND` messages: `work` on each, then ack. */
   const rawConsume = async (work: (msg: JsMsg) => void): Promise<number> => {
-    await inWindows(consumeCount, () => sameWorkPublish(js));
+    await inWindows(consumeCount, WINDOW, () => sameWorkPublish(js));
     const clock = consumeClock(consumeCount);
     const consumer = await js.consumers.get(STREAM, RAW_CONSUMER);
     const messages = await consumer.consume({ max_messages: IN_HAND });
@@ -110,7 +96,7 @@ export async function benchNats(options: BenchOptions): Promise<{ results: Scena
     {
       name: 'ours',
       run: async () => {
-        await inWindows(consumeCount, () => mine.publish(MESSAGE));
+        await inWindows(consumeCount, WINDOW, () => mine.publish(MESSAGE));
         const clock = consumeClock(consumeCount);
         const subscription: Subscription = await mine.broker.subscribe({
           env: 'prd',
@@ -143,7 +129,7 @@ export async function benchNats(options: BenchOptions): Promise<{ results: Scena
   {
     const clock = consumeClock(growthCount);
     const subscription = await mine.broker.subscribe({ env: 'prd', event: 'nats:orders', product_tag: 'bench', input: { concurrency: IN_HAND, callback: () => clock.handled() } });
-    await inWindows(growthCount, () => mine.publish(MESSAGE));
+    await inWindows(growthCount, WINDOW, () => mine.publish(MESSAGE));
     await within(clock.done, 120_000, 'growth run');
     await subscription.unsubscribe();
   }

@@ -9,16 +9,16 @@ import { connect, type Channel, type ChannelModel, type ConfirmChannel } from 'a
 import { lastValueFrom } from 'rxjs';
 import type { Subscription } from '../lib';
 import {
-  alternate,
   benchApp,
   consumeClock,
   heapAfterGcMb,
+  inWindows,
   MESSAGE,
   percentile,
   perSecond,
   sleep,
+  warmedUp,
   within,
-  type Contender,
   type Ratio,
   type ScenarioResult,
 } from './harness';
@@ -47,19 +47,6 @@ async function ours() {
  * otherwise runs with cold JIT code and undeclared topology (ours is first, and its first round
  * came out 25-35 % below its others in three runs of 2026-12-04).
  */
-async function warmedUp(scenario: string, unit: string, rounds: number, contenders: Contender[]): Promise<ScenarioResult> {
-  for (const contender of contenders) await contender.run();
-  return alternate(scenario, unit, rounds, contenders);
-}
-
-async function publishInWindows(count: number, publishOne: () => Promise<unknown>): Promise<void> {
-  for (let sent = 0; sent < count; sent += BATCH) {
-    const window: Promise<unknown>[] = [];
-    for (let i = 0; i < BATCH && sent + i < count; i++) window.push(publishOne());
-    await Promise.all(window);
-  }
-}
-
 @Controller()
 class NestOrdersController {
   static onOrder: () => void = () => undefined;
@@ -148,7 +135,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
   const publish = await warmedUp('rabbitmq publish (confirmed, persistent)', 'msg/s', options.rounds, [
     {
       name: 'ours',
-      run: () => publishRound(() => publishInWindows(publishCount, () => mine.publish(MESSAGE))),
+      run: () => publishRound(() => inWindows(publishCount, BATCH, () => mine.publish(MESSAGE))),
     },
     {
       name: 'raw amqplib ConfirmChannel (batches of 1000)',
@@ -161,11 +148,11 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     },
     {
       name: '@nestjs/microservices ClientRMQ.emit',
-      run: () => publishRound(() => publishInWindows(publishCount, () => lastValueFrom(nestClient.emit('orders', MESSAGE), { defaultValue: undefined }))),
+      run: () => publishRound(() => inWindows(publishCount, BATCH, () => lastValueFrom(nestClient.emit('orders', MESSAGE), { defaultValue: undefined }))),
     },
     {
       name: '@golevelup/nestjs-rabbitmq publish',
-      run: () => publishRound(() => publishInWindows(publishCount, () => golevelup.publish(GOLEVELUP_EXCHANGE, '', MESSAGE, { persistent: true }))),
+      run: () => publishRound(() => inWindows(publishCount, BATCH, () => golevelup.publish(GOLEVELUP_EXCHANGE, '', MESSAGE, { persistent: true }))),
     },
   ]);
 
@@ -190,7 +177,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     {
       name: 'ours',
       run: async () => {
-        await publishInWindows(consumeCount, () => mine.publish(MESSAGE));
+        await inWindows(consumeCount, BATCH, () => mine.publish(MESSAGE));
         const clock = consumeClock(consumeCount);
         const subscription: Subscription = await mine.broker.subscribe({
           env: 'prd',
@@ -213,7 +200,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
     {
       name: 'raw amqplib on ours’ messages (prefetch 100)',
       run: async () => {
-        await publishInWindows(consumeCount, () => mine.publish(MESSAGE));
+        await inWindows(consumeCount, BATCH, () => mine.publish(MESSAGE));
         return rawConsume(OUR_QUEUE);
       },
     },
@@ -337,7 +324,7 @@ export async function benchRabbitMq(options: BenchOptions): Promise<{ results: S
   {
     const clock = consumeClock(growthCount);
     const subscription = await mine.broker.subscribe({ env: 'prd', event: 'rmq:orders', product_tag: 'bench', input: { concurrency: PREFETCH, callback: () => clock.handled() } });
-    await publishInWindows(growthCount, () => mine.publish(MESSAGE));
+    await inWindows(growthCount, BATCH, () => mine.publish(MESSAGE));
     await within(clock.done, 120_000, 'growth run');
     await subscription.unsubscribe();
   }

@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import Redis from 'ioredis';
 import type { Subscription } from '../lib';
-import { alternate, benchApp, consumeClock, MESSAGE, within, type Contender, type Ratio, type ScenarioResult } from './harness';
+import { benchApp, consumeClock, inWindows, MESSAGE, warmedUp, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -28,19 +28,6 @@ async function ours() {
   await (await broker.subscribe({ env: 'prd', event: EVENT, product_tag: 'bench', input: { callback: () => undefined } })).unsubscribe();
   const publish = (message: unknown) => broker.publish({ env: 'prd', event: EVENT, product_tag: 'bench', input: { message } });
   return { app, broker, publish };
-}
-
-async function warmedUp(scenario: string, unit: string, rounds: number, contenders: Contender[]): Promise<ScenarioResult> {
-  for (const contender of contenders) await contender.run();
-  return alternate(scenario, unit, rounds, contenders);
-}
-
-async function inWindows(count: number, sendOne: () => Promise<unknown>): Promise<void> {
-  for (let sent = 0; sent < count; sent += WINDOW) {
-    const window: Promise<unknown>[] = [];
-    for (let i = 0; i < WINDOW && sent + i < count; i++) window.push(sendOne());
-    await Promise.all(window);
-  }
 }
 
 /**
@@ -105,11 +92,11 @@ async function measure(options: BenchOptions, mine: Awaited<ReturnType<typeof ou
   const SAME_WORK = 'raw ioredis XADD of ours’ fields (MAXLEN ~, windows of 1000)';
 
   const publish = await warmedUp('redis publish (XADD acknowledged)', 'msg/s', options.rounds, [
-    { name: 'ours', run: () => publishRound(() => inWindows(publishCount, () => mine.publish(MESSAGE))) },
-    { name: SAME_WORK, run: () => publishRound(() => inWindows(publishCount, () => raw.xadd(RAW_STREAM, 'MAXLEN', '~', MAX_LEN, '*', ...sameWorkFields()))) },
+    { name: 'ours', run: () => publishRound(() => inWindows(publishCount, WINDOW, () => mine.publish(MESSAGE))) },
+    { name: SAME_WORK, run: () => publishRound(() => inWindows(publishCount, WINDOW, () => raw.xadd(RAW_STREAM, 'MAXLEN', '~', MAX_LEN, '*', ...sameWorkFields()))) },
     {
       name: 'raw ioredis XADD of the bare JSON (windows of 1000)',
-      run: () => publishRound(() => inWindows(publishCount, () => raw.xadd(RAW_STREAM, '*', 'data', JSON.stringify(MESSAGE)))),
+      run: () => publishRound(() => inWindows(publishCount, WINDOW, () => raw.xadd(RAW_STREAM, '*', 'data', JSON.stringify(MESSAGE)))),
     },
   ]);
 
@@ -135,7 +122,7 @@ async function measure(options: BenchOptions, mine: Awaited<ReturnType<typeof ou
     {
       name: 'ours',
       run: async () => {
-        await inWindows(consumeCount, () => mine.publish(MESSAGE));
+        await inWindows(consumeCount, WINDOW, () => mine.publish(MESSAGE));
         const clock = consumeClock(consumeCount);
         const subscription: Subscription = await mine.broker.subscribe({
           env: 'prd',
@@ -152,7 +139,7 @@ async function measure(options: BenchOptions, mine: Awaited<ReturnType<typeof ou
     {
       name: 'raw ioredis XREADGROUP + XACK on ours’ fields',
       run: async () => {
-        await inWindows(consumeCount, () => raw.xadd(RAW_STREAM, 'MAXLEN', '~', MAX_LEN, '*', ...sameWorkFields()));
+        await inWindows(consumeCount, WINDOW, () => raw.xadd(RAW_STREAM, 'MAXLEN', '~', MAX_LEN, '*', ...sameWorkFields()));
         const rate = await rawConsume();
         await emptyAll();
         return rate;

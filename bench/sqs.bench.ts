@@ -3,19 +3,11 @@ import { randomUUID } from 'node:crypto';
 import { CreateQueueCommand, DeleteMessageBatchCommand, PurgeQueueCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { topicQueueName } from '../lib/adapters/sqs';
 import { sqsClient, sqsEnv } from '../test/support/sqs';
-import { alternate, benchApp, consumeClock, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
+import { alternate, benchApp, consumeClock, inWindows, MESSAGE, perSecond, within, type Ratio, type ScenarioResult } from './harness';
 import type { BenchOptions } from './memory.bench';
 
 const WINDOW = 100;
 const CONCURRENCY = 10;
-
-async function inWindows(count: number, one: () => Promise<unknown>): Promise<void> {
-  for (let sent = 0; sent < count; sent += WINDOW) {
-    const window: Promise<unknown>[] = [];
-    for (let i = 0; i < WINDOW && sent + i < count; i++) window.push(one());
-    await Promise.all(window);
-  }
-}
 
 /**
  * SQS on the test suite's endpoint (fauxqs unless SQS_ENDPOINT is set): publish with 100 in flight,
@@ -58,7 +50,7 @@ export async function benchSqs(options: BenchOptions): Promise<{ results: Scenar
   /** One publish round of `one` with 100 in flight: its rate, then both queues emptied for the next contender. */
   const publishRound = (one: () => Promise<unknown>) => async () => {
     const start = process.hrtime.bigint();
-    await inWindows(count, one);
+    await inWindows(count, WINDOW, one);
     const rate = perSecond(count, start);
     await purge();
     return rate;
@@ -73,7 +65,7 @@ export async function benchSqs(options: BenchOptions): Promise<{ results: Scenar
     {
       name: 'ours',
       run: async () => {
-        await inWindows(count, ourPublish);
+        await inWindows(count, WINDOW, ourPublish);
         const clock = consumeClock(count);
         const subscription = await broker.subscribe({ env: 'prd', event, product_tag: 'bench', input: { concurrency: CONCURRENCY, callback: clock.handled } });
         await within(clock.done, 120_000, 'ours sqs consume');
@@ -84,7 +76,7 @@ export async function benchSqs(options: BenchOptions): Promise<{ results: Scenar
     {
       name: 'AWS SDK receive 10, DeleteMessageBatch',
       run: async () => {
-        await inWindows(count, rawSend);
+        await inWindows(count, WINDOW, rawSend);
         const clock = consumeClock(count);
         let handled = 0;
         while (handled < count) {
