@@ -258,9 +258,16 @@ async function waitUntilAnswers(bootstrap: string, timeoutMs: number, failed: ()
   }
 }
 
-/** A random KRaft cluster id: 16 bytes, URL-safe base64 without padding. */
+/**
+ * A random KRaft cluster id: 16 bytes, URL-safe base64 without padding. One that begins with '-'
+ * (1 in 64) is drawn again: kafka-storage's parser took it for an option ("argument
+ * --cluster-id/-t: expected one argument", seen once in CI).
+ */
 function clusterId(): string {
-  return Buffer.from(randomUUID().replace(/-/g, ''), 'hex').toString('base64url');
+  for (;;) {
+    const id = Buffer.from(randomUUID().replace(/-/g, ''), 'hex').toString('base64url');
+    if (!id.startsWith('-')) return id;
+  }
 }
 
 /** `wanted` ports first, then free loopback ports, until there are `count`. */
