@@ -1,6 +1,7 @@
 export { DuctapeBrokerModule } from './broker.module';
 export type { BrokerModuleExtras, BrokerOptionsFactory, DuctapeBrokerModuleAsyncOptions } from './broker.module-definition';
 export { MessageBrokerService } from './message-broker.service';
+export { defineBrokers } from './define-brokers';
 export { BrokerHandlerInvoker, type BrokerHandlerDescriptor } from './broker-handler-invoker';
 export { OnBrokerEvent, type OnBrokerEventMetadata } from './decorators';
 export { BrokerError, isBrokerError, type BrokerErrorCode } from './errors';

@@ -85,6 +85,40 @@ export class Listener {
   }
 }
 `,
+  // The map a topic's Standard Schema gives: the schema's output type is the event's message.
+  fromSchemas: `${ORDER}
+import { DuctapeBrokerModule, defineBrokers, type InferEvents, type StandardSchemaV1 } from '../../lib';
+declare const OrderSchema: StandardSchemaV1<unknown, Order>;
+declare const RefundSchema: StandardSchemaV1<{ amount: string }, { amount: number }>;
+export const brokers = defineBrokers([
+  { tag: 'sqsbroker', envs: [{ slug: 'prd', type: 'memory' }], topics: [{ tag: 'new-orders', schema: OrderSchema }, { tag: 'refunds', schema: RefundSchema }, { tag: 'audit' }] },
+]);
+declare module '../../lib' {
+  interface DuctapeEvents extends InferEvents<typeof brokers> {}
+}
+// The same array goes to the module as it is.
+export const imported = DuctapeBrokerModule.forRoot({ env: 'prd', product: 'shop', brokers });
+export async function send(broker: MessageBrokerService): Promise<void> {
+  await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { orderId: '1', status: 'paid' } } });
+  // @ts-expect-error the message is not the schema's Order
+  await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { orderId: '1', status: 'lost' } } });
+  // @ts-expect-error the output type, a number
+  await broker.publish({ env: 'prd', event: 'sqsbroker:refunds', product_tag: 'shop', input: { message: { amount: '5' } } });
+  // A topic without a schema takes any message.
+  await broker.publish({ env: 'prd', event: 'sqsbroker:audit', product_tag: 'shop', input: { message: [1, 2] } });
+}
+export class Listener {
+  @OnBrokerEvent('sqsbroker:refunds')
+  onRefund(refund: { amount: number }): number {
+    return refund.amount;
+  }
+  // @ts-expect-error the handler gets the schema's output, not its input
+  @OnBrokerEvent('sqsbroker:refunds')
+  wrong(refund: { amount: string }): string {
+    return refund.amount;
+  }
+}
+`,
   // Without a map, as before: any message; an explicit type argument still checks it.
   untyped: `
 export async function send(broker: MessageBrokerService): Promise<void> {

@@ -53,3 +53,36 @@ export type TypedSubscribeRequest<E extends string, Events = DuctapeEvents, T = 
  * method may take a wider one), anything when not.
  */
 export type BrokerEventHandler<E extends string, Events = DuctapeEvents> = (message: E extends keyof Events ? Events[E] : never, ctx: BrokerContext) => unknown;
+
+/** The type a Standard Schema gives a valid message (its output); `unknown` when it declares none. */
+export type SchemaOutput<S> = S extends { readonly '~standard': { readonly types?: infer Types } }
+  ? NonNullable<Types> extends { readonly output: infer Output }
+    ? Output
+    : unknown
+  : unknown;
+
+/** `[event, message type]` of each topic of a broker that has a schema. */
+type SchemaEntries<Broker> = Broker extends { tag: infer BrokerTag extends string; topics?: readonly (infer Topic)[] }
+  ? Topic extends { tag: infer TopicTag extends string; schema: infer Schema }
+    ? [`${BrokerTag}:${TopicTag}`, SchemaOutput<Schema>]
+    : never
+  : never;
+
+/**
+ * The event map the topics' Standard Schemas give: each topic with a `schema` maps
+ * `brokerTag:topicTag` to the schema's output type. Declare the brokers with `defineBrokers` (it
+ * keeps their tags and schemas as literal types), then extend the map once:
+ *
+ * ```ts
+ * export const brokers = defineBrokers([{ tag: 'billing', envs: [...], topics: [{ tag: 'invoices', schema: InvoiceSchema }] }]);
+ * declare module '@ductape/nestjs-broker' {
+ *   interface DuctapeEvents extends InferEvents<typeof brokers> {}
+ * }
+ * ```
+ *
+ * The output type is used for publish too: for a schema that transforms (input and output
+ * differ), a message published must still pass the schema as its input when it is sent.
+ */
+export type InferEvents<Brokers extends readonly unknown[]> = {
+  [Entry in SchemaEntries<Brokers[number]> as Entry[0]]: Entry[1];
+};
