@@ -1,17 +1,20 @@
 import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
-import { DiscoveryService, MetadataScanner } from '@nestjs/core';
+import { DiscoveryService, ExternalContextCreator, MetadataScanner } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
 import { BrokerHandlerInvoker } from './broker-handler-invoker';
 import { BrokerMetadataAccessor } from './broker-metadata.accessor';
 import { DUCTAPE_BROKER_OPTIONS } from './constants';
+import { BrokerHandlerEnhancer } from './enhancers/broker-handler-enhancer';
 import { BrokerError } from './errors';
 import type { BrokerModuleOptions } from './interfaces/broker-options.interface';
-import type { BrokerContext, SubscribeRequest } from './interfaces/message-broker.interface';
+import type { BrokerContext, BrokerMessageHandler, SubscribeRequest } from './interfaces/message-broker.interface';
 import { MessageBrokerService } from './message-broker.service';
 
 /**
  * Finds every @OnBrokerEvent method on providers and controllers and subscribes it during
- * application bootstrap, so all consumers run by the time `app.init()` resolves.
+ * application bootstrap, so all consumers run by the time `app.init()` resolves. A method with
+ * guards, interceptors, filters or parameter decorators runs through Nest's ExternalContextCreator
+ * (lib/enhancers); the handlerInvoker wraps whichever handler results.
  */
 @Injectable()
 export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
@@ -22,6 +25,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
     private readonly broker: MessageBrokerService,
     @Inject(DUCTAPE_BROKER_OPTIONS) private readonly options: BrokerModuleOptions<string>,
     private readonly invoker: BrokerHandlerInvoker,
+    private readonly contextCreator: ExternalContextCreator,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
@@ -41,6 +45,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
 
   private discoverHandlers(): SubscribeRequest[] {
     const requests: SubscribeRequest[] = [];
+    const enhancer = new BrokerHandlerEnhancer(this.contextCreator);
     for (const wrapper of [...this.discovery.getProviders(), ...this.discovery.getControllers()]) {
       const instance: unknown = wrapper.instance;
       if (wrapper.isAlias || typeof instance !== 'object' || instance === null) continue;
@@ -52,9 +57,13 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
         this.assertStatic(wrapper, methodName);
         // The instance's own class: a factory provider's metatype is the factory function.
         const className = (prototype.constructor as { name?: string } | undefined)?.name || String(wrapper.name);
-        const target = instance as Record<string, (message: unknown, ctx: BrokerContext) => unknown>;
-        // Looked up at each call, so a method replaced after bootstrap (a test spy) is the one called.
-        const handler = (message: unknown, ctx: BrokerContext) => target[methodName](message, ctx);
+        const target = instance as Record<string, (...args: unknown[]) => unknown>;
+        // With guards, interceptors, filters or parameter decorators, through Nest's pipeline; else
+        // the direct call, which adds nothing per message. Either looks the method up at each
+        // call, so a method replaced after bootstrap (a test spy) is the one called.
+        const handler: BrokerMessageHandler = enhancer.isEnhanced(instance, methodName, target[methodName])
+          ? enhancer.enhance(instance, methodName, target[methodName])
+          : (message: unknown, ctx: BrokerContext) => target[methodName](message, ctx);
         for (const { event, options } of entries) {
           if (options.deadLetter && options.group === undefined) {
             throw new BrokerError(

@@ -19,3 +19,16 @@ export const DEAD_LETTER_HEADERS = {
   failedAt: 'x-ductape-failed-at',
   reason: 'x-ductape-dead-letter-reason',
 } as const;
+
+/** What `host.getType()` returns in a guard, interceptor or filter around an @OnBrokerEvent handler. */
+export const BROKER_CONTEXT_TYPE = 'ductape-broker';
+export type BrokerContextType = typeof BROKER_CONTEXT_TYPE;
+
+/**
+ * Parameter types of @BrokerMessage and @BrokerCtx, kept under Nest's own `__routeArguments__`
+ * metadata key. They are the numbers of @nestjs/microservices' `@Payload()` and `@Ctx()`
+ * (RpcParamtype.PAYLOAD and CONTEXT), so each pair works on the other's handlers, and pipes treat
+ * the message as a body ('body' is what ValidationPipe validates; the context is 'custom').
+ */
+export const BROKER_PARAM_MESSAGE = 3;
+export const BROKER_PARAM_CONTEXT = 6;

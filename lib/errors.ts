@@ -57,6 +57,25 @@ export class IncompleteDrainError extends Error {
   }
 }
 
+/** Why a NonRetryableError skipped the retries; it becomes the dead letter's reason header. */
+export type NonRetryableReason = 'non-retryable' | 'guard' | 'validation';
+
+/**
+ * Thrown by a handler (or anything around it) for a message that will never succeed: it goes to the
+ * dead letters at once, without the retries, with reason 'non-retryable' and this error's text.
+ * The module throws it itself, with reason 'guard' or 'validation', for a message a guard or a
+ * pipe refused.
+ */
+export class NonRetryableError extends Error {
+  readonly reason: NonRetryableReason;
+
+  constructor(message: string, options: { cause?: unknown; reason?: NonRetryableReason } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'NonRetryableError';
+    this.reason = options.reason ?? 'non-retryable';
+  }
+}
+
 export function isBrokerError(value: unknown, code?: BrokerErrorCode): value is BrokerError {
   return value instanceof BrokerError && (code === undefined || value.code === code);
 }

@@ -1,1 +1,2 @@
 export * from './on-broker-event.decorator';
+export * from './broker-params.decorator';

@@ -9,7 +9,9 @@ export interface OnBrokerEventMetadata {
 
 /**
  * Subscribes the decorated method to `brokerTag:topicTag` when the application boots. The method
- * gets `(message, ctx: BrokerContext)`; the message is acked once it resolves. Stackable.
+ * gets `(message, ctx: BrokerContext)`, or what its @BrokerMessage() and @BrokerCtx() parameters
+ * ask for; the message is acked once it resolves. Stackable. Guards, interceptors, pipes and
+ * filters (`@UseGuards`, ... and the global ones) apply, with `host.getType()` 'ductape-broker'.
  */
 export function OnBrokerEvent<E extends string, Events extends object = DuctapeEvents>(
   event: E & ValidEvent<E>,

@@ -1,11 +1,17 @@
 import type { BrokerAdapter, InboundMessage, OutboundMessage } from '../adapters/broker-adapter';
 import { DEAD_LETTER_HEADERS } from '../constants';
-import { describeError } from '../errors';
+import { describeError, type NonRetryableReason } from '../errors';
 import type { Route } from '../routing/route-resolver';
 import { deliveryParts } from './adapter-parts';
 import { decodeInbound, outboundOf, undecoded, type DecodedMessage } from './message-codec';
 
-export type DeadLetterReason = 'max-attempts' | 'poison' | 'schema';
+/**
+ * Why a message is a dead letter: 'max-attempts' (its handler failed every attempt), 'poison' (it
+ * could not be decoded), 'schema' (it fails its topic's schema), or at once, without retries,
+ * 'guard' (a guard refused it), 'validation' (a pipe refused it) and 'non-retryable' (its handler
+ * threw a NonRetryableError).
+ */
+export type DeadLetterReason = 'max-attempts' | 'poison' | 'schema' | NonRetryableReason;
 
 /** The headers a dead letter carries: the last error, the attempt count and the time. */
 export function deadLetterHeaders(error: unknown, attempts: number, reason: DeadLetterReason): Record<string, string> {

@@ -1,7 +1,7 @@
 import type { Logger } from '@nestjs/common';
 import type { AdapterConsumer, BrokerAdapter, InboundDelivery } from '../adapters/broker-adapter';
 import { DEAD_LETTER_HEADERS } from '../constants';
-import { describeError } from '../errors';
+import { describeError, NonRetryableError } from '../errors';
 import type { RetryPolicy } from '../interfaces/broker-options.interface';
 import type { StandardSchemaV1 } from '../interfaces/standard-schema.interface';
 import type { BrokerContext, BrokerMessageHandler } from '../interfaces/message-broker.interface';
@@ -167,6 +167,8 @@ export class SubscriptionRunner {
   }
 
   private handlerFailed(delivery: InboundDelivery, decoded: DecodedMessage, attempt: number, error: unknown): Promise<void> {
+    // A message that can never succeed (refused by a guard or a pipe, or said so by its handler): no retries.
+    if (error instanceof NonRetryableError) return this.deadLetter(delivery, decoded, error, attempt, error.reason);
     if (attempt >= this.spec.retry.maxAttempts) return this.deadLetter(delivery, decoded, error, attempt, 'max-attempts');
     return this.retry(delivery, decoded, attempt, error);
   }

@@ -1,0 +1,394 @@
+import 'reflect-metadata';
+import {
+  Catch,
+  Injectable,
+  Module,
+  UseFilters,
+  UseGuards,
+  UseInterceptors,
+  UsePipes,
+  ValidationPipe,
+  type ArgumentsHost,
+  type CallHandler,
+  type CanActivate,
+  type ExceptionFilter,
+  type ExecutionContext,
+  type INestApplication,
+  type NestInterceptor,
+} from '@nestjs/common';
+import { APP_GUARD, ExternalContextCreator, Reflector } from '@nestjs/core';
+import { Test } from '@nestjs/testing';
+import { IsPositive, IsString } from 'class-validator';
+import { throwError, tap, type Observable } from 'rxjs';
+import {
+  DEAD_LETTER_HEADERS,
+  DuctapeBrokerModule,
+  MemoryBrokerServer,
+  MessageBrokerService,
+  OnBrokerEvent,
+  type BrokerContext,
+  type BrokerModuleOptions,
+} from '../lib';
+import { BROKER_CONTEXT_TYPE } from '../lib/constants';
+import { BrokerCtx, BrokerMessage } from '../lib/decorators';
+import { BrokerHandlerEnhancer, brokerArgumentsOf } from '../lib/enhancers/broker-handler-enhancer';
+import { NonRetryableError } from '../lib/errors';
+import { createBrokerApp } from './support/app';
+import { sleep, waitFor } from './support/wait';
+
+const SERVER = 'enhancers-spec';
+const TOPICS = ['guarded', 'validated', 'property', 'intercepted', 'plain', 'swallowed', 'rethrown', 'observed', 'fatal', 'global'];
+
+const options = (server = SERVER): BrokerModuleOptions => ({
+  env: 'prd',
+  product: 'shop',
+  service: 'orders',
+  brokers: [{ tag: 'mem', envs: [{ slug: 'prd', type: 'memory', config: { server } }], topics: TOPICS.map((tag) => ({ tag })) }],
+  retry: { maxAttempts: 3, initialDelayMs: 5 },
+});
+
+/** What the handlers, guards, interceptors and filters saw, in order. */
+@Injectable()
+class Journal {
+  readonly lines: string[] = [];
+  readonly values: unknown[] = [];
+  add(line: string, value?: unknown): void {
+    this.lines.push(line);
+    if (value !== undefined) this.values.push(value);
+  }
+  count(prefix: string): number {
+    return this.lines.filter((line) => line.startsWith(prefix)).length;
+  }
+}
+
+/** Refuses a message whose `blocked` is true; records what kind of host it was given. */
+@Injectable()
+class BlockingGuard implements CanActivate {
+  constructor(private readonly journal: Journal) {}
+  canActivate(context: ExecutionContext): boolean {
+    const message = context.switchToRpc().getData<{ blocked?: boolean }>();
+    this.journal.add(`guard ${context.getType()} ${context.getHandler().name} ${context.getClass().name}`);
+    return message.blocked !== true;
+  }
+}
+
+/** Records the host's type and BrokerContext, and the handler's time, around the handler. */
+@Injectable()
+class TimingInterceptor implements NestInterceptor {
+  constructor(private readonly journal: Journal) {}
+  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    const args = brokerArgumentsOf(context);
+    const ctx = context.switchToRpc().getContext<BrokerContext>();
+    this.journal.add(`before ${context.getType()} ${ctx.event} attempt ${ctx.attempt} same-args ${String(args?.context === ctx)}`);
+    const started = process.hrtime.bigint();
+    return next.handle().pipe(tap(() => this.journal.add(`after ${process.hrtime.bigint() >= started ? 'timed' : 'untimed'}`)));
+  }
+}
+
+/** Handles every error: the filter swallows it (returns an answer). */
+@Catch()
+class SwallowingFilter implements ExceptionFilter {
+  static seen: string[] = [];
+  catch(exception: unknown, host: ArgumentsHost): string {
+    SwallowingFilter.seen.push(`${host.getType()} ${(exception as Error).message} ${host.switchToRpc().getContext<BrokerContext>().event}`);
+    return 'handled';
+  }
+}
+
+/** Looks at every error and gives it back: the message is retried as without the filter. */
+@Catch()
+class RethrowingFilter implements ExceptionFilter {
+  static seen = 0;
+  catch(exception: unknown): never {
+    RethrowingFilter.seen++;
+    throw exception;
+  }
+}
+
+/** An RPC-style filter: answers with an observable that errors (what BaseRpcExceptionFilter returns). */
+@Catch()
+class ObservableFilter implements ExceptionFilter {
+  catch(exception: unknown): Observable<never> {
+    return throwError(() => exception);
+  }
+}
+
+class OrderDto {
+  @IsString()
+  orderId!: string;
+
+  @IsPositive()
+  amount!: number;
+}
+
+const VALIDATE = new ValidationPipe({ transform: true });
+
+@Injectable()
+class Listeners {
+  constructor(private readonly journal: Journal) {}
+
+  @OnBrokerEvent('mem:guarded', { group: 'guarded' })
+  @UseGuards(BlockingGuard)
+  onGuarded(message: { id: string }, ctx: BrokerContext): void {
+    this.journal.add(`guarded ${message.id} ${ctx.event}`);
+  }
+
+  @OnBrokerEvent('mem:validated', { group: 'validated' })
+  @UsePipes(VALIDATE)
+  onValidated(@BrokerMessage() order: OrderDto): void {
+    this.journal.add(`validated ${order.orderId} ${order instanceof OrderDto ? 'OrderDto' : 'plain'}`, order);
+  }
+
+  @OnBrokerEvent('mem:property', { group: 'property' })
+  onProperty(@BrokerMessage('orderId') orderId: string, @BrokerCtx() ctx: BrokerContext): void {
+    this.journal.add(`property ${orderId} ${ctx.event} attempt ${ctx.attempt}`);
+  }
+
+  @OnBrokerEvent('mem:intercepted', { group: 'intercepted' })
+  @UseInterceptors(TimingInterceptor)
+  onIntercepted(message: { id: string }, ctx: BrokerContext): void {
+    this.journal.add(`intercepted ${message.id} ${ctx.messageId ? 'with-ctx' : 'no-ctx'}`);
+  }
+
+  @OnBrokerEvent('mem:plain', { group: 'plain' })
+  onPlain(message: { id: string }, ctx: BrokerContext): void {
+    this.journal.add(`plain ${message.id} ${ctx.event}`);
+    if (message.id === 'fatal') throw new NonRetryableError('order o-fatal can never be shipped');
+  }
+
+  @OnBrokerEvent('mem:swallowed', { group: 'swallowed' })
+  @UseFilters(SwallowingFilter)
+  onSwallowed(message: { id: string }, ctx: BrokerContext): void {
+    this.journal.add(`swallowed ${message.id} attempt ${ctx.attempt}`);
+    throw new Error(`cannot handle ${message.id}`);
+  }
+
+  @OnBrokerEvent('mem:rethrown', { group: 'rethrown' })
+  @UseFilters(RethrowingFilter)
+  onRethrown(message: { id: string }, ctx: BrokerContext): void {
+    this.journal.add(`rethrown ${message.id} attempt ${ctx.attempt}`);
+    throw new Error(`cannot handle ${message.id}`);
+  }
+
+  @OnBrokerEvent('mem:observed', { group: 'observed' })
+  @UseFilters(ObservableFilter)
+  onObserved(message: { id: string }, ctx: BrokerContext): void {
+    this.journal.add(`observed ${message.id} attempt ${ctx.attempt}`);
+    throw new Error(`cannot handle ${message.id}`);
+  }
+}
+
+@Module({ providers: [Journal, Listeners, BlockingGuard, TimingInterceptor] })
+class ListenersModule {}
+
+/** The dead letters of `group` on `topic`, as they arrive (message and headers). */
+async function deadLetters(broker: MessageBrokerService, topic: string, group: string): Promise<{ message: unknown; headers: Record<string, string> }[]> {
+  const dead: { message: unknown; headers: Record<string, string> }[] = [];
+  await broker.subscribe({ env: 'prd', event: `mem:${topic}`, product_tag: 'shop', input: { group, deadLetter: true, callback: (message, ctx) => void dead.push({ message, headers: ctx.headers }) } });
+  return dead;
+}
+
+const publish = (broker: MessageBrokerService, topic: string, message: unknown) => broker.publish({ env: 'prd', event: `mem:${topic}`, product_tag: 'shop', input: { message } });
+
+describe('enhancers on @OnBrokerEvent handlers (memory broker)', () => {
+  let app: INestApplication;
+  let broker: MessageBrokerService;
+  let journal: Journal;
+
+  beforeAll(async () => {
+    ({ app, broker } = await createBrokerApp(options(), { imports: [ListenersModule] }));
+    journal = app.get(Journal);
+  });
+
+  afterAll(() => app.close());
+
+  beforeEach(() => {
+    journal.lines.length = 0;
+    journal.values.length = 0;
+  });
+
+  it('a guard sees a ductape-broker host; one that refuses sends the message to the dead letters at once, reason guard, the handler not called', async () => {
+    const dead = await deadLetters(broker, 'guarded', 'guarded');
+    await publish(broker, 'guarded', { id: 'o1' });
+    await publish(broker, 'guarded', { id: 'o2', blocked: true });
+    await waitFor(() => dead.length === 1 && journal.count('guarded ') === 1, 'o1 handled and o2 dead-lettered');
+    await sleep(50); // a retry of o2 would reach the guard again
+    expect(journal.lines.filter((line) => line.startsWith('guard ')).sort()).toEqual(['guard ductape-broker onGuarded Listeners', 'guard ductape-broker onGuarded Listeners']);
+    expect(journal.lines).toContain('guarded o1 mem:guarded');
+    expect(dead[0].message).toEqual({ id: 'o2', blocked: true });
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toBe('NonRetryableError: refused by a guard: ForbiddenException: Forbidden resource');
+  });
+
+  it('@BrokerMessage() with a ValidationPipe: a good message arrives as its DTO, a bad one goes to the dead letters, reason validation, with what failed', async () => {
+    const dead = await deadLetters(broker, 'validated', 'validated');
+    await publish(broker, 'validated', { orderId: 'o3', amount: 10 });
+    await publish(broker, 'validated', { orderId: 42, amount: -1 });
+    await waitFor(() => dead.length === 1 && journal.count('validated ') === 1, 'o3 handled and the bad order dead-lettered');
+    await sleep(50);
+    expect(journal.lines).toEqual(['validated o3 OrderDto']);
+    expect(journal.values[0]).toBeInstanceOf(OrderDto);
+    expect(dead[0].message).toEqual({ orderId: 42, amount: -1 });
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('validation');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toBe(
+      'NonRetryableError: refused by a pipe: BadRequestException: Bad Request Exception (orderId must be a string; amount must be a positive number)',
+    );
+  });
+
+  it('@BrokerMessage(property) gives that property, @BrokerCtx() the BrokerContext, and a spy on the method sees the call', async () => {
+    const spy = jest.spyOn(app.get(Listeners), 'onProperty');
+    try {
+      await publish(broker, 'property', { orderId: 'o4', amount: 3 });
+      await waitFor(() => journal.count('property ') === 1, 'o4 handled');
+      expect(journal.lines).toEqual(['property o4 mem:property attempt 1']);
+      expect(spy).toHaveBeenCalledTimes(1);
+      expect(spy.mock.calls[0][0]).toBe('o4');
+      expect(spy.mock.calls[0][1]).toMatchObject({ event: 'mem:property', env: 'prd', product: 'shop', attempt: 1 });
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('an interceptor sees the ductape-broker host with the BrokerContext, and wraps the handler, which still gets (message, ctx)', async () => {
+    await publish(broker, 'intercepted', { id: 'o5' });
+    await waitFor(() => journal.count('after ') === 1, 'the interceptor after the handler');
+    expect(journal.lines).toEqual(['before ductape-broker mem:intercepted attempt 1 same-args true', 'intercepted o5 with-ctx', 'after timed']);
+  });
+
+  it('a handler without enhancers keeps its direct (message, ctx) call; a spy on it sees the call', async () => {
+    const spy = jest.spyOn(app.get(Listeners), 'onPlain');
+    try {
+      await publish(broker, 'plain', { id: 'o6' });
+      await waitFor(() => journal.count('plain ') === 1, 'o6 handled');
+      expect(spy).toHaveBeenCalledWith({ id: 'o6' }, expect.objectContaining({ event: 'mem:plain', attempt: 1 }));
+    } finally {
+      spy.mockRestore();
+    }
+    const enhancer = new BrokerHandlerEnhancer(app.get(ExternalContextCreator));
+    const listeners = app.get(Listeners);
+    expect(enhancer.isEnhanced(listeners, 'onPlain', Listeners.prototype.onPlain)).toBe(false);
+    expect(enhancer.isEnhanced(listeners, 'onProperty', Listeners.prototype.onProperty)).toBe(true);
+    expect(enhancer.isEnhanced(listeners, 'onIntercepted', Listeners.prototype.onIntercepted)).toBe(true);
+    expect(enhancer.isEnhanced(listeners, 'onGuarded', Listeners.prototype.onGuarded)).toBe(true);
+    expect(enhancer.isEnhanced(listeners, 'onSwallowed', Listeners.prototype.onSwallowed)).toBe(true);
+  });
+
+  it('a NonRetryableError from a handler skips the retries: dead letter at once, reason non-retryable', async () => {
+    const dead = await deadLetters(broker, 'plain', 'plain');
+    await publish(broker, 'plain', { id: 'fatal' });
+    await waitFor(() => dead.length === 1, 'the dead letter');
+    await sleep(50);
+    expect(journal.lines).toEqual(['plain fatal mem:plain']);
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('non-retryable');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toBe('NonRetryableError: order o-fatal can never be shipped');
+  });
+
+  it('a filter that handles the error (returns an answer) has the message acked: no retry, no dead letter', async () => {
+    SwallowingFilter.seen = [];
+    await publish(broker, 'swallowed', { id: 'o7' });
+    await waitFor(() => SwallowingFilter.seen.length === 1, 'the filter');
+    await sleep(80); // a retry comes after 5 ms
+    expect(journal.lines).toEqual(['swallowed o7 attempt 1']);
+    expect(SwallowingFilter.seen).toEqual(['ductape-broker cannot handle o7 mem:swallowed']);
+    expect(MemoryBrokerServer.shared(SERVER).deadLetterCount('shop.prd.swallowed', 'swallowed')).toBe(0);
+  });
+
+  it('a filter that rethrows, or answers with an observable that errors, leaves the failure: retries, then dead letters (max-attempts)', async () => {
+    RethrowingFilter.seen = 0;
+    const rethrown = await deadLetters(broker, 'rethrown', 'rethrown');
+    const observed = await deadLetters(broker, 'observed', 'observed');
+    await publish(broker, 'rethrown', { id: 'o8' });
+    await publish(broker, 'observed', { id: 'o9' });
+    await waitFor(() => rethrown.length === 1 && observed.length === 1, 'both dead letters');
+    expect(journal.lines.filter((line) => line.startsWith('rethrown')).sort()).toEqual(['rethrown o8 attempt 1', 'rethrown o8 attempt 2', 'rethrown o8 attempt 3']);
+    expect(journal.lines.filter((line) => line.startsWith('observed')).sort()).toEqual(['observed o9 attempt 1', 'observed o9 attempt 2', 'observed o9 attempt 3']);
+    expect(RethrowingFilter.seen).toBe(3);
+    for (const dead of [rethrown[0], observed[0]]) {
+      expect(dead.headers[DEAD_LETTER_HEADERS.reason]).toBe('max-attempts');
+      expect(dead.headers[DEAD_LETTER_HEADERS.attempts]).toBe('3');
+    }
+    expect(rethrown[0].headers[DEAD_LETTER_HEADERS.error]).toBe('Error: cannot handle o8');
+  });
+});
+
+describe('global enhancers on @OnBrokerEvent handlers', () => {
+  const Roles = Reflector.createDecorator<string[]>();
+
+  @Injectable()
+  class GlobalListener {
+    readonly seen: string[] = [];
+
+    @OnBrokerEvent('mem:global', { group: 'global' })
+    @Roles(['auditor'])
+    onGlobal(message: { id: string }, ctx: BrokerContext): void {
+      this.seen.push(`global ${message.id} attempt ${ctx.attempt}`);
+    }
+  }
+
+  /** An APP_GUARD that reads the handler's metadata through the Reflector, as role guards do. */
+  @Injectable()
+  class RolesGuard implements CanActivate {
+    static seen: string[] = [];
+    constructor(private readonly reflector: Reflector) {}
+    canActivate(context: ExecutionContext): boolean {
+      if (context.getType<string>() !== BROKER_CONTEXT_TYPE) return true;
+      const required = this.reflector.get(Roles, context.getHandler());
+      const message = context.switchToRpc().getData<{ role?: string }>();
+      RolesGuard.seen.push(`${context.getHandler().name} needs ${String(required)}`);
+      return required?.includes(message.role ?? '') ?? true;
+    }
+  }
+
+  let app: INestApplication | undefined;
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+  });
+
+  it('an APP_GUARD and app.useGlobalInterceptors apply to a handler with none of its own; the guard reads its metadata', async () => {
+    RolesGuard.seen = [];
+    const intercepted: string[] = [];
+    const moduleRef = await Test.createTestingModule({
+      imports: [DuctapeBrokerModule.forRoot(options(`${SERVER}-app-guard`))],
+      providers: [GlobalListener, { provide: APP_GUARD, useClass: RolesGuard }],
+    }).compile();
+    app = moduleRef.createNestApplication({ logger: false });
+    app.useGlobalInterceptors({
+      intercept: (context: ExecutionContext, next: CallHandler) => {
+        intercepted.push(`${context.getType()} ${context.switchToRpc().getContext<BrokerContext>().event}`);
+        return next.handle();
+      },
+    });
+    await app.init();
+    const broker = app.get(MessageBrokerService);
+    const listener = app.get(GlobalListener);
+    const dead = await deadLetters(broker, 'global', 'global');
+    await publish(broker, 'global', { id: 'g1', role: 'auditor' });
+    await publish(broker, 'global', { id: 'g2', role: 'intern' });
+    await waitFor(() => listener.seen.length === 1 && dead.length === 1, 'g1 handled, g2 refused');
+    expect(listener.seen).toEqual(['global g1 attempt 1']);
+    expect(RolesGuard.seen).toEqual(['onGlobal needs auditor', 'onGlobal needs auditor']);
+    expect(intercepted).toEqual(['ductape-broker mem:global']);
+    expect(dead[0].message).toEqual({ id: 'g2', role: 'intern' });
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
+  });
+
+  it('app.useGlobalGuards applies too (set before init)', async () => {
+    const moduleRef = await Test.createTestingModule({ imports: [DuctapeBrokerModule.forRoot(options(`${SERVER}-global-guard`))], providers: [GlobalListener] }).compile();
+    app = moduleRef.createNestApplication({ logger: false });
+    app.useGlobalGuards({ canActivate: (context: ExecutionContext) => context.switchToRpc().getData<{ id: string }>().id !== 'g4' });
+    await app.init();
+    const broker = app.get(MessageBrokerService);
+    const listener = app.get(GlobalListener);
+    const dead = await deadLetters(broker, 'global', 'global');
+    await publish(broker, 'global', { id: 'g3' });
+    await publish(broker, 'global', { id: 'g4' });
+    await waitFor(() => listener.seen.length === 1 && dead.length === 1, 'g3 handled, g4 refused');
+    expect(listener.seen).toEqual(['global g3 attempt 1']);
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
+    expect(new BrokerHandlerEnhancer(app.get(ExternalContextCreator)).isEnhanced(listener, 'onGlobal', GlobalListener.prototype.onGlobal)).toBe(true);
+  });
+});
