@@ -1,7 +1,7 @@
 import type { BrokerEnvConfig } from '../lib';
 import { createAdapter } from '../lib/adapters/adapter-factory';
 
-const context = { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {} } };
+const context = { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {}, debug() {} } };
 
 describe('adapter factory', () => {
   afterEach(() => {

@@ -70,7 +70,7 @@ class CoreOnlyAdapter implements BrokerAdapter {
   }
 }
 
-const silent: AdapterLogger = { log: () => undefined, warn: () => undefined, error: () => undefined };
+const silent: AdapterLogger = { log: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
 const route = testRoute('p.prd.orders');
 
 function outbound(id: string, payload: unknown): OutboundMessage {

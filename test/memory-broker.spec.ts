@@ -16,14 +16,16 @@ interface CapturedLogs {
   log: string[];
   warn: string[];
   error: string[];
+  debug: string[];
 }
 
 function capturingLogger(): { logger: AdapterLogger; logs: CapturedLogs } {
-  const logs: CapturedLogs = { log: [], warn: [], error: [] };
+  const logs: CapturedLogs = { log: [], warn: [], error: [], debug: [] };
   const logger: AdapterLogger = {
     log: (message) => void logs.log.push(message),
     warn: (message) => void logs.warn.push(message),
     error: (message) => void logs.error.push(message),
+    debug: (message) => void logs.debug.push(message),
   };
   return { logger, logs };
 }

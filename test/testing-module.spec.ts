@@ -202,7 +202,7 @@ describe('useInMemoryBrokers', () => {
     const broker = app.get(MessageBrokerService);
     await broker.publish({ env: 'prd', event: ORDERS, product_tag: 'testing_helper', input: { message: { orderId: 'late', total: 1 }, delayMs: 60_000 } });
     await app.close();
-    expect(logs.lines('DuctapeBroker', 'discarded as the broker closes')).toEqual([expect.stringContaining('1 delayed message(s)')]);
+    expect(logs.lines('DuctapeBroker:Memory', 'discarded as the broker closes')).toEqual([expect.stringContaining('1 delayed message(s)')]);
   });
 
   it('getBrokerTestHarness refuses an application whose brokers were not swapped', async () => {

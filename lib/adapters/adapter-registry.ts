@@ -4,7 +4,8 @@ import { BrokerError, describeError } from '../errors';
 import type { BrokerAdapterDefinition, BrokerEnvConfig } from '../interfaces/broker-options.interface';
 import { SingleFlight } from '../support/single-flight';
 import { createAdapter } from './adapter-factory';
-import type { AdapterLogger, BrokerAdapter } from './broker-adapter';
+import { adapterLogContext, createAdapterLogger } from './adapter-logger';
+import type { BrokerAdapter } from './broker-adapter';
 
 /**
  * The connections of a module: one adapter per (broker tag, env slug), created and connected on
@@ -73,11 +74,8 @@ export class AdapterRegistry {
 
   private async open(brokerTag: string, env: BrokerEnvConfig<string>): Promise<BrokerAdapter> {
     if (this.closed) throw new BrokerError('PUBLISH_FAILED', 'the broker module is shut down');
-    const logger: AdapterLogger = {
-      log: (message) => this.logger.log(`[${brokerTag}/${env.slug}] ${message}`),
-      warn: (message) => this.logger.warn(`[${brokerTag}/${env.slug}] ${message}`),
-      error: (message) => this.logger.error(`[${brokerTag}/${env.slug}] ${message}`),
-    };
+    // A context per adapter type (the module's own Logger is kept for the registry's lines).
+    const logger = createAdapterLogger(adapterLogContext(env.type), `[${brokerTag}/${env.slug}]`);
     // Another env's settings could be absent at startup: they must be whole now.
     validateEnvConnection(brokerTag, env, this.registered);
     let adapter: BrokerAdapter;

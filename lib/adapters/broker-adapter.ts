@@ -232,8 +232,19 @@ export interface AdapterContext {
   shutdownTimeoutMs?: number;
 }
 
+/**
+ * Where an adapter writes its log lines. The module gives each adapter one over Nest's Logger,
+ * under a context of its broker type (`DuctapeBroker:RabbitMQ`), every line prefixed with
+ * `[brokerTag/env]`, without the credentials of any URL in it. Quiet by default: nothing per message at
+ * `log`; docs/logging.md has the table of what goes at which level.
+ */
 export interface AdapterLogger {
+  /** Lifecycle a person wants to see: connected (once), a connection back after a loss. */
   log(message: string): void;
+  /** Something failed and the adapter recovers: a connection lost and reconnecting, a publish or receive retried. */
   warn(message: string): void;
+  /** Something is lost or will not recover by itself. */
   error(message: string): void;
+  /** Routine chatter, off unless Nest's `debug` level is on: topology declared, consumers started and closed. Never per message. */
+  debug(message: string): void;
 }

@@ -1,5 +1,5 @@
-import { Logger } from '@nestjs/common';
 import { MemoryBrokerServer } from '../adapters/memory';
+import { adapterLogContext, createAdapterLogger } from '../adapters/adapter-logger';
 import type { AdapterLogger } from '../adapters/broker-adapter';
 import type { BrokerEnvConfig } from '../interfaces/broker-options.interface';
 
@@ -38,12 +38,7 @@ export function testingServerName(env: BrokerEnvConfig<string>): string | undefi
   return typeof name === 'string' && name.startsWith(`${PREFIX}.`) ? name : undefined;
 }
 
+/** Under the memory adapters' context, prefixed with the server's `group.brokerTag.slug`. */
 function serverLogger(name: string): AdapterLogger {
-  const logger = new Logger('DuctapeBroker');
-  const prefix = `[${name.slice(PREFIX.length + 1)}]`;
-  return {
-    log: (message) => logger.log(`${prefix} ${message}`),
-    warn: (message) => logger.warn(`${prefix} ${message}`),
-    error: (message) => logger.error(`${prefix} ${message}`),
-  };
+  return createAdapterLogger(adapterLogContext('memory'), `[${name.slice(PREFIX.length + 1)}]`);
 }

@@ -28,6 +28,7 @@ class Logs {
   log = (text: string): void => void this.lines.push({ level: 'log', text });
   warn = (text: string): void => void this.lines.push({ level: 'warn', text });
   error = (text: string): void => void this.lines.push({ level: 'error', text });
+  debug = (text: string): void => void this.lines.push({ level: 'debug', text });
   at(level: string): string[] {
     return this.lines.filter((line) => line.level === level).map((line) => line.text);
   }

@@ -371,7 +371,7 @@ describeWithBroker('rabbitmq', SUITE, () => {
      * still in flight.
      */
     async function sendTwiceAcrossADeletedQueue(first: OutboundMessage, second: OutboundMessage): Promise<[string, string]> {
-      const adapter = createRabbitMqAdapter(rabbitEnv('prd').config, { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {} } });
+      const adapter = createRabbitMqAdapter(rabbitEnv('prd').config, { brokerTag: 'b', envSlug: 'prd', logger: { log() {}, warn() {}, error() {}, debug() {} } });
       await adapter.connect();
       const { topic } = newTopic();
       const queue = `${topic}:g`;

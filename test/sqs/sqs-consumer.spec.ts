@@ -60,7 +60,7 @@ describe('SqsConsumer on a FIFO queue', () => {
         if (body === 'A1') await delivery.retryLater!(1000);
         else await delivery.ack();
       },
-      { log() {}, warn() {}, error() {} },
+      { log() {}, warn() {}, error() {}, debug() {} },
     );
     consumer.start();
     await waitFor(() => deleted.includes('rh-B1') && visibility.some((change) => change.handle === 'rh-A2'), 'B1 deleted and A2 given back');
@@ -80,7 +80,7 @@ describe('SqsConsumer on a FIFO queue', () => {
         handed.push(String(delivery.body));
         await delivery.ack();
       },
-      { log() {}, warn() {}, error() {} },
+      { log() {}, warn() {}, error() {}, debug() {} },
     );
     consumer.start();
     await waitFor(() => deleted.length === 3, 'all three deleted');

@@ -100,7 +100,7 @@ describe('SQS FIFO: messages handed back behind a retrying one of their group', 
     const calls: string[] = [];
     const deadLetters: string[] = [];
     let consumer: SqsConsumer | undefined;
-    const logger = { log: () => undefined, warn: () => undefined, error: () => undefined };
+    const logger = { log: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
     const adapter = {
       consume: (_topic, _options, listener) => {
         consumer = new SqsConsumer(

@@ -1,0 +1,54 @@
+import { Logger } from '@nestjs/common';
+import type { AdapterLogger } from './broker-adapter';
+
+/** How each built-in broker type is named in a log context; a registered type goes by its own name. */
+const TYPE_NAMES: Readonly<Record<string, string>> = {
+  memory: 'Memory',
+  rabbitmq: 'RabbitMQ',
+  kafka: 'Kafka',
+  sqs: 'SQS',
+  redis: 'Redis',
+  nats: 'NATS',
+};
+
+/**
+ * The Nest Logger context of an adapter of this broker type: `DuctapeBroker:RabbitMQ`. By type,
+ * not by broker tag, so one context (and one filter) covers every broker of a kind; the line's
+ * `[brokerTag/env]` prefix tells two brokers of one type apart.
+ */
+export function adapterLogContext(type: string): string {
+  return `DuctapeBroker:${Object.hasOwn(TYPE_NAMES, type) ? TYPE_NAMES[type] : type}`;
+}
+
+/** `scheme://userinfo@`: userinfo as a URL carries it (anything that is no separator). */
+const URL_USERINFO = /(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,63}:\/\/)([^\s/?#@]{1,2048})@/gi;
+
+/**
+ * A line without the credentials of any URL in it: `amqp://svc:pw@host` keeps its user
+ * (`amqp://svc:***@host`), a bare userinfo (`nats://token@host`) goes whole. Adapters name
+ * endpoints without credentials already; this covers a client library's text that echoes its
+ * URL. Not redactSecrets: its `Basic <token>` and `password=` rules also rewrite plain words
+ * ("the Basic Multilingual Plane"), and every adapter line goes through here.
+ */
+export function withoutUrlCredentials(message: string): string {
+  if (!message.includes('://')) return message;
+  return message.replace(URL_USERINFO, (_match: string, scheme: string, userinfo: string) => {
+    const colon = userinfo.indexOf(':');
+    return colon > 0 ? `${scheme}${userinfo.slice(0, colon)}:***@` : `${scheme}***@`;
+  });
+}
+
+/**
+ * An AdapterLogger over Nest's Logger under `context`, each line prefixed with `prefix` and
+ * stripped of URL credentials. Lines are rare (never per message), so this costs nothing that matters.
+ */
+export function createAdapterLogger(context: string, prefix: string): AdapterLogger {
+  const logger = new Logger(context);
+  const line = (message: string): string => `${prefix} ${withoutUrlCredentials(message)}`;
+  return {
+    log: (message) => logger.log(line(message)),
+    warn: (message) => logger.warn(line(message)),
+    error: (message) => logger.error(line(message)),
+    debug: (message) => logger.debug(line(message)),
+  };
+}
