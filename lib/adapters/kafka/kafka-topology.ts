@@ -99,8 +99,9 @@ export class KafkaTopology {
     const { topicCreation, numPartitions, replicationFactor } = this.settings;
     if (topicCreation === 'admin' && !this.adminCreationFailed) {
       try {
-        await admin.createTopics({ topics: [{ topic, numPartitions, replicationFactor }], waitForLeaders: true });
+        const created = await admin.createTopics({ topics: [{ topic, numPartitions, replicationFactor }], waitForLeaders: true });
         this.knownTopics.add(topic);
+        if (created) this.logger.debug(`created topic '${topic}' (${numPartitions} partitions, replication factor ${replicationFactor})`);
         return;
       } catch (error) {
         if (isSettlingError(error)) {

@@ -161,6 +161,7 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
       publishTimeoutMs: this.settings.publishTimeoutMs,
       maxInFlight: idempotent ? 1 : Number.MAX_SAFE_INTEGER,
     });
+    this.logger.log(`connected to Kafka at ${this.endpoint}`);
   }
 
   /**
@@ -265,7 +266,7 @@ export class KafkaAdapter implements CompleteBrokerAdapter {
         subscription = create();
       }
     }
-    return this.subscriptions.adopt(subscription, 'Kafka');
+    return this.subscriptions.adopt(subscription, 'Kafka', this.logger, `topics ${topics.map((name) => `'${name}'`).join(', ')} (consumer group '${groupId}', concurrency ${options.concurrency})`);
   }
 
   async close(): Promise<void> {

@@ -2,6 +2,7 @@ import type {
   AdapterCapabilities,
   AdapterConsumer,
   AdapterContext,
+  AdapterLogger,
   AdapterTopic,
   CompleteBrokerAdapter,
   ConsumeOptions,
@@ -31,8 +32,13 @@ export class MemoryAdapter implements CompleteBrokerAdapter {
   private readonly ownsServer: boolean;
   private readonly limits: MemoryBrokerLimits;
   private readonly noGroup: NoGroupWarnings;
+  private readonly logger: AdapterLogger;
+  /** What connect() logs: whose server this adapter uses. */
+  private readonly serverName: string;
 
   constructor(config: MemoryEnvConfig['config'], context: AdapterContext) {
+    this.logger = context.logger;
+    this.serverName = config?.server === undefined ? 'a server of its own' : `the shared server '${config.server}'`;
     this.noGroup = new NoGroupWarnings(context.logger, context.envSlug);
     this.limits = {
       maxQueueLength: config?.maxQueueLength ?? DEFAULT_MEMORY_LIMITS.maxQueueLength,
@@ -45,6 +51,7 @@ export class MemoryAdapter implements CompleteBrokerAdapter {
   }
 
   connect(): Promise<void> {
+    this.logger.log(`connected to the in-memory broker (${this.serverName}, in this process)`);
     return Promise.resolve();
   }
 
@@ -91,6 +98,7 @@ export class MemoryAdapter implements CompleteBrokerAdapter {
 
   consume(topic: AdapterTopic, options: ConsumeOptions, listener: DeliveryListener): Promise<AdapterConsumer> {
     const consumer = this.server.queue(topic.name, options.group, options.source).addConsumer(options.concurrency, listener);
+    const what = `${options.source === 'messages' ? 'topic' : 'the dead letters of topic'} '${topic.name}' (group '${options.group}', concurrency ${options.concurrency})`;
     const handle: AdapterConsumer = {
       stop: () => {
         consumer.stop();
@@ -99,10 +107,12 @@ export class MemoryAdapter implements CompleteBrokerAdapter {
       close: () => {
         consumer.close();
         this.consumers.delete(handle);
+        this.logger.debug(`consumer of ${what} closed`);
         return Promise.resolve();
       },
     };
     this.consumers.add(handle);
+    this.logger.debug(`consumer of ${what} started`);
     return Promise.resolve(handle);
   }
 

@@ -1,5 +1,6 @@
 import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, type ConsumerConfig, type JetStreamManager, type StreamConfig } from 'nats';
 import { SingleFlight } from '../../support/single-flight';
+import type { AdapterLogger } from '../broker-adapter';
 import { heldStream, heldSubjects, messageStream, messageSubjects, streamKey } from './nats-names';
 
 /** JetStream's API error code for "stream not found". */
@@ -39,6 +40,7 @@ export class NatsTopology {
   constructor(
     private readonly jsm: () => JetStreamManager,
     private readonly settings: TopologySettings,
+    private readonly logger: AdapterLogger,
   ) {}
 
   /**
@@ -96,6 +98,7 @@ export class NatsTopology {
         if (apiCode(error) !== CONSUMER_NOT_FOUND) throw error;
         await jsm.consumers.add(stream, config);
         created = true;
+        this.logger.debug(`created consumer '${name}' on stream '${stream}' (filter '${filterSubject}')`);
       }
     });
     this.consumers.set(id, made);
@@ -142,6 +145,7 @@ export class NatsTopology {
       };
       try {
         await jsm.streams.add(config);
+        this.logger.debug(`created stream '${name}' (${retention} retention, ${config.storage} storage)`);
       } catch (error) {
         // Another process made it meanwhile: the same config is fine.
         if (!/already in use|already exists/i.test(String((error as Error).message))) throw error;

@@ -117,7 +117,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
       retentionMs: config.retentionMs ?? NATS_DEFAULTS.retentionMs,
     };
     this.endpoint = describeServers(this.settings.servers);
-    this.topology = new NatsTopology(() => this.requireManager(), this.settings);
+    this.topology = new NatsTopology(() => this.requireManager(), this.settings, this.logger);
   }
 
   async connect(): Promise<void> {
@@ -151,6 +151,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     }
     this.jsClient = this.nc.jetstream({ timeout: PUBLISH_ATTEMPT_MS });
     void this.watchStatus(this.nc);
+    this.logger.log(`connected to NATS at ${this.endpoint} (JetStream)`);
   }
 
   /**
@@ -252,7 +253,7 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
       await puller.close();
       throw new Error(`cannot start the consumer '${name}' of stream '${stream}' on NATS at ${this.endpoint}: ${this.explain(error)}`);
     }
-    return this.consumers.adopt(puller, 'NATS');
+    return this.consumers.adopt(puller, 'NATS', this.logger, `stream '${stream}' by consumer '${name}' (group '${options.group}', concurrency ${options.concurrency})`);
   }
 
   async close(): Promise<void> {
@@ -383,7 +384,8 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
           if (lost) this.topology.forgetStream(stream);
           await this.topology.ensureHeldStream(topic);
           const created = await this.topology.ensureConsumer(stream, name, delaySubject(topic), 'held', true);
-          if (lost && created) this.logger.error(`NATS delay mover '${name}' on stream '${stream}' at ${this.endpoint} was gone (deleted) and is made again`);
+          // warn: the delayed messages wait in the held stream, and the new mover reads them all (deliver policy all).
+          if (lost && created) this.logger.warn(`NATS delay mover '${name}' on stream '${stream}' at ${this.endpoint} was gone (deleted) and is made again`);
         },
         handle: async (msg, settle) => {
           const due = Number(msg.headers?.get(DUE_HEADER));

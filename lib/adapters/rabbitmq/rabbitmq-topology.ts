@@ -2,6 +2,7 @@ import type { Channel, Options } from 'amqplib';
 import type { RabbitMqEnvConfig } from '../../interfaces/broker-options.interface';
 import { singleFlight } from '../../support/single-flight';
 import { withTimeout } from '../../support/with-timeout';
+import type { AdapterLogger } from '../broker-adapter';
 import { deadLetterQueue, groupQueue, topicExchange } from './rabbitmq-names';
 
 /** A delay queue idle this much longer than its delay is removed by the broker. */
@@ -33,6 +34,7 @@ export class RabbitMqTopology {
   constructor(
     private readonly settings: TopologySettings,
     private readonly withChannel: WithChannel,
+    private readonly logger: AdapterLogger,
   ) {}
 
   /** Declares a group's queues (and its topic's exchange) on a channel; idempotent. */
@@ -44,6 +46,7 @@ export class RabbitMqTopology {
     await channel.assertQueue(queue, this.queueOptions());
     await channel.bindQueue(queue, exchange, '');
     await channel.assertQueue(deadLetterQueue(topic, group), this.queueOptions());
+    this.logger.debug(`declared exchange '${exchange}', queue '${queue}' bound to it, and queue '${deadLetterQueue(topic, group)}'`);
   }
 
   /** undefined when the exchange is known to exist (the hot path stays synchronous). */
@@ -52,6 +55,7 @@ export class RabbitMqTopology {
     const declared = this.declaring.run(`exchange ${exchange}`, async () => {
       await this.withChannel((channel) => channel.assertExchange(exchange, 'fanout', { durable: true }), this.settings.publishTimeoutMs);
       this.declaredExchanges.add(exchange);
+      this.logger.debug(`declared exchange '${exchange}'`);
     });
     return beforeDeadline(declared, deadline, `declaring exchange '${exchange}'`);
   }
@@ -73,6 +77,7 @@ export class RabbitMqTopology {
       const args = { 'x-message-ttl': delayMs, 'x-expires': expiresMs, ...deadLetter, ...safety };
       await this.withChannel((channel) => channel.assertQueue(queue, this.queueOptions(args)), this.settings.publishTimeoutMs);
       this.rememberDelayQueue(queue, expiresMs);
+      this.logger.debug(`declared delay queue '${queue}' (${delayMs} ms)`);
     });
     return beforeDeadline(declared, deadline, `declaring queue '${queue}'`);
   }

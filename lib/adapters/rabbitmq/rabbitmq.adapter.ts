@@ -126,7 +126,7 @@ export class RabbitMqAdapter implements CompleteBrokerAdapter {
     };
     this.target = rabbitMqEndpoint(url);
     this.endpoint = this.target.address;
-    this.topology = new RabbitMqTopology(this.settings, (work, waitMs) => this.withChannel(work, waitMs));
+    this.topology = new RabbitMqTopology(this.settings, (work, waitMs) => this.withChannel(work, waitMs), this.logger);
   }
 
   health(): AdapterHealth {
@@ -152,6 +152,7 @@ export class RabbitMqAdapter implements CompleteBrokerAdapter {
       clearTimeout(slow);
     }
     this.firstConnectionDone = true;
+    this.logger.log(`connected to ${describeRabbitMq(this.target)}`);
     this.publisher = new RabbitMqPublisher(this.publishing, this.settings.publishTimeoutMs, this.logger, (error) => {
       // A deleted exchange closes the publisher's channel (404): declare again before the next send.
       if (error.code === 404) {
@@ -253,7 +254,7 @@ export class RabbitMqAdapter implements CompleteBrokerAdapter {
       this.logger,
     );
     await consumer.start();
-    return this.consumers.adopt(consumer, 'RabbitMQ');
+    return this.consumers.adopt(consumer, 'RabbitMQ', this.logger, `queue '${queue}' (group '${options.group}', concurrency ${options.concurrency})`);
   }
 
   async close(): Promise<void> {

@@ -349,7 +349,8 @@ export class RedisConsumer implements AdapterConsumer {
     handled.then(
       () => this.finish(key, entry),
       (error: unknown) => {
-        this.logger.error(`a delivery of group '${this.options.group}' failed unsettled (${describeError(error)}); it stays pending and is delivered again`);
+        // warn, not error: nothing is lost, the entry is delivered again (see docs/logging.md).
+        this.logger.warn(`a delivery of group '${this.options.group}' failed unsettled (${describeError(error)}); it stays pending and is delivered again`);
         this.finish(key, entry);
       },
     );

@@ -119,6 +119,7 @@ export class RedisAdapter implements CompleteBrokerAdapter {
       lostAt = undefined;
     });
     await connectClient(this.client, this.settings);
+    this.logger.log(`connected to Redis at ${this.endpoint}`);
   }
 
   /**
@@ -192,14 +193,16 @@ export class RedisAdapter implements CompleteBrokerAdapter {
     const streams = messages ? [main, copies] : [deadLetters];
     const ensureGroups = async (again: boolean): Promise<void> => {
       const client = this.requireClient();
+      const made: string[] = [];
       if (messages) {
         // The topic's stream from now on (`$`), the rule for a new group; after NOGROUP, all the
         // stream holds (it was made anew since the group read it). The group's copies from the start.
-        await createGroup(client, main, group, again ? '0' : '$');
-        await createGroup(client, copies, group, '0');
-      } else {
-        await createGroup(client, deadLetters, group, '0');
+        if (await createGroup(client, main, group, again ? '0' : '$')) made.push(main);
+        if (await createGroup(client, copies, group, '0')) made.push(copies);
+      } else if (await createGroup(client, deadLetters, group, '0')) {
+        made.push(deadLetters);
       }
+      if (made.length > 0) this.logger.debug(`created consumer group '${group}' on stream${made.length > 1 ? 's' : ''} ${made.map((name) => `'${name}'`).join(', ')}`);
     };
     try {
       await ensureGroups(false);
@@ -253,6 +256,8 @@ export class RedisAdapter implements CompleteBrokerAdapter {
         },
       },
       'Redis',
+      this.logger,
+      `stream '${streams[0]}' (group '${group}', concurrency ${options.concurrency})`,
     );
   }
 
@@ -324,11 +329,14 @@ export class RedisAdapter implements CompleteBrokerAdapter {
 const RESOLVED = (): void => undefined;
 
 /** Creates a consumer group (and its stream), at `start`; one that exists is left as it is. */
-async function createGroup(client: Redis, stream: string, group: string, start: '$' | '0'): Promise<void> {
+/** Resolves true when it made the group, false when the group was there already. */
+async function createGroup(client: Redis, stream: string, group: string, start: '$' | '0'): Promise<boolean> {
   try {
     await client.call('XGROUP', 'CREATE', stream, group, start, 'MKSTREAM');
+    return true;
   } catch (error) {
     if (!(error instanceof Error) || !error.message.startsWith('BUSYGROUP')) throw error;
+    return false;
   }
 }
 

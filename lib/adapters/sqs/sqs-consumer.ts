@@ -280,7 +280,8 @@ export class SqsConsumer implements AdapterConsumer {
       };
       await this.listener(delivery);
     } catch (error) {
-      this.logger.error(`SQS queue ${this.options.queueName}: a delivery failed unexpectedly (${describeError(error)}); it goes back to the queue`);
+      // warn, not error: nothing is lost, the message shows again (see docs/logging.md).
+      this.logger.warn(`SQS queue ${this.options.queueName}: a delivery failed unexpectedly (${describeError(error)}); it goes back to the queue`);
       if (this.settle(entry)) await this.setVisibility(entry, 0).catch(() => undefined);
     } finally {
       this.freeSlot(entry);

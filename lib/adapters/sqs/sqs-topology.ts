@@ -3,7 +3,7 @@ import { CreateQueueCommand, GetQueueAttributesCommand, GetQueueUrlCommand, SetQ
 import { BrokerError } from '../../errors';
 import type { SqsEnvConfig } from '../../interfaces/broker-options.interface';
 import { singleFlight } from '../../support/single-flight';
-import type { AdapterTopic } from '../broker-adapter';
+import type { AdapterLogger, AdapterTopic } from '../broker-adapter';
 import type { SnsFanout } from './sqs-fanout';
 import { deadLetterQueueName, groupQueueName, isFifoName, parseQueueArn, queueNameOfUrl, snsTopicName, topicQueueName } from './sqs-names';
 import { errorName, isMissingQueue, type SqsRequests } from './sqs-requests';
@@ -38,6 +38,7 @@ export class SqsTopology {
     private readonly envSlug: string,
     private readonly requests: SqsRequests,
     private readonly fanout: () => SnsFanout,
+    private readonly logger: AdapterLogger,
   ) {}
 
   /** How a topic is laid out for this env: its mode, whether FIFO, and a configured queue URL. */
@@ -151,7 +152,11 @@ export class SqsTopology {
       if (this.settings.createMissing && mode === 'create') {
         try {
           const output = await this.client.send(new CreateQueueCommand({ QueueName: name, Attributes: { ...attributes, ...(fifo ? { FifoQueue: 'true' } : {}) } }));
-          if (output.QueueUrl) return output.QueueUrl;
+          if (output.QueueUrl) {
+            // CreateQueue answers alike whether it made the queue or found it: "declared", as RabbitMQ says.
+            this.logger.debug(`declared queue '${name}'`);
+            return output.QueueUrl;
+          }
         } catch (error) {
           // It exists with other attributes (made by someone else), or we may not create queues: use it as it is.
           if (!['QueueAlreadyExists', 'QueueNameExists', 'AccessDenied', 'AccessDeniedException'].includes(errorName(error))) {

@@ -126,7 +126,7 @@ export class SqsAdapter implements CompleteBrokerAdapter {
     this.client = new SQSClient(this.clientConfig);
     const secrets = [config.secretAccessKey, config.sessionToken].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
     this.requests = new SqsRequests(this.endpoint, secrets);
-    this.topology = new SqsTopology(this.client, this.settings, context.envSlug, this.requests, () => this.requireFanout());
+    this.topology = new SqsTopology(this.client, this.settings, context.envSlug, this.requests, () => this.requireFanout(), context.logger);
   }
 
   /** Where requests go, for errors: the endpoint or AWS's regional one, never a credential. */
@@ -142,9 +142,9 @@ export class SqsAdapter implements CompleteBrokerAdapter {
     try {
       await this.client.send(new ListQueuesCommand({ MaxResults: 1 }));
     } catch (error) {
-      if (errorName(error) === 'AccessDenied' || errorName(error) === 'AccessDeniedException') return;
-      throw this.requests.failure('cannot reach SQS', error);
+      if (errorName(error) !== 'AccessDenied' && errorName(error) !== 'AccessDeniedException') throw this.requests.failure('cannot reach SQS', error);
     }
+    this.context.logger.log(`connected to SQS at ${this.endpoint}`);
   }
 
   /**
@@ -228,7 +228,7 @@ export class SqsAdapter implements CompleteBrokerAdapter {
         this.context.logger,
       );
       consumer.start();
-      const adopted = await this.consumers.adopt(consumer, 'SQS');
+      const adopted = await this.consumers.adopt(consumer, 'SQS', this.context.logger, `queue ${queueNameOfUrl(url)} (group '${options.group}', concurrency ${options.concurrency})`);
       let released = false;
       return {
         stop: () => adopted.stop(),
