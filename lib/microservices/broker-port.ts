@@ -1,0 +1,14 @@
+import type { PublishRequest, PublishResult, SubscribeRequest, Subscription } from '../interfaces/message-broker.interface';
+
+/**
+ * What the server and client use of MessageBrokerService. Structural, so a typed
+ * `MessageBrokerService<Events>` is accepted as well as the default one.
+ */
+export interface DuctapeBrokerPort {
+  /** The module's env slug. */
+  readonly env: string;
+  /** The module's product tag. */
+  readonly product: string;
+  publish(request: PublishRequest): Promise<PublishResult>;
+  subscribe(request: SubscribeRequest): Promise<Subscription>;
+}
