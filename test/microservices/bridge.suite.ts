@@ -1,0 +1,369 @@
+import 'reflect-metadata';
+import {
+  Controller,
+  Injectable,
+  UseGuards,
+  UseInterceptors,
+  type CallHandler,
+  type CanActivate,
+  type ExecutionContext,
+  type INestApplication,
+  type NestInterceptor,
+  type Type,
+} from '@nestjs/common';
+import { ClientProxy, Ctx, EventPattern, MessagePattern, Payload, RpcException } from '@nestjs/microservices';
+import { lastValueFrom, type Observable } from 'rxjs';
+import { BrokerError, DEAD_LETTER_HEADERS, type BrokerContext, type BrokerEnvConfig, type MessageBrokerService, type PublishResult } from '../../lib';
+import { DuctapeBrokerClient, DuctapeBrokerContext, DuctapeBrokerRecord, DuctapeBrokerServer, type DuctapeBrokerServerOptions } from '../../lib/microservices';
+import { createBrokerApp } from '../support/app';
+import { gate, sleep, waitFor } from '../support/wait';
+
+const CLIENT = 'ORDERS_CLIENT';
+const SERVICE = 'orders-svc';
+/** The documented default group of `@EventPattern('orders:new-orders')` in service orders-svc. */
+const NEW_ORDERS_GROUP = `${SERVICE}.event-pattern.orders.new-orders`;
+
+interface Order {
+  id: string;
+  fail?: boolean;
+  blocked?: boolean;
+}
+
+/** One handler call as the controller saw it. */
+interface Seen {
+  id: string;
+  attempt: number;
+  messageId: string;
+  pattern: string;
+  ctxIsDuctape: boolean;
+  headers: Record<string, string>;
+  key: string | undefined;
+  env: string;
+  product: string;
+}
+
+/** Shared by the controllers of one test: what they saw, and a gate the slow handler waits on. */
+@Injectable()
+class Ledger {
+  readonly seen: Seen[] = [];
+  readonly intercepted: string[] = [];
+  slowGate = gate();
+  slowDone: string[] = [];
+
+  record(order: Order, ctx: DuctapeBrokerContext): void {
+    this.seen.push({
+      id: order.id,
+      attempt: ctx.getAttempt(),
+      messageId: ctx.getMessageId(),
+      pattern: ctx.getPattern(),
+      ctxIsDuctape: ctx instanceof DuctapeBrokerContext,
+      headers: ctx.getHeaders(),
+      key: ctx.getKey(),
+      env: ctx.getEnv(),
+      product: ctx.getProduct(),
+    });
+  }
+
+  of(id: string): Seen[] {
+    return this.seen.filter((entry) => entry.id === id);
+  }
+}
+
+@Controller()
+class OrdersController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:new-orders')
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.record(order, ctx);
+    // An RpcException keeps its message through Nest's exception filter, so it names the failure in the dead letter.
+    if (order.fail) throw new RpcException(`declined ${order.id}`);
+  }
+}
+
+@Controller()
+class AuditController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:audits', { group: 'audit', retry: { maxAttempts: 1, initialDelayMs: 10 } })
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.record(order, ctx);
+    if (order.fail) throw new RpcException(`audit refused ${order.id}`);
+  }
+}
+
+@Controller()
+class SlowController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:slow')
+  async handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): Promise<void> {
+    this.ledger.record(order, ctx);
+    await this.ledger.slowGate.promise;
+    this.ledger.slowDone.push(order.id);
+  }
+}
+
+@Injectable()
+class BlockGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    return !context.switchToRpc().getData<Order>().blocked;
+  }
+}
+
+@Injectable()
+class RecordingInterceptor implements NestInterceptor {
+  constructor(private readonly ledger: Ledger) {}
+
+  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    const ctx = context.switchToRpc().getContext<unknown>();
+    this.ledger.intercepted.push(ctx instanceof DuctapeBrokerContext ? `${context.getType()} ${ctx.getPattern()} ${ctx.getMessageId()}` : `not a DuctapeBrokerContext`);
+    return next.handle();
+  }
+}
+
+@Controller()
+@UseGuards(BlockGuard)
+@UseInterceptors(RecordingInterceptor)
+class GuardedController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:guarded')
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.record(order, ctx);
+  }
+}
+
+@Controller()
+class RequestResponseController {
+  @EventPattern('orders:new-orders')
+  onOrder(): void {}
+
+  @MessagePattern('orders:quotes')
+  quote(): number {
+    return 42;
+  }
+}
+
+@Controller()
+class ObjectPatternController {
+  @EventPattern({ cmd: 'new-order' })
+  onOrder(): void {}
+}
+
+export interface BridgeTarget {
+  /** The env entry of the `orders` broker for slug 'prd'. */
+  env: () => BrokerEnvConfig;
+  /** A product of this run's own (what the suite declares on a shared broker is named after it). */
+  product: () => string;
+  /** How long a message takes to arrive at most (a delivery on a real broker, a retry's delay included). */
+  deliveryMs: number;
+}
+
+interface Hybrid {
+  app: INestApplication;
+  broker: MessageBrokerService;
+  server: DuctapeBrokerServer;
+  client: ClientProxy;
+  ledger: Ledger;
+}
+
+/**
+ * The bridge end to end: a hybrid app whose controllers' `@EventPattern` handlers consume through
+ * DuctapeBrokerServer, fed by DuctapeBrokerClient.emit and by MessageBrokerService.publish.
+ */
+export function bridgeSuite(target: BridgeTarget): void {
+  const apps: INestApplication[] = [];
+  let product: string;
+
+  beforeAll(() => {
+    product = target.product();
+  });
+
+  afterEach(async () => {
+    await Promise.allSettled(apps.splice(0).map((app) => app.close()));
+  });
+
+  async function hybrid(controllers: Type[], serverOptions: DuctapeBrokerServerOptions = {}, start = true): Promise<Hybrid> {
+    const { app, broker } = await createBrokerApp(
+      {
+        env: 'prd',
+        product,
+        service: SERVICE,
+        brokers: [{ tag: 'orders', envs: [target.env()], topics: [{ tag: 'new-orders' }, { tag: 'slow' }, { tag: 'guarded' }, { tag: 'quotes' }, { tag: 'audits' }] }],
+        retry: { maxAttempts: 2, initialDelayMs: 20 },
+      },
+      { controllers, providers: [Ledger, BlockGuard, RecordingInterceptor, DuctapeBrokerClient.provider(CLIENT)] },
+    );
+    apps.push(app);
+    const server = new DuctapeBrokerServer(broker, serverOptions);
+    app.connectMicroservice({ strategy: server });
+    if (start) await app.startAllMicroservices();
+    return { app, broker, server, client: app.get<ClientProxy>(CLIENT), ledger: app.get(Ledger) };
+  }
+
+  function deadLetters(broker: MessageBrokerService, event: string, group: string): { message: unknown; ctx: BrokerContext }[] {
+    const dead: { message: unknown; ctx: BrokerContext }[] = [];
+    void broker.subscribe({ env: 'prd', event, product_tag: product, input: { group, deadLetter: true, callback: (message, ctx) => void dead.push({ message, ctx }) } });
+    return dead;
+  }
+
+  it('an @EventPattern handler gets what DuctapeBrokerClient.emit published, with @Payload() and a DuctapeBrokerContext as @Ctx()', async () => {
+    const { client, ledger } = await hybrid([OrdersController]);
+
+    const { messageId } = await lastValueFrom(
+      client.emit<PublishResult>('orders:new-orders', new DuctapeBrokerRecord({ id: 'o-1' }, { headers: { tenant: 'acme' }, key: 'customer-7' })),
+    );
+
+    await waitFor(() => ledger.of('o-1').length > 0, 'the handler to get o-1', target.deliveryMs);
+    expect(ledger.of('o-1')).toEqual([
+      {
+        id: 'o-1',
+        attempt: 1,
+        messageId,
+        pattern: 'orders:new-orders',
+        ctxIsDuctape: true,
+        headers: expect.objectContaining({ tenant: 'acme' }) as unknown,
+        key: 'customer-7',
+        env: 'prd',
+        product,
+      },
+    ]);
+  });
+
+  it('an @EventPattern handler gets what MessageBrokerService.publish published', async () => {
+    const { broker, ledger } = await hybrid([OrdersController]);
+
+    const { messageId } = await broker.publish({ env: 'prd', event: 'orders:new-orders', product_tag: product, input: { message: { id: 'o-2' } } });
+
+    await waitFor(() => ledger.of('o-2').length > 0, 'the handler to get o-2', target.deliveryMs);
+    expect(ledger.of('o-2')).toEqual([expect.objectContaining({ messageId, attempt: 1, pattern: 'orders:new-orders' }) as unknown]);
+  });
+
+  it('a handler that throws gets the message again, then it is dead-lettered in the default group <service>.event-pattern.<broker>.<topic>', async () => {
+    const { client, broker, ledger } = await hybrid([OrdersController]);
+    const dead = deadLetters(broker, 'orders:new-orders', NEW_ORDERS_GROUP);
+
+    await lastValueFrom(client.emit('orders:new-orders', { id: 'o-3', fail: true }));
+
+    await waitFor(() => dead.length > 0, 'o-3 among the dead letters', target.deliveryMs * 2);
+    expect(ledger.of('o-3').map((entry) => entry.attempt)).toEqual([1, 2]);
+    expect(dead[0].message).toEqual({ id: 'o-3', fail: true });
+    expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.error]).toContain('declined o-3');
+    expect(dead[0].ctx.headers[DEAD_LETTER_HEADERS.attempts]).toBe('2');
+  });
+
+  it('guards and interceptors apply: the interceptor sees the DuctapeBrokerContext, a refused message is retried, then dead-lettered', async () => {
+    const { client, broker, ledger } = await hybrid([GuardedController]);
+    const dead = deadLetters(broker, 'orders:guarded', `${SERVICE}.event-pattern.orders.guarded`);
+
+    const { messageId } = await lastValueFrom(client.emit<PublishResult>('orders:guarded', { id: 'g-1' }));
+    await lastValueFrom(client.emit('orders:guarded', { id: 'g-2', blocked: true }));
+
+    await waitFor(() => dead.length > 0, 'g-2 among the dead letters', target.deliveryMs * 2);
+    expect(ledger.of('g-1')).toHaveLength(1);
+    expect(ledger.of('g-2')).toEqual([]);
+    expect(dead.map((entry) => entry.message)).toEqual([{ id: 'g-2', blocked: true }]);
+    expect(ledger.intercepted).toContain(`rpc orders:guarded ${messageId}`);
+    expect(ledger.intercepted).not.toContain('not a DuctapeBrokerContext');
+  });
+
+  it("the server's group option replaces the default group; @EventPattern extras (group, retry) win over the server's", async () => {
+    const { client, broker, ledger } = await hybrid([OrdersController, AuditController], { group: 'billing' });
+    const billingDead = deadLetters(broker, 'orders:new-orders', 'billing');
+    const auditDead = deadLetters(broker, 'orders:audits', 'audit');
+
+    await lastValueFrom(client.emit('orders:new-orders', { id: 'o-4', fail: true }));
+    await lastValueFrom(client.emit('orders:audits', { id: 'a-1', fail: true }));
+
+    await waitFor(() => billingDead.length > 0 && auditDead.length > 0, 'o-4 and a-1 among the dead letters of billing and audit', target.deliveryMs * 2);
+    expect(ledger.of('o-4').map((entry) => entry.attempt)).toEqual([1, 2]);
+    expect(ledger.of('a-1').map((entry) => entry.attempt)).toEqual([1]);
+    expect(auditDead[0].ctx.headers[DEAD_LETTER_HEADERS.error]).toContain('audit refused a-1');
+  });
+
+  it('refuses @MessagePattern at listen with INVALID_SUBSCRIPTION naming the pattern and the way out', async () => {
+    const { app } = await hybrid([RequestResponseController], {}, false);
+
+    const error = await app.startAllMicroservices().then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('INVALID_SUBSCRIPTION');
+    expect((error as BrokerError).message).toContain("@MessagePattern('orders:quotes')");
+    expect((error as BrokerError).message).toContain('request/response');
+    expect((error as BrokerError).message).toContain("@EventPattern('orders:quotes') and publish a reply event");
+  });
+
+  it('refuses an object pattern at listen with INVALID_SUBSCRIPTION', async () => {
+    const { app } = await hybrid([ObjectPatternController], {}, false);
+
+    const error = await app.startAllMicroservices().then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('INVALID_SUBSCRIPTION');
+    expect((error as BrokerError).message).toContain('{"cmd":"new-order"}');
+    expect((error as BrokerError).message).toContain("'brokerTag:topicTag' string patterns only");
+  });
+
+  it('client.send errors with INVALID_REQUEST; emit errors with the BrokerError that refused it', async () => {
+    const { client } = await hybrid([OrdersController]);
+
+    const failure = (observable: Observable<unknown>) =>
+      lastValueFrom(observable).then(
+        () => undefined,
+        (thrown: unknown) => thrown as BrokerError,
+      );
+
+    const sent = await failure(client.send('orders:new-orders', { id: 'q-1' }));
+    expect(sent).toBeInstanceOf(BrokerError);
+    expect(sent?.code).toBe('INVALID_REQUEST');
+    expect(sent?.message).toContain('request/response is not served over the broker');
+    for (const [observable, code] of [
+      [client.emit('orders:no-such-topic', { id: 'e-1' }), 'TOPIC_NOT_FOUND'],
+      [client.emit('no-colon', { id: 'e-2' }), 'INVALID_EVENT'],
+      [client.emit({ cmd: 'x' }, { id: 'e-3' }), 'INVALID_EVENT'],
+      [client.emit('orders:new-orders', undefined), 'INVALID_MESSAGE'],
+    ] as const) {
+      const error = await failure(observable);
+      expect(error).toBeInstanceOf(BrokerError);
+      expect(error?.code).toBe(code);
+    }
+  });
+
+  it('close() stops intake and waits for the handler in flight, whose message is acked', async () => {
+    const { client, broker, server, ledger } = await hybrid([SlowController]);
+    await lastValueFrom(client.emit('orders:slow', { id: 's-1' }));
+    await waitFor(() => ledger.of('s-1').length > 0, 'the slow handler to start on s-1', target.deliveryMs);
+
+    const statuses: string[] = [];
+    server.status.subscribe((status) => statuses.push(status));
+    let closed = false;
+    const closing = server.close().then(() => (closed = true));
+    await sleep(100);
+    expect(closed).toBe(false);
+    ledger.slowGate.open();
+    await closing;
+    expect(ledger.slowDone).toEqual(['s-1']);
+    expect(statuses).toEqual(['listening', 'closed']);
+
+    // Nothing more reaches the closed server; the group still gets it, and s-1 (acked) never again.
+    await lastValueFrom(client.emit('orders:slow', { id: 's-2' }));
+    const later: string[] = [];
+    await broker.subscribe({
+      env: 'prd',
+      event: 'orders:slow',
+      product_tag: product,
+      input: { group: `${SERVICE}.event-pattern.orders.slow`, callback: (message: Order) => void later.push(message.id) },
+    });
+    await waitFor(() => later.length > 0, 's-2 on a new subscription of the group', target.deliveryMs);
+    await sleep(200);
+    expect(later).toEqual(['s-2']);
+    expect(ledger.seen.map((entry) => entry.id)).toEqual(['s-1']);
+  });
+}
