@@ -10,6 +10,7 @@ import { MAX_TIMER_MS, NAME_PATTERN } from './constants';
 import { BrokerError, describeError, redactSecrets } from './errors';
 import type { BrokerAdapterDefinition, BrokerEnvConfig, BrokerModuleOptions, BrokerType } from './interfaces/broker-options.interface';
 import { physicalTopicProblems } from './routing/physical-names';
+import { openTelemetryApi } from './tracing/opentelemetry';
 
 type Problems = string[];
 type Obj = Record<string, unknown>;
@@ -31,6 +32,10 @@ export function validateBrokerOptions(input: unknown): BrokerModuleOptions<strin
   duration(input.shutdownTimeoutMs, 'shutdownTimeoutMs', problems);
   if (input.registerHandlers !== undefined && typeof input.registerHandlers !== 'boolean') problems.push('registerHandlers: must be true or false');
   positiveInteger(input.maxMessageBytes, 'maxMessageBytes', problems);
+  if (input.tracing !== undefined && typeof input.tracing !== 'boolean') problems.push('tracing: must be true or false');
+  else if (input.tracing === true && openTelemetryApi() === undefined) {
+    problems.push("tracing: true needs the package '@opentelemetry/api', which cannot be loaded: npm install @opentelemetry/api (or leave tracing unset to trace only where it is installed)");
+  }
   const registered = adapters(input.adapters, problems);
 
   if (!Array.isArray(input.brokers) || input.brokers.length === 0) {

@@ -36,6 +36,8 @@ import type {
   Subscription,
 } from './interfaces/message-broker.interface';
 import { RouteResolver, type Route } from './routing/route-resolver';
+import { createBrokerTracing, type BrokerTracing } from './tracing/broker-tracing';
+import type { Span } from '@opentelemetry/api';
 
 /**
  * Publishes and subscribes to `brokerTag:topicTag` events on whichever broker serves the
@@ -50,6 +52,8 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
   private readonly service: string;
   private readonly maxMessageBytes: number;
   private readonly shutdownTimeoutMs: number;
+  /** Undefined when tracing is off or @opentelemetry/api is absent: then one check per publish, nothing per delivery. */
+  private readonly tracing: BrokerTracing | undefined;
   private state: 'running' | 'draining' | 'closed' = 'running';
   private drained: Promise<void> = Promise.resolve();
 
@@ -59,6 +63,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     this.adapters = new AdapterRegistry(this.logger, options.adapters, this.shutdownTimeoutMs);
     this.service = options.service ?? options.product;
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.tracing = createBrokerTracing(options.tracing);
   }
 
   /** The environment slug and product this module runs as. */
@@ -81,20 +86,29 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
       }
       checkPublishInput(input, route.event);
       const messageId = input.messageId ?? newMessageId();
-      // A schema is checked before anything is encoded or sent, and may be asynchronous.
-      if (route.schema) return this.publishValidated(route, input, messageId);
-      const adapter = this.adapters.connected(route.brokerEnv);
-      if (!adapter) return this.publishWhenConnected(route, this.outbound(route, input, messageId), messageId);
-      // The hot path: no async frame of its own, the adapter's promise chained once.
-      return this.send(adapter, route, this.outbound(route, input, messageId), messageId);
+      if (this.tracing !== undefined) {
+        // Its span covers the rest (a schema check, a first connection): the message carries its context in the headers.
+        return this.tracing.send(route, input, messageId, (headers, span) => this.publishRouted(route, headers === input.headers ? input : { ...input, headers }, messageId, span));
+      }
+      return this.publishRouted(route, input, messageId, undefined);
     } catch (error) {
       return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
   }
 
-  private async publishValidated(route: Route, input: PublishRequest<unknown>['input'], messageId: string): Promise<PublishResult> {
+  /** A checked publish, from its schema check on; `span` is its producer span when tracing. */
+  private publishRouted(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> {
+    // A schema is checked before anything is encoded or sent, and may be asynchronous.
+    if (route.schema) return this.publishValidated(route, input, messageId, span);
+    const adapter = this.adapters.connected(route.brokerEnv);
+    if (!adapter) return this.publishWhenConnected(route, this.outbound(route, input, messageId, span), messageId);
+    // The hot path: no async frame of its own, the adapter's promise chained once.
+    return this.send(adapter, route, this.outbound(route, input, messageId, span), messageId);
+  }
+
+  private async publishValidated(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> {
     await this.validateSchema(route, input.message);
-    const message = this.outbound(route, input, messageId);
+    const message = this.outbound(route, input, messageId, span);
     const adapter = this.adapters.connected(route.brokerEnv) ?? (await this.adapterFor(route, 'PUBLISH_FAILED'));
     return this.send(adapter, route, message, messageId);
   }
@@ -104,9 +118,10 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
   }
 
   /** The message as adapters send it. Refuses what cannot be encoded (INVALID_MESSAGE), and any publish after shutdown. */
-  private outbound(route: Route, input: PublishRequest<unknown>['input'], messageId: string): OutboundMessage {
+  private outbound(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): OutboundMessage {
     const headers = input.headers ?? NO_HEADERS;
     const body = encodeMessage(input.message, this.maxMessageBytes - headerBytes(headers));
+    if (span !== undefined) this.tracing?.encoded(span, body);
     if (this.state === 'closed') throw new BrokerError('PUBLISH_FAILED', `publish '${route.event}': the broker module is shut down`);
     return {
       body,
@@ -168,7 +183,8 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
         concurrency: input.concurrency ?? DEFAULT_CONCURRENCY,
         retry: resolveRetryPolicy(input.retry, route.retry, this.options.retry),
         source: input.deadLetter ? 'dead-letters' : 'messages',
-        handler: input.callback,
+        // Wrapped once here, not per message: with tracing off the runner calls the callback itself.
+        handler: this.tracing === undefined ? input.callback : this.tracing.consumer(input.callback, route, group, input.deadLetter === true),
       },
       adapter,
       this.logger,

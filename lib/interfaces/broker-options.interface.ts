@@ -404,4 +404,13 @@ export interface BrokerModuleOptions<Custom extends string = never> {
   registerHandlers?: boolean;
   /** Largest encoded message accepted by publish, in bytes (default 1 MiB). */
   maxMessageBytes?: number;
+  /**
+   * OpenTelemetry tracing through `@opentelemetry/api` (an optional peer dependency): a PRODUCER
+   * span per publish, whose W3C trace context (`traceparent`, `tracestate`) the message carries
+   * in its headers, and a CONSUMER span per handler call, its child, active while the handler
+   * runs. Default: on when `@opentelemetry/api` can be loaded (spans are recorded only once an
+   * SDK is registered); `false` turns it off (nothing injected, nothing recorded); `true`
+   * without `@opentelemetry/api` installed is CONFIG_INVALID.
+   */
+  tracing?: boolean;
 }
