@@ -34,6 +34,9 @@ import { BrokerCtx, BrokerMessage } from '../lib/decorators';
 import { BrokerHandlerEnhancer, brokerArgumentsOf } from '../lib/enhancers/broker-handler-enhancer';
 import { NonRetryableError } from '../lib/errors';
 import { createBrokerApp } from './support/app';
+import { describeWithBroker } from './support/broker-availability';
+import { holdExclusively } from './support/exclusive';
+import { rabbitEnv, recordDeclarations, runUnique } from './support/rabbitmq';
 import { sleep, waitFor } from './support/wait';
 
 const SERVER = 'enhancers-spec';
@@ -390,5 +393,50 @@ describe('global enhancers on @OnBrokerEvent handlers', () => {
     expect(listener.seen).toEqual(['global g3 attempt 1']);
     expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
     expect(new BrokerHandlerEnhancer(app.get(ExternalContextCreator)).isEnhanced(listener, 'onGlobal', GlobalListener.prototype.onGlobal)).toBe(true);
+  });
+});
+
+/** A ValidationPipe given to @BrokerMessage itself, on RabbitMQ: what it refuses is a dead letter there too. */
+@Injectable()
+class RabbitOrders {
+  readonly seen: unknown[] = [];
+
+  @OnBrokerEvent('rmq:orders', { group: 'validated' })
+  onOrder(@BrokerMessage(VALIDATE) order: OrderDto, @BrokerCtx() ctx: BrokerContext): void {
+    this.seen.push({ order, attempt: ctx.attempt });
+  }
+}
+
+// Every queue and exchange this file declares on RabbitMQ is deleted, by name, at the end.
+const declared = recordDeclarations();
+
+describeWithBroker('rabbitmq', 'enhancers on @OnBrokerEvent handlers (RabbitMQ)', () => {
+  // Other RabbitMQ files restart the broker or close its connections: never alongside this block.
+  holdExclusively('rabbitmq', { cleanup: () => declared.deleteAll() });
+
+  it('a message the ValidationPipe refuses is dead-lettered at once (reason validation); a good one arrives as its DTO', async () => {
+    const product = runUnique('enhancers');
+    const { app, broker } = await createBrokerApp(
+      { env: 'prd', product, brokers: [{ tag: 'rmq', envs: [rabbitEnv('prd')] }], retry: { maxAttempts: 3, initialDelayMs: 50 } },
+      { providers: [RabbitOrders] },
+    );
+    try {
+      const dead: { message: unknown; headers: Record<string, string> }[] = [];
+      await broker.subscribe({ env: 'prd', event: 'rmq:orders', product_tag: product, input: { group: 'validated', deadLetter: true, callback: (message, ctx) => void dead.push({ message, headers: ctx.headers }) } });
+      await broker.publish({ env: 'prd', event: 'rmq:orders', product_tag: product, input: { message: { orderId: 'r1', amount: 5 } } });
+      await broker.publish({ env: 'prd', event: 'rmq:orders', product_tag: product, input: { message: { orderId: 'r2', amount: 0 } } });
+      const orders = app.get(RabbitOrders);
+      await waitFor(() => orders.seen.length === 1 && dead.length === 1, 'r1 handled and r2 dead-lettered', 10_000);
+      await sleep(200); // a retry of r2 would come after 50 ms
+      expect(orders.seen).toEqual([{ order: expect.any(OrderDto) as unknown, attempt: 1 }]);
+      expect((orders.seen[0] as { order: OrderDto }).order.orderId).toBe('r1');
+      expect(dead).toHaveLength(1);
+      expect(dead[0].message).toEqual({ orderId: 'r2', amount: 0 });
+      expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('validation');
+      expect(dead[0].headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+      expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toContain('amount must be a positive number');
+    } finally {
+      await app.close();
+    }
   });
 });
