@@ -69,8 +69,10 @@ class Journal {
 class BlockingGuard implements CanActivate {
   constructor(private readonly journal: Journal) {}
   canActivate(context: ExecutionContext): boolean {
-    const message = context.switchToRpc().getData<{ blocked?: boolean }>();
+    const message = context.switchToRpc().getData<{ blocked?: boolean; outage?: boolean }>();
     this.journal.add(`guard ${context.getType()} ${context.getHandler().name} ${context.getClass().name}`);
+    // Not a refusal: a failure that may pass on a later attempt.
+    if (message.outage) throw new Error('tenant lookup failed');
     return message.blocked !== true;
   }
 }
@@ -184,9 +186,26 @@ class Listeners {
 @Module({ providers: [Journal, Listeners, BlockingGuard, TimingInterceptor] })
 class ListenersModule {}
 
-/** The dead letters of `group` on `topic`, as they arrive (message and headers). */
-async function deadLetters(broker: MessageBrokerService, topic: string, group: string): Promise<{ message: unknown; headers: Record<string, string> }[]> {
-  const dead: { message: unknown; headers: Record<string, string> }[] = [];
+interface DeadLetter {
+  message: unknown;
+  headers: Record<string, string>;
+}
+const collectors = new WeakMap<MessageBrokerService, Map<string, DeadLetter[]>>();
+
+/**
+ * The dead letters of `group` on `topic` from now on, as they arrive. One consumer per group and
+ * application, made at the first call (a second would share the dead letters with the first).
+ */
+async function deadLetters(broker: MessageBrokerService, topic: string, group: string): Promise<DeadLetter[]> {
+  const byGroup = collectors.get(broker) ?? new Map<string, DeadLetter[]>();
+  collectors.set(broker, byGroup);
+  const existing = byGroup.get(`${topic}/${group}`);
+  if (existing) {
+    existing.length = 0;
+    return existing;
+  }
+  const dead: DeadLetter[] = [];
+  byGroup.set(`${topic}/${group}`, dead);
   await broker.subscribe({ env: 'prd', event: `mem:${topic}`, product_tag: 'shop', input: { group, deadLetter: true, callback: (message, ctx) => void dead.push({ message, headers: ctx.headers }) } });
   return dead;
 }
@@ -222,6 +241,16 @@ describe('enhancers on @OnBrokerEvent handlers (memory broker)', () => {
     expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
     expect(dead[0].headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
     expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toBe('NonRetryableError: refused by a guard: ForbiddenException: Forbidden resource');
+  });
+
+  it('a guard that fails with an error that is not a refusal (an outage) is retried like a handler, then dead-lettered (max-attempts)', async () => {
+    const dead = await deadLetters(broker, 'guarded', 'guarded');
+    await publish(broker, 'guarded', { id: 'o10', outage: true });
+    await waitFor(() => dead.length === 1, 'the dead letter');
+    expect(journal.count('guard ')).toBe(3);
+    expect(journal.count('guarded ')).toBe(0);
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('max-attempts');
+    expect(dead[0].headers[DEAD_LETTER_HEADERS.error]).toBe('Error: tenant lookup failed');
   });
 
   it('@BrokerMessage() with a ValidationPipe: a good message arrives as its DTO, a bad one goes to the dead letters, reason validation, with what failed', async () => {
@@ -421,7 +450,7 @@ describeWithBroker('rabbitmq', 'enhancers on @OnBrokerEvent handlers (RabbitMQ)'
       { providers: [RabbitOrders] },
     );
     try {
-      const dead: { message: unknown; headers: Record<string, string> }[] = [];
+      const dead: DeadLetter[] = [];
       await broker.subscribe({ env: 'prd', event: 'rmq:orders', product_tag: product, input: { group: 'validated', deadLetter: true, callback: (message, ctx) => void dead.push({ message, headers: ctx.headers }) } });
       await broker.publish({ env: 'prd', event: 'rmq:orders', product_tag: product, input: { message: { orderId: 'r1', amount: 5 } } });
       await broker.publish({ env: 'prd', event: 'rmq:orders', product_tag: product, input: { message: { orderId: 'r2', amount: 0 } } });

@@ -1,4 +1,4 @@
-import type { ArgumentsHost } from '@nestjs/common';
+import { HttpException, type ArgumentsHost } from '@nestjs/common';
 import { EXCEPTION_FILTERS_METADATA, GUARDS_METADATA, INTERCEPTORS_METADATA, ROUTE_ARGS_METADATA } from '@nestjs/common/constants';
 import type { ApplicationConfig, ExternalContextCreator, ParamsFactory } from '@nestjs/core';
 import { isObservable, lastValueFrom } from 'rxjs';
@@ -41,9 +41,9 @@ export function brokerArgumentsOf<T = unknown>(host: ArgumentsHost): { message: 
 /**
  * Runs `@OnBrokerEvent` methods through Nest's ExternalContextCreator (context type
  * 'ductape-broker', arguments `[message, ctx]`), so guards, interceptors, pipes and filters of the
- * method, its class and the application apply. What a guard or a pipe refuses becomes a
- * NonRetryableError (reason 'guard' or 'validation'): straight to the dead letters, as no retry
- * would change the answer.
+ * method, its class and the application apply. What a guard or a pipe refuses (see `refused`)
+ * becomes a NonRetryableError (reason 'guard' or 'validation'): straight to the dead letters, as no
+ * retry would change the answer.
  */
 export class BrokerHandlerEnhancer {
   private readonly refusals = new WeakMap<object, Refusal>();
@@ -141,8 +141,14 @@ export class BrokerHandlerEnhancer {
     };
   }
 
+  /**
+   * Records a refusal: what a guard or a pipe says no with (an HttpException, as Nest's own
+   * "Forbidden resource" and ValidationPipe's BadRequestException; an RpcException or a
+   * WsException; a NonRetryableError). Any other error (a lookup that failed, say) may pass on a
+   * later attempt: it is retried like the handler's own.
+   */
   private refused(ctx: unknown, reason: Refusal['reason'], error: unknown): void {
-    if (typeof ctx === 'object' && ctx !== null) this.refusals.set(ctx, { reason, error });
+    if (typeof ctx === 'object' && ctx !== null && isRefusal(error)) this.refusals.set(ctx, { reason, error });
   }
 
   private hasFilters(instance: object, method: Method): boolean {
@@ -176,6 +182,12 @@ export class BrokerHandlerEnhancer {
     const config = container?.applicationConfig;
     return config && typeof config.getGlobalGuards === 'function' ? config : undefined;
   }
+}
+
+function isRefusal(error: unknown): boolean {
+  if (error instanceof HttpException || error instanceof NonRetryableError) return true;
+  // RpcException and WsException (of optional packages): both answer getError().
+  return typeof error === 'object' && error !== null && typeof (error as { getError?: unknown }).getError === 'function';
 }
 
 function isNonEmpty(value: unknown): boolean {
