@@ -88,7 +88,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
       const messageId = input.messageId ?? newMessageId();
       if (this.tracing !== undefined) {
         // Its span covers the rest (a schema check, a first connection): the message carries its context in the headers.
-        return this.tracing.send(route, input, messageId, (headers, span) => this.publishRouted(route, headers === input.headers ? input : { ...input, headers }, messageId, span));
+        return this.tracing.send(route, input, messageId, this.publishRouted);
       }
       return this.publishRouted(route, input, messageId, undefined);
     } catch (error) {
@@ -96,15 +96,15 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     }
   }
 
-  /** A checked publish, from its schema check on; `span` is its producer span when tracing. */
-  private publishRouted(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> {
+  /** A checked publish, from its schema check on; `span` is its producer span when tracing. Bound: the tracing calls it back. */
+  private readonly publishRouted = (route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> => {
     // A schema is checked before anything is encoded or sent, and may be asynchronous.
     if (route.schema) return this.publishValidated(route, input, messageId, span);
     const adapter = this.adapters.connected(route.brokerEnv);
     if (!adapter) return this.publishWhenConnected(route, this.outbound(route, input, messageId, span), messageId);
     // The hot path: no async frame of its own, the adapter's promise chained once.
     return this.send(adapter, route, this.outbound(route, input, messageId, span), messageId);
-  }
+  };
 
   private async publishValidated(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> {
     await this.validateSchema(route, input.message);

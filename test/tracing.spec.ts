@@ -389,6 +389,31 @@ describe('tracing on the memory broker', () => {
     }
   });
 
+  it('with a propagator but no SDK, carries a received trace context on to what the handler publishes, unrecorded', async () => {
+    trace.disable();
+    const { app, broker } = await createBrokerApp(options());
+    try {
+      const seen: BrokerContext[] = [];
+      await broker.subscribe({
+        env: 'prd',
+        event: 'bus:relay-in',
+        product_tag: product,
+        input: { callback: (message) => broker.publish({ env: 'prd', event: 'bus:relay-out', product_tag: product, input: { message } }).then(() => undefined) },
+      });
+      await broker.subscribe({ env: 'prd', event: 'bus:relay-out', product_tag: product, input: { callback: (_m, ctx) => void seen.push(ctx) } });
+      const traceId = 'cccccccccccccccccccccccccccccccc';
+      const spanId = 'dddddddddddddddd';
+      await broker.publish({ env: 'prd', event: 'bus:relay-in', product_tag: product, input: { message: 1, headers: { traceparent: `00-${traceId}-${spanId}-01` } } });
+      await waitFor(() => seen.length === 1, 'the relayed message');
+      // No span was made (no SDK): the context goes through as it came, the same trace and parent.
+      expect(seen[0].headers.traceparent).toBe(`00-${traceId}-${spanId}-01`);
+      expect(exporter.getFinishedSpans()).toEqual([]);
+    } finally {
+      await app.close();
+      trace.setGlobalTracerProvider(provider);
+    }
+  });
+
   it('refuses a tracing option that is not a boolean', async () => {
     const error = await startupError(options({ tracing: 'yes' as unknown as boolean }));
     expect(error.code).toBe('CONFIG_INVALID');
