@@ -1,7 +1,10 @@
 import 'reflect-metadata';
+import { Injectable, UseInterceptors, type CallHandler, type NestInterceptor } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { EventEmitter2, EventEmitterModule } from '@nestjs/event-emitter';
-import { alternate, benchApp, countdown, heapAfterGcMb, MESSAGE, perSecond, type Ratio, type ScenarioResult } from './harness';
+import type { Observable } from 'rxjs';
+import { DuctapeBrokerModule, MessageBrokerService, OnBrokerEvent, type BrokerContext } from '../lib';
+import { alternate, benchApp, countdown, heapAfterGcMb, median, MESSAGE, perSecond, type Ratio, type ScenarioResult } from './harness';
 
 const BATCH = 1000;
 
@@ -82,6 +85,77 @@ async function eventEmitter(messages: number) {
   };
 }
 
+/** Called by the handlers of the handler-path scenario; each round sets its own. */
+let onHandled: () => void = () => undefined;
+
+/** Passes the call through: the cost of Nest's pipeline around a handler, nothing of its own. */
+@Injectable()
+class PassThroughInterceptor implements NestInterceptor {
+  intercept(_context: unknown, next: CallHandler): Observable<unknown> {
+    return next.handle();
+  }
+}
+
+@Injectable()
+class BenchListener {
+  @OnBrokerEvent('mem:decorated', { concurrency: BATCH })
+  onDecorated(_message: unknown, _ctx: BrokerContext): void {
+    onHandled();
+  }
+
+  @OnBrokerEvent('mem:intercepted', { concurrency: BATCH })
+  @UseInterceptors(PassThroughInterceptor)
+  onIntercepted(_message: unknown, _ctx: BrokerContext): void {
+    onHandled();
+  }
+}
+
+/**
+ * The same publish -> handler path three ways, in one application: a `subscribe()` callback, an
+ * `@OnBrokerEvent` method with no enhancer bound (the explorer's direct call), and one with an
+ * interceptor (through Nest's ExternalContextCreator). The figure is messages per second of the
+ * process's CPU time, not of the wall clock: the first two differ by a call per message, and on a
+ * shared 2-core machine identical wall-clock rounds vary by more than that. Many short rounds, and
+ * the ratio is the median of each round's own (CPU time still varies ±25 % from round to round).
+ */
+async function handlerPaths(messages: number) {
+  const moduleRef = await Test.createTestingModule({
+    imports: [DuctapeBrokerModule.forRoot({ env: 'prd', product: 'bench', brokers: [{ tag: 'mem', envs: [{ slug: 'prd', type: 'memory', config: { maxQueueLength: messages + 1 } }] }] })],
+    providers: [BenchListener, PassThroughInterceptor],
+  }).compile();
+  const app = moduleRef.createNestApplication({ logger: false });
+  await app.init();
+  const broker = app.get(MessageBrokerService);
+  await broker.subscribe({ env: 'prd', event: 'mem:plain', product_tag: 'bench', input: { concurrency: BATCH, callback: (_message: unknown, _ctx: BrokerContext) => onHandled() } });
+  const round = (event: string, count: number) => async () => {
+    // Each round starts from a collected heap, so none pays for the garbage of the one before.
+    (globalThis as { gc?: () => void }).gc?.();
+    const handled = countdown(count);
+    onHandled = handled.tick;
+    const cpu = process.cpuUsage();
+    for (let sent = 0; sent < count; sent += BATCH) {
+      const batch: Promise<unknown>[] = [];
+      for (let i = 0; i < BATCH; i++) batch.push(broker.publish({ env: 'prd', event, product_tag: 'bench', input: { message: MESSAGE } }));
+      await Promise.all(batch);
+    }
+    await handled.done;
+    const used = process.cpuUsage(cpu);
+    return count / ((used.user + used.system) / 1e6);
+  };
+  return {
+    plain: round('mem:plain', messages),
+    decorated: round('mem:decorated', messages),
+    // An order of magnitude slower (Nest's interceptor chain, see bench/README.md): fewer messages, the same rate.
+    intercepted: round('mem:intercepted', messages / 10),
+    close: () => app.close(),
+  };
+}
+
+/** The median over rounds of `ours / baseline` within each round. */
+function pairedRatio(result: ScenarioResult, ours: string, baseline: string): number {
+  return median(result.samples[ours].map((value, round) => value / result.samples[baseline][round]));
+}
+
 export async function benchMemory(options: BenchOptions): Promise<{ results: ScenarioResult[]; ratios: Ratio[]; growth: Record<string, number> }> {
   const messages = options.quick ? 100_000 : 500_000;
   const ours = await memoryBroker(messages);
@@ -104,9 +178,30 @@ export async function benchMemory(options: BenchOptions): Promise<{ results: Sce
   const after = heapAfterGcMb();
   await ours.close();
 
+  // @OnBrokerEvent against subscribe(): what the explorer adds to each message.
+  const pathRounds = options.quick ? 12 : 30;
+  const pathMessages = options.quick ? 10_000 : 25_000;
+  const paths = await handlerPaths(pathMessages);
+  await paths.plain();
+  await paths.decorated();
+  await paths.intercepted();
+  const handlers = await alternate(`memory publish -> handler: subscribe() vs @OnBrokerEvent (${pathRounds} rounds of ${pathMessages})`, 'msg/CPU-s', pathRounds, [
+    { name: 'subscribe() callback', run: paths.plain },
+    { name: '@OnBrokerEvent, no enhancer', run: paths.decorated },
+  ]);
+  // Apart: the interceptor's rounds leave work for the garbage collector that the next round would pay.
+  const intercepted = await alternate(`memory publish -> handler: @OnBrokerEvent with an interceptor (${options.rounds} rounds)`, 'msg/CPU-s', options.rounds, [
+    { name: 'subscribe() callback', run: paths.plain },
+    { name: '@OnBrokerEvent, one interceptor', run: paths.intercepted },
+  ]);
+  await paths.close();
+
   const ratios: Ratio[] = [
+    // Medians of each round's own ratio: rounds run back to back, so drift between rounds cancels.
+    { name: 'memory-onbrokerevent-vs-subscribe', value: pairedRatio(handlers, '@OnBrokerEvent, no enhancer', 'subscribe() callback'), target: 0.95 },
+    { name: 'memory-onbrokerevent-interceptor-vs-subscribe', value: pairedRatio(intercepted, '@OnBrokerEvent, one interceptor', 'subscribe() callback') },
     { name: 'memory-vs-json-floor', value: throughput.medians['ours (memory broker)'] / throughput.medians['JSON floor: JSON.parse(JSON.stringify(message))'], target: 0.5 },
     { name: 'memory-vs-event-emitter', value: throughput.medians['ours (memory broker)'] / throughput.medians['@nestjs/event-emitter emitAsync'] },
   ];
-  return { results: [throughput], ratios, growth: { messages: total, heapBeforeMb: before, heapAfterMb: after, growthMb: after - before } };
+  return { results: [throughput, handlers, intercepted], ratios, growth: { messages: total, heapBeforeMb: before, heapAfterMb: after, growthMb: after - before } };
 }
