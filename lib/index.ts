@@ -7,6 +7,7 @@ export { OnBrokerEvent, type OnBrokerEventMetadata } from './decorators';
 export { BrokerError, isBrokerError, type BrokerErrorCode } from './errors';
 export { DUCTAPE_BROKER_OPTIONS, DEAD_LETTER_HEADERS } from './constants';
 export { DEFAULT_RETRY_POLICY } from './delivery/retry';
+export { TRACE_ATTRIBUTES, TRACE_HEADERS, TRACER_NAME } from './tracing';
 export * from './interfaces';
 export { hasGroupSender, hasDeadLetterStore } from './adapters/broker-adapter';
 export type {

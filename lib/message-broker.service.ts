@@ -49,7 +49,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
   private readonly routes: RouteResolver;
   private readonly adapters: AdapterRegistry;
   private readonly runners = new Set<SubscriptionRunner>();
-  private readonly service: string;
+  private readonly serviceName: string;
   private readonly maxMessageBytes: number;
   private readonly shutdownTimeoutMs: number;
   /** Undefined when tracing is off or @opentelemetry/api is absent: then one check per publish, nothing per delivery. */
@@ -61,7 +61,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     this.routes = new RouteResolver(options);
     this.shutdownTimeoutMs = options.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
     this.adapters = new AdapterRegistry(this.logger, options.adapters, this.shutdownTimeoutMs);
-    this.service = options.service ?? options.product;
+    this.serviceName = options.service ?? options.product;
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.tracing = createBrokerTracing(options.tracing);
   }
@@ -73,6 +73,11 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
 
   get product(): string {
     return this.options.product;
+  }
+
+  /** The service name: the default consumer group (the module's `service`, else its product). */
+  get service(): string {
+    return this.serviceName;
   }
 
   /** Resolves once the broker has accepted the message. Nothing is sent when it rejects with a validation error. */
@@ -174,7 +179,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     if (this.state !== 'running') {
       throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': the broker module is shutting down`);
     }
-    const group = input.group ?? this.service;
+    const group = input.group ?? this.serviceName;
     const adapter = await this.adapterFor(route, 'SUBSCRIBE_FAILED');
     const runner = new SubscriptionRunner(
       {
@@ -228,7 +233,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
   /** Moves dead letters of one group back to that group's queue; resolves with how many moved. */
   async reprocessDeadLetters(request: ReprocessDeadLettersRequest): Promise<number> {
     const route = this.route(request);
-    const group = request.group ?? this.service;
+    const group = request.group ?? this.serviceName;
     const limit = request.limit ?? Number.MAX_SAFE_INTEGER;
     if (typeof group !== 'string' || !NAME_PATTERN.test(group)) {
       throw new BrokerError('INVALID_REQUEST', `reprocessDeadLetters '${route.event}': group must be a valid name`);

@@ -9,6 +9,8 @@ export interface DuctapeBrokerPort {
   readonly env: string;
   /** The module's product tag. */
   readonly product: string;
+  /** The module's service name (the default consumer group). */
+  readonly service: string;
   publish(request: PublishRequest): Promise<PublishResult>;
   subscribe(request: SubscribeRequest): Promise<Subscription>;
 }

@@ -148,7 +148,7 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
       );
     }
     const extras = (handler.extras ?? {}) as DuctapeEventPatternExtras;
-    const service = this.options.service ?? serviceNameOf(this.broker);
+    const service = this.options.service ?? this.broker.service;
     return {
       pattern,
       request: {
@@ -224,12 +224,3 @@ function handlerError(error: unknown): Error {
   return new Error(text, { cause: error });
 }
 
-/**
- * The module's service name (options.service, else product), the base of default group names.
- * MessageBrokerService keeps it in a field of that name without a public getter yet; the product
- * stands in if it is ever missing.
- */
-function serviceNameOf(broker: DuctapeBrokerPort): string {
-  const service = (broker as unknown as { service?: unknown }).service;
-  return typeof service === 'string' && service !== '' ? service : broker.product;
-}
