@@ -3,9 +3,11 @@ export type { BrokerModuleExtras, BrokerOptionsFactory, DuctapeBrokerModuleAsync
 export { MessageBrokerService } from './message-broker.service';
 export { defineBrokers } from './define-brokers';
 export { BrokerHandlerInvoker, type BrokerHandlerDescriptor } from './broker-handler-invoker';
-export { OnBrokerEvent, type OnBrokerEventMetadata } from './decorators';
-export { BrokerError, isBrokerError, type BrokerErrorCode } from './errors';
-export { DUCTAPE_BROKER_OPTIONS, DEAD_LETTER_HEADERS } from './constants';
+export { OnBrokerEvent, BrokerMessage, BrokerCtx, type OnBrokerEventMetadata } from './decorators';
+export { BrokerError, isBrokerError, NonRetryableError, type BrokerErrorCode, type NonRetryableReason } from './errors';
+export { DUCTAPE_BROKER_OPTIONS, DEAD_LETTER_HEADERS, BROKER_CONTEXT_TYPE, type BrokerContextType } from './constants';
+export { brokerArgumentsOf } from './enhancers/broker-handler-enhancer';
+export type { DeadLetterReason } from './delivery/dead-letters';
 export { DEFAULT_RETRY_POLICY } from './delivery/retry';
 export { TRACE_ATTRIBUTES, TRACE_HEADERS, TRACER_NAME } from './tracing';
 export * from './interfaces';
