@@ -85,28 +85,36 @@ export function isBrokerError(value: unknown, code?: BrokerErrorCode): value is 
  * keeps its user and loses its password, and `password=...`-style pairs lose their value.
  */
 export function redactSecrets(text: string): string {
-  return (
-    text
-      // scheme://userinfo@host: userinfo runs to the last '@' before the host. `user:password` keeps
-      // the user; a bare userinfo may itself be a token (nats://token@host), so it goes whole.
-      // Bounded repeats and a start only where a scheme can begin keep this linear on long inputs.
-      .replace(/(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,63}:\/\/)(\S{0,2048})@(?=[^@\s/?#]{0,2048}(?:[\s/?#]|$))/gi, (_match: string, scheme: string, userinfo: string) => {
-        const colon = userinfo.indexOf(':');
-        return colon > 0 && !userinfo.slice(0, colon).includes('/') ? `${scheme}${userinfo.slice(0, colon)}:***@` : `${scheme}***@`;
-      })
-      .replace(
-        /((?:pass(?:word|phrase)?|secret(?:AccessKey)?|(?:api|access)[-_]?key|token|sessionToken|credentials?)["']?\s*[:=]\s*["']?)[^"'\s,&}]+/gi,
-        '$1***',
-      )
-      .replace(/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, '$1 ***')
-  );
+  return redactUrlCredentials(text)
+    .replace(
+      /((?:pass(?:word|phrase)?|secret(?:AccessKey)?|(?:api|access)[-_]?key|token|sessionToken|credentials?)["']?\s*[:=]\s*["']?)[^"'\s,&}]+/gi,
+      '$1***',
+    )
+    .replace(/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, '$1 ***');
+}
+
+/**
+ * `scheme://userinfo@host`: userinfo runs to the last '@' before the host (a password may hold
+ * '@', '/', '?' or '#'), and never across another `://` (a list of URLs keeps each host).
+ * `user:password` keeps the user; a bare userinfo may itself be a token (nats://token@host), so it
+ * goes whole. Bounded repeats and a start only where a scheme can begin keep this linear.
+ */
+const URL_USERINFO = /(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,63}:\/\/)((?:(?!:\/\/)\S){0,2048})@(?=[^@\s/?#]{0,2048}(?:[\s/?#]|$))/gi;
+
+/** The credentials of every URL in `text` replaced; nothing else changed (adapters' log lines use this alone). */
+export function redactUrlCredentials(text: string): string {
+  if (!text.includes('://')) return text;
+  return text.replace(URL_USERINFO, (_match: string, scheme: string, userinfo: string) => {
+    const colon = userinfo.indexOf(':');
+    return colon > 0 && !userinfo.slice(0, colon).includes('/') ? `${scheme}${userinfo.slice(0, colon)}:***@` : `${scheme}***@`;
+  });
 }
 
 /** A short, safe description of any thrown value, for logs and error messages. */
 export function describeError(error: unknown): string {
   let text: string;
   try {
-    text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    text = error instanceof Error ? `${error.name}: ${error.message}` : isPlainObject(error) ? plainObjectText(error) : String(error);
   } catch {
     // Not every thrown value becomes a string (a null-prototype object, a throwing toString):
     // this must not throw, or the retry and dead-letter paths that call it fail with it.
@@ -114,4 +122,19 @@ export function describeError(error: unknown): string {
   }
   // Cut before redacting: an error may carry a whole payload, and logs need only its start.
   return redactSecrets(text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) return false;
+  const prototype = Object.getPrototypeOf(value) as unknown;
+  return prototype === Object.prototype || prototype === null;
+}
+
+/**
+ * A thrown plain object (Nest's RPC exception filters answer `{ status: 'error', message }`): its
+ * JSON, not '[object Object]'.
+ */
+function plainObjectText(value: Record<string, unknown>): string {
+  const json = JSON.stringify(value);
+  return json === undefined ? Object.prototype.toString.call(value) : json;
 }

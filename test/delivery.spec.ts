@@ -143,6 +143,15 @@ describe('redaction', () => {
     expect(redactSecrets("apiKey: 'hunter2'")).toBe("apiKey: '***'");
     expect(redactSecrets('Authorization: Bearer abc.def')).toBe('Authorization: Bearer ***');
     expect(redactSecrets('amqp://127.0.0.1:5672 refused')).toBe('amqp://127.0.0.1:5672 refused');
+    // A list of URLs keeps each host, and every password goes.
+    expect(redactSecrets('nats://u:p1@h1:4222,nats://u:p2@h2:4222')).toBe('nats://u:***@h1:4222,nats://u:***@h2:4222');
+    expect(redactSecrets('amqp://user:pa?ss@host amqp://user:pa#ss@host')).toBe('amqp://user:***@host amqp://user:***@host');
+  });
+
+  it('describes a thrown plain object by its JSON (an RPC exception filter answers { status, message })', () => {
+    expect(describeError({ status: 'error', message: 'Internal server error' })).toBe('{"status":"error","message":"Internal server error"}');
+    expect(describeError({ password: 'hunter2' })).toBe('{"password":"***"}');
+    expect(describeError(Object.create(null))).toBe('{}');
   });
 });
 

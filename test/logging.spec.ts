@@ -87,6 +87,8 @@ describe('adapter logging', () => {
       const adapterLogger = createAdapterLogger('DuctapeBroker:Test', '[b/prd]');
       adapterLogger.warn('lost amqp://svc:s3cret-pw@10.0.0.1:5672/orders (socket closed)');
       adapterLogger.error('cannot reach nats://s3cret-pw@10.0.0.2:4222,redis://:s3cret-pw@10.0.0.3');
+      // A password holding '@', '/', '?' or '#' goes whole.
+      adapterLogger.warn('lost amqp://svc:s3cret-pw@x/y?z#w@10.0.0.4:5672 and amqp://svc:s3cret-pw#@10.0.0.5');
       // Plain words that look like an auth scheme stay as they are.
       adapterLogger.debug('SQS refuses characters outside the Basic Multilingual Plane');
     } finally {
@@ -96,11 +98,13 @@ describe('adapter logging', () => {
     expect(logger.entries.map((entry) => [entry.level, entry.context])).toEqual([
       ['warn', 'DuctapeBroker:Test'],
       ['error', 'DuctapeBroker:Test'],
+      ['warn', 'DuctapeBroker:Test'],
       ['debug', 'DuctapeBroker:Test'],
     ]);
     expect(logger.entries.map((entry) => entry.message)).toEqual([
       '[b/prd] lost amqp://svc:***@10.0.0.1:5672/orders (socket closed)',
       '[b/prd] cannot reach nats://***@10.0.0.2:4222,redis://***@10.0.0.3',
+      '[b/prd] lost amqp://svc:***@10.0.0.4:5672 and amqp://svc:***@10.0.0.5',
       '[b/prd] SQS refuses characters outside the Basic Multilingual Plane',
     ]);
     expect(logger.texts.join('\n')).not.toContain('s3cret-pw');

@@ -1,4 +1,5 @@
 import { Logger } from '@nestjs/common';
+import { redactUrlCredentials } from '../errors';
 import type { AdapterLogger } from './broker-adapter';
 
 /** How each built-in broker type is named in a log context; a registered type goes by its own name. */
@@ -20,22 +21,15 @@ export function adapterLogContext(type: string): string {
   return `DuctapeBroker:${Object.hasOwn(TYPE_NAMES, type) ? TYPE_NAMES[type] : type}`;
 }
 
-/** `scheme://userinfo@`: userinfo as a URL carries it (anything that is no separator). */
-const URL_USERINFO = /(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,63}:\/\/)([^\s/?#@]{1,2048})@/gi;
-
 /**
  * A line without the credentials of any URL in it: `amqp://svc:pw@host` keeps its user
  * (`amqp://svc:***@host`), a bare userinfo (`nats://token@host`) goes whole. Adapters name
  * endpoints without credentials already; this covers a client library's text that echoes its
- * URL. Not redactSecrets: its `Basic <token>` and `password=` rules also rewrite plain words
- * ("the Basic Multilingual Plane"), and every adapter line goes through here.
+ * URL. Only redactSecrets' URL rule: its `Basic <token>` and `password=` rules also rewrite plain
+ * words ("the Basic Multilingual Plane"), and every adapter line goes through here.
  */
 export function withoutUrlCredentials(message: string): string {
-  if (!message.includes('://')) return message;
-  return message.replace(URL_USERINFO, (_match: string, scheme: string, userinfo: string) => {
-    const colon = userinfo.indexOf(':');
-    return colon > 0 ? `${scheme}${userinfo.slice(0, colon)}:***@` : `${scheme}***@`;
-  });
+  return redactUrlCredentials(message);
 }
 
 /**

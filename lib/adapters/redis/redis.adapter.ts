@@ -109,12 +109,15 @@ export class RedisAdapter implements CompleteBrokerAdapter {
     // commandTimeout bounds a command waiting out an outage in the offline queue: publishTimeoutMs.
     this.client = createClient(this.settings, { commandTimeout: this.settings.publishTimeoutMs, enableAutoPipelining: true });
     let lostAt: number | undefined;
+    // Before the first connection a close is a failed attempt: connectClient reports that one.
+    let connected = false;
     this.client.on('close', () => {
-      if (this.closing || lostAt !== undefined || this.client?.status === 'connecting') return;
+      if (!connected || this.closing || lostAt !== undefined || this.client?.status === 'connecting') return;
       lostAt = Date.now();
       this.logger.warn(`connection to Redis at ${this.endpoint} lost; reconnecting (publishes wait up to publishTimeoutMs, ${this.settings.publishTimeoutMs} ms)`);
     });
     this.client.on('ready', () => {
+      connected = true;
       if (lostAt !== undefined) this.logger.log(`connection to Redis at ${this.endpoint} is back after ${Date.now() - lostAt} ms`);
       lostAt = undefined;
     });
