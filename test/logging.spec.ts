@@ -9,7 +9,7 @@ import { holdExclusively } from './support/exclusive';
 import { runUnique } from './support/names';
 import { NATS_URL, deleteCreatedNatsResourcesAfterAll, natsEnv } from './support/nats';
 import { RABBITMQ_URL, rabbitEnv, recordDeclarations } from './support/rabbitmq';
-import { REDIS_URL, deleteCreatedRedisKeysAfterAll, redisEnv } from './support/redis';
+import { REDIS_URL, deleteCreatedRedisKeysAfterAll, redisEnv, withRawRedis } from './support/redis';
 import { waitFor } from './support/wait';
 
 /**
@@ -161,8 +161,23 @@ describeWithBroker('redis', 'adapter logging: Redis', () => {
     const url = new URL(REDIS_URL);
     const db = url.pathname.length > 1 ? url.pathname.slice(1) : '0';
     const user = url.username !== '' ? ` as user '${decodeURIComponent(url.username)}'` : '';
-    const logger = await exchangeMessages(redisEnv('prd'), 'redis', 'DuctapeBroker:Redis', `Redis at ${url.protocol}//${url.host}/${db}${user}`);
-    if (url.password !== '') expect(logger.texts.join('\n')).not.toContain(url.password);
+    await exchangeMessages(redisEnv('prd'), 'redis', 'DuctapeBroker:Redis', `Redis at ${url.protocol}//${url.host}/${db}${user}`);
+  });
+
+  it('names an ACL user, never its password, in any line (a user of its own, deleted after)', async () => {
+    const name = `${PRODUCT}-user`;
+    const password = `pw-${randomUUID()}`;
+    await withRawRedis((client) => client.call('ACL', 'SETUSER', name, 'on', `>${password}`, `~${PRODUCT}.*`, '&*', '+@all'));
+    try {
+      const url = new URL(REDIS_URL);
+      url.username = name;
+      url.password = password;
+      const db = url.pathname.length > 1 ? url.pathname.slice(1) : '0';
+      const logger = await exchangeMessages(redisEnv('prd', { url: url.toString() }), 'redis', 'DuctapeBroker:Redis', `Redis at redis://${url.host}/${db} as user '${name}'`);
+      expect(logger.texts.join('\n')).not.toContain(password);
+    } finally {
+      await withRawRedis((client) => client.call('ACL', 'DELUSER', name));
+    }
   });
 });
 
