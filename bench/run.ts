@@ -47,7 +47,8 @@ async function runSuite(name: string, options: BenchOptions, out: string): Promi
   const { results, ratios, growth } = await (await load())(options);
   for (const result of results) {
     printTable(
-      `${result.scenario} (${result.unit}, median of ${options.rounds})`,
+      // A scenario may run more rounds than asked (its own count): the samples say how many.
+      `${result.scenario} (${result.unit}, median of ${Math.max(0, ...Object.values(result.samples).map((samples) => samples.length))})`,
       Object.entries(result.medians).map(([contender, value]) => ({ contender, [result.unit]: result.unit === 'ms' ? Number(value.toFixed(2)) : Math.round(value) })),
     );
   }
