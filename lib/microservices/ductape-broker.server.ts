@@ -8,6 +8,7 @@ import type { MessageBrokerService } from '../message-broker.service';
 import type { DuctapeBrokerPort } from './broker-port';
 import { DUCTAPE_BROKER_TRANSPORT } from './constants';
 import { DuctapeBrokerContext } from './ductape-broker.context';
+import { forgetCaptured, installRpcErrorCapture, settledError } from './rpc-error-capture';
 
 export interface DuctapeBrokerServerOptions {
   /** Env slug the handlers consume in (default: the module's `env`). */
@@ -17,18 +18,19 @@ export interface DuctapeBrokerServerOptions {
   /** Base of the default group names (default: the module's `service`, else its `product`). */
   service?: string;
   /**
-   * One consumer group for every pattern of this server (groups are per topic, so one name serves
-   * all). Default: `<service>.event-pattern.<brokerTag>.<topicTag>` for each pattern.
+   * The group of every handler without a `{ group }` of its own, for every pattern (groups are per
+   * topic, so one name serves all). Default: `<service>.event-pattern.<brokerTag>.<topicTag>`.
+   * A second handler of one pattern without a group gets this name + `.2`, a third `.3`, ...
    */
   group?: string;
-  /** Messages handled at once per pattern (default: the module's default, 1). */
+  /** Messages handled at once per handler (default: the module's default, 1). */
   concurrency?: number;
-  /** Retry policy of every pattern (default: the topic's, else the module's). */
+  /** Retry policy of every handler (default: the topic's, else the module's). */
   retry?: RetryPolicy;
 }
 
 /**
- * Per-pattern settings, given as the extras of the decorator:
+ * Per-handler settings, given as the extras of the decorator:
  * `@EventPattern('orders:new-orders', { group: 'billing', concurrency: 4 })`. They win over the server's.
  */
 export interface DuctapeEventPatternExtras {
@@ -40,12 +42,24 @@ export interface DuctapeEventPatternExtras {
 /** The status values DuctapeBrokerServer reports through `status`. */
 export type DuctapeBrokerServerStatus = 'listening' | 'closed';
 
+/** One handler of one pattern, and the group it consumes in. */
+interface PlannedHandler {
+  pattern: string;
+  handler: MessageHandler;
+  group: string;
+}
+
 /**
  * A `@nestjs/microservices` transport over this module: every `@EventPattern('brokerTag:topicTag')`
  * handler of the app's controllers consumes that event through `MessageBrokerService.subscribe`,
  * with the module's delivery semantics. A message is acked once the handler's promise or Observable
  * completes; a handler that throws (or whose Observable errors, or a guard that refuses) gets it
- * again after the retry delay, then it goes to the dead letters of its topic and group.
+ * again after the retry delay, then it goes to the dead letters of its topic and group. A
+ * NonRetryableError (thrown by the handler, a guard, a pipe or an interceptor) sends it to the
+ * dead letters at once.
+ *
+ * Each handler has a subscription, and a group, of its own (Nest would chain the handlers of one
+ * pattern and run them as one): each one acks, retries and dead-letters on its own.
  *
  * Request/response is refused: `listen()` fails with INVALID_SUBSCRIPTION on any `@MessagePattern`
  * handler, and on object patterns. A broker delivers at least once and has no reply channel, so a
@@ -56,13 +70,15 @@ export type DuctapeBrokerServerStatus = 'listening' | 'closed';
  * await app.startAllMicroservices();
  * ```
  *
- * All handlers of one pattern (Nest chains them) share one subscription: each delivery runs them
- * all, and when one fails the delivery is retried for all of them.
+ * Logs under the context 'DuctapeBrokerServer'.
  */
 export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBrokerServerStatus> implements CustomTransportStrategy {
   protected override readonly logger = new Logger('DuctapeBrokerServer');
   private readonly objectPatterns = new Set<string>();
+  /** Every handler of each pattern, in the order Nest registered them (never chained). */
+  private readonly handlers = new Map<string, MessageHandler[]>();
   private subscriptions: Subscription[] = [];
+  private starting: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -72,27 +88,54 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
     super();
     // Handlers bound to another transport (`@EventPattern(p, Transport.TCP)`) are then not registered here.
     this.transportId = DUCTAPE_BROKER_TRANSPORT;
+    installRpcErrorCapture();
   }
 
-  /** Records which patterns were objects: Nest turns them into JSON strings before they reach the map. */
+  /**
+   * Keeps each handler in the pattern's list. Nest's own addHandler chains a second event handler
+   * of a pattern to the first (`.next`), and its wrapper then runs both as one forkJoin: one
+   * subscription, one group, one settlement for both. Unchained, each runs alone. Object patterns
+   * are recorded: Nest turns them into JSON strings before they reach the map.
+   */
   override addHandler(pattern: unknown, callback: MessageHandler, isEventHandler = false, extras: Record<string, unknown> = {}): void {
-    if (typeof pattern !== 'string') this.objectPatterns.add(this.normalizePattern(pattern as string));
-    super.addHandler(pattern, callback, isEventHandler, extras);
+    const route = this.normalizePattern(pattern as string);
+    if (typeof pattern !== 'string') this.objectPatterns.add(route);
+    callback.isEventHandler = isEventHandler;
+    callback.extras = extras;
+    const list = this.handlers.get(route);
+    if (list) list.push(callback);
+    else this.handlers.set(route, [callback]);
+    // getHandlers() still lists the pattern (its first handler), with nothing chained to it.
+    if (!this.messageHandlers.has(route)) this.messageHandlers.set(route, callback);
   }
 
-  /** Subscribes every handler; calls back with the first error (nothing stays subscribed then). */
+  /**
+   * Subscribes every handler; calls back with the first error (nothing stays subscribed then).
+   * Fails with INVALID_REQUEST on a server that was closed (or closes while it starts): a closed
+   * server does not start again, make a new one.
+   */
   async listen(callback: (error?: unknown) => void): Promise<void> {
+    if (this.closing) return callback(closedError('listen() after close()'));
+    if (this.starting) return callback(new BrokerError('INVALID_REQUEST', 'DuctapeBrokerServer.listen(): it is already listening (or starting)'));
+    const starting = this.start();
+    this.starting = starting;
     try {
-      await this.start();
+      await starting;
     } catch (error) {
-      callback(error);
-      return;
+      this.starting = undefined;
+      return callback(error);
     }
+    // close() came while the consumers started: it stops them (it waited for this start), and the
+    // server never reports 'listening'.
+    if (this.closing) return callback(closedError('close() while listen() was starting'));
     this._status$.next('listening');
     callback();
   }
 
-  /** Stops intake on every pattern and waits for in-flight handlers (up to the module's shutdownTimeoutMs). */
+  /**
+   * Stops intake on every handler and waits for in-flight handlers (up to the module's
+   * shutdownTimeoutMs). A start in progress is waited for first, so its consumers are stopped too.
+   */
   close(): Promise<void> {
     this.closing ??= this.stop();
     return this.closing;
@@ -112,34 +155,79 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
   }
 
   private async start(): Promise<void> {
-    // Every pattern is checked before any consumer starts, so a refused one leaves nothing running.
-    const requests = [...this.messageHandlers].map(([pattern, handler]) => this.request(pattern, handler));
+    // Every handler is checked before any consumer starts, so a refused one leaves nothing running.
+    const requests = this.plan().map((planned) => ({ pattern: planned.pattern, request: this.request(planned) }));
     const results = await Promise.allSettled(requests.map(({ pattern, request }) => this.subscribe(pattern, request)));
     const started = results.filter((result) => result.status === 'fulfilled').map((result) => result.value);
     const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
-    if (failure || this.closing) {
+    if (failure) {
       await Promise.allSettled(started.map((subscription) => subscription.unsubscribe()));
-      if (failure) throw failure.reason;
-      return;
+      throw failure.reason;
     }
     this.subscriptions = started;
   }
 
   private async stop(): Promise<void> {
+    await this.starting?.catch(() => undefined);
     const subscriptions = this.subscriptions;
     this.subscriptions = [];
     await Promise.all(subscriptions.map((subscription) => subscription.unsubscribe()));
     this._status$.next('closed');
   }
 
-  private request(pattern: string, handler: MessageHandler): { pattern: string; request: SubscribeRequest } {
+  /**
+   * The group of each handler: its `{ group }`, else the server's `group`, else
+   * `<service>.event-pattern.<brokerTag>.<topicTag>`; the second handler of a pattern without a
+   * group of its own gets that name + '.2', the third '.3', in the order Nest registered them
+   * (modules, then controllers, then methods). Two handlers of a pattern in one group would share
+   * its messages (each getting some): refused.
+   */
+  private plan(): PlannedHandler[] {
+    const planned: PlannedHandler[] = [];
+    const warnings: string[] = [];
+    const service = this.options.service ?? this.broker.service;
+    for (const [pattern, handlers] of this.handlers) {
+      this.check(pattern, handlers);
+      const base = this.options.group ?? `${service}.event-pattern.${pattern.replace(':', '.')}`;
+      const groups = new Set<string>();
+      const derived: string[] = [];
+      for (const handler of handlers) {
+        const extras = (handler.extras ?? {}) as DuctapeEventPatternExtras;
+        let group = extras.group;
+        if (group === undefined) {
+          // ':' is not allowed in a group name; a hyphen never appears in a class name, so this never
+          // meets the `<service>.<ClassName>.<method>` default of @OnBrokerEvent.
+          group = derived.length === 0 ? base : `${base}.${derived.length + 1}`;
+          derived.push(group);
+        }
+        if (groups.has(group)) {
+          throw new BrokerError(
+            'INVALID_SUBSCRIPTION',
+            `@EventPattern('${pattern}'): two handlers in group '${group}' would share its messages (each getting only some of them); give each its own { group }`,
+          );
+        }
+        groups.add(group);
+        planned.push({ pattern, handler, group });
+      }
+      if (derived.length > 1) {
+        warnings.push(
+          `@EventPattern('${pattern}') has ${derived.length} handlers without a { group }: they consume in ${derived.map((group) => `'${group}'`).join(', ')}, ` +
+            'in the order Nest registered them (modules, controllers, methods). Give each a { group } of its own, so that reordering them never swaps their groups.',
+        );
+      }
+    }
+    for (const warning of warnings) this.logger.warn(warning);
+    return planned;
+  }
+
+  private check(pattern: string, handlers: MessageHandler[]): void {
     if (this.objectPatterns.has(pattern)) {
       throw new BrokerError(
         'INVALID_SUBSCRIPTION',
         `pattern ${pattern}: DuctapeBrokerServer takes 'brokerTag:topicTag' string patterns only (an object pattern names no topic)`,
       );
     }
-    if (!handler.isEventHandler) {
+    if (handlers.some((handler) => !handler.isEventHandler)) {
       throw new BrokerError(
         'INVALID_SUBSCRIPTION',
         `@MessagePattern('${pattern}'): DuctapeBrokerServer does not serve request/response. A broker delivers at least once and has no reply channel, ` +
@@ -147,22 +235,19 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
           `in an app with other transports, bind this handler to its own (@MessagePattern(pattern, Transport.TCP)).`,
       );
     }
+  }
+
+  private request({ pattern, handler, group }: PlannedHandler): SubscribeRequest {
     const extras = (handler.extras ?? {}) as DuctapeEventPatternExtras;
-    const service = this.options.service ?? this.broker.service;
     return {
-      pattern,
-      request: {
-        env: this.options.env ?? this.broker.env,
-        event: pattern,
-        product_tag: this.options.product ?? this.broker.product,
-        input: {
-          callback: (message: unknown, ctx: BrokerContext) => this.invoke(handler, message, new DuctapeBrokerContext([ctx])),
-          // ':' is not allowed in a group name; a hyphen never appears in a class name, so this never
-          // meets the `<service>.<ClassName>.<method>` default of @OnBrokerEvent.
-          group: extras.group ?? this.options.group ?? `${service}.event-pattern.${pattern.replace(':', '.')}`,
-          concurrency: extras.concurrency ?? this.options.concurrency,
-          retry: extras.retry ?? this.options.retry,
-        },
+      env: this.options.env ?? this.broker.env,
+      event: pattern,
+      product_tag: this.options.product ?? this.broker.product,
+      input: {
+        callback: (message: unknown, ctx: BrokerContext) => this.invoke(handler, message, new DuctapeBrokerContext([ctx])),
+        group,
+        concurrency: extras.concurrency ?? this.options.concurrency,
+        retry: extras.retry ?? this.options.retry,
       },
     };
   }
@@ -177,18 +262,20 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
   }
 
   /**
-   * Runs the handler chain Nest registered for the pattern (guards, interceptors, pipes and filters
-   * included) and settles when its promise or Observable does. Nest's own handleEvent neither waits
-   * for an Observable nor reports its error, so it is not used: the ack depends on both.
+   * Runs the handler Nest registered (guards, interceptors, pipes and filters included) and
+   * settles when its promise or Observable does (an Observable that completes without a value
+   * too). Nest's own handleEvent neither waits for an Observable nor reports its error, so it is
+   * not used: the ack depends on both.
    */
   private invoke(handler: MessageHandler, data: unknown, context: DuctapeBrokerContext): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const done = async (): Promise<void> => {
         try {
           await settle(await handler(data, context));
+          forgetCaptured(context);
           resolve();
         } catch (error) {
-          reject(handlerError(error));
+          reject(settledError(error, context));
         } finally {
           this.onProcessingEndHook?.(this.transportId!, context);
         }
@@ -197,7 +284,7 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
         // The hook (an instrumentation's) runs `done`; its own return value is not waited for.
         this.onProcessingStartHook(this.transportId!, context, done);
       } catch (error) {
-        reject(handlerError(error));
+        reject(settledError(error, context));
       }
     });
   }
@@ -207,20 +294,6 @@ async function settle(result: unknown): Promise<void> {
   if (isObservable(result)) await lastValueFrom(result, { defaultValue: undefined });
 }
 
-/**
- * Nest's RPC exception filters turn a failure into a plain object (`{ status: 'error', message }`;
- * 'Internal server error' for anything but an RpcException). The delivery layer records an Error's
- * message in the dead letter, so the object becomes one.
- */
-function handlerError(error: unknown): Error {
-  if (error instanceof Error) return error;
-  const message = typeof error === 'object' && error !== null && 'message' in error ? (error).message : error;
-  let text: string;
-  try {
-    text = typeof message === 'string' ? message : (JSON.stringify(message) ?? String(message));
-  } catch {
-    text = String(message);
-  }
-  return new Error(text, { cause: error });
+function closedError(what: string): BrokerError {
+  return new BrokerError('INVALID_REQUEST', `DuctapeBrokerServer: ${what}; a closed server does not start again (make a new one), and nothing consumes through it`);
 }
-

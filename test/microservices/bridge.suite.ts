@@ -8,14 +8,30 @@ import {
   type CanActivate,
   type ExecutionContext,
   type INestApplication,
+  type LoggerService,
   type NestInterceptor,
   type Type,
 } from '@nestjs/common';
 import { ClientProxy, Ctx, EventPattern, MessagePattern, Payload, RpcException } from '@nestjs/microservices';
-import { lastValueFrom, type Observable } from 'rxjs';
-import { BrokerError, DEAD_LETTER_HEADERS, type BrokerContext, type BrokerEnvConfig, type MessageBrokerService, type PublishResult } from '../../lib';
-import { DuctapeBrokerClient, DuctapeBrokerContext, DuctapeBrokerRecord, DuctapeBrokerServer, type DuctapeBrokerServerOptions } from '../../lib/microservices';
-import { createBrokerApp } from '../support/app';
+import { EMPTY, lastValueFrom, type Observable } from 'rxjs';
+import {
+  BrokerError,
+  DEAD_LETTER_HEADERS,
+  NonRetryableError,
+  type BrokerContext,
+  type BrokerEnvConfig,
+  type MessageBrokerService,
+  type PublishResult,
+} from '../../lib';
+import {
+  DuctapeBrokerClient,
+  DuctapeBrokerContext,
+  DuctapeBrokerRecord,
+  DuctapeBrokerServer,
+  type DuctapeBrokerPort,
+  type DuctapeBrokerServerOptions,
+} from '../../lib/microservices';
+import { CapturingLogger, createBrokerApp, silentLogger } from '../support/app';
 import { gate, sleep, waitFor } from '../support/wait';
 
 const CLIENT = 'ORDERS_CLIENT';
@@ -27,6 +43,15 @@ interface Order {
   id: string;
   fail?: boolean;
   blocked?: boolean;
+  /** How RefusalsController (and its guard) fails it. */
+  kind?: 'non-retryable' | 'plain' | 'foreign-non-retryable' | 'guard';
+}
+
+/** A call of one of several handlers of a pattern: which handler, and the attempt it saw. */
+interface Call {
+  by: string;
+  id: string;
+  attempt: number;
 }
 
 /** One handler call as the controller saw it. */
@@ -47,6 +72,7 @@ interface Seen {
 class Ledger {
   readonly seen: Seen[] = [];
   readonly intercepted: string[] = [];
+  readonly calls: Call[] = [];
   slowGate = gate();
   slowDone: string[] = [];
 
@@ -66,6 +92,15 @@ class Ledger {
 
   of(id: string): Seen[] {
     return this.seen.filter((entry) => entry.id === id);
+  }
+
+  call(by: string, order: Order, ctx: DuctapeBrokerContext): void {
+    this.calls.push({ by, id: order.id, attempt: ctx.getAttempt() });
+  }
+
+  /** The attempts in which handler `by` got message `id`. */
+  attempts(by: string, id: string): number[] {
+    return this.calls.filter((call) => call.by === by && call.id === id).map((call) => call.attempt);
   }
 }
 
@@ -134,6 +169,98 @@ class GuardedController {
   }
 }
 
+// Two handlers of one pattern, each with its own group: each acks, retries and dead-letters on its own.
+@Controller()
+class BillingController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:split', { group: 'billing' })
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.call('billing', order, ctx);
+  }
+}
+
+@Controller()
+class ShippingController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:split', { group: 'shipping' })
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.call('shipping', order, ctx);
+    if (order.fail) throw new RpcException(`shipping refused ${order.id}`);
+  }
+}
+
+@Controller()
+class SecondBillingController {
+  @EventPattern('orders:split', { group: 'billing' })
+  handle(): void {}
+}
+
+// Two handlers of one pattern without a group: one returns an Observable that completes at once
+// with no value, the other fails later.
+@Controller()
+class EmptyController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:fanout')
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): Observable<never> {
+    this.ledger.call('empty', order, ctx);
+    return EMPTY;
+  }
+}
+
+@Controller()
+class SlowFailingController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:fanout')
+  async handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): Promise<void> {
+    this.ledger.call('slow-failing', order, ctx);
+    await sleep(100);
+    throw new RpcException(`slow-failing refused ${order.id}`);
+  }
+}
+
+/** Throws what a NonRetryableError becomes, or a plain Error, from a guard or the handler. */
+@Injectable()
+class KindGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    const order = context.switchToRpc().getData<Order>();
+    if (order.kind === 'guard') throw new NonRetryableError(`no tenant on ${order.id}`, { reason: 'guard' });
+    return true;
+  }
+}
+
+@Controller()
+@UseGuards(KindGuard)
+class RefusalsController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:refusals')
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.call('refusals', order, ctx);
+    if (order.kind === 'non-retryable') throw new NonRetryableError(`bad order ${order.id}`);
+    if (order.kind === 'plain') throw new Error(`stock service down for ${order.id}`);
+    if (order.kind === 'foreign-non-retryable') {
+      // A NonRetryableError of another copy of the package: known by its name.
+      const error = new Error(`foreign refusal of ${order.id}`);
+      error.name = 'NonRetryableError';
+      throw error;
+    }
+  }
+}
+
+@Controller()
+class StartupController {
+  constructor(private readonly ledger: Ledger) {}
+
+  @EventPattern('orders:startup')
+  handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
+    this.ledger.record(order, ctx);
+  }
+}
+
 @Controller()
 class RequestResponseController {
   @EventPattern('orders:new-orders')
@@ -184,19 +311,31 @@ export function bridgeSuite(target: BridgeTarget): void {
     await Promise.allSettled(apps.splice(0).map((app) => app.close()));
   });
 
-  async function hybrid(controllers: Type[], serverOptions: DuctapeBrokerServerOptions = {}, start = true): Promise<Hybrid> {
+  async function hybrid(
+    controllers: Type[],
+    serverOptions: DuctapeBrokerServerOptions = {},
+    start = true,
+    extra: { logger?: LoggerService; port?: (broker: MessageBrokerService) => DuctapeBrokerPort } = {},
+  ): Promise<Hybrid> {
     const { app, broker } = await createBrokerApp(
       {
         env: 'prd',
         product,
         service: SERVICE,
-        brokers: [{ tag: 'orders', envs: [target.env()], topics: [{ tag: 'new-orders' }, { tag: 'slow' }, { tag: 'guarded' }, { tag: 'quotes' }, { tag: 'audits' }] }],
+        brokers: [
+          {
+            tag: 'orders',
+            envs: [target.env()],
+            topics: ['new-orders', 'slow', 'guarded', 'quotes', 'audits', 'split', 'fanout', 'refusals', 'startup'].map((tag) => ({ tag })),
+          },
+        ],
         retry: { maxAttempts: 2, initialDelayMs: 20 },
       },
-      { controllers, providers: [Ledger, BlockGuard, RecordingInterceptor, DuctapeBrokerClient.provider(CLIENT)] },
+      { controllers, providers: [Ledger, BlockGuard, KindGuard, RecordingInterceptor, DuctapeBrokerClient.provider(CLIENT)] },
+      extra.logger ?? silentLogger,
     );
     apps.push(app);
-    const server = new DuctapeBrokerServer(broker, serverOptions);
+    const server = new DuctapeBrokerServer(extra.port ? extra.port(broker) : broker, serverOptions);
     app.connectMicroservice({ strategy: server });
     if (start) await app.startAllMicroservices();
     return { app, broker, server, client: app.get<ClientProxy>(CLIENT), ledger: app.get(Ledger) };
@@ -365,5 +504,131 @@ export function bridgeSuite(target: BridgeTarget): void {
     await sleep(200);
     expect(later).toEqual(['s-2']);
     expect(ledger.seen.map((entry) => entry.id)).toEqual(['s-1']);
+  });
+
+  it('two handlers of one pattern, each with its own { group }: a failure retries and dead-letters the failing one alone, in its group', async () => {
+    const { client, broker, ledger } = await hybrid([BillingController, ShippingController]);
+    const billingDead = deadLetters(broker, 'orders:split', 'billing');
+    const shippingDead = deadLetters(broker, 'orders:split', 'shipping');
+
+    await lastValueFrom(client.emit('orders:split', { id: 'p-1', fail: true }));
+
+    await waitFor(() => shippingDead.length > 0, "p-1 among the dead letters of group 'shipping'", target.deliveryMs * 2);
+    await sleep(200);
+    expect(ledger.attempts('shipping', 'p-1')).toEqual([1, 2]);
+    // Billing succeeded once: shipping's failure does not run it again.
+    expect(ledger.attempts('billing', 'p-1')).toEqual([1]);
+    expect(shippingDead.map((entry) => entry.message)).toEqual([{ id: 'p-1', fail: true }]);
+    expect(shippingDead[0].ctx.headers[DEAD_LETTER_HEADERS.error]).toContain('shipping refused p-1');
+    expect(billingDead).toEqual([]);
+  });
+
+  it('two handlers of one pattern in one group are refused at listen with INVALID_SUBSCRIPTION (each would get only some messages)', async () => {
+    const { app } = await hybrid([BillingController, SecondBillingController], {}, false);
+
+    const error = await app.startAllMicroservices().then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('INVALID_SUBSCRIPTION');
+    expect((error as BrokerError).message).toContain("@EventPattern('orders:split'): two handlers in group 'billing'");
+  });
+
+  it("handlers of one pattern without a group consume in '<default>' and '<default>.2' (with a warning): an Observable that completes empty is acked, its sibling's later failure is retried and dead-lettered", async () => {
+    const logger = new CapturingLogger();
+    const { client, broker, ledger } = await hybrid([EmptyController, SlowFailingController], {}, true, { logger });
+    const base = `${SERVICE}.event-pattern.orders.fanout`;
+    const firstDead = deadLetters(broker, 'orders:fanout', base);
+    const secondDead = deadLetters(broker, 'orders:fanout', `${base}.2`);
+
+    await lastValueFrom(client.emit('orders:fanout', { id: 'f-1' }));
+
+    await waitFor(() => secondDead.length > 0, `f-1 among the dead letters of group '${base}.2'`, target.deliveryMs * 2);
+    await sleep(200);
+    expect(ledger.attempts('slow-failing', 'f-1')).toEqual([1, 2]);
+    expect(secondDead[0].ctx.headers[DEAD_LETTER_HEADERS.error]).toContain('slow-failing refused f-1');
+    // EMPTY alone is a success: acked once, never again, no dead letter.
+    expect(ledger.attempts('empty', 'f-1')).toEqual([1]);
+    expect(firstDead).toEqual([]);
+    expect(logger.lines('DuctapeBrokerServer', "@EventPattern('orders:fanout') has 2 handlers without a { group }")).toEqual([
+      expect.stringContaining(`'${base}', '${base}.2'`) as unknown,
+    ]);
+  });
+
+  it("a NonRetryableError (from the handler or a guard, or by its name) is dead-lettered at once; any other error keeps its text, not Nest's 'Internal server error'", async () => {
+    const { client, broker, ledger } = await hybrid([RefusalsController]);
+    const dead = deadLetters(broker, 'orders:refusals', `${SERVICE}.event-pattern.orders.refusals`);
+
+    for (const kind of ['non-retryable', 'plain', 'foreign-non-retryable', 'guard'] as const) {
+      await lastValueFrom(client.emit('orders:refusals', { id: `r-${kind}`, kind }));
+    }
+
+    await waitFor(() => dead.length >= 4, 'the four refusals among the dead letters', target.deliveryMs * 2);
+    const byId = new Map(dead.map((entry) => [(entry.message as Order).id, entry.ctx.headers]));
+    const summary = (id: string) => {
+      const headers = byId.get(id) ?? {};
+      return { reason: headers[DEAD_LETTER_HEADERS.reason], attempts: headers[DEAD_LETTER_HEADERS.attempts], error: headers[DEAD_LETTER_HEADERS.error] };
+    };
+    expect(summary('r-non-retryable')).toEqual({ reason: 'non-retryable', attempts: '1', error: expect.stringContaining('bad order r-non-retryable') as unknown });
+    expect(summary('r-plain')).toEqual({ reason: 'max-attempts', attempts: '2', error: expect.stringContaining('stock service down for r-plain') as unknown });
+    expect(summary('r-foreign-non-retryable')).toEqual({
+      reason: 'non-retryable',
+      attempts: '1',
+      error: expect.stringContaining('foreign refusal of r-foreign-non-retryable') as unknown,
+    });
+    expect(summary('r-guard')).toEqual({ reason: 'guard', attempts: '1', error: expect.stringContaining('no tenant on r-guard') as unknown });
+    expect(ledger.attempts('refusals', 'r-non-retryable')).toEqual([1]);
+    expect(ledger.attempts('refusals', 'r-plain')).toEqual([1, 2]);
+    expect(ledger.attempts('refusals', 'r-foreign-non-retryable')).toEqual([1]);
+    expect(ledger.attempts('refusals', 'r-guard')).toEqual([]);
+  });
+
+  it('close() during listen(): close waits for the consumers being started and stops them, listen fails with INVALID_REQUEST, the status never says listening; listen after close fails too', async () => {
+    const subscribing = gate();
+    let asked = 0;
+    const gated = (broker: MessageBrokerService): DuctapeBrokerPort => ({
+      env: broker.env,
+      product: broker.product,
+      service: broker.service,
+      publish: (request) => broker.publish(request),
+      subscribe: async (request) => {
+        asked += 1;
+        await subscribing.promise;
+        return broker.subscribe(request);
+      },
+    });
+    const { app, broker, server, ledger } = await hybrid([StartupController], {}, false, { port: gated });
+    const statuses: string[] = [];
+    server.status.subscribe((status) => statuses.push(status));
+
+    const starting = app.startAllMicroservices().then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+    await waitFor(() => asked > 0, 'listen() to subscribe', 2000);
+    let closed = false;
+    const closing = server.close().then(() => (closed = true));
+    await sleep(100);
+    expect(closed).toBe(false);
+    subscribing.open();
+    await closing;
+
+    const error = await starting;
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('INVALID_REQUEST');
+    expect((error as BrokerError).message).toContain('close() while listen() was starting');
+    expect(statuses).toEqual(['closed']);
+
+    // Its consumer was stopped: a message published now reaches no handler of this server.
+    await broker.publish({ env: 'prd', event: 'orders:startup', product_tag: product, input: { message: { id: 'c-1' } } });
+    await sleep(300);
+    expect(ledger.of('c-1')).toEqual([]);
+
+    const again = await new Promise<unknown>((resolve) => void server.listen(resolve));
+    expect(again).toBeInstanceOf(BrokerError);
+    expect((again as BrokerError).message).toContain('listen() after close()');
+    expect(statuses).toEqual(['closed']);
   });
 }
