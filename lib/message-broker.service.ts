@@ -315,8 +315,31 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
   private wrap(code: BrokerErrorCode, context: string, error: unknown): BrokerError {
     // An adapter refuses what its broker cannot carry as INVALID_MESSAGE, before sending anything.
     if (error instanceof BrokerError && (error.code === code || error.code === 'CONFIG_INVALID' || error.code === 'INVALID_MESSAGE')) return error;
-    return new BrokerError(code, `${context}: ${describeError(error)}`, { cause: error });
+    return new BrokerError(code, `${context}: ${describeError(error)}`, { cause: printableCause(error) });
   }
+}
+
+/**
+ * A cause that prints no secret: a BrokerError as it is (this module's own text, redacted where it
+ * quotes another error); anything else (a client library's or a registered adapter's error, whose
+ * text may hold a URL with its password) as its redacted text, with its stack frames, not itself:
+ * util.inspect, pino and Nest's logger print the whole cause chain.
+ */
+function printableCause(error: unknown): Error {
+  if (error instanceof BrokerError) return error;
+  const text = describeError(error);
+  const cause = new Error(text);
+  let frames: string | undefined;
+  try {
+    const stack = (error as { stack?: unknown } | null | undefined)?.stack;
+    // The frames only (the first 8 KB): the stack's first lines repeat the message, unredacted.
+    const at = typeof stack === 'string' ? stack.search(/\n\s+at /) : -1;
+    if (typeof stack === 'string' && at >= 0) frames = redactSecrets(stack.slice(at + 1, at + 1 + 8192));
+  } catch {
+    // A stack getter that throws: the redacted text is the cause then, without frames.
+  }
+  cause.stack = frames === undefined ? text : `${text}\n${frames}`;
+  return cause;
 }
 
 const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
