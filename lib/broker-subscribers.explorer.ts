@@ -1,4 +1,4 @@
-import { Inject, Injectable, type OnApplicationBootstrap } from '@nestjs/common';
+import { Inject, Injectable, Scope, type OnApplicationBootstrap } from '@nestjs/common';
 import { DiscoveryService, ExternalContextCreator, MetadataScanner } from '@nestjs/core';
 import type { InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
 import { BrokerHandlerInvoker } from './broker-handler-invoker';
@@ -60,10 +60,20 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
         const target = instance as Record<string, (...args: unknown[]) => unknown>;
         // With guards, interceptors, filters or parameter decorators, through Nest's pipeline; else
         // the direct call, which adds nothing per message. Either looks the method up at each
-        // call, so a method replaced after bootstrap (a test spy) is the one called.
-        const handler: BrokerMessageHandler = enhancer.isEnhanced(instance, methodName, target[methodName])
-          ? enhancer.enhance(instance, methodName, target[methodName])
-          : (message: unknown, ctx: BrokerContext) => target[methodName](message, ctx);
+        // call, so a method replaced after bootstrap (a test spy) is the one called. A dead-letter
+        // consumer gets its own: the global guards do not apply to it.
+        const handlers = new Map<boolean, BrokerMessageHandler>();
+        const handlerFor = (deadLetter: boolean): BrokerMessageHandler => {
+          let handler = handlers.get(deadLetter);
+          if (!handler) {
+            const options = { wrapper, deadLetter };
+            handler = enhancer.isEnhanced(instance, methodName, target[methodName], options)
+              ? enhancer.enhance(instance, methodName, target[methodName], options)
+              : (message: unknown, ctx: BrokerContext) => target[methodName](message, ctx);
+            handlers.set(deadLetter, handler);
+          }
+          return handler;
+        };
         for (const { event, options } of entries) {
           if (options.deadLetter && options.group === undefined) {
             throw new BrokerError(
@@ -78,7 +88,7 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
             event,
             product_tag: options.product ?? this.options.product,
             input: {
-              callback: this.invoker.decorate(handler, { event, env, group, className, methodName, deadLetter: options.deadLetter === true }),
+              callback: this.invoker.decorate(handlerFor(options.deadLetter === true), { event, env, group, className, methodName, deadLetter: options.deadLetter === true }),
               group,
               concurrency: options.concurrency,
               retry: options.retry,
@@ -91,15 +101,25 @@ export class BrokerSubscribersExplorer implements OnApplicationBootstrap {
     return requests;
   }
 
-  /** A handler must live on one long-lived instance: a per-request or per-consumer one has none. */
+  /**
+   * A handler must live on one long-lived instance: a per-request or per-consumer one has none.
+   * A provider that is request-scoped only because of a request-scoped or transient enhancer (on
+   * one of its methods or its class) is run per delivery, as Nest runs such a controller.
+   */
   private assertStatic(wrapper: InstanceWrapper, methodName: string): void {
-    const scope = wrapper.isTransient ? 'transient' : !wrapper.isDependencyTreeStatic() ? 'request-scoped' : undefined;
-    if (scope) {
-      throw new BrokerError(
-        'INVALID_SUBSCRIPTION',
-        `@OnBrokerEvent on ${wrapper.name ? String(wrapper.name) : 'a provider'}.${methodName}: the provider is ${scope}; ` +
-          'broker handlers must be on singleton (default-scoped) providers. Inject ModuleRef and resolve the scoped service inside the handler instead.',
-      );
-    }
+    // A transient provider's tree may be static: it is refused first (one instance per consumer, none to subscribe).
+    if (!wrapper.isTransient && wrapper.isDependencyTreeStatic()) return;
+    const name = wrapper.name ? String(wrapper.name) : 'a provider';
+    const scope = wrapper.isTransient ? 'transient' : wrapper.scope === Scope.REQUEST ? 'request-scoped' : undefined;
+    const scopedDependency = scope ? undefined : [...(wrapper.getCtorMetadata() ?? []), ...(wrapper.getPropertiesMetadata() ?? []).map((property) => property.wrapper)].find(
+      (dependency) => dependency && !dependency.isDependencyTreeStatic(),
+    );
+    if (!scope && !scopedDependency) return;
+    const why = scope ? `the provider is ${scope}` : `the provider depends on ${String(scopedDependency?.name)}, which is request-scoped`;
+    throw new BrokerError(
+      'INVALID_SUBSCRIPTION',
+      `@OnBrokerEvent on ${name}.${methodName}: ${why}; ` +
+        'broker handlers must be on singleton (default-scoped) providers. Inject ModuleRef and resolve the scoped service inside the handler instead.',
+    );
   }
 }

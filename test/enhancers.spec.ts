@@ -1,6 +1,8 @@
 import 'reflect-metadata';
 import {
+  BadRequestException,
   Catch,
+  Inject,
   Injectable,
   Module,
   UseFilters,
@@ -15,11 +17,14 @@ import {
   type ExecutionContext,
   type INestApplication,
   type NestInterceptor,
+  type PipeTransform,
+  Scope,
 } from '@nestjs/common';
-import { APP_GUARD, ExternalContextCreator, Reflector } from '@nestjs/core';
+import { APP_FILTER, APP_GUARD, APP_PIPE, ExternalContextCreator, REQUEST, Reflector } from '@nestjs/core';
+import { BaseRpcExceptionFilter } from '@nestjs/microservices';
 import { Test } from '@nestjs/testing';
 import { IsPositive, IsString } from 'class-validator';
-import { throwError, tap, type Observable } from 'rxjs';
+import { EMPTY, throwError, tap, type Observable } from 'rxjs';
 import {
   DEAD_LETTER_HEADERS,
   DuctapeBrokerModule,
@@ -31,16 +36,16 @@ import {
 } from '../lib';
 import { BROKER_CONTEXT_TYPE } from '../lib/constants';
 import { BrokerCtx, BrokerMessage } from '../lib/decorators';
-import { BrokerHandlerEnhancer, brokerArgumentsOf } from '../lib/enhancers/broker-handler-enhancer';
+import { BrokerHandlerEnhancer, brokerArgumentsOf, type BrokerRequest } from '../lib/enhancers/broker-handler-enhancer';
 import { NonRetryableError } from '../lib/errors';
-import { createBrokerApp } from './support/app';
+import { createBrokerApp, startupError } from './support/app';
 import { describeWithBroker } from './support/broker-availability';
 import { holdExclusively } from './support/exclusive';
 import { rabbitEnv, recordDeclarations, runUnique } from './support/rabbitmq';
 import { sleep, waitFor } from './support/wait';
 
 const SERVER = 'enhancers-spec';
-const TOPICS = ['guarded', 'validated', 'property', 'intercepted', 'plain', 'swallowed', 'rethrown', 'observed', 'fatal', 'global'];
+const TOPICS = ['guarded', 'validated', 'property', 'intercepted', 'plain', 'swallowed', 'rethrown', 'observed', 'fatal', 'global', 'scoped', 'rpc', 'skipped', 'partial'];
 
 const options = (server = SERVER): BrokerModuleOptions => ({
   env: 'prd',
@@ -422,6 +427,250 @@ describe('global enhancers on @OnBrokerEvent handlers', () => {
     expect(listener.seen).toEqual(['global g3 attempt 1']);
     expect(dead[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
     expect(new BrokerHandlerEnhancer(app.get(ExternalContextCreator)).isEnhanced(listener, 'onGlobal', GlobalListener.prototype.onGlobal)).toBe(true);
+  });
+});
+
+describe('request-scoped and transient enhancers, RPC filters, interceptors that skip, dead-letter consumers', () => {
+  /** What the scoped enhancers saw: one line per delivery and instance. */
+  const trail: string[] = [];
+  let constructed = 0;
+
+  /** A request-scoped guard, as an auth guard that reads its request: it refuses a message whose `blocked` is true. */
+  @Injectable({ scope: Scope.REQUEST })
+  class RequestGuard implements CanActivate {
+    private readonly serial = ++constructed;
+    constructor(@Inject(REQUEST) private readonly request: BrokerRequest<{ id: string; blocked?: boolean }>) {}
+    canActivate(context: ExecutionContext): boolean {
+      const args = brokerArgumentsOf(context);
+      trail.push(`request-guard ${this.request.message.id} #${this.serial} same-ctx ${String(args?.context === this.request.context)}`);
+      return this.request.message.blocked !== true;
+    }
+  }
+
+  @Injectable({ scope: Scope.TRANSIENT })
+  class TransientGuard implements CanActivate {
+    canActivate(context: ExecutionContext): boolean {
+      const message = context.switchToRpc().getData<{ id: string; blocked?: boolean }>();
+      trail.push(`transient-guard ${message.id}`);
+      return message.blocked !== true;
+    }
+  }
+
+  @Injectable({ scope: Scope.REQUEST })
+  class RequestPipe implements PipeTransform {
+    constructor(@Inject(REQUEST) private readonly request: BrokerRequest<{ id: string; bad?: boolean }>) {}
+    transform(value: unknown): unknown {
+      trail.push(`request-pipe ${String(value)} ${this.request.context.event}`);
+      if (this.request.message.bad) throw new BadRequestException('not an order');
+      return value;
+    }
+  }
+
+  @Injectable()
+  class Scoped {
+    readonly seen: string[] = [];
+
+    @OnBrokerEvent('mem:scoped', { group: 'scoped' })
+    onScoped(message: { id: string }): void {
+      this.seen.push(`scoped ${message.id}`);
+    }
+
+    @OnBrokerEvent('mem:partial', { group: 'partial' })
+    onPartial(@BrokerMessage('id') id: string, ctx: BrokerContext | undefined): void {
+      this.seen.push(`partial ${id} ctx ${ctx === undefined ? 'undefined' : 'given'}`);
+    }
+  }
+
+  /** A guard of its own, request-scoped: it makes the provider request-scoped too (Nest's rule), one instance per delivery. */
+  @Injectable()
+  class OwnScopedGuard {
+    static seen: string[] = [];
+    static made = 0;
+    constructor(private readonly journal: Journal) {
+      OwnScopedGuard.made++;
+    }
+
+    @OnBrokerEvent('mem:scoped', { group: 'own-guard' })
+    @UseGuards(RequestGuard)
+    onScoped(message: { id: string }): void {
+      OwnScopedGuard.seen.push(`own ${message.id} journal ${String(this.journal instanceof Journal)}`);
+    }
+  }
+
+  const dead = (broker: MessageBrokerService, topic: string, group: string) => deadLetters(broker, topic, group);
+  let app: INestApplication | undefined;
+  beforeEach(() => {
+    trail.length = 0;
+    constructed = 0;
+  });
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+  });
+
+  it('a request-scoped APP_GUARD runs for each message, with REQUEST bound to its message and context; what it refuses is dead-lettered (guard)', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-request-guard`), { providers: [Scoped, { provide: APP_GUARD, useClass: RequestGuard, scope: Scope.REQUEST }] }));
+    const refused = await dead(broker, 'scoped', 'scoped');
+    await publish(broker, 'scoped', { id: 's1' });
+    await publish(broker, 'scoped', { id: 's2', blocked: true });
+    const scoped = app.get(Scoped);
+    await waitFor(() => scoped.seen.length === 1 && refused.length === 1, 's1 handled and s2 refused');
+    expect(scoped.seen).toEqual(['scoped s1']);
+    // One guard per message (#1, #2), each with its own REQUEST: the message and the host's BrokerContext.
+    expect(trail.map((line) => line.replace(/#\d/, '#n')).sort()).toEqual(['request-guard s1 #n same-ctx true', 'request-guard s2 #n same-ctx true']);
+    expect(new Set(trail.map((line) => line.split(' ')[2]))).toEqual(new Set(['#1', '#2']));
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
+    expect(refused[0].message).toEqual({ id: 's2', blocked: true });
+  });
+
+  it('a transient APP_GUARD applies too', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-transient-guard`), { providers: [Scoped, { provide: APP_GUARD, useClass: TransientGuard, scope: Scope.TRANSIENT }] }));
+    const refused = await dead(broker, 'scoped', 'scoped');
+    await publish(broker, 'scoped', { id: 't1' });
+    await publish(broker, 'scoped', { id: 't2', blocked: true });
+    const scoped = app.get(Scoped);
+    await waitFor(() => scoped.seen.length === 1 && refused.length === 1, 't1 handled and t2 refused');
+    expect(trail.sort()).toEqual(['transient-guard t1', 'transient-guard t2']);
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
+  });
+
+  it('a request-scoped APP_PIPE applies to decorated parameters; what it refuses is dead-lettered (validation)', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-request-pipe`), { providers: [Scoped, { provide: APP_PIPE, useClass: RequestPipe, scope: Scope.REQUEST }] }));
+    const refused = await dead(broker, 'partial', 'partial');
+    await publish(broker, 'partial', { id: 'p1' });
+    await publish(broker, 'partial', { id: 'p2', bad: true });
+    const scoped = app.get(Scoped);
+    await waitFor(() => scoped.seen.length === 1 && refused.length === 1, 'p1 handled and p2 refused');
+    expect(trail.sort()).toEqual(['request-pipe p1 mem:partial', 'request-pipe p2 mem:partial']);
+    expect(scoped.seen).toEqual(['partial p1 ctx undefined']);
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('validation');
+    expect(refused[0].message).toEqual({ id: 'p2', bad: true });
+  });
+
+  it('a request-scoped guard on the method makes its provider request-scoped: it starts, runs per message, and refuses', async () => {
+    OwnScopedGuard.seen = [];
+    OwnScopedGuard.made = 0;
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-own-guard`), { providers: [Journal, OwnScopedGuard] }));
+    const refused = await dead(broker, 'scoped', 'own-guard');
+    await publish(broker, 'scoped', { id: 'm1' });
+    await publish(broker, 'scoped', { id: 'm2', blocked: true });
+    await waitFor(() => OwnScopedGuard.seen.length === 1 && refused.length === 1, 'm1 handled and m2 refused');
+    expect(OwnScopedGuard.seen).toEqual(['own m1 journal true']);
+    expect(OwnScopedGuard.made).toBe(2);
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('guard');
+  });
+
+  it('a provider that depends on a request-scoped one still fails startup, naming the dependency', async () => {
+    @Injectable({ scope: Scope.REQUEST })
+    class PerRequest {}
+    @Injectable()
+    class NeedsPerRequest {
+      constructor(readonly perRequest: PerRequest) {}
+      @OnBrokerEvent('mem:scoped')
+      handle(): void {}
+    }
+    const error = await startupError(options(`${SERVER}-scoped-dependency`), { providers: [PerRequest, NeedsPerRequest] });
+    expect(error.code).toBe('INVALID_SUBSCRIPTION');
+    expect(error.message).toContain('NeedsPerRequest.handle: the provider depends on PerRequest, which is request-scoped');
+  });
+
+  it("a global BaseRpcExceptionFilter does not turn a handler's NonRetryableError into a retry: dead letter at once, its own text", async () => {
+    @Catch()
+    class RpcFilter extends BaseRpcExceptionFilter {}
+    @Injectable()
+    class Fatal {
+      attempts = 0;
+      @OnBrokerEvent('mem:rpc', { group: 'rpc' })
+      onRpc(message: { id: string }): void {
+        this.attempts++;
+        if (message.id === 'fatal') throw new NonRetryableError('order can never ship');
+      }
+    }
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-rpc-filter`), { providers: [Fatal, { provide: APP_FILTER, useClass: RpcFilter }] }));
+    const refused = await dead(broker, 'rpc', 'rpc');
+    await publish(broker, 'rpc', { id: 'fatal' });
+    await waitFor(() => refused.length === 1, 'the dead letter');
+    await sleep(50);
+    expect(app.get(Fatal).attempts).toBe(1);
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.reason]).toBe('non-retryable');
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(refused[0].headers[DEAD_LETTER_HEADERS.error]).toBe('NonRetryableError: order can never ship');
+  });
+
+  it('an interceptor that returns EMPTY (a duplicate skipped) has handled the message: acked, no retry, no dead letter', async () => {
+    @Injectable()
+    class SkipDuplicates implements NestInterceptor {
+      intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
+        return context.switchToRpc().getData<{ duplicate?: boolean }>().duplicate ? EMPTY : next.handle();
+      }
+    }
+    @Injectable()
+    class Skipping {
+      readonly seen: string[] = [];
+      @OnBrokerEvent('mem:skipped', { group: 'skipped' })
+      @UseInterceptors(SkipDuplicates)
+      onSkipped(message: { id: string }): void {
+        this.seen.push(message.id);
+      }
+    }
+    const server = `${SERVER}-empty`;
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(server), { providers: [Skipping, SkipDuplicates] }));
+    await publish(broker, 'skipped', { id: 'k1', duplicate: true });
+    await publish(broker, 'skipped', { id: 'k2' });
+    const skipping = app.get(Skipping);
+    await waitFor(() => skipping.seen.length === 1, 'k2 handled');
+    await sleep(80); // a retry of k1 would come after 5 ms
+    expect(skipping.seen).toEqual(['k2']);
+    expect(MemoryBrokerServer.shared(server).deadLetterCount('shop.prd.skipped', 'skipped')).toBe(0);
+  });
+
+  it('a method with only some parameters decorated gets undefined for the others (Nest rule)', async () => {
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-partial`), { providers: [Scoped] }));
+    await publish(broker, 'partial', { id: 'q1' });
+    const scoped = app.get(Scoped);
+    await waitFor(() => scoped.seen.length === 1, 'q1 handled');
+    expect(scoped.seen).toEqual(['partial q1 ctx undefined']);
+  });
+
+  it("global guards do not apply to a dead-letter consumer: it receives what they refused instead of putting it back for ever", async () => {
+    @Injectable()
+    class Audited {
+      readonly handled: string[] = [];
+      readonly deadLetters: string[] = [];
+      @OnBrokerEvent('mem:scoped', { group: 'audited' })
+      onMessage(message: { id: string }): void {
+        this.handled.push(message.id);
+      }
+      @OnBrokerEvent('mem:scoped', { group: 'audited', deadLetter: true })
+      onDeadLetter(message: { id: string }, ctx: BrokerContext): void {
+        this.deadLetters.push(`${message.id} ${ctx.headers[DEAD_LETTER_HEADERS.reason]}`);
+      }
+    }
+    /** An HTTP-minded auth guard: refuses what has no authorization header. */
+    @Injectable()
+    class AuthGuard implements CanActivate {
+      static calls = 0;
+      canActivate(): boolean {
+        AuthGuard.calls++;
+        return false;
+      }
+    }
+    AuthGuard.calls = 0;
+    let broker: MessageBrokerService;
+    ({ app, broker } = await createBrokerApp(options(`${SERVER}-dead-letter-guard`), { providers: [Audited, { provide: APP_GUARD, useClass: AuthGuard }] }));
+    await publish(broker, 'scoped', { id: 'd1' });
+    const audited = app.get(Audited);
+    await waitFor(() => audited.deadLetters.length === 1, 'the dead letter handled');
+    expect(audited.handled).toEqual([]);
+    expect(audited.deadLetters).toEqual(['d1 guard']);
+    expect(AuthGuard.calls).toBe(1);
   });
 });
 
