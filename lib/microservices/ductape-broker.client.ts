@@ -37,7 +37,8 @@ export class DuctapeBrokerRecord<T = unknown> {
  *
  * Register it with `DuctapeBrokerClient.provider('ORDERS_CLIENT')` and inject it with
  * `@Inject('ORDERS_CLIENT') client: ClientProxy`. The module owns the connections: connect() and
- * close() do nothing.
+ * close() do nothing, `status` never emits and `on()` throws INVALID_REQUEST (the connections'
+ * state is `MessageBrokerService.health()`). Logs under the context 'DuctapeBrokerClient'.
  */
 export class DuctapeBrokerClient extends ClientProxy {
   private readonly logger = new Logger('DuctapeBrokerClient');
