@@ -1,5 +1,6 @@
 import type { ArgumentsHost } from '@nestjs/common';
-import { BaseRpcExceptionFilter } from '@nestjs/microservices';
+// Not in the package's index, but where every RPC handler's filters run from (Nest 11).
+import { RpcExceptionsHandler } from '@nestjs/microservices/exceptions/rpc-exceptions-handler';
 import type { Observable } from 'rxjs';
 import { NonRetryableError, type NonRetryableReason } from '../errors';
 import { DuctapeBrokerContext } from './ductape-broker.context';
@@ -8,10 +9,11 @@ import { DuctapeBrokerContext } from './ductape-broker.context';
  * Nest's RPC exception handling replaces any error but an RpcException with
  * `{ status: 'error', message: 'Internal server error' }` before the transport sees it, so a
  * NonRetryableError (and the text of any other error) would be lost to the delivery layer. The
- * default filter's `catch` is wrapped, once per process, to record the original error of a call
- * served by DuctapeBrokerServer (its host's context is a DuctapeBrokerContext, one per call);
- * what it answers is unchanged, for every transport. The server reads the record back when the
- * filter's answer reaches it.
+ * `handle` of RpcExceptionsHandler (which runs a handler's exception filters, custom ones and the
+ * default) is wrapped, once per process, to record the original error of a call served by
+ * DuctapeBrokerServer (its host's context is a DuctapeBrokerContext, one per call); what it
+ * answers is unchanged, for every transport. The server reads the record back when the filters'
+ * answer reaches it.
  */
 const captured = new WeakMap<DuctapeBrokerContext, unknown>();
 const INSTALLED = Symbol.for('@ductape/nestjs-broker:rpc-error-capture');
@@ -19,13 +21,13 @@ const INSTALLED = Symbol.for('@ductape/nestjs-broker:rpc-error-capture');
 /** What Nest's default filter answers for an error that is not an RpcException. */
 const UNKNOWN_ERROR_MESSAGE = 'Internal server error';
 
-type Catch = (this: BaseRpcExceptionFilter, exception: unknown, host: ArgumentsHost) => Observable<unknown>;
+type Handle = (this: RpcExceptionsHandler, exception: unknown, host: ArgumentsHost) => Observable<unknown>;
 
 export function installRpcErrorCapture(): void {
-  const prototype = BaseRpcExceptionFilter.prototype as unknown as Record<PropertyKey, unknown> & { catch: Catch };
+  const prototype = RpcExceptionsHandler.prototype as unknown as Record<PropertyKey, unknown> & { handle: Handle };
   if (prototype[INSTALLED]) return;
-  const original = prototype.catch;
-  prototype.catch = function (this: BaseRpcExceptionFilter, exception: unknown, host: ArgumentsHost): Observable<unknown> {
+  const original = prototype.handle;
+  prototype.handle = function (this: RpcExceptionsHandler, exception: unknown, host: ArgumentsHost): Observable<unknown> {
     record(exception, host);
     return original.call(this, exception, host);
   };
@@ -43,10 +45,10 @@ function record(exception: unknown, host: ArgumentsHost): void {
 
 /**
  * The error a failed call of a handler is settled with: what came out of Nest's handler chain
- * (`answer`), or the original error the default filter turned into its answer.
- *  - an Error came out (no filter touched it, or a filter rethrew it): that error;
- *  - a NonRetryableError was thrown and a filter's object came out: the NonRetryableError, so the
- *    message goes to the dead letters at once;
+ * (`answer`), or the original error a filter turned into its answer.
+ *  - a NonRetryableError was thrown: it stands, whatever a filter made of it (as for
+ *    `@OnBrokerEvent` handlers), so the message goes to the dead letters at once;
+ *  - an Error came out (no filter touched it, or a filter threw one): that error;
  *  - the default filter's 'Internal server error' came out: the original error, so the dead letter
  *    keeps its text;
  *  - any other object (an RpcException's, a custom filter's): an Error with its message.
@@ -55,9 +57,9 @@ function record(exception: unknown, host: ArgumentsHost): void {
 export function settledError(answer: unknown, context: DuctapeBrokerContext): Error {
   const original = captured.get(context);
   captured.delete(context);
-  if (answer instanceof Error) return asNonRetryable(answer) ?? answer;
-  const nonRetryable = asNonRetryable(original);
+  const nonRetryable = asNonRetryable(original) ?? asNonRetryable(answer);
   if (nonRetryable) return nonRetryable;
+  if (answer instanceof Error) return answer;
   if (original !== undefined && isDefaultAnswer(answer)) return original instanceof Error ? original : errorOf(original);
   return errorOf(answer);
 }

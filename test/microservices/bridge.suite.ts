@@ -1,19 +1,23 @@
 import 'reflect-metadata';
 import {
+  Catch,
   Controller,
   Injectable,
+  UseFilters,
   UseGuards,
   UseInterceptors,
+  type ArgumentsHost,
   type CallHandler,
   type CanActivate,
   type ExecutionContext,
   type INestApplication,
   type LoggerService,
   type NestInterceptor,
+  type RpcExceptionFilter,
   type Type,
 } from '@nestjs/common';
 import { ClientProxy, Ctx, EventPattern, MessagePattern, Payload, RpcException } from '@nestjs/microservices';
-import { EMPTY, lastValueFrom, type Observable } from 'rxjs';
+import { EMPTY, lastValueFrom, throwError, type Observable } from 'rxjs';
 import {
   BrokerError,
   DEAD_LETTER_HEADERS,
@@ -44,7 +48,7 @@ interface Order {
   fail?: boolean;
   blocked?: boolean;
   /** How RefusalsController (and its guard) fails it. */
-  kind?: 'non-retryable' | 'plain' | 'foreign-non-retryable' | 'guard';
+  kind?: 'non-retryable' | 'plain' | 'foreign-non-retryable' | 'guard' | 'filtered';
 }
 
 /** A call of one of several handlers of a pattern: which handler, and the attempt it saw. */
@@ -232,15 +236,25 @@ class KindGuard implements CanActivate {
   }
 }
 
+/** Rethrows what it catches, except that it answers a 'filtered' order's error with a plain one. */
+@Catch()
+class RewritingFilter implements RpcExceptionFilter<unknown> {
+  catch(exception: unknown, host: ArgumentsHost): Observable<never> {
+    const order = host.switchToRpc().getData<Order>();
+    return throwError(() => (order.kind === 'filtered' ? new Error(`the filter rewrote ${order.id}`) : exception));
+  }
+}
+
 @Controller()
 @UseGuards(KindGuard)
+@UseFilters(RewritingFilter)
 class RefusalsController {
   constructor(private readonly ledger: Ledger) {}
 
   @EventPattern('orders:refusals')
   handle(@Payload() order: Order, @Ctx() ctx: DuctapeBrokerContext): void {
     this.ledger.call('refusals', order, ctx);
-    if (order.kind === 'non-retryable') throw new NonRetryableError(`bad order ${order.id}`);
+    if (order.kind === 'non-retryable' || order.kind === 'filtered') throw new NonRetryableError(`bad order ${order.id}`);
     if (order.kind === 'plain') throw new Error(`stock service down for ${order.id}`);
     if (order.kind === 'foreign-non-retryable') {
       // A NonRetryableError of another copy of the package: known by its name.
@@ -557,15 +571,15 @@ export function bridgeSuite(target: BridgeTarget): void {
     ]);
   });
 
-  it("a NonRetryableError (from the handler or a guard, or by its name) is dead-lettered at once; any other error keeps its text, not Nest's 'Internal server error'", async () => {
+  it("a NonRetryableError (from the handler or a guard, by its name, rewritten by a filter) is dead-lettered at once; any other error keeps its text, not Nest's 'Internal server error'", async () => {
     const { client, broker, ledger } = await hybrid([RefusalsController]);
     const dead = deadLetters(broker, 'orders:refusals', `${SERVICE}.event-pattern.orders.refusals`);
 
-    for (const kind of ['non-retryable', 'plain', 'foreign-non-retryable', 'guard'] as const) {
+    for (const kind of ['non-retryable', 'plain', 'foreign-non-retryable', 'guard', 'filtered'] as const) {
       await lastValueFrom(client.emit('orders:refusals', { id: `r-${kind}`, kind }));
     }
 
-    await waitFor(() => dead.length >= 4, 'the four refusals among the dead letters', target.deliveryMs * 2);
+    await waitFor(() => dead.length >= 5, 'the five refusals among the dead letters', target.deliveryMs * 2);
     const byId = new Map(dead.map((entry) => [(entry.message as Order).id, entry.ctx.headers]));
     const summary = (id: string) => {
       const headers = byId.get(id) ?? {};
@@ -579,10 +593,13 @@ export function bridgeSuite(target: BridgeTarget): void {
       error: expect.stringContaining('foreign refusal of r-foreign-non-retryable') as unknown,
     });
     expect(summary('r-guard')).toEqual({ reason: 'guard', attempts: '1', error: expect.stringContaining('no tenant on r-guard') as unknown });
+    // An exception filter's answer does not turn a NonRetryableError into a retry.
+    expect(summary('r-filtered')).toEqual({ reason: 'non-retryable', attempts: '1', error: expect.stringContaining('bad order r-filtered') as unknown });
     expect(ledger.attempts('refusals', 'r-non-retryable')).toEqual([1]);
     expect(ledger.attempts('refusals', 'r-plain')).toEqual([1, 2]);
     expect(ledger.attempts('refusals', 'r-foreign-non-retryable')).toEqual([1]);
     expect(ledger.attempts('refusals', 'r-guard')).toEqual([]);
+    expect(ledger.attempts('refusals', 'r-filtered')).toEqual([1]);
   });
 
   it('close() during listen(): close waits for the consumers being started and stops them, listen fails with INVALID_REQUEST, the status never says listening; listen after close fails too', async () => {
