@@ -6,7 +6,7 @@ export { BrokerHandlerInvoker, type BrokerHandlerDescriptor } from './broker-han
 export { OnBrokerEvent, BrokerMessage, BrokerCtx, type OnBrokerEventMetadata } from './decorators';
 export { BrokerError, isBrokerError, NonRetryableError, type BrokerErrorCode, type NonRetryableReason } from './errors';
 export { DUCTAPE_BROKER_OPTIONS, DEAD_LETTER_HEADERS, BROKER_CONTEXT_TYPE, type BrokerContextType } from './constants';
-export { brokerArgumentsOf } from './enhancers/broker-handler-enhancer';
+export { brokerArgumentsOf, type BrokerRequest } from './enhancers/broker-handler-enhancer';
 export type { DeadLetterReason } from './delivery/dead-letters';
 export { DEFAULT_RETRY_POLICY } from './delivery/retry';
 export { TRACE_ATTRIBUTES, TRACE_HEADERS, TRACER_NAME } from './tracing';
