@@ -36,7 +36,7 @@ import type {
   Subscription,
 } from './interfaces/message-broker.interface';
 import { RouteResolver, type Route } from './routing/route-resolver';
-import { createBrokerTracing, type BrokerTracing } from './tracing/broker-tracing';
+import { createBrokerTracing, type BrokerTracing, type TracedConsumer } from './tracing/broker-tracing';
 import type { Span } from '@opentelemetry/api';
 
 /**
@@ -48,7 +48,8 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
   private readonly logger = new Logger('DuctapeBroker');
   private readonly routes: RouteResolver;
   private readonly adapters: AdapterRegistry;
-  private readonly runners = new Set<SubscriptionRunner>();
+  /** Each running subscription, with its handler's CONSUMER spans when tracing: those its drain gives up on are ended as abandoned. */
+  private readonly runners = new Map<SubscriptionRunner, TracedConsumer | undefined>();
   private readonly serviceName: string;
   private readonly maxMessageBytes: number;
   private readonly shutdownTimeoutMs: number;
@@ -95,25 +96,40 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
         // Its span covers the rest (a schema check, a first connection): the message carries its context in the headers.
         return this.tracing.send(route, input, messageId, this.publishRouted);
       }
-      return this.publishRouted(route, input, messageId, undefined);
+      return this.publishRouted(route, input, messageId, undefined, input.headers);
     } catch (error) {
       return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
   }
 
-  /** A checked publish, from its schema check on; `span` is its producer span when tracing. Bound: the tracing calls it back. */
-  private readonly publishRouted = (route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> => {
+  /**
+   * A checked publish, from its schema check on; `span` is its producer span when tracing, and
+   * `headers` what to send: the user's, with the trace context when tracing. Bound: the tracing calls it back.
+   */
+  private readonly publishRouted = (
+    route: Route,
+    input: PublishRequest<unknown>['input'],
+    messageId: string,
+    span: Span | undefined,
+    headers: Readonly<Record<string, string>> | undefined,
+  ): Promise<PublishResult> => {
     // A schema is checked before anything is encoded or sent, and may be asynchronous.
-    if (route.schema) return this.publishValidated(route, input, messageId, span);
+    if (route.schema) return this.publishValidated(route, input, messageId, span, headers);
     const adapter = this.adapters.connected(route.brokerEnv);
-    if (!adapter) return this.publishWhenConnected(route, this.outbound(route, input, messageId, span), messageId);
+    if (!adapter) return this.publishWhenConnected(route, this.outbound(route, input, messageId, span, headers), messageId);
     // The hot path: no async frame of its own, the adapter's promise chained once.
-    return this.send(adapter, route, this.outbound(route, input, messageId, span), messageId);
+    return this.send(adapter, route, this.outbound(route, input, messageId, span, headers), messageId);
   };
 
-  private async publishValidated(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): Promise<PublishResult> {
+  private async publishValidated(
+    route: Route,
+    input: PublishRequest<unknown>['input'],
+    messageId: string,
+    span: Span | undefined,
+    headers: Readonly<Record<string, string>> | undefined,
+  ): Promise<PublishResult> {
     await this.validateSchema(route, input.message);
-    const message = this.outbound(route, input, messageId, span);
+    const message = this.outbound(route, input, messageId, span, headers);
     const adapter = this.adapters.connected(route.brokerEnv) ?? (await this.adapterFor(route, 'PUBLISH_FAILED'));
     return this.send(adapter, route, message, messageId);
   }
@@ -122,10 +138,20 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     return this.send(await this.adapterFor(route, 'PUBLISH_FAILED'), route, message, messageId);
   }
 
-  /** The message as adapters send it. Refuses what cannot be encoded (INVALID_MESSAGE), and any publish after shutdown. */
-  private outbound(route: Route, input: PublishRequest<unknown>['input'], messageId: string, span: Span | undefined): OutboundMessage {
-    const headers = input.headers ?? NO_HEADERS;
-    const body = encodeMessage(input.message, this.maxMessageBytes - headerBytes(headers));
+  /**
+   * The message as adapters send it, with `headers`. Refuses what cannot be encoded
+   * (INVALID_MESSAGE), and any publish after shutdown. Only the user's own headers count against
+   * maxMessageBytes: a publish that passes with tracing off passes with it, whatever the trace
+   * context (baggage included) adds.
+   */
+  private outbound(
+    route: Route,
+    input: PublishRequest<unknown>['input'],
+    messageId: string,
+    span: Span | undefined,
+    headers: Readonly<Record<string, string>> | undefined,
+  ): OutboundMessage {
+    const body = encodeMessage(input.message, this.maxMessageBytes - (input.headers === undefined ? 0 : headerBytes(input.headers)));
     if (span !== undefined) this.tracing?.encoded(span, body);
     if (this.state === 'closed') throw new BrokerError('PUBLISH_FAILED', `publish '${route.event}': the broker module is shut down`);
     return {
@@ -139,7 +165,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
       key: input.key,
       correlationId: input.correlationId,
       delayMs: input.delayMs,
-      headers,
+      headers: headers ?? NO_HEADERS,
     };
   }
 
@@ -181,6 +207,8 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     }
     const group = input.group ?? this.serviceName;
     const adapter = await this.adapterFor(route, 'SUBSCRIBE_FAILED');
+    // Wrapped once here, not per message: with tracing off the runner calls the callback itself.
+    const traced = this.tracing?.consumer(input.callback, route, group, input.deadLetter === true);
     const runner = new SubscriptionRunner(
       {
         route,
@@ -188,8 +216,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
         concurrency: input.concurrency ?? DEFAULT_CONCURRENCY,
         retry: resolveRetryPolicy(input.retry, route.retry, this.options.retry),
         source: input.deadLetter ? 'dead-letters' : 'messages',
-        // Wrapped once here, not per message: with tracing off the runner calls the callback itself.
-        handler: this.tracing === undefined ? input.callback : this.tracing.consumer(input.callback, route, group, input.deadLetter === true),
+        handler: traced === undefined ? input.callback : traced.handler,
       },
       adapter,
       this.logger,
@@ -201,19 +228,29 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     }
     if (this.state !== 'running') {
       // Shutdown began while the consumer was starting: it would be missed by the drain.
-      await runner.stop(this.shutdownTimeoutMs);
+      await this.stop(runner, traced);
       throw new BrokerError('SUBSCRIBE_FAILED', `subscribe '${route.event}': the broker module is shutting down`);
     }
-    this.runners.add(runner);
+    this.runners.set(runner, traced);
     return {
       event: route.event,
       env: route.env,
       group,
       unsubscribe: async () => {
         this.runners.delete(runner);
-        await runner.stop(this.shutdownTimeoutMs);
+        await this.stop(runner, traced);
       },
     };
+  }
+
+  /**
+   * Stops a subscription, its in-flight handlers given shutdownTimeoutMs. The CONSUMER spans of
+   * those still running then are ended here, as abandoned: their handlers may never settle, and a
+   * span that is not ended is never exported.
+   */
+  private async stop(runner: SubscriptionRunner, traced: TracedConsumer | undefined): Promise<void> {
+    await runner.stop(this.shutdownTimeoutMs);
+    traced?.abandon(this.shutdownTimeoutMs);
   }
 
   /**
@@ -265,7 +302,7 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     this.state = 'draining';
     const runners = [...this.runners];
     this.runners.clear();
-    this.drained = Promise.all(runners.map((runner) => runner.stop(this.shutdownTimeoutMs))).then(() => undefined);
+    this.drained = Promise.all(runners.map(([runner, traced]) => this.stop(runner, traced))).then(() => undefined);
     return this.drained;
   }
 

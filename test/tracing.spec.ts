@@ -5,7 +5,7 @@ import type { INestApplication } from '@nestjs/common';
 import * as api from '@opentelemetry/api';
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import * as ts from 'typescript';
 import { BrokerError, MemoryBrokerServer, type BrokerContext, type BrokerEnvConfig, type BrokerModuleOptions, type MessageBrokerService } from '../lib';
@@ -243,6 +243,19 @@ function tracingSuite(
     expect(others).not.toContain(consumer.spanContext().traceId);
   });
 
+  it('reads the trace context of a message whose headers are named in another case (TraceParent, TraceState)', async () => {
+    const broker = await start();
+    const { handled, topic } = await subscribed(broker, 'foreign-case');
+    const traceId = '5bf92f3577b34da6a3ce929d0e0e4736';
+    const spanId = '10f067aa0ba902b7';
+    await foreignPublish(topic, '{"from":"gateway"}', { TraceParent: `00-${traceId}-${spanId}-01`, TraceState: 'vendor=def' });
+    await waitFor(() => handled.length === 1, 'the handler');
+    const consumer = await oneSpan(`process ${topic}`);
+    expect(consumer.spanContext().traceId).toBe(traceId);
+    expect(consumer.parentSpanContext?.spanId).toBe(spanId);
+    expect(consumer.spanContext().traceState?.get('vendor')).toBe('def');
+  });
+
   it("continues the trace of a CloudEvents SDK's message: the distributed-tracing extension under the binding's name", async () => {
     const broker = await start();
     const { handled, topic } = await subscribed(broker, 'foreign-ce');
@@ -335,6 +348,199 @@ describe('tracing on the memory broker', () => {
     }
   });
 
+  it('counts only the headers the user gave against maxMessageBytes, not the trace context it adds: what passes with tracing: false passes with it', async () => {
+    // 100 bytes: a 70-byte body fits, with or without the 66 bytes of traceparent the module adds (and more with tracestate, baggage).
+    const message = 'm'.repeat(68);
+    for (const tracing of [false, undefined]) {
+      const { app, broker } = await createBrokerApp(options({ maxMessageBytes: 100, tracing }));
+      try {
+        const handled: BrokerContext[] = [];
+        await broker.subscribe({ env: 'prd', event: 'bus:sized', product_tag: product, input: { callback: (_m, ctx) => void handled.push(ctx) } });
+        await testTracer().startActiveSpan('incoming request', async (span) => {
+          await broker.publish({ env: 'prd', event: 'bus:sized', product_tag: product, input: { message, headers: { tracestate: 'vendor=1' } } });
+          // The user's own headers still count: 35 + 70 > 100.
+          const refused = await broker
+            .publish({ env: 'prd', event: 'bus:sized', product_tag: product, input: { message, headers: { 'x-app': 'y'.repeat(30) } } })
+            .catch((error: unknown) => error);
+          expect(refused).toBeInstanceOf(BrokerError);
+          expect((refused as BrokerError).code).toBe('INVALID_MESSAGE');
+          span.end();
+        });
+        await waitFor(() => handled.length === 1, 'the handler');
+        expect(handled[0].headers.traceparent === undefined).toBe(tracing === false);
+      } finally {
+        await app.close();
+      }
+    }
+  });
+
+  it('replaces a trace context the user gave in another case (Traceparent, TraceState): one traceparent on the wire, the producer span the child of the given one', async () => {
+    const { app, broker } = await createBrokerApp(options());
+    try {
+      const handled: BrokerContext[] = [];
+      await broker.subscribe({ env: 'prd', event: 'bus:forwarded-case', product_tag: product, input: { callback: (_m, ctx) => void handled.push(ctx) } });
+      const traceId = 'aaaabbbbccccddddeeeeffff00002222';
+      const upstream = '234567890abcdef1';
+      await context.with(ROOT_CONTEXT, () =>
+        broker.publish({
+          env: 'prd',
+          event: 'bus:forwarded-case',
+          product_tag: product,
+          input: { message: 1, headers: { Traceparent: `00-${traceId}-${upstream}-01`, TraceState: 'up=2', 'x-app': 'kept' } },
+        }),
+      );
+      await waitFor(() => handled.length === 1, 'the handler');
+      const producer = await oneSpan(`send ${product}.prd.forwarded-case`);
+      expect(producer.parentSpanContext?.spanId).toBe(upstream);
+      expect(handled[0].headers).toEqual({ traceparent: `00-${traceId}-${producer.spanContext().spanId}-01`, tracestate: 'up=2', 'x-app': 'kept' });
+
+      // The registered propagator's own fields too: a user's Baggage gives way to the active context's baggage.
+      propagation.disable();
+      propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }));
+      exporter.reset();
+      const withBaggage = propagation.setBaggage(context.active(), propagation.createBaggage({ tenant: { value: 'acme' } }));
+      await context.with(withBaggage, () =>
+        testTracer().startActiveSpan('incoming request', async (span) => {
+          await broker.publish({ env: 'prd', event: 'bus:forwarded-case', product_tag: product, input: { message: 2, headers: { Baggage: 'tenant=stale', 'x-app': 'kept' } } });
+          span.end();
+        }),
+      );
+      await waitFor(() => handled.length === 2, 'the handler');
+      const second = await oneSpan(`send ${product}.prd.forwarded-case`);
+      expect(handled[1].headers).toEqual({ traceparent: `00-${second.spanContext().traceId}-${second.spanContext().spanId}-01`, baggage: 'tenant=acme', 'x-app': 'kept' });
+    } finally {
+      propagation.disable();
+      propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+      await app.close();
+    }
+  });
+
+  /** Subscribes a handler that waits until released; resolves with the release and the count of calls. */
+  async function stuckHandler(broker: MessageBrokerService, event: string) {
+    let calls = 0;
+    let release!: (outcome: 'resolve' | 'reject') => void;
+    const released = new Promise<'resolve' | 'reject'>((resolve) => (release = resolve));
+    const subscription = await broker.subscribe({
+      env: 'prd',
+      event,
+      product_tag: product,
+      input: {
+        callback: async () => {
+          calls++;
+          if ((await released) === 'reject') throw new Error('settled after shutdown');
+        },
+      },
+    });
+    return { subscription, release, calls: () => calls };
+  }
+
+  /** Captures OpenTelemetry's diagnostic warnings (an operation on an ended span is one). */
+  function diagnostics(): { warnings: string[]; stop: () => void } {
+    const warnings: string[] = [];
+    const record = (...args: unknown[]) => void warnings.push(args.map(String).join(' '));
+    api.diag.setLogger({ error: record, warn: record, info: () => undefined, debug: () => undefined, verbose: () => undefined }, api.DiagLogLevel.WARN);
+    return { warnings, stop: () => api.diag.disable() };
+  }
+
+  function expectAbandoned(span: ReadableSpan): void {
+    expect(span.status.code).toBe(SpanStatusCode.ERROR);
+    expect(span.status.message).toMatch(/^abandoned at shutdown: still running after 150 ms \(shutdownTimeoutMs\)/);
+    expect(span.attributes['ductape.abandoned']).toBe(true);
+  }
+
+  it("ends the CONSUMER span of a handler the shutdown gave up on, as an error saying so; the handler's later settlement changes nothing", async () => {
+    const { app, broker } = await createBrokerApp(options({ shutdownTimeoutMs: 150 }));
+    const logged = diagnostics();
+    try {
+      const stuck = await stuckHandler(broker, 'bus:stuck-close');
+      await broker.publish({ env: 'prd', event: 'bus:stuck-close', product_tag: product, input: { message: 1 } });
+      await waitFor(() => stuck.calls() === 1, 'the handler');
+      await app.close();
+      const consumer = await oneSpan(`process ${product}.prd.stuck-close`);
+      expectAbandoned(consumer);
+      stuck.release('reject');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(spansNamed(`process ${product}.prd.stuck-close`)).toEqual([consumer]);
+      expectAbandoned(consumer);
+      expect(consumer.events).toEqual([]);
+      expect(logged.warnings).toEqual([]);
+    } finally {
+      logged.stop();
+      await app.close();
+    }
+  });
+
+  it('ends the CONSUMER span of a handler an unsubscribe gave up on; spans of handlers that finished in time are not touched', async () => {
+    const { app, broker } = await createBrokerApp(options({ shutdownTimeoutMs: 150 }));
+    const logged = diagnostics();
+    try {
+      const stuck = await stuckHandler(broker, 'bus:stuck-unsubscribe');
+      let quick = 0;
+      const done = await broker.subscribe({ env: 'prd', event: 'bus:quick', product_tag: product, input: { callback: async () => void (await Promise.resolve(quick++)) } });
+      await broker.publish({ env: 'prd', event: 'bus:stuck-unsubscribe', product_tag: product, input: { message: 1 } });
+      await broker.publish({ env: 'prd', event: 'bus:quick', product_tag: product, input: { message: 1 } });
+      await waitFor(() => stuck.calls() === 1 && quick === 1, 'both handlers');
+      await Promise.all([stuck.subscription.unsubscribe(), done.unsubscribe()]);
+      expectAbandoned(await oneSpan(`process ${product}.prd.stuck-unsubscribe`));
+      expect((await oneSpan(`process ${product}.prd.quick`)).status.code).toBe(SpanStatusCode.UNSET);
+      stuck.release('resolve');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(spansNamed(`process ${product}.prd.stuck-unsubscribe`)).toHaveLength(1);
+      expect(logged.warnings).toEqual([]);
+    } finally {
+      logged.stop();
+      await app.close();
+    }
+  });
+
+  it('follows an SDK registered after the module was created: trace.disable() and a new provider', async () => {
+    const { app, broker } = await createBrokerApp(options());
+    const later = new InMemorySpanExporter();
+    const laterProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(later)] });
+    try {
+      trace.disable();
+      trace.setGlobalTracerProvider(laterProvider);
+      let handled = 0;
+      await broker.subscribe({ env: 'prd', event: 'bus:re-registered', product_tag: product, input: { callback: () => void handled++ } });
+      await broker.publish({ env: 'prd', event: 'bus:re-registered', product_tag: product, input: { message: 1 } });
+      await waitFor(() => handled === 1 && later.getFinishedSpans().length === 2, 'the handler and both spans, recorded by the new provider');
+      expect(later.getFinishedSpans().map((span) => span.name).sort()).toEqual([`process ${product}.prd.re-registered`, `send ${product}.prd.re-registered`]);
+      expect(exporter.getFinishedSpans()).toEqual([]);
+    } finally {
+      await app.close();
+      trace.disable();
+      trace.setGlobalTracerProvider(provider);
+      await laterProvider.shutdown();
+    }
+  });
+
+  it('follows an SDK registered, after the module was created, through another copy of @opentelemetry/api', async () => {
+    // A module registry of its own stands for a second copy of the API (one in the library's node_modules, one in the application's).
+    // Made within the isolation: the service loads the API when it is created, and a later require would get this file's copy.
+    trace.disable();
+    let service!: ServiceModule.MessageBrokerService;
+    let otherCopy: unknown;
+    jest.isolateModules(() => {
+      otherCopy = jest.requireActual('@opentelemetry/api');
+      const { MessageBrokerService: IsolatedService } = jest.requireActual<typeof ServiceModule>('../lib/message-broker.service');
+      const { validateBrokerOptions } = jest.requireActual<typeof ValidatorModule>('../lib/broker-options.validator');
+      service = new IsolatedService(validateBrokerOptions(options()));
+    });
+    expect(otherCopy).not.toBe(api);
+    try {
+      trace.setGlobalTracerProvider(provider);
+      let handled = 0;
+      await service.subscribe({ env: 'prd', event: 'bus:other-copy', product_tag: product, input: { callback: () => void handled++ } });
+      await service.publish({ env: 'prd', event: 'bus:other-copy', product_tag: product, input: { message: 1 } });
+      await waitFor(() => handled === 1, 'the handler');
+      await oneSpan(`send ${product}.prd.other-copy`);
+      await oneSpan(`process ${product}.prd.other-copy`);
+    } finally {
+      await service.onApplicationShutdown();
+      trace.setGlobalTracerProvider(provider);
+    }
+  });
+
   it('marks the PRODUCER span of a refused publish as an error and ends it', async () => {
     const { app, broker } = await createBrokerApp(options({ maxMessageBytes: 64 }));
     try {
@@ -380,7 +586,7 @@ describe('tracing on the memory broker', () => {
     for (const [type, system, systemName] of [['sqs', 'aws_sqs', 'aws.sqs'], ['kafka', 'kafka', 'kafka'], ['nats', 'nats', 'nats']]) {
       await tracing.send(route(type), { message: 1, key: 'k-1' }, `id-${type}`, () => Promise.resolve());
       const ctx = { messageId: `id-${type}`, event: 'bus:t', env: 'prd', product, attempt: 3, headers: {}, key: 'k-1', publishedAt: new Date(), raw: undefined };
-      await tracing.consumer(() => undefined, route(type), 'g', true)(1, ctx);
+      await tracing.consumer(() => undefined, route(type), 'g', true).handler(1, ctx);
       const producer = await oneSpan(`send topic-${type}`);
       const consumer = await oneSpan(`process topic-${type}`);
       for (const span of [producer, consumer]) {

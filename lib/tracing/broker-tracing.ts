@@ -14,8 +14,30 @@ const SYSTEMS: Readonly<Record<string, readonly [system: string, systemName: str
   sqs: ['aws_sqs', 'aws.sqs'],
 };
 
-/** The rest of a publish, given the input to send (its headers carrying the trace context) and its producer span. */
-export type PublishStep<R> = (route: Route, input: PublishInput<unknown>, messageId: string, span: Span | undefined) => Promise<R>;
+/**
+ * The rest of a publish, given the user's input, its producer span, and the headers to send: the
+ * user's with the trace context in place of theirs. Apart, because only the user's own headers
+ * count against maxMessageBytes: the trace context's size depends on the propagator and the
+ * caller's baggage (up to 8 KB), and must not make a publish fail that passes with tracing off.
+ */
+export type PublishStep<R> = (
+  route: Route,
+  input: PublishInput<unknown>,
+  messageId: string,
+  span: Span | undefined,
+  headers: Readonly<Record<string, string>> | undefined,
+) => Promise<R>;
+
+/** A handler wrapped in CONSUMER spans, and the spans of its calls still running. */
+export interface TracedConsumer {
+  readonly handler: BrokerMessageHandler;
+  /**
+   * Ends the spans of the calls still running, as abandoned: the subscription's drain gave up on
+   * them after `timeoutMs`. Their handlers' later settlement changes nothing. A span that was not
+   * ended would never be exported.
+   */
+  abandon(timeoutMs: number): void;
+}
 
 /** What a producer or consumer span of one route says whatever the message. */
 interface RouteTrace {
@@ -30,12 +52,29 @@ interface RouteTrace {
  * Carrier reads for `propagation.extract` over a delivery's headers. A plain `traceparent` header
  * first (what this module and OpenTelemetry's client instrumentations write); else the CloudEvents
  * distributed-tracing extension as another producer's CloudEvents SDK writes it in binary mode,
- * under its binding's prefix, which the adapters leave among the headers.
+ * under its binding's prefix, which the adapters leave among the headers. Names are matched
+ * ignoring case (a gateway's `Traceparent`), as HTTP header names are: exactly first, which is
+ * what this module writes, so a scan of the names only for a message without trace context.
  */
 const HEADER_GETTER: TextMapGetter<Readonly<Record<string, string>>> = {
   keys: (carrier) => Object.keys(carrier),
-  get: (carrier, key) => carrier[key] ?? carrier[`ce_${key}`] ?? carrier[`ce-${key}`] ?? carrier[`cloudEvents:${key}`] ?? carrier[`cloudEvents_${key}`],
+  get: (carrier, key) =>
+    carrier[key] ?? carrier[`ce_${key}`] ?? carrier[`ce-${key}`] ?? carrier[`cloudEvents:${key}`] ?? carrier[`cloudEvents_${key}`] ?? headerInAnyCase(carrier, key),
 };
+
+function headerInAnyCase(carrier: Readonly<Record<string, string>>, key: string): string | undefined {
+  const plain = key.toLowerCase();
+  let prefixed: string | undefined;
+  for (const name in carrier) {
+    if (name.length < plain.length) continue;
+    const lower = name.toLowerCase();
+    if (lower === plain) return carrier[name];
+    if (prefixed === undefined && (lower === `ce_${plain}` || lower === `ce-${plain}` || lower === `cloudevents:${plain}` || lower === `cloudevents_${plain}`)) {
+      prefixed = carrier[name];
+    }
+  }
+  return prefixed;
+}
 
 /**
  * Producer and consumer spans after OpenTelemetry's messaging conventions, and the W3C trace
@@ -43,7 +82,13 @@ const HEADER_GETTER: TextMapGetter<Readonly<Record<string, string>>> = {
  * `@opentelemetry/api` is there: with tracing off, the service never calls into this.
  */
 export class BrokerTracing {
-  private readonly tracer: Tracer;
+  /**
+   * The global provider this module's tracer came from. Asked again per message: after
+   * trace.disable() and a new registration, or a registration through another copy of the API,
+   * the global provider is another object, and a tracer kept from the first never records.
+   */
+  private provider: TracerProvider;
+  private tracer: Tracer;
   private readonly routes = new WeakMap<Route, RouteTrace>();
   /** The API's no-op provider: what an unregistered global provider delegates to. */
   private readonly noopProvider: TracerProvider;
@@ -52,7 +97,8 @@ export class BrokerTracing {
 
   constructor(private readonly api: OpenTelemetry) {
     // The global provider's tracer: a no-op until an SDK registers one, which it then follows.
-    this.tracer = api.trace.getTracer(TRACER_NAME);
+    this.provider = api.trace.getTracerProvider();
+    this.tracer = this.provider.getTracer(TRACER_NAME);
     this.noopProvider = new api.ProxyTracerProvider().getDelegate();
     this.noContext = api.INVALID_SPAN_CONTEXT;
   }
@@ -61,29 +107,53 @@ export class BrokerTracing {
    * Whether anything would come of a span now: an SDK is registered, or at least a propagator
    * (which carries a context through unrecorded). Asked per message, so that an application with
    * the API but no SDK pays two lookups, not a span, its attributes and a context each time
-   * (measured on the memory broker: a quarter to a third of its throughput).
+   * (measured on the memory broker: a quarter to a third of its throughput). The tracer of the
+   * global provider when it is; undefined when not.
    */
-  private live(): boolean {
+  private liveTracer(): Tracer | undefined {
     const api = this.api;
     const provider = api.trace.getTracerProvider();
+    if (provider !== this.provider) {
+      this.provider = provider;
+      this.tracer = provider.getTracer(TRACER_NAME);
+    }
     // A provider of another copy of the API is not recognised: it counts as live, the safe side.
-    if (!(provider instanceof api.ProxyTracerProvider) || provider.getDelegate() !== this.noopProvider) return true;
-    return api.propagation.fields().length > 0;
+    if (provider instanceof api.ProxyTracerProvider && provider.getDelegate() === this.noopProvider && api.propagation.fields().length === 0) return undefined;
+    return this.tracer;
+  }
+
+  /**
+   * The names, in the user's headers, of trace context headers: `traceparent`, `tracestate` and
+   * the registered propagator's fields (`baggage`, say), in any case. Undefined when none.
+   */
+  private traceHeadersIn(headers: Readonly<Record<string, string>>): string[] | undefined {
+    let fields: string[] | undefined;
+    let names: string[] | undefined;
+    for (const name in headers) {
+      const lower = name.toLowerCase();
+      if (lower === TRACE_HEADERS.traceparent || lower === TRACE_HEADERS.tracestate || (fields ??= this.api.propagation.fields().map((field) => field.toLowerCase())).includes(lower)) {
+        (names ??= []).push(name);
+      }
+    }
+    return names;
   }
 
   /**
    * Runs `publish` within a PRODUCER span (`send <topic>`) and gives it the headers to send: the
    * user's, with the span's context injected. The span's parent is the active span; with none,
-   * a `traceparent` the user put in the headers (a message forwarded by hand). The message always
-   * carries the producer span's own context, so its consumer spans are that span's children. The
-   * span ends when the broker accepted the message, in error when it did not.
+   * a trace context the user put in the headers (a message forwarded by hand). The message always
+   * carries the producer span's own context, so its consumer spans are that span's children: the
+   * user's trace headers (in any case: `Traceparent` too) give way to it. The span ends when the
+   * broker accepted the message, in error when it did not.
    */
   send<R>(route: Route, input: PublishInput<unknown>, messageId: string, publish: PublishStep<R>): Promise<R> {
-    if (!this.live()) return publish(route, input, messageId, undefined);
+    const tracer = this.liveTracer();
+    if (tracer === undefined) return publish(route, input, messageId, undefined, input.headers);
     const api = this.api;
     const given = input.headers;
+    const own = given === undefined ? undefined : this.traceHeadersIn(given);
     let parent = api.context.active();
-    if (given !== undefined && given[TRACE_HEADERS.traceparent] !== undefined && api.trace.getSpanContext(parent) === undefined) {
+    if (own !== undefined && given !== undefined && api.trace.getSpanContext(parent) === undefined) {
       parent = api.propagation.extract(parent, given, HEADER_GETTER);
     }
     const names = this.routeTrace(route);
@@ -98,20 +168,19 @@ export class BrokerTracing {
     };
     if (input.correlationId !== undefined) attributes[TRACE_ATTRIBUTES.conversationId] = input.correlationId;
     if (names.kafka && input.key !== undefined) attributes[TRACE_ATTRIBUTES.kafkaKey] = input.key;
-    const span = this.tracer.startSpan(names.sendName, { kind: api.SpanKind.PRODUCER, attributes }, parent);
-    let traced = input;
-    // A span without a context (a no-op tracer, no parent) has none to carry: the input stays the user's object.
+    const span = tracer.startSpan(names.sendName, { kind: api.SpanKind.PRODUCER, attributes }, parent);
+    let headers = given;
+    // A span without a context (a no-op tracer, no parent) has none to carry: the headers stay the user's object.
     if (span.spanContext() !== this.noContext) {
       const carried: Record<string, string> = { ...given };
       // The user's own trace context was the parent (or is replaced by the active one): the message carries the producer span's.
-      delete carried[TRACE_HEADERS.traceparent];
-      delete carried[TRACE_HEADERS.tracestate];
+      if (own !== undefined) for (const name of own) delete carried[name];
       api.propagation.inject(api.trace.setSpan(parent, span), carried);
-      traced = { ...input, headers: carried };
+      headers = carried;
     }
     let sent: Promise<R>;
     try {
-      sent = publish(route, traced, messageId, span);
+      sent = publish(route, input, messageId, span, headers);
     } catch (error) {
       sent = Promise.reject(error instanceof Error ? error : new Error(String(error)));
     }
@@ -138,13 +207,18 @@ export class BrokerTracing {
    * The handler wrapped in a CONSUMER span (`process <topic>`) per delivery, the child of the
    * context its message carries (a root span when it carries none), and active while the handler
    * runs: spans the handler makes are its children. In error when the handler throws or rejects;
-   * ended when it settles.
+   * ended when it settles, or when the subscription's drain gives up on it (`abandon`).
+   * A dead-letter subscription's span names the topic too (with `ductape.dead_letter`): each
+   * adapter names its dead-letter queue its own way, and the route does not carry that name.
    */
-  consumer(handler: BrokerMessageHandler, route: Route, group: string, deadLetter: boolean): BrokerMessageHandler {
+  consumer(handler: BrokerMessageHandler, route: Route, group: string, deadLetter: boolean): TracedConsumer {
     const api = this.api;
     const names = this.routeTrace(route);
-    return (message: unknown, ctx: BrokerContext): unknown => {
-      if (!this.live()) return handler(message, ctx);
+    // The spans of calls still running whose handler returned a promise (a synchronous one has ended its span on return).
+    const open = new Set<Span>();
+    const traced = (message: unknown, ctx: BrokerContext): unknown => {
+      const tracer = this.liveTracer();
+      if (tracer === undefined) return handler(message, ctx);
       // From the root, not the active context: that is whatever was active when the consumer started.
       const parent = api.propagation.extract(api.ROOT_CONTEXT, ctx.headers, HEADER_GETTER);
       const attributes: Attributes = {
@@ -161,14 +235,28 @@ export class BrokerTracing {
       if (ctx.correlationId !== undefined) attributes[TRACE_ATTRIBUTES.conversationId] = ctx.correlationId;
       if (names.kafka && ctx.key !== undefined) attributes[TRACE_ATTRIBUTES.kafkaKey] = ctx.key;
       if (deadLetter) attributes[TRACE_ATTRIBUTES.deadLetter] = true;
-      const span = this.tracer.startSpan(names.processName, { kind: api.SpanKind.CONSUMER, attributes }, parent);
+      const span = tracer.startSpan(names.processName, { kind: api.SpanKind.CONSUMER, attributes }, parent);
       // A span without a context (no SDK) has nothing to make active: the handler runs as it is.
-      if (span.spanContext() === this.noContext) return this.handle(handler, message, ctx, span);
-      return api.context.with(api.trace.setSpan(parent, span), () => this.handle(handler, message, ctx, span));
+      if (span.spanContext() === this.noContext) return this.handle(handler, message, ctx, span, open);
+      return api.context.with(api.trace.setSpan(parent, span), () => this.handle(handler, message, ctx, span, open));
+    };
+    return {
+      handler: traced,
+      abandon: (timeoutMs) => {
+        for (const span of open) {
+          span.setAttribute(TRACE_ATTRIBUTES.abandoned, true);
+          span.setStatus({
+            code: api.SpanStatusCode.ERROR,
+            message: `abandoned at shutdown: still running after ${timeoutMs} ms (shutdownTimeoutMs); its message is not acked and will be delivered again`,
+          });
+          span.end();
+        }
+        open.clear();
+      },
     };
   }
 
-  private handle(handler: BrokerMessageHandler, message: unknown, ctx: BrokerContext, span: Span): unknown {
+  private handle(handler: BrokerMessageHandler, message: unknown, ctx: BrokerContext, span: Span, open: Set<Span>): unknown {
     if (!span.isRecording()) return handler(message, ctx);
     let result: unknown;
     try {
@@ -181,13 +269,15 @@ export class BrokerTracing {
       span.end();
       return result;
     }
+    open.add(span);
+    // Not in `open` any more: abandoned at shutdown and already ended; its settlement is not recorded.
     return Promise.resolve(result).then(
       (value) => {
-        span.end();
+        if (open.delete(span)) span.end();
         return value;
       },
       (error: unknown) => {
-        this.fail(span, error);
+        if (open.delete(span)) this.fail(span, error);
         throw error;
       },
     );

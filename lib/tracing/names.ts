@@ -30,4 +30,6 @@ export const TRACE_ATTRIBUTES = {
   attempt: 'ductape.message.attempt',
   /** True on the span of a dead-letter subscription's handler. */
   deadLetter: 'ductape.dead_letter',
+  /** True on a CONSUMER span ended at shutdown while its handler still ran (the drain gave up on it after shutdownTimeoutMs). */
+  abandoned: 'ductape.abandoned',
 } as const;
