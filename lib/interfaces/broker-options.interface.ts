@@ -402,7 +402,11 @@ export interface BrokerModuleOptions<Custom extends string = never> {
    * modules as the workers. `subscribe()` called in code still subscribes.
    */
   registerHandlers?: boolean;
-  /** Largest encoded message accepted by publish, in bytes (default 1 MiB). */
+  /**
+   * Largest message accepted by publish, in bytes (default 1 MiB): its encoded body plus the
+   * headers the caller gave. The trace context headers tracing adds (traceparent, tracestate,
+   * baggage) are not counted, so a publish that passes with tracing off passes with it.
+   */
   maxMessageBytes?: number;
   /**
    * OpenTelemetry tracing through `@opentelemetry/api` (an optional peer dependency): a PRODUCER
