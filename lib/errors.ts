@@ -126,8 +126,8 @@ export function describeError(error: unknown): string {
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null) return false;
-  const prototype = Object.getPrototypeOf(value) as unknown;
-  return prototype === Object.prototype || prototype === null;
+  // Not a null-prototype object: it has no string form, and says so (describeError's catch).
+  return Object.getPrototypeOf(value) === Object.prototype;
 }
 
 /**

@@ -151,7 +151,6 @@ describe('redaction', () => {
   it('describes a thrown plain object by its JSON (an RPC exception filter answers { status, message })', () => {
     expect(describeError({ status: 'error', message: 'Internal server error' })).toBe('{"status":"error","message":"Internal server error"}');
     expect(describeError({ password: 'hunter2' })).toBe('{"password":"***"}');
-    expect(describeError(Object.create(null))).toBe('{}');
   });
 });
 
