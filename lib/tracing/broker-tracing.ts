@@ -5,6 +5,14 @@ import type { Route } from '../routing/route-resolver';
 import { TRACE_ATTRIBUTES, TRACE_HEADERS, TRACER_NAME } from './names';
 import { openTelemetryApi, type OpenTelemetry } from './opentelemetry';
 
+/** Where @opentelemetry/api 1.x keeps what is registered (`trace`, `propagation`, `context`, ...). */
+const OPENTELEMETRY_REGISTRY = Symbol.for('opentelemetry.js.api.1');
+
+interface OpenTelemetryRegistry {
+  trace?: unknown;
+  propagation?: unknown;
+}
+
 /**
  * `messaging.system` and `messaging.system.name` of each broker type, where they are the
  * conventions' well-known values or differ; any other type (redis, nats, memory, a registered
@@ -111,6 +119,10 @@ export class BrokerTracing {
    * global provider when it is; undefined when not.
    */
   private liveTracer(): Tracer | undefined {
+    // First the API's own registry, shared by every 1.x copy: with no provider and no propagator
+    // registered there, nothing can come of a span (one property read, not the two lookups below).
+    const registry = (globalThis as Record<symbol, OpenTelemetryRegistry | undefined>)[OPENTELEMETRY_REGISTRY];
+    if (registry === undefined || (registry.trace === undefined && registry.propagation === undefined)) return undefined;
     const api = this.api;
     const provider = api.trace.getTracerProvider();
     if (provider !== this.provider) {
