@@ -151,6 +151,48 @@ async function handlerPaths(messages: number) {
   };
 }
 
+/**
+ * Tracing's cost when @opentelemetry/api is installed (it is, here) but no SDK is registered, the
+ * default for an app that has the API for another reason: two apps, one with `tracing` unset
+ * (on), one with `tracing: false`, the same publish -> subscribe() path, CPU time as above.
+ */
+async function tracingPaths(messages: number) {
+  const start = async (tracing: boolean | undefined) => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [
+        DuctapeBrokerModule.forRoot({
+          env: 'prd',
+          product: 'bench',
+          ...(tracing === undefined ? {} : { tracing }),
+          brokers: [{ tag: 'mem', envs: [{ slug: 'prd', type: 'memory', config: { maxQueueLength: messages + 1 } }] }],
+        }),
+      ],
+    }).compile();
+    const app = moduleRef.createNestApplication({ logger: false });
+    await app.init();
+    const broker = app.get(MessageBrokerService);
+    await broker.subscribe({ env: 'prd', event: 'mem:traced', product_tag: 'bench', input: { concurrency: BATCH, callback: () => onHandled() } });
+    const round = async () => {
+      (globalThis as { gc?: () => void }).gc?.();
+      const handled = countdown(messages);
+      onHandled = handled.tick;
+      const cpu = process.cpuUsage();
+      for (let sent = 0; sent < messages; sent += BATCH) {
+        const batch: Promise<unknown>[] = [];
+        for (let i = 0; i < BATCH; i++) batch.push(broker.publish({ env: 'prd', event: 'mem:traced', product_tag: 'bench', input: { message: MESSAGE } }));
+        await Promise.all(batch);
+      }
+      await handled.done;
+      const used = process.cpuUsage(cpu);
+      return messages / ((used.user + used.system) / 1e6);
+    };
+    return { round, close: () => app.close() };
+  };
+  const on = await start(undefined);
+  const off = await start(false);
+  return { on: on.round, off: off.round, close: () => Promise.all([on.close(), off.close()]) };
+}
+
 /** The median over rounds of `ours / baseline` within each round. */
 function pairedRatio(result: ScenarioResult, ours: string, baseline: string): number {
   return median(result.samples[ours].map((value, round) => value / result.samples[baseline][round]));
@@ -196,12 +238,22 @@ export async function benchMemory(options: BenchOptions): Promise<{ results: Sce
   ]);
   await paths.close();
 
+  const traced = await tracingPaths(pathMessages);
+  await traced.on();
+  await traced.off();
+  const tracing = await alternate(`memory publish -> handler: tracing on, API without SDK vs tracing: false (${pathRounds} rounds of ${pathMessages})`, 'msg/CPU-s', pathRounds, [
+    { name: 'tracing: false', run: traced.off },
+    { name: 'tracing on, no SDK registered', run: traced.on },
+  ]);
+  await traced.close();
+
   const ratios: Ratio[] = [
     // Medians of each round's own ratio: rounds run back to back, so drift between rounds cancels.
     { name: 'memory-onbrokerevent-vs-subscribe', value: pairedRatio(handlers, '@OnBrokerEvent, no enhancer', 'subscribe() callback'), target: 0.95 },
+    { name: 'memory-tracing-no-sdk-vs-off', value: pairedRatio(tracing, 'tracing on, no SDK registered', 'tracing: false'), target: 0.95 },
     { name: 'memory-onbrokerevent-interceptor-vs-subscribe', value: pairedRatio(intercepted, '@OnBrokerEvent, one interceptor', 'subscribe() callback') },
     { name: 'memory-vs-json-floor', value: throughput.medians['ours (memory broker)'] / throughput.medians['JSON floor: JSON.parse(JSON.stringify(message))'], target: 0.5 },
     { name: 'memory-vs-event-emitter', value: throughput.medians['ours (memory broker)'] / throughput.medians['@nestjs/event-emitter emitAsync'] },
   ];
-  return { results: [throughput, handlers, intercepted], ratios, growth: { messages: total, heapBeforeMb: before, heapAfterMb: after, growthMb: after - before } };
+  return { results: [throughput, handlers, intercepted, tracing], ratios, growth: { messages: total, heapBeforeMb: before, heapAfterMb: after, growthMb: after - before } };
 }
