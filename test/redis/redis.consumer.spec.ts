@@ -242,6 +242,34 @@ describeWithBroker('redis', 'Redis consumer: concurrency over two streams, entri
     expect(got).toEqual(['before', 'after']);
     expect(Date.now() - sentAt).toBeLessThan(500 + 5000 + 3000);
   });
+
+  it('the shared connection whose socket went silent is dropped after publishTimeoutMs and reconnected: later publishes are answered, not each given the reply of the lost one', async () => {
+    const proxy = await startTcpProxy(Number(new URL(REDIS_URL).port || 6379), new URL(REDIS_URL).hostname);
+    proxies.push(proxy);
+    // The publisher goes through the proxy (its consumer-less topic needs no reader); the consumer connects directly.
+    const { broker: publisher } = await start({ url: `redis://127.0.0.1:${proxy.port}`, publishTimeoutMs: 1000, delayPollMs: 600_000 });
+    const { broker: consumer } = await start();
+    const { event } = newEvent();
+    const got: unknown[] = [];
+    await consumer.subscribe({ env: 'prd', event, product_tag: PRODUCT, input: { group: 'silent-publisher', callback: (message: unknown) => void got.push(message) } });
+    await publisher.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'before' } });
+    // A command (or its reply) is lost, and the link stays open and silent.
+    proxy.blackhole(true);
+    await expect(publisher.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'lost' } })).rejects.toMatchObject({ code: 'PUBLISH_FAILED' });
+    proxy.blackhole(false);
+    // Retried as a caller would after a failure: every publish after the silence must be answered.
+    let settled = false;
+    for (const deadline = Date.now() + 8000; !settled && Date.now() < deadline; ) {
+      settled = await publisher.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'after' } }).then(
+        () => true,
+        () => false,
+      );
+    }
+    expect(settled).toBe(true);
+    await publisher.publish({ env: 'prd', event, product_tag: PRODUCT, input: { message: 'next' } });
+    await waitFor(() => got.includes('next'), 'the publishes after the silence', 10_000);
+    expect(got[0]).toBe('before');
+  });
 });
 
 /** The ACL rules docs/redis.md lists (besides the key pattern), kept in step with it by the test above. */

@@ -107,7 +107,14 @@ export class RedisAdapter implements CompleteBrokerAdapter {
   async connect(): Promise<void> {
     // Publishes, acks, claims and scripts share one connection, pipelined; each blocking read has its own.
     // commandTimeout bounds a command waiting out an outage in the offline queue: publishTimeoutMs.
-    this.client = createClient(this.settings, { commandTimeout: this.settings.publishTimeoutMs, enableAutoPipelining: true });
+    // socketTimeout drops a link that went silent (a half-open socket, a lost reply) after as long:
+    // nothing here blocks, and a timed-out command stays queued for its reply, so without it every
+    // later command would wait on a socket that never answers, or take the reply of the one before.
+    this.client = createClient(this.settings, {
+      commandTimeout: this.settings.publishTimeoutMs,
+      socketTimeout: this.settings.publishTimeoutMs,
+      enableAutoPipelining: true,
+    });
     let lostAt: number | undefined;
     // Before the first connection a close is a failed attempt: connectClient reports that one.
     let connected = false;
