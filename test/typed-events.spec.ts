@@ -119,6 +119,43 @@ export class Listener {
   }
 }
 `,
+  // Parameter decorators choose the arguments: for an event not declared any signature goes; for a
+  // declared one the first parameter must take the message, and `<E, object>` opts out.
+  decorated: `${ORDER}
+import { BrokerCtx, BrokerMessage } from '../../lib';
+declare module '../../lib' {
+  interface DuctapeEvents {
+    'shop:orders': Order;
+  }
+}
+export class Listener {
+  @OnBrokerEvent('shop:undeclared')
+  contextFirst(@BrokerCtx() ctx: BrokerContext, @BrokerMessage() order: Order): string {
+    return ctx.messageId + order.orderId;
+  }
+  @OnBrokerEvent('shop:undeclared')
+  twoProperties(@BrokerMessage('orderId') id: string, @BrokerMessage('total') total: number): string {
+    return id + total;
+  }
+  @OnBrokerEvent('shop:undeclared')
+  three(@BrokerMessage() order: Order, @BrokerCtx() ctx: BrokerContext, @BrokerMessage('orderId') id: string): string {
+    return order.status + ctx.attempt + id;
+  }
+  @OnBrokerEvent('shop:orders')
+  declaredThenMore(@BrokerMessage() order: Order, @BrokerMessage('orderId') id: string, @BrokerCtx() ctx: BrokerContext): string {
+    return order.status + id + ctx.attempt;
+  }
+  // @ts-expect-error the first parameter of a declared event takes its message
+  @OnBrokerEvent('shop:orders')
+  declaredContextFirst(@BrokerCtx() ctx: BrokerContext, @BrokerMessage() order: Order): string {
+    return ctx.messageId + order.orderId;
+  }
+  @OnBrokerEvent<'shop:orders', object>('shop:orders')
+  optedOut(@BrokerCtx() ctx: BrokerContext, @BrokerMessage('orderId') id: string): string {
+    return ctx.messageId + id;
+  }
+}
+`,
   // Without a map, as before: any message; an explicit type argument still checks it.
   untyped: `
 export async function send(broker: MessageBrokerService): Promise<void> {

@@ -1,4 +1,4 @@
-import type { BrokerContext, PublishRequest, SubscribeRequest } from './message-broker.interface';
+import type { PublishRequest, SubscribeRequest } from './message-broker.interface';
 
 /**
  * The application's events and their message types, declared once by module augmentation:
@@ -49,10 +49,15 @@ export type TypedSubscribeRequest<E extends string, Events = DuctapeEvents, T = 
 };
 
 /**
- * What an `@OnBrokerEvent(E)` method must accept: its event's message type when declared (the
- * method may take a wider one), anything when not.
+ * What an `@OnBrokerEvent(E)` method must accept. For a declared event, its first parameter must
+ * take the event's message (it may be wider); what follows is not checked, as a parameter
+ * decorator may fill it (`@BrokerCtx()`, `@BrokerMessage('total')`). For an event not declared,
+ * any method. A method whose first parameter is not the whole message (`@BrokerMessage('orderId')`
+ * first) opts out with `@OnBrokerEvent<'event', object>(...)`.
  */
-export type BrokerEventHandler<E extends string, Events = DuctapeEvents> = (message: E extends keyof Events ? Events[E] : never, ctx: BrokerContext) => unknown;
+export type BrokerEventHandler<E extends string, Events = DuctapeEvents> = E extends keyof Events
+  ? (message: Events[E], ...rest: never[]) => unknown
+  : (...args: never[]) => unknown;
 
 /** The type a Standard Schema gives a valid message (its output); `unknown` when it declares none. */
 export type SchemaOutput<S> = S extends { readonly '~standard': { readonly types?: infer Types } }
