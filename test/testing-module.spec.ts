@@ -1,16 +1,19 @@
 import 'reflect-metadata';
-import { Inject, Injectable, Module, type INestApplication, type ModuleMetadata } from '@nestjs/common';
+import { Controller, Inject, Injectable, Module, UseGuards, type CanActivate, type ExecutionContext, type INestApplication, type ModuleMetadata } from '@nestjs/common';
+import { EventPattern, Payload } from '@nestjs/microservices';
 import { Test } from '@nestjs/testing';
 import {
   DEAD_LETTER_HEADERS,
   DUCTAPE_BROKER_OPTIONS,
   DuctapeBrokerModule,
   MessageBrokerService,
+  NonRetryableError,
   OnBrokerEvent,
   isBrokerError,
   type BrokerContext,
   type BrokerModuleOptions,
 } from '../lib';
+import { DuctapeBrokerServer } from '../lib/microservices';
 import { getBrokerTestHarness, useInMemoryBrokers, type BrokerTestHarness } from '../lib/testing';
 import { CapturingLogger, createBrokerApp, silentLogger } from './support/app';
 
@@ -423,6 +426,139 @@ describe('BrokerTestHarness', () => {
     await expect(
       broker.subscribe({ env: 'prd', event: ORDERS, product_tag: 'testing_helper', input: { group: 'bad group', callback: () => undefined } }),
     ).rejects.toThrow(/input.group must be a valid name/);
+  });
+});
+
+const REFUSALS = 'shop:refusals';
+const BRIDGED = 'shop:bridged';
+
+interface Refusal {
+  id: string;
+  blocked?: boolean;
+  bad?: boolean;
+  /** Fails its first attempt with an error only named NonRetryableError (as another copy of the package's is). */
+  foreign?: boolean;
+}
+
+/** The shop options with two more topics, for the messages that skip the retries. */
+function refusalOptions(): BrokerModuleOptions {
+  const options = unreachableOptions();
+  const [shop, ...others] = options.brokers;
+  return { ...options, brokers: [{ ...shop, topics: [...(shop.topics ?? []), { tag: 'refusals' }, { tag: 'bridged' }] }, ...others] };
+}
+
+@Injectable()
+class RefusingGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    return context.switchToRpc().getData<Refusal>().blocked !== true;
+  }
+}
+
+/** One group behind a guard, one whose handler says a message can never succeed. */
+@Injectable()
+class RefusalsListener {
+  @OnBrokerEvent(REFUSALS, { group: 'refusals.guarded' })
+  @UseGuards(RefusingGuard)
+  onGuarded(): void {}
+
+  @OnBrokerEvent(REFUSALS, { group: 'refusals.strict' })
+  onStrict(message: Refusal): void {
+    if (message.bad) throw new NonRetryableError(`no such customer in ${message.id}`);
+  }
+
+  @OnBrokerEvent(REFUSALS, { group: 'refusals.foreign' })
+  onForeign(message: Refusal, ctx: BrokerContext): void {
+    if (!message.foreign || ctx.attempt > 1) return;
+    const error = new Error(`foreign refusal of ${message.id}`);
+    error.name = 'NonRetryableError';
+    throw error;
+  }
+}
+
+@Controller()
+class BridgedController {
+  @EventPattern(BRIDGED)
+  handle(@Payload() message: Refusal): void {
+    throw new NonRetryableError(`cannot bridge ${message.id}`);
+  }
+}
+
+@Module({
+  imports: [DuctapeBrokerModule.forRoot(refusalOptions())],
+  providers: [RefusingGuard, RefusalsListener],
+  controllers: [BridgedController],
+})
+class RefusalsModule {}
+
+describe('BrokerTestHarness and a NonRetryableError (the retry policy would allow 3 attempts)', () => {
+  let app: INestApplication;
+  let harness: BrokerTestHarness;
+
+  beforeEach(async () => {
+    app = await startTestingApp([RefusalsModule]);
+    harness = getBrokerTestHarness(app);
+  });
+
+  afterEach(async () => {
+    await app.close();
+  });
+
+  async function publish(event: string, message: Refusal): Promise<string> {
+    const broker = app.get(MessageBrokerService);
+    return (await broker.publish({ env: broker.env, event, product_tag: broker.product, input: { message } })).messageId;
+  }
+
+  /** What waitForHandled rejected with, and how long it took (its timeout is 3000 ms). */
+  async function failure(event: string, group: string, messageId: string): Promise<{ error: unknown; ms: number }> {
+    const startedAt = Date.now();
+    const error = await harness.waitForHandled(event, { group, messageId, timeoutMs: 3000 }).then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+    return { error, ms: Date.now() - startedAt };
+  }
+
+  it('a message a guard refused failed for good at attempt 1: waitForHandled rejects at once, its dead letter says guard', async () => {
+    const messageId = await publish(REFUSALS, { id: 'n1', blocked: true });
+    const { error, ms } = await failure(REFUSALS, 'refusals.guarded', messageId);
+    expect(ms).toBeLessThan(1500);
+    expect((error as Error).message).toMatch(new RegExp(`message ${messageId} failed for good \\(group refusals\\.guarded, attempt 1: NonRetryableError: refused by a guard`));
+    expect(harness.handled(REFUSALS).filter((record) => record.group === 'refusals.guarded')).toEqual([
+      expect.objectContaining({ attempt: 1, outcome: 'failed', lastAttempt: true }),
+    ]);
+    await waitUntil(() => harness.deadLetters(REFUSALS, 'refusals.guarded').length > 0);
+    expect(harness.deadLetters(REFUSALS, 'refusals.guarded')).toEqual([expect.objectContaining({ messageId, reason: 'guard', attempts: 1 })]);
+  });
+
+  it('a handler that threw a NonRetryableError failed for good at attempt 1: waitForHandled rejects at once, its dead letter says non-retryable', async () => {
+    const messageId = await publish(REFUSALS, { id: 'n2', bad: true });
+    const { error, ms } = await failure(REFUSALS, 'refusals.strict', messageId);
+    expect(ms).toBeLessThan(1500);
+    expect((error as Error).message).toContain(`message ${messageId} failed for good (group refusals.strict, attempt 1: NonRetryableError: no such customer in n2)`);
+    await waitUntil(() => harness.deadLetters(REFUSALS, 'refusals.strict').length > 0);
+    expect(harness.deadLetters(REFUSALS, 'refusals.strict')).toEqual([
+      expect.objectContaining({ messageId, reason: 'non-retryable', attempts: 1, error: 'NonRetryableError: no such customer in n2' }),
+    ]);
+  });
+
+  it('an @OnBrokerEvent error only named NonRetryableError is retried by the delivery layer, and the harness says so (not failed for good)', async () => {
+    const messageId = await publish(REFUSALS, { id: 'n4', foreign: true });
+    await expect(harness.waitForHandled(REFUSALS, { group: 'refusals.foreign', messageId })).resolves.toMatchObject({ attempt: 2 });
+    expect(harness.handled(REFUSALS).filter((record) => record.group === 'refusals.foreign' && record.outcome === 'failed')).toEqual([
+      expect.objectContaining({ attempt: 1, lastAttempt: false }),
+    ]);
+  });
+
+  it('an @EventPattern handler (DuctapeBrokerServer) that threw a NonRetryableError: the same', async () => {
+    app.connectMicroservice({ strategy: new DuctapeBrokerServer(app.get(MessageBrokerService)) });
+    await app.startAllMicroservices();
+    const group = 'orders.event-pattern.shop.bridged';
+    const messageId = await publish(BRIDGED, { id: 'n3' });
+    const { error, ms } = await failure(BRIDGED, group, messageId);
+    expect(ms).toBeLessThan(1500);
+    expect((error as Error).message).toContain(`message ${messageId} failed for good (group ${group}, attempt 1: NonRetryableError: cannot bridge n3)`);
+    await waitUntil(() => harness.deadLetters(BRIDGED, group).length > 0);
+    expect(harness.deadLetters(BRIDGED, group)).toEqual([expect.objectContaining({ messageId, reason: 'non-retryable', attempts: 1 })]);
   });
 });
 

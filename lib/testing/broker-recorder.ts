@@ -1,9 +1,10 @@
 import { MemoryBrokerServer } from '../adapters/memory';
 import type { MemoryMessage } from '../adapters/memory/memory-queue';
 import { DEAD_LETTER_HEADERS } from '../constants';
+import type { DeadLetterReason } from '../delivery/dead-letters';
 import { decodeInbound, undecoded, type DecodedMessage } from '../delivery/message-codec';
 import { resolveRetryPolicy } from '../delivery/retry';
-import { describeError } from '../errors';
+import { describeError, NonRetryableError } from '../errors';
 import type { BrokerModuleOptions } from '../interfaces/broker-options.interface';
 import type {
   BrokerContext,
@@ -118,6 +119,9 @@ export class BrokerRecorder implements BrokerTestHarness {
     const deadLetter = input.deadLetter === true;
     const maxAttempts = resolveRetryPolicy(input.retry, route.retry, this.options.retry).maxAttempts;
     const callback = input.callback as BrokerMessageHandler;
+    // lastAttempt follows the delivery layer of this copy of the package, which skips the retries on
+    // `instanceof NonRetryableError` only. (The bridge turns another copy's NonRetryableError, known by
+    // its name, into one of this copy before the delivery layer, so this sees that too.)
     const record = (message: unknown, context: BrokerContext, startedAt: number, outcome: 'succeeded' | 'failed', error?: unknown): void => {
       this.handledRecords.push({
         event: route.event,
@@ -130,7 +134,8 @@ export class BrokerRecorder implements BrokerTestHarness {
         context,
         outcome,
         ...(outcome === 'failed' ? { error } : {}),
-        lastAttempt: deadLetter || context.attempt >= maxAttempts,
+        // A NonRetryableError (the handler's, or a guard's or pipe's refusal) is dead-lettered at this attempt.
+        lastAttempt: deadLetter || (outcome === 'failed' && error instanceof NonRetryableError) || context.attempt >= maxAttempts,
         durationMs: Date.now() - startedAt,
       });
       this.changed();
@@ -380,6 +385,12 @@ export class BrokerRecorder implements BrokerTestHarness {
   }
 }
 
+const DEAD_LETTER_REASONS: ReadonlySet<string> = new Set<DeadLetterReason>(['max-attempts', 'poison', 'schema', 'non-retryable', 'guard', 'validation']);
+
+function isDeadLetterReason(value: string | undefined): value is DeadLetterReason {
+  return value !== undefined && DEAD_LETTER_REASONS.has(value);
+}
+
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as { then?: unknown }).then === 'function';
 }
@@ -400,7 +411,7 @@ function deadLetterOf<T>(message: MemoryMessage): DeadLetter<T> {
     headers: { ...headers },
     error: headers[DEAD_LETTER_HEADERS.error] ?? '',
     attempts: Number(headers[DEAD_LETTER_HEADERS.attempts] ?? decoded.attempt),
-    reason: reason === 'poison' || reason === 'schema' ? reason : 'max-attempts',
+    reason: isDeadLetterReason(reason) ? reason : 'max-attempts',
     failedAt: new Date(headers[DEAD_LETTER_HEADERS.failedAt] ?? decoded.publishedAt),
     publishedAt: new Date(decoded.publishedAt),
     ...(decoded.key !== undefined ? { key: decoded.key } : {}),

@@ -1,3 +1,4 @@
+import type { DeadLetterReason } from '../delivery/dead-letters';
 import type { BrokerContext } from '../interfaces/message-broker.interface';
 
 /** One message the application published (and the broker accepted), as `BrokerTestHarness.published()` lists it. */
@@ -37,8 +38,9 @@ export interface HandledMessage<T = unknown> {
   /** What the handler threw, when it failed. */
   readonly error?: unknown;
   /**
-   * No retry follows a failure of this attempt: it was the last the retry policy allows (the
-   * message goes to the dead letters), or the handler is one of dead letters (the message goes back there).
+   * No retry follows a failure of this attempt: it was the last the retry policy allows, or the
+   * error was a NonRetryableError (a guard's or a pipe's refusal among them), so the message goes to
+   * the dead letters; or the handler is one of dead letters (the message goes back there).
    */
   readonly lastAttempt: boolean;
   readonly durationMs: number;
@@ -55,8 +57,12 @@ export interface DeadLetter<T = unknown> {
   readonly error: string;
   /** Attempts made before it was dead-lettered. */
   readonly attempts: number;
-  /** Why: the retries were spent, the body was not a message, or it failed its topic's schema. */
-  readonly reason: 'max-attempts' | 'poison' | 'schema';
+  /**
+   * Why: the retries were spent ('max-attempts'), the body was not a message ('poison'), it failed
+   * its topic's schema ('schema'), or, at its first failure, a guard ('guard') or a pipe
+   * ('validation') refused it, or its handler threw a NonRetryableError ('non-retryable').
+   */
+  readonly reason: DeadLetterReason;
   readonly failedAt: Date;
   readonly publishedAt: Date;
   readonly key?: string;
