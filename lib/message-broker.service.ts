@@ -81,6 +81,14 @@ export class MessageBrokerService<Events extends object = DuctapeEvents> impleme
     return this.serviceName;
   }
 
+  /**
+   * False with `registerHandlers: false` (a replica that only publishes): the module subscribes no
+   * `@OnBrokerEvent` handler, and DuctapeBrokerServer no `@EventPattern` handler.
+   */
+  get registersHandlers(): boolean {
+    return this.options.registerHandlers !== false;
+  }
+
   /** Resolves once the broker has accepted the message. Nothing is sent when it rejects with a validation error. */
   publish<T = unknown, E extends string = string>(typed: TypedPublishRequest<E, Events, T>): Promise<PublishResult> {
     const request = typed as PublishRequest<unknown>;

@@ -11,6 +11,11 @@ export interface DuctapeBrokerPort {
   readonly product: string;
   /** The module's service name (the default consumer group). */
   readonly service: string;
+  /**
+   * False when the module's `registerHandlers` is false: the server then checks its handlers but
+   * subscribes none. Absent counts as true (a port of your own that predates it).
+   */
+  readonly registersHandlers?: boolean;
   publish(request: PublishRequest): Promise<PublishResult>;
   subscribe(request: SubscribeRequest): Promise<Subscription>;
 }

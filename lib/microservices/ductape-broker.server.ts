@@ -70,6 +70,9 @@ interface PlannedHandler {
  * await app.startAllMicroservices();
  * ```
  *
+ * With the module's `registerHandlers: false` (a replica that only publishes) it checks the
+ * handlers as usual but subscribes none, and reports 'listening'.
+ *
  * Logs under the context 'DuctapeBrokerServer'.
  */
 export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBrokerServerStatus> implements CustomTransportStrategy {
@@ -156,7 +159,15 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
 
   private async start(): Promise<void> {
     // Every handler is checked before any consumer starts, so a refused one leaves nothing running.
-    const requests = this.plan().map((planned) => ({ pattern: planned.pattern, request: this.request(planned) }));
+    const planned = this.plan();
+    if (this.broker.registersHandlers === false) {
+      // A publish-only replica runs the same modules: its handlers are checked (above), not consumed.
+      this.logger.log(
+        `registerHandlers is false: none of the ${planned.length} @EventPattern handler(s) is subscribed (this replica only publishes)`,
+      );
+      return;
+    }
+    const requests = planned.map((handler) => ({ pattern: handler.pattern, request: this.request(handler) }));
     const results = await Promise.allSettled(requests.map(({ pattern, request }) => this.subscribe(pattern, request)));
     const started = results.filter((result) => result.status === 'fulfilled').map((result) => result.value);
     const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');

@@ -329,7 +329,7 @@ export function bridgeSuite(target: BridgeTarget): void {
     controllers: Type[],
     serverOptions: DuctapeBrokerServerOptions = {},
     start = true,
-    extra: { logger?: LoggerService; port?: (broker: MessageBrokerService) => DuctapeBrokerPort } = {},
+    extra: { logger?: LoggerService; port?: (broker: MessageBrokerService) => DuctapeBrokerPort; registerHandlers?: boolean } = {},
   ): Promise<Hybrid> {
     const { app, broker } = await createBrokerApp(
       {
@@ -344,6 +344,7 @@ export function bridgeSuite(target: BridgeTarget): void {
           },
         ],
         retry: { maxAttempts: 2, initialDelayMs: 20 },
+        ...(extra.registerHandlers === undefined ? {} : { registerHandlers: extra.registerHandlers }),
       },
       { controllers, providers: [Ledger, BlockGuard, KindGuard, RecordingInterceptor, DuctapeBrokerClient.provider(CLIENT)] },
       extra.logger ?? silentLogger,
@@ -600,6 +601,41 @@ export function bridgeSuite(target: BridgeTarget): void {
     expect(ledger.attempts('refusals', 'r-foreign-non-retryable')).toEqual([1]);
     expect(ledger.attempts('refusals', 'r-guard')).toEqual([]);
     expect(ledger.attempts('refusals', 'r-filtered')).toEqual([1]);
+  });
+
+  it('with registerHandlers: false (a publish-only replica) it checks the handlers, subscribes none, says so once and reports listening', async () => {
+    const logger = new CapturingLogger();
+    const { app, broker, server, ledger } = await hybrid([OrdersController, AuditController], {}, false, { logger, registerHandlers: false });
+    const statuses: string[] = [];
+    server.status.subscribe((status) => statuses.push(status));
+    await app.startAllMicroservices();
+    expect(statuses).toEqual(['listening']);
+    expect(logger.lines('DuctapeBrokerServer', 'registerHandlers is false')).toEqual([
+      'registerHandlers is false: none of the 2 @EventPattern handler(s) is subscribed (this replica only publishes)',
+    ]);
+    // The handlers' group has one consumer, in code: every message reaches it, none the handler.
+    const inCode: string[] = [];
+    await broker.subscribe({ env: 'prd', event: 'orders:new-orders', product_tag: product, input: { group: NEW_ORDERS_GROUP, callback: (order: Order) => void inCode.push(order.id) } });
+    const ids = ['r-1', 'r-2', 'r-3', 'r-4'];
+    for (const id of ids) await broker.publish({ env: 'prd', event: 'orders:new-orders', product_tag: product, input: { message: { id } } });
+    const mine = () => inCode.filter((id) => ids.includes(id)).sort();
+    await waitFor(() => mine().length === ids.length, 'the four messages in the in-code subscription', target.deliveryMs);
+    await sleep(200);
+    expect(mine()).toEqual(ids);
+    expect(ledger.seen).toEqual([]);
+  });
+
+  it('with registerHandlers: false a @MessagePattern is still refused at listen', async () => {
+    const { app } = await hybrid([RequestResponseController], {}, false, { registerHandlers: false });
+
+    const error = await app.startAllMicroservices().then(
+      () => undefined,
+      (thrown: unknown) => thrown,
+    );
+
+    expect(error).toBeInstanceOf(BrokerError);
+    expect((error as BrokerError).code).toBe('INVALID_SUBSCRIPTION');
+    expect((error as BrokerError).message).toContain("@MessagePattern('orders:quotes')");
   });
 
   it('close() during listen(): close waits for the consumers being started and stops them, listen fails with INVALID_REQUEST, the status never says listening; listen after close fails too', async () => {
