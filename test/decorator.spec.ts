@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { Controller, Inject, Injectable, Module, Scope, type INestApplication } from '@nestjs/common';
+import { Controller, Global, Inject, Injectable, Module, Scope, type INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import {
   BrokerHandlerInvoker,
@@ -174,6 +174,53 @@ describe('@OnBrokerEvent', () => {
     await broker.publish({ env: 'prd', event: 'sqsbroker:new-orders', product_tag: 'shop', input: { message: { id: 'refused' } } });
     await waitFor(() => seen.filter((line) => line.startsWith('OrdersListener.onOrder ')).length === 2, 'two attempts refused by the invoker (maxAttempts 2)');
     expect(ledger.entries.filter((entry) => entry.includes('refused'))).toEqual([]);
+  });
+
+  it("a handlerInvoker may inject global providers, and what the modules given to forRootAsync({ imports }) export; not another module's providers", async () => {
+    @Injectable()
+    class Counter {
+      readonly ids: string[] = [];
+    }
+    @Module({ providers: [Counter], exports: [Counter] })
+    class MetricsModule {}
+    @Global()
+    @Module({ providers: [Counter], exports: [Counter] })
+    class GlobalMetricsModule {}
+    @Injectable()
+    class CountingInvoker extends BrokerHandlerInvoker {
+      constructor(private readonly counter: Counter) {
+        super();
+      }
+
+      override decorate(handler: BrokerMessageHandler): BrokerMessageHandler {
+        return (message, ctx) => {
+          this.counter.ids.push((message as { id: string }).id);
+          return handler(message, ctx);
+        };
+      }
+    }
+    const invokedOnce = async (id: string, imports: Parameters<typeof Test.createTestingModule>[0]['imports']): Promise<void> => {
+      const moduleRef = await Test.createTestingModule({ imports }).compile();
+      app = moduleRef.createNestApplication({ logger: false });
+      await app.init();
+      const counter = app.get(Counter, { strict: false });
+      await app.get(MessageBrokerService).publish({ env: 'prd', event: 'sqsbroker:refunds', product_tag: 'shop', input: { message: { id } } });
+      // The audit handler once, the refund handler three times (it fails twice).
+      await waitFor(() => counter.ids.filter((seen) => seen === id).length === 4, 'four handler calls through the invoker');
+      await app.close();
+      app = undefined;
+    };
+
+    // forRoot: the broker module imports none of your modules.
+    const refused: unknown = await Test.createTestingModule({
+      imports: [DuctapeBrokerModule.forRoot({ ...options(), handlerInvoker: CountingInvoker }), MetricsModule, ShopModule],
+    })
+      .compile()
+      .catch((error: unknown) => error);
+    expect((refused as Error).message).toContain("Nest can't resolve dependencies of the CountingInvoker (?)");
+
+    await invokedOnce('i1', [DuctapeBrokerModule.forRootAsync({ imports: [MetricsModule], useFactory: () => options(), handlerInvoker: CountingInvoker }), ShopModule]);
+    await invokedOnce('i2', [DuctapeBrokerModule.forRoot({ ...options(), handlerInvoker: CountingInvoker }), GlobalMetricsModule, ShopModule]);
   });
 
   it('subscribes an aliased provider (useExisting) once, not twice', async () => {
