@@ -1,5 +1,5 @@
 import { Logger } from '@nestjs/common';
-import type { AdapterConsumer, BrokerAdapter, DeliveryListener, InboundDelivery } from '../lib';
+import type { AdapterConsumer, BrokerAdapter, DeliveryListener, InboundDelivery, OutboundMessage } from '../lib';
 import { SubscriptionRunner } from '../lib/delivery/subscription-runner';
 import { resolveRetryPolicy } from '../lib/delivery/retry';
 import { testRoute } from './support/route';
@@ -125,5 +125,23 @@ describe('SubscriptionRunner', () => {
     await waitFor(() => calls.includes('release x'), 'the release', 3000);
     await pending;
     expect(calls).toEqual(['release x']);
+  });
+
+  it("gives a dead letter the delivery's deliveryId (fromDelivery), so an adapter that deduplicates stores it once", async () => {
+    const { adapter, deliver } = recordingAdapter();
+    const sent: OutboundMessage[] = [];
+    adapter.sendToDeadLetters = (_topic, _group, message) => (sent.push(message), Promise.resolve());
+    const consume = adapter.consume.bind(adapter);
+    // The stand-in's deliveries carry no deliveryId: this one adds it, as the NATS adapter does.
+    adapter.consume = (topic, options, onDelivery) => consume(topic, options, (delivery) => onDelivery({ ...delivery, metadata: { ...delivery.metadata, deliveryId: `stream/${delivery.metadata.id}` } }));
+    const runner = new SubscriptionRunner(
+      { route, group: 'g', concurrency: 1, retry: resolveRetryPolicy({ maxAttempts: 1, initialDelayMs: 0 }), source: 'messages', handler: () => Promise.reject(new Error('no')) },
+      adapter,
+      logger,
+    );
+    await runner.start();
+    await deliver('x');
+    expect(sent.map((message) => message.fromDelivery)).toEqual(['stream/x']);
+    await runner.stop(100);
   });
 });

@@ -147,6 +147,13 @@ export interface OutboundMessage {
   readonly delayMs?: number;
   /** Application headers: the user's, and the delivery layer's `x-ductape-*` ones; plain native headers. */
   readonly headers: Readonly<Record<string, string>>;
+  /**
+   * On a dead letter: the `deliveryId` of the delivery it was made from, the same on every
+   * redelivery of that stored copy. An adapter that can deduplicate (NATS's
+   * Nats-Msg-Id) stores the dead letter once even when a crash between storing it and acking the
+   * delivery made the delivery layer send it again. Absent where the adapter gave no `deliveryId`.
+   */
+  readonly fromDelivery?: string;
 }
 
 /**
@@ -172,6 +179,12 @@ export interface InboundMetadata {
   readonly brokerMessageId?: string;
   /** The broker's own timestamp of this message, epoch milliseconds. */
   readonly brokerTime?: number;
+  /**
+   * The broker's id of this stored copy: unique to it (a producer may reuse `brokerMessageId`),
+   * the same on every redelivery. Given by an adapter that deduplicates what is sent on from a
+   * delivery (NATS: `<stream>/<sequence>`); it comes back as a dead letter's `fromDelivery`.
+   */
+  readonly deliveryId?: string;
 }
 
 /** A message as read back from the broker. */

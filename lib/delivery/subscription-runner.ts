@@ -197,11 +197,11 @@ export class SubscriptionRunner {
       `${this.name}: message ${decoded.id} dead-lettered after ${attempt} attempt(s) (${reason}): ${headers[DEAD_LETTER_HEADERS.error]}`,
     );
     // The bytes as they came (a poison body too), the reason in headers.
-    await this.parts.sendToDeadLetters(
-      this.spec.route.topic,
-      this.spec.group,
-      outboundOf(decoded, this.spec.route, attempt, { ...decoded.headers, ...headers }),
-    );
+    // With the delivery's id of its stored copy: an adapter that can deduplicate stores it once across a crash before the ack.
+    await this.parts.sendToDeadLetters(this.spec.route.topic, this.spec.group, {
+      ...outboundOf(decoded, this.spec.route, attempt, { ...decoded.headers, ...headers }),
+      fromDelivery: delivery.metadata.deliveryId,
+    });
     await delivery.ack();
   }
 

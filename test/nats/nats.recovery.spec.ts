@@ -175,6 +175,32 @@ describeWithBroker('nats', SUITE, () => {
     });
   });
 
+  describe('dead letters', () => {
+    it('one made from a delivery is stored once when sent again (a crash between storing it and acking the delivery); two deliveries, two dead letters', async () => {
+      const nats = await adapter();
+      const topic = newTopic();
+      const { got, consumer } = await collect(nats, topic, 'g', 2, () => Promise.resolve());
+      await nats.publish(topic, message('"first"'));
+      await nats.publish(topic, message('"second"'));
+      await waitFor(() => got.length === 2, 'both deliveries');
+      const [first, second] = got;
+      expect(first.metadata.deliveryId).toMatch(new RegExp(`^${STREAM}/\\d+$`));
+      expect(second.metadata.deliveryId).not.toBe(first.metadata.deliveryId);
+      // The delivery layer's dead letter of `first`, sent twice as after a crash, and that of `second` once.
+      const deadLetter = (delivery: InboundDelivery) => message(String(delivery.body), { fromDelivery: delivery.metadata.deliveryId });
+      await nats.sendToDeadLetters(topic, 'g', deadLetter(first));
+      await nats.sendToDeadLetters(topic, 'g', deadLetter(first));
+      await nats.sendToDeadLetters(topic, 'g', deadLetter(second));
+      // Another group's dead letter of the same delivery is its own.
+      await nats.sendToDeadLetters(topic, 'other', deadLetter(first));
+      const stored: string[] = [];
+      await nats.drainDeadLetters(topic, 'g', 100, (record) => (stored.push(String(record.body)), Promise.resolve()));
+      expect(stored.sort()).toEqual(['"first"', '"second"']);
+      expect(await nats.drainDeadLetters(topic, 'other', 100, () => Promise.resolve())).toBe(1);
+      await consumer.close();
+    });
+  });
+
   describe('concurrency', () => {
     itWithServer('runs at most `concurrency` handlers when a pull request thought lost was not (a private server frozen past the silence watchdog)', async () => {
       const server = await startPrivateNats();

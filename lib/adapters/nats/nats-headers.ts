@@ -101,6 +101,7 @@ export function inboundMessage(data: Uint8Array, hdrs: MsgHdrs | undefined, stre
     }
   }
   metadata.brokerMessageId = msgId !== undefined && msgId !== '' ? msgId : `${stream}/${sequence}`;
+  metadata.deliveryId = `${stream}/${sequence}`;
   if (timestampNanos > 0) metadata.brokerTime = Math.floor(timestampNanos / 1e6);
   const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   return { body, headers, metadata, raw };

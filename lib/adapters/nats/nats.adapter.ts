@@ -179,9 +179,15 @@ export class NatsAdapter implements BrokerAdapter, DeadLetterStore {
     await this.send(this.messageTarget(topic.name), topic.name, message, deadline);
   }
 
+  /**
+   * Stores a dead letter on the held stream. Made from a delivery (`fromDelivery`), its Nats-Msg-Id
+   * is that delivery's and the group's: the stream keeps one copy when a process that crashed
+   * between storing it and acking the delivery stores it again (within the duplicate window).
+   */
   async sendToDeadLetters(topic: AdapterTopic, group: string, message: OutboundMessage): Promise<void> {
     await this.topology.ensureHeldStream(topic.name);
-    await this.send(this.heldTarget(topic.name), deadLetterSubject(topic.name, group), message, Date.now() + this.settings.publishTimeoutMs);
+    const msgID = message.fromDelivery === undefined ? randomUUID() : `dl:${group}:${message.fromDelivery}`;
+    await this.send(this.heldTarget(topic.name), deadLetterSubject(topic.name, group), message, Date.now() + this.settings.publishTimeoutMs, undefined, msgID);
   }
 
   /**
