@@ -22,23 +22,15 @@ export function adapterLogContext(type: string): string {
 }
 
 /**
- * A line without the credentials of any URL in it: `amqp://svc:pw@host` keeps its user
- * (`amqp://svc:***@host`), a bare userinfo (`nats://token@host`) goes whole. Adapters name
- * endpoints without credentials already; this covers a client library's text that echoes its
- * URL. Only redactSecrets' URL rule: its `Basic <token>` and `password=` rules also rewrite plain
- * words ("the Basic Multilingual Plane"), and every adapter line goes through here.
- */
-export function withoutUrlCredentials(message: string): string {
-  return redactUrlCredentials(message);
-}
-
-/**
  * An AdapterLogger over Nest's Logger under `context`, each line prefixed with `prefix` and
  * stripped of URL credentials. Lines are rare (never per message), so this costs nothing that matters.
  */
 export function createAdapterLogger(context: string, prefix: string): AdapterLogger {
   const logger = new Logger(context);
-  const line = (message: string): string => `${prefix} ${withoutUrlCredentials(message)}`;
+  // Only redactSecrets' URL rule: adapters name endpoints without credentials already, this covers
+  // a client library's text echoing its URL; the `Basic <token>` and `password=` rules would also
+  // rewrite plain words ("the Basic Multilingual Plane").
+  const line = (message: string): string => `${prefix} ${redactUrlCredentials(message)}`;
   return {
     log: (message) => logger.log(line(message)),
     warn: (message) => logger.warn(line(message)),

@@ -4,9 +4,9 @@ import { ContextIdFactory, type ApplicationConfig, type ExternalContextCreator, 
 import { Injector } from '@nestjs/core/injector/injector';
 import type { ContextId, InstanceWrapper } from '@nestjs/core/injector/instance-wrapper';
 import { REQUEST_CONTEXT_ID } from '@nestjs/core/router/request/request-constants';
-import { isObservable, lastValueFrom } from 'rxjs';
 import { BROKER_CONTEXT_TYPE, BROKER_PARAM_CONTEXT, BROKER_PARAM_MESSAGE } from '../constants';
 import { describeError, NonRetryableError } from '../errors';
+import { observableResult } from '../support/observable-result';
 import type { BrokerContext, BrokerMessageHandler } from '../interfaces/message-broker.interface';
 
 /** A handler method, as a metadata target: its decorators keep their metadata on the function. */
@@ -122,7 +122,7 @@ export class BrokerHandlerEnhancer {
     };
     // An interceptor that completes without a value (EMPTY: a duplicate skipped) has handled the
     // message; Nest's lastValueFrom without a default would fail it with an EmptyError.
-    creator.transformToResult = (result: unknown) => Promise.resolve(isObservable(result) ? lastValueFrom(result, { defaultValue: undefined }) : result);
+    creator.transformToResult = (result: unknown) => Promise.resolve(observableResult(result));
     const errorProxy = (base as unknown as CreatorInternals).externalErrorProxy;
     if (errorProxy && typeof errorProxy.createProxy === 'function') {
       // Before the filters see an error: a NonRetryableError is kept, so a filter that answers
@@ -211,9 +211,8 @@ export class BrokerHandlerEnhancer {
     }
     return async (message: unknown, ctx: BrokerContext): Promise<void> => {
       try {
-        const result: unknown = await enhanced(message, ctx);
         // What a filter returned: an observable (an RPC-style filter's throwError) is its answer too.
-        if (isObservable(result)) await lastValueFrom(result, { defaultValue: undefined });
+        await observableResult(await enhanced(message, ctx));
         this.nonRetryables.delete(ctx);
       } catch (error) {
         const refusal = this.refusals.get(ctx);

@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { Server, type CustomTransportStrategy, type MessageHandler } from '@nestjs/microservices';
-import { isObservable, lastValueFrom } from 'rxjs';
+import { observableResult } from '../support/observable-result';
 import { BrokerError } from '../errors';
 import type { RetryPolicy } from '../interfaces/broker-options.interface';
 import type { BrokerContext, SubscribeRequest, Subscription } from '../interfaces/message-broker.interface';
@@ -282,7 +282,7 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
     return new Promise<void>((resolve, reject) => {
       const done = async (): Promise<void> => {
         try {
-          await settle(await handler(data, context));
+          await observableResult(await handler(data, context));
           forgetCaptured(context);
           resolve();
         } catch (error) {
@@ -299,10 +299,6 @@ export class DuctapeBrokerServer extends Server<Record<string, never>, DuctapeBr
       }
     });
   }
-}
-
-async function settle(result: unknown): Promise<void> {
-  if (isObservable(result)) await lastValueFrom(result, { defaultValue: undefined });
 }
 
 function closedError(what: string): BrokerError {

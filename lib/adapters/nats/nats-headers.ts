@@ -100,8 +100,9 @@ export function inboundMessage(data: Uint8Array, hdrs: MsgHdrs | undefined, stre
       } else if (lower !== DUE_HEADER) headers[name] = value;
     }
   }
-  metadata.brokerMessageId = msgId !== undefined && msgId !== '' ? msgId : `${stream}/${sequence}`;
-  metadata.deliveryId = `${stream}/${sequence}`;
+  const copy = `${stream}/${sequence}`;
+  metadata.deliveryId = copy;
+  metadata.brokerMessageId = msgId !== undefined && msgId !== '' ? msgId : copy;
   if (timestampNanos > 0) metadata.brokerTime = Math.floor(timestampNanos / 1e6);
   const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   return { body, headers, metadata, raw };
